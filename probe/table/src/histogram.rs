@@ -1,0 +1,125 @@
+//! The latency bucket scheme shared by the probe (which fills buckets), the
+//! table (which stores them) and the report (which turns them into
+//! percentiles and Prometheus `le` buckets).
+//!
+//! Bounds follow a 1-1.1-1.2-…-9.1 progression per decade, from 1 µs to
+//! 100 s, so any bucket is at most 12.5% wide: a percentile interpolated inside
+//! its bucket is within a few percent of the true value. Every power of
+//! ten and every 2×, 2.5× and 5× step is a bound, so the Prometheus buckets
+//! (`le="0.001"`, `"0.0025"`, …) are exact sums of fine buckets.
+
+/// Steps inside one decade, as multiples of the decade's base (×100).
+const DECADE_STEPS: [u64; 28] = [
+    100, 110, 120, 130, 140, 150, 160, 170, 180, 190, 200, 220, 240, 250, 270, 300, 330, 360,
+    400, 450, 500, 560, 620, 680, 750, 820, 910, 1000,
+];
+/// Decades from 1 µs to 100 s.
+const DECADES: usize = 8;
+
+/// Number of latency buckets (the last one is the overflow bucket, +Inf).
+pub const BUCKETS: usize = DECADES * (DECADE_STEPS.len() - 1) + 2;
+
+/// Upper bound (inclusive) of bucket `i`, in nanoseconds; `u64::MAX` for the
+/// overflow bucket.
+pub fn upper_bound_ns(i: usize) -> u64 {
+    if i == 0 {
+        return 1_000; // everything up to 1 µs
+    }
+    if i >= BUCKETS - 1 {
+        return u64::MAX;
+    }
+    let k = i - 1;
+    let decade = k / (DECADE_STEPS.len() - 1);
+    let step = k % (DECADE_STEPS.len() - 1) + 1;
+    // 1 µs × 10^decade × step/100
+    1_000 * 10u64.pow(decade as u32) * DECADE_STEPS[step] / 100
+}
+
+/// Bucket index for a latency in nanoseconds.
+pub fn bucket_of(ns: u64) -> usize {
+    // Binary search over the bounds: the table is small and this runs in the
+    // probe's userspace, never in BPF.
+    let (mut lo, mut hi) = (0usize, BUCKETS - 1);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if ns <= upper_bound_ns(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+/// The `q`-quantile (0.0..=1.0) of a histogram, interpolated linearly inside
+/// the bucket that holds it (the overflow bucket answers with the last finite
+/// bound). `None` when the histogram is empty.
+pub fn quantile_ns(buckets: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    let mut seen = 0u64;
+    for (i, &n) in buckets.iter().enumerate() {
+        if seen + n >= rank {
+            if i >= BUCKETS - 1 {
+                break;
+            }
+            let lower = if i == 0 { 0 } else { upper_bound_ns(i - 1) };
+            let upper = upper_bound_ns(i);
+            let into = (rank - seen) as f64 / n as f64;
+            return Some(lower + ((upper - lower) as f64 * into) as u64);
+        }
+        seen += n;
+    }
+    Some(upper_bound_ns(BUCKETS - 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_increasing_and_fine() {
+        for i in 1..BUCKETS - 1 {
+            let (a, b) = (upper_bound_ns(i - 1), upper_bound_ns(i));
+            assert!(b > a, "bucket {i}");
+            if i > 1 {
+                assert!((b as f64) / (a as f64) <= 1.126, "bucket {i} too wide: {a}..{b}");
+            }
+        }
+        assert_eq!(upper_bound_ns(BUCKETS - 2), 100_000_000_000);
+    }
+
+    #[test]
+    fn bucket_of_round_trips() {
+        for i in 0..BUCKETS - 1 {
+            let ub = upper_bound_ns(i);
+            assert_eq!(bucket_of(ub), i);
+            assert_eq!(bucket_of(ub + 1), i + 1);
+        }
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn prometheus_steps_are_bounds() {
+        for le_ns in [1_000u64, 2_500, 5_000, 10_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000_000] {
+            assert_eq!(upper_bound_ns(bucket_of(le_ns)), le_ns, "{le_ns}");
+        }
+    }
+
+    #[test]
+    fn quantiles_are_within_ten_percent() {
+        let mut b = vec![0u64; BUCKETS];
+        for us in 1..=1000u64 {
+            b[bucket_of(us * 1000)] += 1;
+        }
+        let p50 = quantile_ns(&b, 0.5).unwrap() as f64;
+        let p99 = quantile_ns(&b, 0.99).unwrap() as f64;
+        assert!((p50 / 500_000.0 - 1.0).abs() <= 0.10, "{p50}");
+        assert!((p99 / 990_000.0 - 1.0).abs() <= 0.10, "{p99}");
+        assert_eq!(quantile_ns(&vec![0; BUCKETS], 0.5), None);
+    }
+}

@@ -1,0 +1,17 @@
+//! The upstreamtop shared-memory table.
+//!
+//! One file (default `/run/upstreamtop/table`) carries what the probe saw on
+//! the wire: a versioned header followed by fixed-size records. The probe
+//! writes it with [`TableWriter`]; every nginx worker (and the dashboard's
+//! `--table` mode) reads it with [`TableReader`]. Both sides speak in
+//! [`Snapshot`], the owned Rust view of one publish.
+
+pub mod histogram;
+pub mod snapshot;
+
+pub use snapshot::*;
+pub mod reader;
+pub mod writer;
+
+pub use reader::{ReadError, TableReader};
+pub use writer::{Capacities, PublishReport, TableWriter};
