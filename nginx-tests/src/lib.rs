@@ -8,5 +8,9 @@
 //! [`netns`] are ever contacted.
 
 pub mod artifacts;
+pub mod backend;
 pub mod http;
+pub mod load;
+pub mod netns;
 pub mod nginx;
+mod rng;
