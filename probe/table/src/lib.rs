@@ -7,6 +7,8 @@
 //! [`Snapshot`], the owned Rust view of one publish.
 
 pub mod histogram;
+pub mod layout;
+mod records;
 pub mod snapshot;
 
 pub use snapshot::*;
@@ -15,3 +17,6 @@ pub mod writer;
 
 pub use reader::{ReadError, TableReader};
 pub use writer::{Capacities, PublishReport, TableWriter};
+
+#[cfg(test)]
+mod tests;

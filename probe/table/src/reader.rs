@@ -1,9 +1,32 @@
-//! The readers' side: map the table read-only and take consistent snapshots.
-//! (Implementation: see the table issue; this is the agreed API.)
+//! The readers' side: take consistent snapshots of the table.
+//!
+//! This runs inside every nginx worker, so it must never crash, block or
+//! write. It therefore does **not** map the file: a mapping of a file that
+//! someone truncates turns the next access into SIGBUS, which would kill the
+//! worker. Instead each [`TableReader::snapshot`] `pread`s the header and
+//! the used part of the active slot into a private buffer and decodes from
+//! there, validating every length, count and offset against the header and
+//! the file size. (The writer side is the mmap; this side costs one copy of
+//! a few MB at most.)
+//!
+//! Consistency: read `active` and that slot's sequence number (retry if odd),
+//! copy the slot, re-read the sequence number (retry if it moved), then check
+//! the slot checksum. After [`MAX_ATTEMPTS`] tries the answer is
+//! [`ReadError::Busy`]. The probe replaces the file by rename when it
+//! restarts, so the reader re-opens when the path's inode changes.
 
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::Snapshot;
+use crate::layout::*;
+use crate::records;
+use crate::{ProbeMeta, Snapshot};
+
+/// Read attempts before giving up with [`ReadError::Busy`].
+pub const MAX_ATTEMPTS: usize = 8;
 
 /// Why a snapshot could not be read. `Display` gives a one-line reason fit
 /// for an HTTP 503 body, e.g. `probe not running: /run/upstreamtop/table missing`.
@@ -17,22 +40,373 @@ pub enum ReadError {
     Corrupt(PathBuf, String),
     /// The writer kept the slot busy through every retry.
     Busy(PathBuf),
+    /// The probe created the table but has not published into it yet.
+    NotPublished(PathBuf),
 }
 
-/// Maps the table read-only; re-opens when the probe replaces the file.
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Missing(p) => write!(f, "probe not running: {} missing", p.display()),
+            ReadError::Io(p, e) => write!(f, "cannot read table {}: {e}", p.display()),
+            ReadError::BadMagic(p) => write!(f, "{} is not an upstreamtop table (bad magic)", p.display()),
+            ReadError::WrongVersion { path, found, expected } => write!(
+                f,
+                "table {} has wrong ABI version {found} (expected {expected}): upgrade the module or the probe",
+                path.display()
+            ),
+            ReadError::Truncated(p) => write!(f, "table {} is truncated", p.display()),
+            ReadError::Corrupt(p, e) => write!(f, "table {} is corrupt: {e}", p.display()),
+            ReadError::Busy(p) => write!(
+                f,
+                "table {} busy: the probe rewrote it during {MAX_ATTEMPTS} read attempts",
+                p.display()
+            ),
+            ReadError::NotPublished(p) => write!(f, "probe starting: table {} not published yet", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+struct OpenTable {
+    file: File,
+    dev: u64,
+    ino: u64,
+}
+
+/// Reads the table with `pread`; re-opens when the probe replaces the file.
 pub struct TableReader {
-    _path: PathBuf,
+    path: PathBuf,
+    open: Option<OpenTable>,
+    generation: Option<u64>,
+    /// Reused copy of the active slot.
+    buf: Vec<u8>,
+}
+
+/// The validated file header.
+struct Header {
+    generation: u64,
+    max_peers: u32,
+    max_routes: u32,
+    max_recent: u32,
+    history_len: u32,
+    slot_off: [u64; 2],
+    slot_size: u64,
+    active: u64,
+    seq: [u64; 2],
+}
+
+/// Outcome of one read attempt that did not produce a snapshot.
+enum Attempt {
+    /// Raced with the writer: try again.
+    Retry,
+    Fail(ReadError),
+}
+
+impl From<ReadError> for Attempt {
+    fn from(e: ReadError) -> Self {
+        Attempt::Fail(e)
+    }
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
 }
 
 impl TableReader {
     /// Never fails: a missing file is reported by `snapshot()`.
     pub fn new(path: &Path) -> Self {
-        TableReader { _path: path.to_owned() }
+        TableReader { path: path.to_owned(), open: None, generation: None, buf: Vec::new() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Generation of the table last read successfully (changes when the
+    /// probe restarts and re-creates the file).
+    pub fn generation(&self) -> Option<u64> {
+        self.generation
     }
 
     /// A consistent snapshot of the latest publish. Never blocks, never
     /// writes, never panics on any file content.
     pub fn snapshot(&mut self) -> Result<Snapshot, ReadError> {
-        unimplemented!("table reader")
+        self.ensure_open()?;
+        for attempt in 0..MAX_ATTEMPTS {
+            match self.attempt() {
+                Ok(s) => return Ok(s),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry) => {
+                    if attempt > 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+        Err(ReadError::Busy(self.path.clone()))
     }
+
+    fn io_err(&self, e: io::Error) -> ReadError {
+        match e.kind() {
+            io::ErrorKind::NotFound => ReadError::Missing(self.path.clone()),
+            io::ErrorKind::UnexpectedEof => ReadError::Truncated(self.path.clone()),
+            _ => ReadError::Io(self.path.clone(), e.to_string()),
+        }
+    }
+
+    /// Opens the file, or re-opens it when the path now names another inode.
+    fn ensure_open(&mut self) -> Result<(), ReadError> {
+        let meta = match fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.open = None;
+                return Err(self.io_err(e));
+            }
+        };
+        if let Some(o) = &self.open {
+            if o.dev == meta.dev() && o.ino == meta.ino() {
+                return Ok(());
+            }
+        }
+        self.open = None;
+        let file = File::open(&self.path).map_err(|e| self.io_err(e))?;
+        let meta = file.metadata().map_err(|e| self.io_err(e))?;
+        if !meta.is_file() {
+            return Err(ReadError::Corrupt(self.path.clone(), "not a regular file".into()));
+        }
+        self.open = Some(OpenTable { file, dev: meta.dev(), ino: meta.ino() });
+        Ok(())
+    }
+
+    fn file(&self) -> Result<&File, ReadError> {
+        self.open.as_ref().map(|o| &o.file).ok_or_else(|| ReadError::Missing(self.path.clone()))
+    }
+
+    fn corrupt(&self, what: impl Into<String>) -> ReadError {
+        ReadError::Corrupt(self.path.clone(), what.into())
+    }
+
+    fn read_header(&self) -> Result<Header, ReadError> {
+        let file = self.file()?;
+        let len = file.metadata().map_err(|e| self.io_err(e))?.len();
+        let mut h = [0u8; HEADER_READ];
+        let n = read_up_to(file, &mut h, 0).map_err(|e| self.io_err(e))?;
+        if n < 8 || h[H_MAGIC..H_MAGIC + 8] != MAGIC {
+            return Err(if n < 8 { ReadError::Truncated(self.path.clone()) } else { ReadError::BadMagic(self.path.clone()) });
+        }
+        if n < 12 {
+            return Err(ReadError::Truncated(self.path.clone()));
+        }
+        let version = u32_at(&h, H_VERSION);
+        if version != ABI_VERSION {
+            return Err(ReadError::WrongVersion { path: self.path.clone(), found: version, expected: ABI_VERSION });
+        }
+        if n < HEADER_READ {
+            return Err(ReadError::Truncated(self.path.clone()));
+        }
+        let expect = [
+            (H_HEADER_SIZE, HEADER_SIZE as u32, "header size"),
+            (H_PEER_REC, PEER_REC_SIZE as u32, "peer record size"),
+            (H_ROUTE_REC, ROUTE_REC_SIZE as u32, "route record size"),
+            (H_RECENT_REC, RECENT_REC_SIZE as u32, "recent record size"),
+            (H_HISTORY_REC, HISTORY_REC_SIZE as u32, "history record size"),
+            (H_BUCKETS, crate::histogram::BUCKETS as u32, "latency buckets"),
+            (H_PEER_CODES, PEER_CODES as u32, "codes per peer"),
+            (H_ROUTE_CODES, ROUTE_CODES as u32, "codes per route"),
+            (H_MAX_IFACES, MAX_IFACES as u32, "interface slots"),
+        ];
+        for (off, want, what) in expect {
+            let got = u32_at(&h, off);
+            if got != want {
+                return Err(self.corrupt(format!("{what} {got} (expected {want}): probe and reader builds differ")));
+            }
+        }
+        let hd = Header {
+            generation: u64_at(&h, H_GENERATION),
+            max_peers: u32_at(&h, H_MAX_PEERS),
+            max_routes: u32_at(&h, H_MAX_ROUTES),
+            max_recent: u32_at(&h, H_MAX_RECENT),
+            history_len: u32_at(&h, H_HISTORY_LEN),
+            slot_off: [u64_at(&h, H_SLOT0), u64_at(&h, H_SLOT1)],
+            slot_size: u64_at(&h, H_SLOT_SIZE),
+            active: u64_at(&h, H_ACTIVE),
+            seq: [u64_at(&h, H_SEQ[0]), u64_at(&h, H_SEQ[1])],
+        };
+        let want_slot = slot_size(hd.max_peers, hd.max_routes, hd.max_recent, hd.history_len)
+            .ok_or_else(|| self.corrupt("capacities too large"))?;
+        if hd.slot_size != want_slot
+            || hd.slot_off[0] != HEADER_SIZE
+            || hd.slot_off[1] != HEADER_SIZE + want_slot
+        {
+            return Err(self.corrupt("slot layout does not match capacities"));
+        }
+        let file_size = u64_at(&h, H_FILE_SIZE);
+        if file_size != HEADER_SIZE + 2 * want_slot {
+            return Err(self.corrupt(format!("header says {file_size} bytes, capacities need {}", HEADER_SIZE + 2 * want_slot)));
+        }
+        if len < file_size {
+            return Err(ReadError::Truncated(self.path.clone()));
+        }
+        if len > file_size {
+            return Err(self.corrupt(format!("file is {len} bytes, header says {file_size}")));
+        }
+        if hd.active > 1 {
+            return Err(self.corrupt(format!("active slot {}", hd.active)));
+        }
+        Ok(hd)
+    }
+
+    fn attempt(&mut self) -> Result<Snapshot, Attempt> {
+        let hd = self.read_header()?;
+        self.generation = Some(hd.generation);
+        let a = hd.active as usize;
+        let seq = hd.seq[a];
+        if seq == 0 {
+            return Err(ReadError::NotPublished(self.path.clone()).into());
+        }
+        if seq & 1 == 1 {
+            return Err(Attempt::Retry);
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let res = self.copy_slot(&hd, &mut buf).and_then(|()| {
+            // Re-check the sequence number before trusting (or blaming) the copy.
+            let mut s = [0u8; 8];
+            self.file()?.read_exact_at(&mut s, H_SEQ[a] as u64).map_err(|e| self.io_err(e))?;
+            if u64::from_le_bytes(s) != seq {
+                return Err(Attempt::Retry);
+            }
+            if buf.len() < SLOT_HEADER_SIZE as usize {
+                return Err(self.corrupt("active slot has an invalid body length").into());
+            }
+            let stored = u64_at(&buf, S_CHECKSUM);
+            if checksum(&[&buf[S_CHECKSUMMED_FROM..]]) != stored {
+                return Err(self.corrupt("slot checksum mismatch").into());
+            }
+            decode_slot(&buf, hd.history_len).map_err(|e| self.corrupt(e).into())
+        });
+        self.buf = buf;
+        res
+    }
+
+    /// Copies the active slot's header and used body into `buf`. A bad
+    /// length leaves `buf` shorter than a slot header: the caller re-checks
+    /// the sequence number before calling that corruption.
+    fn copy_slot(&self, hd: &Header, buf: &mut Vec<u8>) -> Result<(), Attempt> {
+        let file = self.file()?;
+        let off = hd.slot_off[hd.active as usize];
+        buf.clear();
+        buf.resize(SLOT_HEADER_SIZE as usize, 0);
+        file.read_exact_at(buf, off).map_err(|e| self.io_err(e))?;
+        let used = u64_at(buf, S_USED);
+        let counts = (u32_at(buf, S_N_PEERS), u32_at(buf, S_N_ROUTES), u32_at(buf, S_N_RECENT));
+        let want = body_len(counts.0.into(), hd.history_len.into(), counts.1.into(), counts.2.into());
+        let fits = counts.0 <= hd.max_peers
+            && counts.1 <= hd.max_routes
+            && counts.2 <= hd.max_recent
+            && want == Some(used)
+            && used <= hd.slot_size - SLOT_HEADER_SIZE;
+        if !fits {
+            buf.clear();
+            return Ok(());
+        }
+        buf.resize(SLOT_HEADER_SIZE as usize + used as usize, 0);
+        file.read_exact_at(&mut buf[SLOT_HEADER_SIZE as usize..], off + SLOT_HEADER_SIZE).map_err(|e| self.io_err(e))?;
+        Ok(())
+    }
+}
+
+/// `pread` as many bytes as the file has, up to `buf.len()`.
+fn read_up_to(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], off + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The next `n` records of `size` bytes of `body`.
+fn take<'a>(body: &'a [u8], pos: &mut usize, n: usize, size: usize) -> DecResult<&'a [u8]> {
+    let end = n.checked_mul(size).and_then(|len| pos.checked_add(len)).ok_or("length overflow")?;
+    let s = body.get(*pos..end).ok_or("body shorter than its counts")?;
+    *pos = end;
+    Ok(s)
+}
+
+/// Decodes a checksummed slot copy (header + body whose length already
+/// matches its counts).
+fn decode_slot(buf: &[u8], stride: u32) -> DecResult<Snapshot> {
+    let mut d = Dec::at(buf, S_PID);
+    let pid = d.u32()?;
+    let history_len = d.u32()?;
+    let started_unix_ns = d.u64()?;
+    let published_unix_ns = d.u64()?;
+    let interval_ns = d.u64()?;
+    let publish_seq = d.u64()?;
+    let counters = records::dec_counters(&mut d)?;
+    let n_ifaces = d.u32()? as usize;
+    let n_peers = d.u32()? as usize;
+    let n_routes = d.u32()? as usize;
+    let n_recent = d.u32()? as usize;
+    if n_ifaces > MAX_IFACES {
+        return Err(format!("{n_ifaces} interfaces"));
+    }
+    let mut interfaces = Vec::with_capacity(n_ifaces);
+    for _ in 0..n_ifaces {
+        let len = d.u8()? as usize;
+        interfaces.push(d.str_field(len, IFACE_LEN - 1, "interface name")?);
+    }
+
+    let body = buf.get(SLOT_HEADER_SIZE as usize..).ok_or("slot too short")?;
+    let stride = stride as usize;
+    let mut pos = 0usize;
+    let peer_recs = take(body, &mut pos, n_peers, PEER_REC_SIZE)?;
+    let hist_recs = take(body, &mut pos, n_peers, stride.checked_mul(HISTORY_REC_SIZE).ok_or("history overflow")?)?;
+    let route_recs = take(body, &mut pos, n_routes, ROUTE_REC_SIZE)?;
+    let recent_recs = take(body, &mut pos, n_recent, RECENT_REC_SIZE)?;
+
+    let mut peers = Vec::with_capacity(n_peers);
+    for (i, rec) in peer_recs.chunks_exact(PEER_REC_SIZE).enumerate() {
+        let (mut p, hcount) = records::dec_peer(rec)?;
+        let hcount = hcount as usize;
+        if hcount > stride {
+            return Err(format!("peer {i} has {hcount} history samples (ring of {stride})"));
+        }
+        let ring = &hist_recs[i * stride * HISTORY_REC_SIZE..][..hcount * HISTORY_REC_SIZE];
+        p.history = ring.chunks_exact(HISTORY_REC_SIZE).map(records::dec_history).collect::<DecResult<_>>()?;
+        peers.push(p);
+    }
+    let mut routes = Vec::with_capacity(n_routes);
+    for rec in route_recs.chunks_exact(ROUTE_REC_SIZE) {
+        let r = records::dec_route(rec)?;
+        if r.peer as usize >= n_peers {
+            return Err(format!("route names peer {} of {n_peers}", r.peer));
+        }
+        routes.push(r);
+    }
+    let recent = recent_recs.chunks_exact(RECENT_REC_SIZE).map(records::dec_recent).collect::<DecResult<_>>()?;
+    Ok(Snapshot {
+        meta: ProbeMeta {
+            pid,
+            started_unix_ns,
+            published_unix_ns,
+            interval_ns,
+            publish_seq,
+            history_len,
+            interfaces,
+            counters,
+        },
+        peers,
+        routes,
+        recent,
+    })
 }

@@ -1,8 +1,21 @@
 //! The probe's side: create the table file and publish snapshots into it.
-//! (Implementation: see the table issue; this is the agreed API.)
+//!
+//! The writer maps the file read-write and double-buffers: each publish
+//! fills the slot readers are *not* told about (its sequence number odd
+//! while it is being written, even after), then flips `active` to it.
+//! Readers never take a lock, so the writer never waits for them.
 
-use std::path::Path;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
+use memmap2::MmapMut;
+
+use crate::layout::*;
+use crate::records;
 use crate::Snapshot;
 
 /// Fixed capacities of a table file, chosen by the probe's flags.
@@ -18,24 +31,247 @@ pub struct Capacities {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PublishReport {
     pub peers_truncated: u64,
+    /// Routes beyond `max_routes`, plus routes of peers that were truncated.
     pub routes_truncated: u64,
+    /// Oldest recent requests beyond `max_recent`.
     pub recent_truncated: u64,
+    /// Oldest history samples beyond `history_len`, summed over peers.
+    pub history_truncated: u64,
+    /// Distinct exact status codes beyond the per-record limits (32 per
+    /// peer, 8 per route), summed over records. Their counts are folded
+    /// into `codes_other`, so class totals stay exact.
+    pub codes_folded: u64,
+    /// Interface names beyond the limit of 16.
+    pub interfaces_truncated: u64,
 }
 
 /// Writes snapshots into the table file.
 pub struct TableWriter {
-    _private: (),
+    path: PathBuf,
+    map: MmapMut,
+    caps: Capacities,
+    slot_off: [usize; 2],
+    /// Reused encode buffer (slot header + body).
+    buf: Vec<u8>,
+    generation: u64,
+}
+
+fn err_at(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+fn random_u64() -> u64 {
+    // RandomState is seeded from the OS; mix in time and pid so two tables
+    // created in the same process still differ.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(d.as_nanos());
+    }
+    h.finish()
 }
 
 impl TableWriter {
     /// Create (or replace, atomically by rename) the table at `path` with a
     /// new generation. The directory is created 0755, the file 0644.
-    pub fn create(_path: &Path, _caps: Capacities) -> std::io::Result<Self> {
-        unimplemented!("table writer")
+    pub fn create(path: &Path, caps: Capacities) -> io::Result<Self> {
+        let slot_size = slot_size(caps.max_peers, caps.max_routes, caps.max_recent, caps.history_len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("table {}: capacities {caps:?} need more than {MAX_SLOT_SIZE} bytes per slot", path.display()),
+                )
+            })?;
+        let file_size = HEADER_SIZE + 2 * slot_size;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|e| err_at(dir, "creating directory", e))?;
+        }
+        let file_name = path.file_name().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("table path {} has no file name", path.display()))
+        })?;
+        let mut tmp_name = file_name.to_owned();
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+
+        let build = || -> io::Result<(MmapMut, u64)> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)
+                .map_err(|e| err_at(&tmp, "creating", e))?;
+            file.set_len(file_size).map_err(|e| err_at(&tmp, "sizing", e))?;
+            // SAFETY: we just created this file and only this writer maps it
+            // writable; readers use pread and never map it.
+            let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| err_at(&tmp, "mapping", e))?;
+            let generation = random_u64();
+            let mut h = Vec::with_capacity(HEADER_READ);
+            let mut e = Enc(&mut h);
+            e.padded(&MAGIC, 8);
+            e.u32(ABI_VERSION);
+            e.u32(HEADER_SIZE as u32);
+            e.u64(file_size);
+            e.u64(generation);
+            e.u32(caps.max_peers);
+            e.u32(caps.max_routes);
+            e.u32(caps.max_recent);
+            e.u32(caps.history_len);
+            e.u32(PEER_REC_SIZE as u32);
+            e.u32(ROUTE_REC_SIZE as u32);
+            e.u32(RECENT_REC_SIZE as u32);
+            e.u32(HISTORY_REC_SIZE as u32);
+            e.u32(crate::histogram::BUCKETS as u32);
+            e.u32(PEER_CODES as u32);
+            e.u32(ROUTE_CODES as u32);
+            e.u32(MAX_IFACES as u32);
+            e.u64(HEADER_SIZE);
+            e.u64(HEADER_SIZE + slot_size);
+            e.u64(slot_size);
+            debug_assert_eq!(h.len(), H_SLOT_SIZE + 8);
+            // active = 0, seq = [0, 0]: "never published" (the file is zeroed).
+            map[..h.len()].copy_from_slice(&h);
+            map.flush().map_err(|e| err_at(&tmp, "flushing", e))?;
+            Ok((map, generation))
+        };
+        let (map, generation) = match build() {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = fs::rename(&tmp, path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(err_at(path, &format!("renaming {} to", tmp.display()), e));
+        }
+        Ok(TableWriter {
+            path: path.to_owned(),
+            map,
+            caps,
+            slot_off: [HEADER_SIZE as usize, (HEADER_SIZE + slot_size) as usize],
+            buf: Vec::new(),
+            generation,
+        })
+    }
+
+    /// The path the table was created at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The random generation stamped into this file's header.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn capacities(&self) -> Capacities {
+        self.caps
+    }
+
+    /// The header word at `off` as an atomic (only this writer stores to it).
+    fn atomic(map: &mut MmapMut, off: usize) -> &AtomicU64 {
+        assert!(off.is_multiple_of(8) && off + 8 <= HEADER_READ);
+        // SAFETY: the map is page-aligned and at least HEADER_SIZE long, `off`
+        // is 8-aligned inside the header, and the returned reference borrows
+        // the map. Other processes read these words with pread, never
+        // through references into our memory.
+        unsafe { AtomicU64::from_ptr(map.as_mut_ptr().add(off).cast::<u64>()) }
     }
 
     /// Publish one snapshot (seqlock-protected; never waits for readers).
-    pub fn publish(&mut self, _snap: &Snapshot) -> std::io::Result<PublishReport> {
-        unimplemented!("table writer")
+    /// Lists beyond the capacities are truncated and counted in the report.
+    pub fn publish(&mut self, snap: &Snapshot) -> io::Result<PublishReport> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let report = self.encode(snap, &mut buf);
+        let active = Self::atomic(&mut self.map, H_ACTIVE).load(Ordering::Relaxed) as usize & 1;
+        let target = 1 - active;
+        let seq = Self::atomic(&mut self.map, H_SEQ[target]).load(Ordering::Relaxed);
+        // Odd: a reader still looking at this slot (from an older `active`)
+        // sees the change and retries.
+        Self::atomic(&mut self.map, H_SEQ[target]).store(seq | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let off = self.slot_off[target];
+        self.map[off..off + buf.len()].copy_from_slice(&buf);
+        Self::atomic(&mut self.map, H_SEQ[target]).store((seq | 1) + 1, Ordering::Release);
+        Self::atomic(&mut self.map, H_ACTIVE).store(target as u64, Ordering::Release);
+        self.buf = buf;
+        Ok(report)
+    }
+
+    /// Encodes `snap` (bounded by the capacities) into `buf`: slot header + body.
+    fn encode(&self, snap: &Snapshot, buf: &mut Vec<u8>) -> PublishReport {
+        let caps = self.caps;
+        let mut rep = PublishReport::default();
+        let n_peers = snap.peers.len().min(caps.max_peers as usize);
+        rep.peers_truncated = (snap.peers.len() - n_peers) as u64;
+        let mut routes: Vec<_> = snap.routes.iter().filter(|r| (r.peer as usize) < n_peers).collect();
+        rep.routes_truncated = (snap.routes.len() - routes.len()) as u64;
+        if routes.len() > caps.max_routes as usize {
+            rep.routes_truncated += (routes.len() - caps.max_routes as usize) as u64;
+            routes.truncate(caps.max_routes as usize);
+        }
+        // `recent` is oldest first: keep the newest.
+        let n_recent = snap.recent.len().min(caps.max_recent as usize);
+        rep.recent_truncated = (snap.recent.len() - n_recent) as u64;
+        let recent = &snap.recent[snap.recent.len() - n_recent..];
+        let n_ifaces = snap.meta.interfaces.len().min(MAX_IFACES);
+        rep.interfaces_truncated = (snap.meta.interfaces.len() - n_ifaces) as u64;
+
+        buf.clear();
+        buf.reserve(SLOT_HEADER_SIZE as usize + n_peers * PEER_REC_SIZE + routes.len() * ROUTE_REC_SIZE);
+        let m = &snap.meta;
+        let mut e = Enc(buf);
+        e.u64(0); // used, patched below
+        e.u64(0); // checksum, patched below
+        e.u32(m.pid);
+        e.u32(m.history_len);
+        e.u64(m.started_unix_ns);
+        e.u64(m.published_unix_ns);
+        e.u64(m.interval_ns);
+        e.u64(m.publish_seq);
+        records::enc_counters(&mut e, &m.counters);
+        e.u32(n_ifaces as u32);
+        e.u32(n_peers as u32);
+        e.u32(routes.len() as u32);
+        e.u32(n_recent as u32);
+        debug_assert_eq!(e.0.len(), S_IFACES);
+        for name in &m.interfaces[..n_ifaces] {
+            let name = truncate_utf8(name, IFACE_LEN - 1);
+            e.u8(name.len() as u8);
+            e.padded(name.as_bytes(), IFACE_LEN - 1);
+        }
+        e.zeros(SLOT_HEADER_SIZE as usize - e.0.len());
+
+        let hist_len = caps.history_len as usize;
+        for p in &snap.peers[..n_peers] {
+            let h = p.history.len().min(hist_len);
+            rep.codes_folded += records::enc_peer(buf, p, h as u32);
+        }
+        for p in &snap.peers[..n_peers] {
+            // Oldest first: keep the newest `history_len` samples.
+            let keep = &p.history[p.history.len() - p.history.len().min(hist_len)..];
+            rep.history_truncated += (p.history.len() - keep.len()) as u64;
+            for s in keep {
+                records::enc_history(buf, s);
+            }
+            buf.resize(buf.len() + (hist_len - keep.len()) * HISTORY_REC_SIZE, 0);
+        }
+        for r in &routes {
+            rep.codes_folded += records::enc_route(buf, r);
+        }
+        for r in recent {
+            records::enc_recent(buf, r);
+        }
+        let used = (buf.len() - SLOT_HEADER_SIZE as usize) as u64;
+        debug_assert_eq!(
+            Some(used),
+            body_len(n_peers as u64, caps.history_len as u64, routes.len() as u64, n_recent as u64)
+        );
+        buf[S_USED..S_USED + 8].copy_from_slice(&used.to_le_bytes());
+        let sum = checksum(&[&buf[S_CHECKSUMMED_FROM..]]);
+        buf[S_CHECKSUM..S_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
+        rep
     }
 }

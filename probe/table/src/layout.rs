@@ -1,0 +1,345 @@
+//! The byte layout of the table file: the one definition both the writer and
+//! the reader use.
+//!
+//! Everything is little-endian and encoded by hand (no `transmute`, no
+//! `unsafe`): the reader decodes from a private copy of the bytes, so a
+//! hostile or half-written file can at worst produce an error.
+//!
+//! ```text
+//! offset 0            file header (HEADER_SIZE bytes, one page)
+//!                       magic, ABI version, sizes, generation, capacities,
+//!                       record sizes, slot offsets, `active`, `seq[0]`, `seq[1]`
+//! slot_off[0]         slot 0: slot header (SLOT_HEADER_SIZE) + body
+//! slot_off[1]         slot 1: same size
+//! ```
+//!
+//! A slot body is packed: `n_peers` peer records, then `n_peers ×
+//! history_len` history samples (each peer's samples at a fixed stride), then
+//! `n_routes` route records, then `n_recent` recent records. The slot header
+//! records the counts, the body length and a checksum over both.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use crate::histogram::BUCKETS;
+
+pub const MAGIC: [u8; 8] = *b"UPTOPTBL";
+pub const ABI_VERSION: u32 = 1;
+
+/// The file header occupies the first page.
+pub const HEADER_SIZE: u64 = 4096;
+/// Bytes of the header a reader needs (everything up to and including `seq[1]`).
+pub const HEADER_READ: usize = 272;
+
+// File header field offsets.
+pub const H_MAGIC: usize = 0;
+pub const H_VERSION: usize = 8; // u32
+pub const H_HEADER_SIZE: usize = 12; // u32
+pub const H_FILE_SIZE: usize = 16; // u64
+pub const H_GENERATION: usize = 24; // u64
+pub const H_MAX_PEERS: usize = 32; // u32
+pub const H_MAX_ROUTES: usize = 36; // u32
+pub const H_MAX_RECENT: usize = 40; // u32
+pub const H_HISTORY_LEN: usize = 44; // u32
+pub const H_PEER_REC: usize = 48; // u32
+pub const H_ROUTE_REC: usize = 52; // u32
+pub const H_RECENT_REC: usize = 56; // u32
+pub const H_HISTORY_REC: usize = 60; // u32
+pub const H_BUCKETS: usize = 64; // u32
+pub const H_PEER_CODES: usize = 68; // u32
+pub const H_ROUTE_CODES: usize = 72; // u32
+pub const H_MAX_IFACES: usize = 76; // u32
+pub const H_SLOT0: usize = 80; // u64
+pub const H_SLOT1: usize = 88; // u64
+pub const H_SLOT_SIZE: usize = 96; // u64
+/// Index (0/1) of the slot holding the latest complete publish. Own cache line.
+pub const H_ACTIVE: usize = 128; // u64
+/// Per-slot sequence numbers: odd while the writer is filling the slot, 0
+/// before its first publish. Each on its own cache line.
+pub const H_SEQ: [usize; 2] = [192, 256]; // u64
+
+// Slot header field offsets (relative to the slot start).
+pub const SLOT_HEADER_SIZE: u64 = 1024;
+pub const S_USED: usize = 0; // u64: body bytes
+pub const S_CHECKSUM: usize = 8; // u64: over [S_CHECKSUMMED_FROM, header end) + body
+/// The checksum covers the slot header from here on, then the body.
+pub const S_CHECKSUMMED_FROM: usize = 16;
+pub const S_PID: usize = 16; // u32
+pub const S_HISTORY_LEN: usize = 20; // u32: meta.history_len as published
+pub const S_STARTED: usize = 24;
+pub const S_PUBLISHED: usize = 32;
+pub const S_INTERVAL: usize = 40;
+pub const S_PUBLISH_SEQ: usize = 48;
+pub const S_COUNTERS: usize = 56; // 7 × u64
+pub const S_N_IFACES: usize = 112; // u32
+pub const S_N_PEERS: usize = 116; // u32
+pub const S_N_ROUTES: usize = 120; // u32
+pub const S_N_RECENT: usize = 124; // u32
+pub const S_IFACES: usize = 128; // MAX_IFACES × IFACE_LEN
+
+/// Interface names kept per publish (more are dropped).
+pub const MAX_IFACES: usize = 16;
+/// One interface name slot: a length byte then up to 31 bytes (IFNAMSIZ is 16).
+pub const IFACE_LEN: usize = 32;
+
+/// Exact status codes kept per peer; the rest go to `codes_other`.
+pub const PEER_CODES: usize = 32;
+/// Exact status codes kept per route.
+pub const ROUTE_CODES: usize = 8;
+/// Longest method stored, bytes.
+pub const METHOD_LEN: usize = 16;
+/// Longest path stored, bytes.
+pub const PATH_LEN: usize = 128;
+
+/// Socket address: ip[16], port u16, family u8, pad u8, flowinfo u32, scope_id u32, pad u32.
+pub const ADDR_SIZE: usize = 32;
+
+pub const PEER_REC_SIZE: usize = ADDR_SIZE
+    + 4 * 8 // requests, no_response, sent, received
+    + 5 * 8 // class
+    + 8 // codes_other
+    + 4 + 4 // n_codes, history_count
+    + PEER_CODES * 2
+    + PEER_CODES * 8
+    + 5 * 8 // conns
+    + 2 * 8 // latency sum, count
+    + BUCKETS * 8
+    + 8 * 8 // window
+    + 2 * 8; // first/last seen
+
+pub const ROUTE_REC_SIZE: usize = 4 + 1 + 1 + 1 + 1 // peer, is_other, method_len, path_len, pad
+    + METHOD_LEN
+    + PATH_LEN
+    + 2 * 8 // requests, no_response
+    + 5 * 8 // class
+    + 8 // codes_other
+    + 4 + 4 // n_codes, pad
+    + ROUTE_CODES * 2
+    + ROUTE_CODES * 8
+    + 5 * 8 // latency sum, count, p50, p90, p99
+    + 2 * 8; // rps, 5xx rps
+
+pub const RECENT_REC_SIZE: usize = 8 // unix_ns
+    + ADDR_SIZE
+    + 1 + 1 + 2 + 4 // method_len, path_len, status, pad
+    + METHOD_LEN
+    + PATH_LEN
+    + 8; // latency
+
+pub const HISTORY_REC_SIZE: usize = 16;
+
+/// Largest slot we agree to create or read (guards against absurd capacities
+/// and hostile headers alike).
+pub const MAX_SLOT_SIZE: u64 = 1 << 30;
+
+/// Size of one slot (header + the largest body) for these capacities, or
+/// `None` when it overflows or exceeds [`MAX_SLOT_SIZE`].
+pub fn slot_size(max_peers: u32, max_routes: u32, max_recent: u32, history_len: u32) -> Option<u64> {
+    let peers = u64::from(max_peers);
+    let body = peers
+        .checked_mul(PEER_REC_SIZE as u64)?
+        .checked_add(peers.checked_mul(u64::from(history_len))?.checked_mul(HISTORY_REC_SIZE as u64)?)?
+        .checked_add(u64::from(max_routes).checked_mul(ROUTE_REC_SIZE as u64)?)?
+        .checked_add(u64::from(max_recent).checked_mul(RECENT_REC_SIZE as u64)?)?;
+    // Round up to 8 so the second slot's atomics-free header stays aligned.
+    let size = SLOT_HEADER_SIZE.checked_add(body)?.checked_add(7)? & !7;
+    (size <= MAX_SLOT_SIZE).then_some(size)
+}
+
+/// Body length for these counts (same formula as [`slot_size`], exact).
+pub fn body_len(n_peers: u64, history_len: u64, n_routes: u64, n_recent: u64) -> Option<u64> {
+    n_peers
+        .checked_mul(PEER_REC_SIZE as u64)?
+        .checked_add(n_peers.checked_mul(history_len)?.checked_mul(HISTORY_REC_SIZE as u64)?)?
+        .checked_add(n_routes.checked_mul(ROUTE_REC_SIZE as u64)?)?
+        .checked_add(n_recent.checked_mul(RECENT_REC_SIZE as u64)?)
+}
+
+/// A cheap 64-bit checksum (four independent multiply-xor lanes so it runs
+/// near memory speed). It is not cryptographic: it only has to catch a copy
+/// torn by a concurrent publish, on top of the sequence numbers.
+pub fn checksum(parts: &[&[u8]]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut lanes = [0x243F_6A88_85A3_08D3u64, 0x1319_8A2E_0370_7344, 0xA409_3822_299F_31D0, 0x082E_FA98_EC4E_6C89];
+    let mut total = 0u64;
+    for part in parts {
+        total = total.wrapping_add(part.len() as u64);
+        let mut chunks = part.chunks_exact(32);
+        for c in &mut chunks {
+            for (l, w) in lanes.iter_mut().zip(c.chunks_exact(8)) {
+                let w = u64::from_le_bytes(w.try_into().expect("8-byte chunk"));
+                *l = (*l ^ w).wrapping_mul(K).rotate_left(29);
+            }
+        }
+        let rest = chunks.remainder();
+        let mut tail = [0u8; 32];
+        tail[..rest.len()].copy_from_slice(rest);
+        for (l, w) in lanes.iter_mut().zip(tail.chunks_exact(8)) {
+            let w = u64::from_le_bytes(w.try_into().expect("8-byte chunk"));
+            *l = (*l ^ w ^ rest.len() as u64).wrapping_mul(K).rotate_left(29);
+        }
+    }
+    let mut h = total.wrapping_mul(K);
+    for l in lanes {
+        h = (h ^ l).wrapping_mul(K);
+        h ^= h >> 32;
+    }
+    h
+}
+
+/// Longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Appends little-endian fields to a buffer.
+pub struct Enc<'a>(pub &'a mut Vec<u8>);
+
+impl Enc<'_> {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn f64(&mut self, v: f64) {
+        self.u64(v.to_bits());
+    }
+    pub fn zeros(&mut self, n: usize) {
+        self.0.resize(self.0.len() + n, 0);
+    }
+    /// `bytes` (already bounded by the caller) padded with zeros to `width`.
+    pub fn padded(&mut self, bytes: &[u8], width: usize) {
+        debug_assert!(bytes.len() <= width);
+        let n = bytes.len().min(width);
+        self.0.extend_from_slice(&bytes[..n]);
+        self.zeros(width - n);
+    }
+    pub fn addr(&mut self, a: &SocketAddr) {
+        match a {
+            SocketAddr::V4(v4) => {
+                self.padded(&v4.ip().octets(), 16);
+                self.u16(v4.port());
+                self.u8(4);
+                self.u8(0);
+                self.u32(0);
+                self.u32(0);
+            }
+            SocketAddr::V6(v6) => {
+                self.padded(&v6.ip().octets(), 16);
+                self.u16(v6.port());
+                self.u8(6);
+                self.u8(0);
+                self.u32(v6.flowinfo());
+                self.u32(v6.scope_id());
+            }
+        }
+        self.u32(0);
+    }
+}
+
+/// Why a record did not decode; the reader wraps it into `ReadError::Corrupt`.
+pub type DecResult<T> = Result<T, String>;
+
+/// Reads little-endian fields from a byte slice, never past its end.
+pub struct Dec<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(b: &'a [u8]) -> Self {
+        Dec { b, pos: 0 }
+    }
+    pub fn at(b: &'a [u8], pos: usize) -> Self {
+        Dec { b, pos }
+    }
+    pub fn bytes(&mut self, n: usize) -> DecResult<&'a [u8]> {
+        let end = self.pos.checked_add(n).ok_or("offset overflow")?;
+        let s = self.b.get(self.pos..end).ok_or_else(|| format!("record cut at byte {}", self.pos))?;
+        self.pos = end;
+        Ok(s)
+    }
+    pub fn u8(&mut self) -> DecResult<u8> {
+        Ok(self.bytes(1)?[0])
+    }
+    pub fn u16(&mut self) -> DecResult<u16> {
+        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().map_err(|_| "u16")?))
+    }
+    pub fn u32(&mut self) -> DecResult<u32> {
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().map_err(|_| "u32")?))
+    }
+    pub fn u64(&mut self) -> DecResult<u64> {
+        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().map_err(|_| "u64")?))
+    }
+    pub fn f64(&mut self) -> DecResult<f64> {
+        Ok(f64::from_bits(self.u64()?))
+    }
+    pub fn skip(&mut self, n: usize) -> DecResult<()> {
+        self.bytes(n).map(|_| ())
+    }
+    /// A string of `len` bytes stored in a `width`-byte field.
+    pub fn str_field(&mut self, len: usize, width: usize, what: &str) -> DecResult<String> {
+        let field = self.bytes(width)?;
+        let s = field.get(..len).ok_or_else(|| format!("{what} length {len} exceeds {width}"))?;
+        std::str::from_utf8(s).map(str::to_owned).map_err(|_| format!("{what} is not UTF-8"))
+    }
+    pub fn addr(&mut self) -> DecResult<SocketAddr> {
+        let ip: [u8; 16] = self.bytes(16)?.try_into().map_err(|_| "ip")?;
+        let port = self.u16()?;
+        let family = self.u8()?;
+        self.skip(1)?;
+        let flowinfo = self.u32()?;
+        let scope_id = self.u32()?;
+        self.skip(4)?;
+        match family {
+            4 => Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]), port))),
+            6 => Ok(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope_id))),
+            f => Err(format!("address family {f}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate_utf8("abc", 8), "abc");
+        assert_eq!(truncate_utf8("aé", 2), "a");
+        assert_eq!(truncate_utf8("日本語", 7), "日本");
+        assert_eq!(truncate_utf8("", 0), "");
+    }
+
+    #[test]
+    fn checksum_sees_every_byte() {
+        let base = vec![7u8; 301];
+        let h = checksum(&[&base]);
+        for i in 0..base.len() {
+            let mut m = base.clone();
+            m[i] ^= 1;
+            assert_ne!(checksum(&[&m]), h, "byte {i}");
+        }
+        assert_ne!(checksum(&[&base[..300]]), h);
+    }
+
+    #[test]
+    fn header_fields_fit() {
+        assert!(H_SEQ[1] + 8 <= HEADER_READ);
+        assert!(S_IFACES + MAX_IFACES * IFACE_LEN <= SLOT_HEADER_SIZE as usize);
+        assert!(PATH_LEN <= u8::MAX as usize);
+    }
+}
