@@ -13,4 +13,5 @@ pub mod http;
 pub mod load;
 pub mod netns;
 pub mod nginx;
+pub mod probe;
 mod rng;

@@ -147,3 +147,19 @@ fn netns_backend_is_reachable_through_nginx() {
     let list = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&list.stdout).contains(&name), "namespace removed");
 }
+
+#[test]
+fn vendored_nginx_loads_the_module() {
+    let conf = match nginx::NginxConf::vendored_with_module() {
+        Ok(conf) => conf,
+        Err(e) => panic!("{e:#}"),
+    };
+    let missing_table = std::env::temp_dir().join(format!("nginx-tests-no-table-{}", std::process::id()));
+    let nginx = nginx::Nginx::start(conf.table(&missing_table).workers(2)).unwrap();
+    assert!(nginx.conf_text().contains("load_module"));
+    assert_eq!(http::get(&nginx.url("/health")).unwrap().status, 200);
+    // No probe has written the table: the endpoint must answer (503), not crash.
+    let resp = http::get(&nginx.url("/upstreamtop")).unwrap();
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(nginx.error_log_problems().is_empty(), "{:?}", nginx.error_log_problems());
+}
