@@ -94,7 +94,6 @@ impl Probe {
 
     fn wait_seq(&mut self, seq: u64, timeout: Duration) -> Result<Snapshot> {
         let deadline = Instant::now() + timeout;
-        let mut last_err = String::from("no snapshot yet");
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait().context("wait for probe")? {
@@ -104,11 +103,11 @@ impl Probe {
             } else {
                 bail!("probe is not running");
             }
-            match self.reader.snapshot() {
+            let last_err = match self.reader.snapshot() {
                 Ok(snap) if snap.meta.publish_seq >= seq => return Ok(snap),
-                Ok(snap) => last_err = format!("publish_seq {} < {seq}", snap.meta.publish_seq),
-                Err(e) => last_err = e.to_string(),
-            }
+                Ok(snap) => format!("publish_seq {} < {seq}", snap.meta.publish_seq),
+                Err(e) => e.to_string(),
+            };
             if Instant::now() > deadline {
                 bail!("no publish #{seq} within {timeout:?} ({last_err})");
             }
