@@ -1,0 +1,513 @@
+//! The text of every screen as styled lines. The TUI draws them (the
+//! terminal cuts what does not fit); the plain-text snapshot prints their
+//! characters, so both always show the same figures.
+
+use std::time::Duration;
+
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use unicode_width::UnicodeWidthStr;
+
+use upstreamtop_report::model::{Percentiles, Responses, Route};
+
+use super::format::{self, bold, dim, fit, right, wire};
+use crate::board::{Backend, Board, ProbeState};
+
+/// Widths of the fixed backend columns.
+const SPARK_W: usize = 10;
+const RPS_W: usize = 8;
+const BAR_W: usize = 8;
+const PCT_W: usize = 4;
+const LAT_W: usize = 7;
+const TAG_W: usize = 9;
+/// Space taken by everything but the name and the status mix.
+const FIXED_W: usize = 2 + 1 + TAG_W + 1 + SPARK_W + 1 + RPS_W + 1 + BAR_W + 1 + PCT_W + 1 + LAT_W + 1 + LAT_W + 2;
+/// Room left for the status mix before the name column shrinks.
+const STATUS_W: usize = 24;
+
+/// The one-line header: totals, window, probe state, time, hosts.
+pub fn header(board: &Board, paused: bool) -> Line<'static> {
+    let mut spans = vec![
+        Span::styled("upstreamtop", bold().fg(Color::Cyan)),
+        Span::raw(" — nginx upstreams · "),
+        Span::styled(format!("{} req/s", format::rps(board.rps)), bold()),
+    ];
+    if board.errors_rps > 0.0 {
+        spans.push(Span::raw(" · "));
+        spans.push(Span::styled(format!("5xx {}/s", format::rps(board.errors_rps)), Style::default().fg(Color::Red)));
+    }
+    if board.window_ms > 0 {
+        spans.push(Span::raw(format!(" · {} window", window(board.window_ms))));
+    }
+    let state = worst_state(board);
+    let state_style = match state {
+        ProbeState::Up => Style::default().fg(Color::Green),
+        ProbeState::Stale => Style::default().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+        ProbeState::Down | ProbeState::Unknown => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+    };
+    spans.push(Span::raw(" · "));
+    spans.push(Span::styled(state.label(), state_style));
+    if board.timestamp > 0 {
+        spans.push(Span::raw(format!(" · {} UTC", format::clock(board.timestamp, false))));
+    }
+    spans.push(Span::raw(" · "));
+    let hosts: Vec<&str> = board.hosts.iter().map(|h| h.host.as_str()).collect();
+    if hosts.len() > 1 {
+        let ok = board.hosts.iter().filter(|h| h.error.is_none()).count();
+        spans.push(Span::raw(format!("{ok}/{} hosts: ", hosts.len())));
+    }
+    spans.push(wire(&hosts.join(", "), dim()));
+    if paused {
+        spans.push(Span::styled("  PAUSED", Style::default().fg(Color::Black).bg(Color::Yellow)));
+    }
+    Line::from(spans)
+}
+
+fn window(ms: u64) -> String {
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn worst_state(board: &Board) -> ProbeState {
+    let rank = |s: ProbeState| match s {
+        ProbeState::Up => 0,
+        ProbeState::Stale => 1,
+        ProbeState::Unknown => 2,
+        ProbeState::Down => 3,
+    };
+    board.hosts.iter().map(|h| h.probe_state).max_by_key(|s| rank(*s)).unwrap_or(ProbeState::Unknown)
+}
+
+/// Banners for hosts that are down, unavailable or stale; empty when all is well.
+/// `retry` is the poll interval, None for a one-shot snapshot.
+pub fn banners(board: &Board, retry: Option<Duration>, polls: u64) -> Vec<Line<'static>> {
+    let mut out = Vec::new();
+    for h in &board.hosts {
+        if let Some(err) = &h.error {
+            let mut text = format!(" ✖ {}: {err}", h.host);
+            if let Some(every) = retry {
+                text.push_str(&format!(" — retrying every {:.1}s", every.as_secs_f64()));
+            }
+            if let Some(ts) = h.showing_old {
+                text.push_str(&format!(" (figures from {} UTC)", format::clock(ts, false)));
+            }
+            out.push(Line::from(wire(&text, Style::default().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD))));
+        } else if h.probe_state == ProbeState::Stale {
+            let text = format!(
+                " ⚠ {}: probe stale — last publish {:.1}s ago; figures are frozen (is upstreamtop-probe running?)",
+                h.host,
+                h.probe_age_ms as f64 / 1000.0
+            );
+            out.push(Line::from(wire(&text, Style::default().fg(Color::Black).bg(Color::Yellow))));
+        } else if h.probe_state == ProbeState::Down {
+            let text = format!(" ✖ {}: probe not publishing", h.host);
+            out.push(Line::from(wire(&text, Style::default().fg(Color::White).bg(Color::Red))));
+        } else if h.probe_state == ProbeState::Unknown && polls == 0 {
+            out.push(Line::from(wire(&format!(" … waiting for the first answer from {}", h.host), dim())));
+        }
+    }
+    out
+}
+
+/// Width of the name column for a screen `width` wide (None: unbounded).
+pub fn name_width(backends: &[&Backend], width: Option<usize>) -> usize {
+    let longest = backends.iter().map(|b| b.label().width()).max().unwrap_or(7).max(7);
+    match width {
+        None => longest,
+        Some(w) => longest.min(w.saturating_sub(FIXED_W + STATUS_W).max(12)),
+    }
+}
+
+/// The column titles above the backends.
+pub fn backend_titles(name_w: usize) -> Line<'static> {
+    let text = format!(
+        "  {} {} {} {} {} {} {} {}  STATUS",
+        fit("BACKEND", name_w),
+        fit("", TAG_W),
+        fit("HISTORY", SPARK_W),
+        right("REQ/S", RPS_W),
+        fit("SHARE", BAR_W),
+        right("", PCT_W),
+        right("AVG", LAT_W),
+        right("P99", LAT_W),
+    );
+    Line::from(Span::styled(text, bold().add_modifier(Modifier::REVERSED)))
+}
+
+/// The state tag shown after a backend's name, with its style.
+fn tag(b: &Backend) -> (String, Style) {
+    let p = &b.peer;
+    let (text, style) = if p.down || p.state == "down" {
+        ("down", Style::default().fg(Color::Red).add_modifier(Modifier::DIM))
+    } else if p.state == "unhealthy" {
+        ("UNHEALTHY", Style::default().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD))
+    } else if p.state == "idle" {
+        ("idle", dim())
+    } else if p.backup {
+        ("backup", Style::default().fg(Color::Cyan))
+    } else if !p.configured && b.upstream != crate::board::UNLISTED && !p.server.is_empty() && p.state != "up" {
+        ("?", dim())
+    } else {
+        ("", Style::default())
+    };
+    (fit(text, TAG_W), style)
+}
+
+/// Status mix of cumulative responses: `2xx 99% 5xx 1%`, coloured by class;
+/// exchanges that got no response show as `✗`.
+pub fn status_mix(r: &Responses, no_response: u64) -> Vec<Span<'static>> {
+    let classes = [(2, r.c2xx), (3, r.c3xx), (4, r.c4xx), (5, r.c5xx)];
+    let total: u64 = classes.iter().map(|c| c.1).sum::<u64>() + no_response;
+    let mut spans = Vec::new();
+    for (class, n) in classes {
+        if n > 0 {
+            if !spans.is_empty() {
+                spans.push(Span::raw(" "));
+            }
+            spans.push(Span::styled(
+                format!("{class}xx {}", format::pct(n, total)),
+                Style::default().fg(format::class_color(class)),
+            ));
+        }
+    }
+    if no_response > 0 {
+        if !spans.is_empty() {
+            spans.push(Span::raw(" "));
+        }
+        spans.push(Span::styled(format!("✗ {}", format::pct(no_response, total)), Style::default().fg(Color::Magenta)));
+    }
+    if spans.is_empty() {
+        spans.push(Span::styled("-", dim()));
+    }
+    spans
+}
+
+/// Routes of a backend, busiest first.
+pub fn ranked_routes(routes: &[Route]) -> Vec<&Route> {
+    let mut v: Vec<&Route> = routes.iter().collect();
+    v.sort_by(|a, b| {
+        b.rps
+            .partial_cmp(&a.rps)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(b.requests.cmp(&a.requests))
+            .then(a.other.cmp(&b.other))
+            .then_with(|| (&a.path, &a.method).cmp(&(&b.path, &b.method)))
+    });
+    v
+}
+
+/// One backend row plus its top routes. Returns the lines; the first is the
+/// backend itself.
+pub fn backend_lines(b: &Backend, max_share: f64, name_w: usize, routes: usize, selected: bool) -> Vec<Line<'static>> {
+    let p = &b.peer;
+    let quiet = p.state == "idle" || p.state == "down" || p.down;
+    let base = if quiet { dim() } else { Style::default() };
+    let name_style = if p.state == "unhealthy" { base.fg(Color::Red).add_modifier(Modifier::BOLD) } else { base.add_modifier(Modifier::BOLD) };
+    let marker = if selected { "▶ " } else { "  " };
+    let (tag_text, tag_style) = tag(b);
+    let share_frac = if max_share > 0.0 { p.share / max_share } else { 0.0 };
+    let mut spans = vec![
+        Span::styled(marker, Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD)),
+        wire(&fit(&b.label(), name_w), name_style),
+        Span::raw(" "),
+        Span::styled(tag_text, tag_style),
+        Span::raw(" "),
+        Span::styled(format::sparkline(&b.history, SPARK_W), base.fg(Color::Cyan)),
+        Span::raw(" "),
+        Span::styled(right(&format::rps(p.rps), RPS_W), base.add_modifier(Modifier::BOLD)),
+        Span::raw(" "),
+        Span::styled(format::bar(share_frac, BAR_W), base.fg(Color::Blue)),
+        Span::raw(" "),
+        Span::styled(right(&format!("{:.0}%", p.share.clamp(0.0, 100.0)), PCT_W), base),
+        Span::raw(" "),
+        Span::styled(right(&format::ms(p.header_time_window.avg), LAT_W), base),
+        Span::raw(" "),
+        Span::styled(right(&format::ms(p.header_time_window.p99), LAT_W), base),
+        Span::raw("  "),
+    ];
+    spans.extend(status_mix(&p.responses, p.no_response));
+    let mut lines = vec![Line::from(spans)];
+    for r in ranked_routes(&p.routes).into_iter().take(routes) {
+        lines.push(route_line(r, name_w));
+    }
+    lines
+}
+
+fn route_text(r: &Route) -> (String, String) {
+    if r.other {
+        (String::new(), "(other)".into())
+    } else {
+        (r.method.clone(), r.path.clone())
+    }
+}
+
+/// `    GET /api/orders    61.0/s` under a backend.
+fn route_line(r: &Route, name_w: usize) -> Line<'static> {
+    let (method, path) = route_text(r);
+    let path_w = (name_w + TAG_W + SPARK_W).saturating_sub(4 + 8);
+    let mut spans = vec![
+        Span::raw("    "),
+        wire(&fit(&method, 7), format::method_style(&method)),
+        Span::raw(" "),
+        wire(&fit(&path, path_w), Style::default()),
+        Span::raw(" "),
+        Span::raw(right(&format!("{}/s", format::rps(r.rps)), RPS_W + 2)),
+    ];
+    if r.errors_rps > 0.0 {
+        spans.push(Span::styled(format!("  5xx {}/s", format::rps(r.errors_rps)), Style::default().fg(Color::Red)));
+    }
+    Line::from(spans)
+}
+
+/// The recent-requests feed, newest first.
+pub fn recent_lines(board: &Board, max: usize) -> Vec<Line<'static>> {
+    board
+        .recent
+        .iter()
+        .take(max)
+        .map(|row| {
+            let r = &row.req;
+            let mut target = String::new();
+            if !row.host.is_empty() {
+                target.push_str(&row.host);
+                target.push(' ');
+            }
+            if !r.upstream.is_empty() {
+                target.push_str(&r.upstream);
+                target.push(' ');
+            }
+            target.push_str(&r.server);
+            let status = if r.status == 0 { "---".to_string() } else { r.status.to_string() };
+            Line::from(vec![
+                Span::styled(format::clock(r.time, true), dim()),
+                Span::raw(" "),
+                wire(&fit(&r.method, 7), format::method_style(&r.method)),
+                Span::raw(" "),
+                wire(&fit(&r.path, 40), Style::default()),
+                Span::styled(" → ", dim()),
+                wire(&target, Style::default()),
+                Span::raw(" "),
+                Span::styled(status, format::status_style(r.status)),
+                Span::raw(" "),
+                Span::raw(format::ms(r.header_time)),
+            ])
+        })
+        .collect()
+}
+
+/// The footer: sort, filter, pause and the keys.
+pub fn footer(sort: &str, filter: &str, editing: bool, detail: bool) -> Line<'static> {
+    let key = Style::default().fg(Color::Black).bg(Color::Cyan);
+    let mut spans = Vec::new();
+    if editing {
+        spans.push(Span::styled(" filter: ", key));
+        spans.push(wire(filter, bold()));
+        spans.push(Span::styled("█", Style::default().add_modifier(Modifier::SLOW_BLINK)));
+        spans.push(Span::raw("  Enter keep · Esc clear"));
+        return Line::from(spans);
+    }
+    spans.push(Span::raw(format!(" sort: {sort}")));
+    if !filter.is_empty() {
+        spans.push(Span::raw(" · filter: "));
+        spans.push(wire(filter, bold()));
+    }
+    let keys: &[(&str, &str)] = if detail {
+        &[("Esc", "back"), ("↑↓", "scroll"), ("p", "pause"), ("?", "help"), ("q", "quit")]
+    } else {
+        &[("q", "quit"), ("s", "sort"), ("p", "pause"), ("/", "filter"), ("↑↓", "select"), ("⏎", "details"), ("?", "help")]
+    };
+    for (k, what) in keys {
+        spans.push(Span::raw("  "));
+        spans.push(Span::styled(format!(" {k} "), key));
+        spans.push(Span::raw(format!(" {what}")));
+    }
+    Line::from(spans)
+}
+
+fn percentile_row(label: &str, p: &Percentiles) -> Line<'static> {
+    Line::from(vec![
+        Span::raw(fit(label, 16)),
+        Span::raw(right(&format::ms(p.avg), 9)),
+        Span::raw(right(&format::ms(p.p50), 9)),
+        Span::raw(right(&format::ms(p.p90), 9)),
+        Span::raw(right(&format::ms(p.p99), 9)),
+    ])
+}
+
+/// Exact codes, `200 ×1234 (97%)`, coloured by class.
+fn codes_line(r: &Responses, no_response: u64) -> Line<'static> {
+    let total: u64 = r.codes.values().sum::<u64>() + no_response;
+    let mut spans = vec![Span::raw(fit("status codes", 16))];
+    for (code, n) in &r.codes {
+        let status: u16 = code.parse().unwrap_or(0);
+        spans.push(wire(code, format::status_style(status).add_modifier(Modifier::BOLD)));
+        spans.push(Span::raw(format!(" ×{n} ({})   ", format::pct(*n, total))));
+    }
+    if no_response > 0 {
+        spans.push(Span::styled("no response", Style::default().fg(Color::Magenta).add_modifier(Modifier::BOLD)));
+        spans.push(Span::raw(format!(" ×{no_response} ({})", format::pct(no_response, total))));
+    }
+    if r.codes.is_empty() && no_response == 0 {
+        spans.push(Span::styled("none yet", dim()));
+    }
+    Line::from(spans)
+}
+
+/// The drill-down of one backend: everything the report says about it.
+pub fn detail_lines(b: &Backend, width: usize) -> Vec<Line<'static>> {
+    let p = &b.peer;
+    let (tag_text, tag_style) = tag(b);
+    let mut out = Vec::new();
+    let mut title = vec![
+        wire(&b.label(), bold().fg(Color::Cyan)),
+        Span::raw("  "),
+        Span::styled(tag_text.trim_end().to_string(), tag_style),
+        wire(&format!("  state {}", p.state), Style::default()),
+    ];
+    if p.name != p.server && !p.name.is_empty() {
+        title.push(wire(&format!("  ({})", p.name), dim()));
+    }
+    title.push(Span::raw(format!(
+        "  weight {}{}{}{}",
+        p.weight,
+        if p.configured { "" } else { "  not in config" },
+        if p.backup { "  backup" } else { "" },
+        if p.down { "  marked down" } else { "" }
+    )));
+    out.push(Line::from(title));
+    out.push(Line::from(vec![
+        Span::styled(format!("{} req/s", format::rps(p.rps)), bold()),
+        Span::raw(format!("   share {:.1}%   ", p.share)),
+        Span::styled(format!("5xx {}/s", format::rps(p.errors_rps)), Style::default().fg(Color::Red)),
+        Span::raw(format!(
+            "   requests {}   no response {}   header time {}",
+            p.requests,
+            p.no_response,
+            format::ms(p.header_time)
+        )),
+    ]));
+    out.push(Line::from(format!(
+        "connections: active {}  opened {}  closed {}  failed {}  reset {}   sent {}  received {}   last seen {}",
+        p.active,
+        p.connections.opened,
+        p.connections.closed,
+        p.connections.failed,
+        p.connections.reset,
+        format::bytes(p.sent),
+        format::bytes(p.received),
+        if p.last_seen == 0 { "never".to_string() } else { format!("{} UTC", format::clock(p.last_seen, false)) },
+    )));
+    out.push(Line::from(""));
+    out.push(Line::from(Span::styled(
+        format!("{}{}{}{}{}", fit("latency", 16), right("avg", 9), right("p50", 9), right("p90", 9), right("p99", 9)),
+        bold(),
+    )));
+    out.push(percentile_row("last interval", &p.header_time_window));
+    out.push(percentile_row("since start", &p.header_time_total));
+    out.push(Line::from(""));
+    out.push(codes_line(&p.responses, p.no_response));
+    out.push(Line::from(""));
+    let spark_w = width.saturating_sub(16 + 12).clamp(10, 120);
+    let (rps_h, err_h, p99_h) = match &p.history {
+        Some(h) => (h.rps.clone(), h.errors.clone(), h.p99.clone()),
+        None => (b.history.clone(), Vec::new(), Vec::new()),
+    };
+    let hist = |label: &str, v: &[f64], color: Color, fmt: fn(f64) -> String| {
+        let last = v.last().copied().map(fmt).unwrap_or_else(|| "-".into());
+        Line::from(vec![
+            Span::raw(fit(label, 16)),
+            Span::styled(format::sparkline(v, spark_w), Style::default().fg(color)),
+            Span::raw(format!("  {last}")),
+        ])
+    };
+    out.push(hist("history req/s", &rps_h, Color::Cyan, format::rps));
+    if !err_h.is_empty() {
+        out.push(hist("history 5xx/s", &err_h, Color::Red, format::rps));
+    }
+    if !p99_h.is_empty() {
+        out.push(hist("history p99", &p99_h, Color::Yellow, format::ms));
+    }
+    out.push(Line::from(""));
+    out.push(Line::from(Span::styled(
+        format!(
+            "routes ({})  {} {} {} {} {} {} {}  CODES",
+            p.routes.len(),
+            right("REQ/S", 8),
+            right("REQUESTS", 10),
+            right("5XX/S", 7),
+            right("P50", 8),
+            right("P90", 8),
+            right("P99", 8),
+            right("✗", 5),
+        ),
+        bold().add_modifier(Modifier::REVERSED),
+    )));
+    let path_w = width.saturating_sub(8 + 11 + 8 + 9 * 3 + 6 + 20).clamp(16, 80);
+    for r in ranked_routes(&p.routes) {
+        let (method, path) = route_text(r);
+        let mut spans = vec![
+            wire(&fit(&method, 7), format::method_style(&method)),
+            Span::raw(" "),
+            wire(&fit(&path, path_w), Style::default()),
+            Span::raw(right(&format::rps(r.rps), 9)),
+            Span::raw(right(&r.requests.to_string(), 11)),
+            Span::styled(
+                right(&format::rps(r.errors_rps), 8),
+                if r.errors_rps > 0.0 { Style::default().fg(Color::Red) } else { Style::default() },
+            ),
+            Span::raw(right(&format::ms(r.header_time.p50), 9)),
+            Span::raw(right(&format::ms(r.header_time.p90), 9)),
+            Span::raw(right(&format::ms(r.header_time.p99), 9)),
+            Span::raw(right(&r.no_response.to_string(), 6)),
+            Span::raw("  "),
+        ];
+        for (code, n) in &r.responses.codes {
+            let status: u16 = code.parse().unwrap_or(0);
+            spans.push(wire(code, format::status_style(status)));
+            spans.push(Span::raw(format!("×{n} ")));
+        }
+        out.push(Line::from(spans));
+    }
+    if p.routes.is_empty() {
+        out.push(Line::from(Span::styled("  no routes seen", dim())));
+    }
+    out
+}
+
+/// The help screen.
+pub fn help_lines() -> Vec<Line<'static>> {
+    let rows: &[(&str, &str)] = &[
+        ("q, Ctrl-C", "quit"),
+        ("s", "cycle the ranking: req/s → latency → errors → name"),
+        ("p, space", "pause / resume (polling goes on; the screen freezes)"),
+        ("/", "filter backends by group, address, state or route (Enter keeps, Esc clears)"),
+        ("↑ ↓ j k", "select a backend (PgUp/PgDn, Home/End)"),
+        ("Enter, →", "details: all routes, exact status codes, latency percentiles, history"),
+        ("Esc, ←", "back (on the main screen: clear the filter)"),
+        ("?", "this help"),
+    ];
+    let mut out = vec![Line::from(Span::styled("upstreamtop — keys", bold().fg(Color::Cyan))), Line::from("")];
+    for (k, what) in rows {
+        out.push(Line::from(vec![Span::styled(fit(k, 12), bold()), Span::raw(*what)]));
+    }
+    out.push(Line::from(""));
+    out.push(Line::from(Span::styled("columns", bold().fg(Color::Cyan))));
+    for (k, what) in [
+        ("HISTORY", "req/s per interval, oldest left"),
+        ("SHARE", "share of all requests in the last interval (bar relative to the busiest)"),
+        ("AVG P99", "header time (request sent → first response byte) over the last interval"),
+        ("STATUS", "responses since the probe started: 2xx green, 3xx cyan, 4xx yellow, 5xx red, ✗ no response"),
+        ("idle", "configured, no traffic lately;  UNHEALTHY: connect failures or mostly 5xx"),
+    ] {
+        out.push(Line::from(vec![Span::styled(fit(k, 12), bold()), Span::raw(what)]));
+    }
+    out
+}
+
+/// Characters of a line, without styles (for plain text and tests).
+pub fn plain(line: &Line<'_>) -> String {
+    line.spans.iter().map(|s| s.content.as_ref()).collect::<String>().trim_end().to_string()
+}
