@@ -58,6 +58,8 @@ impl Route {
 pub enum Until {
     Requests(u64),
     Elapsed(Duration),
+    /// Until the `stop` flag of [`run_until`] is set.
+    Stopped,
 }
 
 /// Headers sent with every request.
@@ -79,6 +81,9 @@ pub struct LoadSpec {
     pub keepalive: bool,
     pub headers: Headers,
     pub timeout: Duration,
+    /// Overall request rate cap (req/s), spread evenly over the clients;
+    /// `None` sends as fast as responses come back.
+    pub rate: Option<f64>,
 }
 
 impl LoadSpec {
@@ -91,7 +96,13 @@ impl LoadSpec {
             keepalive: true,
             headers: Headers::Minimal,
             timeout: crate::http::DEFAULT_TIMEOUT,
+            rate: None,
         }
+    }
+
+    pub fn rate(mut self, per_sec: Option<f64>) -> Self {
+        self.rate = per_sec.filter(|r| *r > 0.0);
+        self
     }
 
     pub fn requests(mut self, n: u64) -> Self {
@@ -201,9 +212,28 @@ pub fn run_until(spec: &LoadSpec, stop: &AtomicBool) -> Result<LoadResult> {
             scope.spawn(move || {
                 let mut mine = LoadResult::default();
                 let mut client = Client::new(spec.target).keepalive(spec.keepalive).timeout(spec.timeout);
+                // Each client paces itself at rate/concurrency, starting at
+                // an offset so the clients do not fire in lockstep.
+                let interval = spec
+                    .rate
+                    .map(|r| Duration::from_secs_f64(spec.concurrency as f64 / r));
+                let mut due = start + interval.map(|i| i.mul_f64(worker as f64 / spec.concurrency as f64)).unwrap_or_default();
                 loop {
                     if stop.load(Ordering::Relaxed) {
                         break;
+                    }
+                    if let Some(interval) = interval {
+                        let now = Instant::now();
+                        if due > now {
+                            // Sleep in slices so a stop request is seen.
+                            std::thread::sleep((due - now).min(Duration::from_millis(100)));
+                            continue;
+                        }
+                        due += interval;
+                        // After a stall do not burst to catch up.
+                        if due + interval < now {
+                            due = now;
+                        }
                     }
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     match spec.until {
