@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# upstreamtop: one entry point for building, trying and testing.
+#
+#   ./build.sh deps      install missing Debian packages (root)
+#   ./build.sh build     release build: probe, dashboard, module (+ distro module)
+#   ./build.sh demo      build, run the simulator + probe, open the dashboard (root)
+#   ./build.sh test      deps + build + cargo test --workspace --release (root)
+#   ./build.sh bench     benchmarks
+#   ./build.sh install   install binaries, module, systemd unit, config examples
+#
+# Environment: PREFIX (default /usr/local), DESTDIR (staging root) for
+# install; DEMO_PORT (default 8080) and DEMO_NETNS=1 for demo.
+set -euo pipefail
+
+cd "$(dirname "$(readlink -f "$0")")"
+ROOT=$(pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+REL=$TARGET/release
+
+# Debian packages the build, the tests and the demo need.
+PACKAGES=(
+    clang llvm libelf-dev zlib1g-dev libpcre2-dev libssl-dev libbpf-dev pkg-config
+    make curl ca-certificates git linux-libc-dev
+    bpftool iproute2 procps
+    wrk tmux nginx-light nginx-dev prometheus
+)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+warn() { printf '\033[33mwarning:\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+need_root() {
+    is_root || die "'$1' needs root: run  sudo $0 $1"
+}
+
+# Environment checks with a clear word on what will not work.
+check_kernel() {
+    local ok=0
+    if [ ! -r /sys/kernel/btf/vmlinux ]; then
+        warn "no BTF (/sys/kernel/btf/vmlinux): the probe cannot load its CO-RE programs; use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        ok=1
+    fi
+    local major minor
+    IFS=. read -r major minor _ <<<"$(uname -r)"
+    minor=${minor%%[!0-9]*}
+    if [ "${major:-0}" -lt 6 ] || { [ "$major" -eq 6 ] && [ "${minor:-0}" -lt 6 ]; }; then
+        warn "kernel $(uname -r) < 6.6 has no tcx: the probe cannot attach (needs Linux 6.6+)"
+        ok=1
+    fi
+    if [ ! -e /proc/self/ns/net ] || ! command -v ip >/dev/null; then
+        warn "no network namespace support (or no iproute2): the netns tests and --netns demo cannot run"
+        ok=1
+    fi
+    return $ok
+}
+
+check_cargo() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs), then rerun"
+}
+
+missing_packages() {
+    local p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    done
+}
+
+cmd_deps() {
+    command -v dpkg-query >/dev/null || die "not a Debian/Ubuntu system: install by hand: ${PACKAGES[*]}"
+    local missing
+    missing=$(missing_packages | tr '\n' ' ')
+    if [ -z "${missing// /}" ]; then
+        say "deps: all ${#PACKAGES[@]} packages present"
+        return 0
+    fi
+    if ! is_root; then
+        die "missing packages: $missing
+run:  sudo apt-get update && sudo apt-get install -y --no-install-recommends $missing"
+    fi
+    say "deps: installing $missing"
+    export DEBIAN_FRONTEND=noninteractive
+    # Keep package scripts from starting services (nginx on :80, prometheus)
+    # on a build machine; only when no policy is in place already.
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e $policy ]; then
+        printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && own_policy=1
+    fi
+    local rc=0
+    # shellcheck disable=SC2086
+    { apt-get update -q && apt-get install -y -q --no-install-recommends $missing; } || rc=$?
+    [ $own_policy -eq 1 ] && rm -f $policy
+    [ $rc -eq 0 ] || die "apt-get failed (exit $rc)"
+}
+
+cmd_build() {
+    check_cargo
+    say "build: cargo build --release --workspace (first run builds nginx from source: a few minutes)"
+    cargo build --release --workspace
+    if [ -x /usr/sbin/nginx ] && [ -d /usr/share/nginx/src ]; then
+        if [ -x module/build-distro.sh ]; then
+            say "build: module for the distro nginx (module/build-distro.sh)"
+            module/build-distro.sh
+        else
+            warn "module/build-distro.sh missing: skipping the distro module"
+        fi
+    else
+        say "build: no /usr/sbin/nginx + /usr/share/nginx/src (nginx-dev): skipping the distro module"
+    fi
+    say "build: artifacts"
+    local f
+    for f in "$REL/upstreamtop-probe" "$REL/upstreamtop" "$REL/libngx_http_upstreamtop_module.so" \
+             "$REL/simulate" "$TARGET/distro/ngx_http_upstreamtop_module.so"; do
+        if [ -e "$f" ]; then echo "  $f"; else echo "  (missing) $f"; fi
+    done
+}
+
+DEMO_PIDS=()
+DEMO_DIR=""
+demo_cleanup() {
+    trap - EXIT INT TERM
+    local pid
+    # The simulator removes its namespace and stops nginx on SIGTERM; the
+    # probe's tcx links die with the probe. (Background jobs of a script
+    # ignore SIGINT, so TERM it is.)
+    for pid in "${DEMO_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${DEMO_PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    [ -n "$DEMO_DIR" ] && echo "demo logs kept in $DEMO_DIR" >&2
+    return 0
+}
+
+cmd_demo() {
+    need_root demo
+    check_kernel || warn "continuing; the probe may fail (see above)"
+    cmd_build
+    local port=${DEMO_PORT:-8080}
+    local url="http://127.0.0.1:$port/upstreamtop"
+    DEMO_DIR=$(mktemp -d /tmp/upstreamtop-demo.XXXXXX)
+    chmod 755 "$DEMO_DIR"
+    local table=$DEMO_DIR/table
+    trap demo_cleanup EXIT
+    trap 'exit 130' INT TERM
+
+    local sim_args=(--port "$port" --table "$table")
+    [ "${DEMO_NETNS:-0}" = 1 ] && sim_args+=(--netns)
+    say "demo: simulator (nginx :$port + backends :9001 :9002 :9003), log $DEMO_DIR/simulate.log"
+    "$REL/simulate" "${sim_args[@]}" >"$DEMO_DIR/simulate.log" 2>&1 &
+    DEMO_PIDS+=($!)
+    for _ in $(seq 100); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null && break
+        kill -0 "${DEMO_PIDS[0]}" 2>/dev/null || { cat "$DEMO_DIR/simulate.log" >&2; die "simulator exited"; }
+        sleep 0.1
+    done
+
+    say "demo: probe (--table $table --ignore-port $port), log $DEMO_DIR/probe.log"
+    "$REL/upstreamtop-probe" --table "$table" --ignore-port "$port" >"$DEMO_DIR/probe.log" 2>&1 &
+    DEMO_PIDS+=($!)
+    sleep 2
+    kill -0 "${DEMO_PIDS[1]}" 2>/dev/null || { cat "$DEMO_DIR/probe.log" >&2; die "probe exited"; }
+
+    if [ -x "$REL/upstreamtop" ] && [ -t 0 ] && [ -t 1 ]; then
+        say "demo: dashboard (q to quit)"
+        "$REL/upstreamtop" --url "$url" || true
+    else
+        [ -x "$REL/upstreamtop" ] || warn "dashboard not built; printing the endpoint instead"
+        [ -t 1 ] || say "demo: no terminal; printing the endpoint instead of the dashboard"
+        say "demo: $url every second (Ctrl-C to stop)"
+        while true; do
+            curl -sS "$url" | python3 -c '
+import json, sys
+try:
+    d = json.load(sys.stdin)
+except Exception as e:
+    print("not JSON:", e); sys.exit(0)
+def walk(o, depth=0):
+    # print a compact outline: groups/peers with requests and 5xx
+    if isinstance(o, dict):
+        if "server" in o and "requests" in o:
+            r = o.get("responses", {})
+            print("  %-22s requests=%-8s 2xx=%-8s 5xx=%s" % (o["server"], o["requests"], r.get("2xx"), r.get("5xx")))
+        for k, v in o.items():
+            if isinstance(v, (dict, list)):
+                walk(v, depth + 1)
+    elif isinstance(o, list):
+        for v in o:
+            walk(v, depth + 1)
+walk(d)
+' || true
+            echo "----"
+            sleep 1
+        done
+    fi
+}
+
+cmd_test() {
+    cmd_deps
+    is_root || warn "not root: the netns, probe and module e2e tests need root (sudo $0 test)"
+    check_kernel || warn "some end-to-end tests will fail on this machine (see above)"
+    cmd_build
+    say "test: cargo test --workspace --release"
+    local log rc=0
+    log=$(mktemp /tmp/upstreamtop-test.XXXXXX.log)
+    # pipefail: rc is cargo's status even through tee.
+    cargo test --workspace --release 2>&1 | tee "$log" || rc=$?
+    say "test summary"
+    local passed failed ignored
+    passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+    failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+    ignored=$(grep -Eo '[0-9]+ ignored' "$log" | awk '{s+=$1} END {print s+0}')
+    grep -E '^(test result:|     Running|   Doc-tests)' "$log" | grep -B1 '^test result:' | grep -v '^--' || true
+    echo "total: $passed passed, $failed failed, $ignored ignored (log: $log)"
+    if [ "$rc" -ne 0 ] || [ "$failed" -ne 0 ]; then
+        grep -E '^test .* FAILED$|^    [a-z_:]+$' "$log" | sort -u | sed 's/^/  /' || true
+        echo "test result: FAILED. $passed passed; $failed failed; $ignored ignored"
+        exit 1
+    fi
+    echo "test result: ok. $passed passed; $failed failed; $ignored ignored"
+}
+
+cmd_bench() {
+    check_cargo
+    if [ -d nginx-tests/benches ] && ls nginx-tests/benches/*.rs >/dev/null 2>&1; then
+        cmd_build
+        cargo bench -p nginx-tests
+    elif [ -f nginx-tests/src/bin/bench.rs ]; then
+        cmd_build
+        "$REL/bench" "$@"
+    else
+        echo "no benchmarks yet"
+    fi
+}
+
+cmd_install() {
+    local prefix=${PREFIX:-/usr/local} dest=${DESTDIR:-}
+    if [ -z "$dest" ] && ! is_root; then
+        die "install into $prefix needs root: sudo $0 install  (or DESTDIR=/tmp/stage $0 install)"
+    fi
+    local probe=$REL/upstreamtop-probe dash=$REL/upstreamtop mod=$REL/libngx_http_upstreamtop_module.so
+    local distro=$TARGET/distro/ngx_http_upstreamtop_module.so
+    [ -x "$probe" ] || die "$probe missing: run $0 build first"
+    say "install: binaries -> $dest$prefix/bin"
+    install -d "$dest$prefix/bin"
+    install -m 0755 "$probe" "$dest$prefix/bin/"
+    [ -x "$dash" ] && install -m 0755 "$dash" "$dest$prefix/bin/"
+    if [ -f "$distro" ]; then
+        # Built against the distro nginx: goes where Debian's nginx looks.
+        say "install: distro module -> $dest/usr/lib/nginx/modules"
+        install -d "$dest/usr/lib/nginx/modules"
+        install -m 0644 "$distro" "$dest/usr/lib/nginx/modules/ngx_http_upstreamtop_module.so"
+    fi
+    if [ -f "$mod" ]; then
+        say "install: module (for the vendored nginx build) -> $dest$prefix/lib/nginx/modules"
+        install -d "$dest$prefix/lib/nginx/modules"
+        install -m 0644 "$mod" "$dest$prefix/lib/nginx/modules/ngx_http_upstreamtop_module.so"
+    fi
+    if [ -f config/upstreamtop-probe.service ]; then
+        say "install: systemd unit -> $dest/etc/systemd/system"
+        install -d "$dest/etc/systemd/system"
+        sed "s|/usr/local/bin|$prefix/bin|g" config/upstreamtop-probe.service \
+            >"$dest/etc/systemd/system/upstreamtop-probe.service"
+        chmod 0644 "$dest/etc/systemd/system/upstreamtop-probe.service"
+    fi
+    say "install: config examples -> $dest$prefix/share/doc/upstreamtop/examples"
+    install -d "$dest$prefix/share/doc/upstreamtop/examples"
+    local f
+    for f in config/*; do
+        [ -f "$f" ] && install -m 0644 "$f" "$dest$prefix/share/doc/upstreamtop/examples/"
+    done
+    cat <<EOF
+next:
+  systemctl daemon-reload && systemctl enable --now upstreamtop-probe
+  add to nginx.conf (see $prefix/share/doc/upstreamtop/examples/nginx.conf):
+    load_module modules/ngx_http_upstreamtop_module.so;
+    location /upstreamtop { upstreamtop_status; allow 127.0.0.1; deny all; }
+  nginx -t && systemctl reload nginx
+EOF
+}
+
+usage() {
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    exit "${1:-0}"
+}
+
+case "${1:-}" in
+    deps) cmd_deps ;;
+    build) cmd_build ;;
+    demo) cmd_demo ;;
+    test) cmd_test ;;
+    bench) shift; cmd_bench "$@" ;;
+    install) cmd_install ;;
+    -h | --help | help) usage 0 ;;
+    *) usage 2 ;;
+esac
