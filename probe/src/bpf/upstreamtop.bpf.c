@@ -1,0 +1,600 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* upstreamtop: read plain-HTTP exchanges between this host and its backends
+ * off the wire. Two tcx programs, egress (requests) and ingress (status
+ * lines). They never drop or modify traffic: every path returns TCX_NEXT.
+ *
+ * Orientation: a connection is keyed local -> peer. Egress packets are keyed
+ * (saddr,sport -> daddr,dport), ingress packets flipped. On loopback each
+ * packet passes lo's egress and then lo's ingress; the flipped lookup of a
+ * backend's own traffic never matches the client's entry.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "upstreamtop.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
+
+/* Bytes peeked to recognise a request line: longest method token we accept
+ * (18) + SP + first byte of the target. */
+#define PEEK 20
+/* Bytes of a response segment scanned for status lines (a 1xx interim
+ * response may be followed by the final one in the same segment). */
+#define SCAN 256
+/* Status lines looked at in one segment: e.g. 100, 103, then the final. */
+#define MAX_STATUS_LINES 3
+
+/* Filters, set by the daemon before load. */
+const volatile __u16 ignore_ports[MAX_IGNORE_PORTS] = {};
+const volatile __u32 n_ignore_ports = 0;
+const volatile struct cidr only_cidrs[MAX_ONLY_CIDRS] = {};
+const volatile __u32 n_only_cidrs = 0;
+/* Set at runtime by the daemon when a vlan device is attached: tagged frames
+ * seen on the parent are then skipped, because the vlan device counts them
+ * untagged (otherwise each exchange would count twice). */
+volatile __u32 skip_tagged = 0;
+
+/* Keeps the ring-buffer record in the object's BTF so the skeleton's
+ * `types` module has it (nothing reads this variable). */
+struct exchange_event _event_type = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); /* --max-conns */
+	__type(key, struct conn_key);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024); /* --max-peers */
+	__type(key, struct peer_key);
+	__type(value, struct peer_counters);
+} peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384); /* --max-peers x 16 */
+	__type(key, struct code_key);
+	__type(value, __u64);
+} codes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* Per-CPU scratch space: keeps big records off the 512-byte stack. */
+struct scratch {
+	struct conn_state conn;
+	struct peer_counters zero;
+	__u8 buf[SCAN + 16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_space SEC(".maps");
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+struct seg {
+	__u32 payload_off;
+	__u32 payload_len;
+	__u8 flags;
+};
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void copy_v4_mapped(__u8 *dst, const __u8 *src4)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, src4, 4);
+}
+
+/* Parse IP + TCP headers into the connection key (oriented by `egress`).
+ * Returns 0 for a TCP segment worth looking at, -1 otherwise. */
+static __always_inline int parse(struct __sk_buff *skb, bool egress, struct conn_key *k,
+				 struct seg *s)
+{
+	__u16 proto = skb->protocol;
+
+	if (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6)) {
+		if (skip_tagged && skb->vlan_present)
+			return -1;
+	} else if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		/* In-band tag (egress on the parent without offload): the
+		 * network header still points at IP, the version nibble
+		 * below tells which. */
+		if (skip_tagged)
+			return -1;
+	} else {
+		return -1;
+	}
+
+	/* L3 offset from the kernel's own network header: the same code
+	 * serves Ethernet, loopback (zero Ethernet header), L2-less tun/wg
+	 * devices and VLAN, without a helper call. */
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	long l3 = (long)kskb->network_header + (long)kskb->head - (long)kskb->data;
+	if (l3 < 0 || l3 > 64)
+		return -1;
+
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (data + l3 + 60 + 14 > end && skb->len > (__u32)(end - data)) {
+		/* Headers not in the linear part (rare: some NIC drivers on
+		 * ingress). Pulling changes layout, never bytes. */
+		__u32 want = l3 + 60 + 14;
+		if (want > skb->len)
+			want = skb->len;
+		if (bpf_skb_pull_data(skb, want))
+			return -1;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+	}
+
+	__u8 *ip = data + l3;
+	__u8 *tcp;
+	__u32 ip_len, hl;
+	if ((void *)(ip + 1) > end)
+		return -1;
+	__u8 version = ip[0] >> 4;
+	if (version == 4) {
+		if ((void *)(ip + 20) > end)
+			return -1;
+		if (ip[9] != IPPROTO_TCP)
+			return -1;
+		if ((ip[6] & 0x1f) || ip[7]) /* not the first fragment */
+			return -1;
+		hl = (ip[0] & 0xf) * 4;
+		if (hl < 20)
+			return -1;
+		ip_len = ((__u32)ip[2] << 8) | ip[3];
+		if (egress) {
+			copy_v4_mapped(k->local_addr, ip + 12);
+			copy_v4_mapped(k->peer_addr, ip + 16);
+		} else {
+			copy_v4_mapped(k->local_addr, ip + 16);
+			copy_v4_mapped(k->peer_addr, ip + 12);
+		}
+	} else if (version == 6) {
+		if ((void *)(ip + 40) > end)
+			return -1;
+		/* Extension headers are not followed: nginx's upstream
+		 * traffic does not carry them. */
+		if (ip[6] != IPPROTO_TCP)
+			return -1;
+		hl = 40;
+		ip_len = ((__u32)ip[4] << 8) | ip[5];
+		if (ip_len)
+			ip_len += 40;
+		if (egress) {
+			__builtin_memcpy(k->local_addr, ip + 8, 16);
+			__builtin_memcpy(k->peer_addr, ip + 24, 16);
+		} else {
+			__builtin_memcpy(k->local_addr, ip + 24, 16);
+			__builtin_memcpy(k->peer_addr, ip + 8, 16);
+		}
+	} else {
+		return -1;
+	}
+	/* A GSO/BIG TCP super-packet may carry 0 as its length: fall back
+	 * to the skb's. (The IP length is preferred otherwise: on ingress the
+	 * skb still includes Ethernet padding.) */
+	if (!ip_len)
+		ip_len = skb->len - l3;
+
+	tcp = ip + hl;
+	if ((void *)(tcp + 20) > end)
+		return -1;
+	__u32 doff = (tcp[12] >> 4) * 4;
+	if (doff < 20 || ip_len < hl + doff)
+		return -1;
+	__u16 sport = ((__u16)tcp[0] << 8) | tcp[1];
+	__u16 dport = ((__u16)tcp[2] << 8) | tcp[3];
+	k->local_port = egress ? sport : dport;
+	k->peer_port = egress ? dport : sport;
+	s->flags = tcp[13];
+	s->payload_len = ip_len - hl - doff;
+	s->payload_off = l3 + hl + doff;
+	return 0;
+}
+
+/* --ignore-port and --only, applied when a connection starts being
+ * tracked (tracked connections passed them already). */
+static __always_inline bool wanted(const struct conn_key *k)
+{
+	__u32 i, j;
+
+	for (i = 0; i < MAX_IGNORE_PORTS; i++) {
+		if (i >= n_ignore_ports)
+			break;
+		if (ignore_ports[i] == k->peer_port || ignore_ports[i] == k->local_port)
+			return false;
+	}
+	if (!n_only_cidrs)
+		return true;
+	for (i = 0; i < MAX_ONLY_CIDRS; i++) {
+		if (i >= n_only_cidrs)
+			break;
+		__u32 bits = only_cidrs[i].prefix_len;
+		bool match = true;
+		for (j = 0; j < 16; j++) {
+			if (bits == 0)
+				break;
+			__u8 mask = bits >= 8 ? 0xff : (__u8)(0xff << (8 - bits));
+			if ((k->peer_addr[j] ^ only_cidrs[i].addr[j]) & mask) {
+				match = false;
+				break;
+			}
+			bits = bits >= 8 ? bits - 8 : 0;
+		}
+		if (match)
+			return true;
+	}
+	return false;
+}
+
+static __always_inline void peer_of(const struct conn_key *k, struct peer_key *pk)
+{
+	__builtin_memcpy(pk->addr, k->peer_addr, 16);
+	pk->port = k->peer_port;
+	pk->_pad = 0;
+}
+
+static __always_inline struct peer_counters *peer_get(const struct peer_key *pk,
+						      struct scratch *sc)
+{
+	struct peer_counters *pc = bpf_map_lookup_elem(&peers, pk);
+	if (pc)
+		return pc;
+	__builtin_memset(&sc->zero, 0, sizeof(sc->zero));
+	bpf_map_update_elem(&peers, pk, &sc->zero, BPF_NOEXIST);
+	pc = bpf_map_lookup_elem(&peers, pk);
+	if (!pc)
+		stat_inc(STAT_PEER_TABLE_FULL);
+	return pc;
+}
+
+static __always_inline struct peer_counters *peer_of_conn(const struct conn_key *k,
+							  struct scratch *sc)
+{
+	struct peer_key pk;
+	peer_of(k, &pk);
+	return peer_get(&pk, sc);
+}
+
+static __always_inline struct scratch *scratch_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&scratch_space, &zero);
+}
+
+static __always_inline void count_code(const struct conn_key *k, __u16 code,
+				       struct peer_counters *pc)
+{
+	struct code_key ck = {};
+	__u64 one = 1, *n;
+
+	peer_of(k, &ck.peer);
+	ck.code = code;
+	n = bpf_map_lookup_elem(&codes, &ck);
+	if (n) {
+		*n += 1;
+		return;
+	}
+	if (bpf_map_update_elem(&codes, &ck, &one, BPF_NOEXIST) == 0)
+		return;
+	/* Lost a race with another CPU creating it, or the map is full. */
+	n = bpf_map_lookup_elem(&codes, &ck);
+	if (n) {
+		*n += 1;
+		return;
+	}
+	if (pc)
+		pc->codes_other += 1;
+	stat_inc(STAT_CODES_FULL);
+}
+
+static __always_inline void emit(const struct conn_key *k, struct conn_state *cs, __u16 status,
+				 __u64 latency)
+{
+	struct exchange_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		stat_inc(STAT_EVENTS_DROPPED);
+		return;
+	}
+	ev->req_ts = cs->req_ts;
+	ev->latency_ns = latency;
+	peer_of(k, &ev->peer);
+	ev->status = status;
+	ev->req_len = cs->req_len;
+	ev->_pad = 0;
+	__builtin_memcpy(ev->req, cs->req, REQ_BYTES);
+	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+}
+
+/* FIN or RST on a tracked connection. */
+static __always_inline void conn_end(const struct conn_key *k, struct conn_state *cs, __u8 flags,
+				     struct scratch *sc)
+{
+	struct peer_counters *pc = peer_of_conn(k, sc);
+
+	if (pc) {
+		if (cs->phase == PHASE_SYN_SENT) {
+			if (flags & TH_RST)
+				pc->conn_failed += 1;
+		} else {
+			pc->conn_closed += 1;
+			if (flags & TH_RST)
+				pc->conn_reset += 1;
+			if (cs->phase == PHASE_AWAIT_RESPONSE)
+				pc->no_response += 1;
+		}
+	}
+	if (cs->phase == PHASE_AWAIT_RESPONSE)
+		emit(k, cs, 0, 0);
+	bpf_map_delete_elem(&conns, k);
+}
+
+/* Does `b` (n bytes) start like a request line: an uppercase method token,
+ * one space, and the first byte of a target? */
+static __always_inline bool looks_like_request(const __u8 *b, __u32 n)
+{
+	__u32 i;
+
+	for (i = 0; i < PEEK - 1; i++) {
+		if (i >= n)
+			return false;
+		__u8 c = b[i];
+		if (c == ' ')
+			break;
+		if (!((c >= 'A' && c <= 'Z') || c == '-' || c == '_'))
+			return false;
+	}
+	if (i == 0 || i >= PEEK - 1 || i + 1 >= n)
+		return false;
+	__u8 t = b[i + 1];
+	return t == '/' || t == '*' || t == '[' || (t >= 'a' && t <= 'z') ||
+	       (t >= 'A' && t <= 'Z') || (t >= '0' && t <= '9');
+}
+
+static __always_inline bool is_digit(__u8 c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* Status code of a status line starting at b[i] ("HTTP/1.1 200" or
+ * "HTTP/2 200"), or 0. */
+static __always_inline __u16 status_at(const __u8 *b, __u32 i, __u32 n)
+{
+	i &= SCAN - 1;
+	if (i + 12 > n)
+		return 0;
+	if (b[i] != 'H' || b[i + 1] != 'T' || b[i + 2] != 'T' || b[i + 3] != 'P' ||
+	    b[i + 4] != '/' || !is_digit(b[i + 5]))
+		return 0;
+	/* i <= SCAN-1 and c + 3 <= i + 11: inside buf (SCAN + 16). */
+	__u32 c = i + 6;
+	if (b[c] == '.') {
+		if (!is_digit(b[c + 1]))
+			return 0;
+		c += 2;
+	}
+	if (b[c] != ' ')
+		return 0;
+	c += 1;
+	__u8 d0 = b[c], d1 = b[c + 1], d2 = b[c + 2];
+	if (!is_digit(d0) || !is_digit(d1) || !is_digit(d2))
+		return 0;
+	__u16 code = (d0 - '0') * 100 + (d1 - '0') * 10 + (d2 - '0');
+	if (code < 100 || code > 599)
+		return 0;
+	return code;
+}
+
+/* Index just past the "\r\n\r\n" that ends the headers starting at `from`,
+ * or 0 when not in the scanned bytes. */
+static __always_inline __u32 headers_end(const __u8 *b, __u32 from, __u32 n)
+{
+	__u32 j;
+
+	for (j = 0; j < SCAN - 3; j++) {
+		if (j < from)
+			continue;
+		if (j + 4 > n)
+			return 0;
+		if (b[j] == '\r' && b[j + 1] == '\n' && b[j + 2] == '\r' && b[j + 3] == '\n')
+			return j + 4;
+	}
+	return 0;
+}
+
+SEC("tcx/egress")
+int upstreamtop_egress(struct __sk_buff *skb)
+{
+	struct conn_key k;
+	struct seg s;
+
+	if (parse(skb, true, &k, &s))
+		return TCX_NEXT;
+	/* Pure ACKs leave here, without a map lookup. */
+	if (!s.payload_len && !(s.flags & (TH_SYN | TH_FIN | TH_RST)))
+		return TCX_NEXT;
+
+	struct scratch *sc = scratch_get();
+	if (!sc)
+		return TCX_NEXT;
+	__u64 now;
+
+	if ((s.flags & (TH_SYN | TH_ACK)) == TH_SYN) {
+		/* Connection attempt from this host. */
+		if (!wanted(&k))
+			return TCX_NEXT;
+		now = bpf_ktime_get_ns();
+		__builtin_memset(&sc->conn, 0, sizeof(sc->conn));
+		sc->conn.phase = PHASE_SYN_SENT;
+		sc->conn.last_ts = now;
+		if (bpf_map_update_elem(&conns, &k, &sc->conn, BPF_ANY)) {
+			stat_inc(STAT_CONN_TABLE_FULL);
+			return TCX_NEXT;
+		}
+		peer_of_conn(&k, sc);
+		return TCX_NEXT;
+	}
+
+	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
+	if (s.payload_len) {
+		if (cs && cs->phase == PHASE_AWAIT_RESPONSE) {
+			/* Rest of the request: headers or body. Never a new
+			 * message (nginx does not pipeline upstream). */
+			struct peer_counters *pc = peer_of_conn(&k, sc);
+			if (pc)
+				pc->sent_bytes += s.payload_len;
+		} else {
+			__u8 peek[PEEK] = {};
+			__u32 n = s.payload_len < PEEK ? s.payload_len : PEEK;
+			if (bpf_skb_load_bytes(skb, s.payload_off, peek, n))
+				goto end;
+			if (looks_like_request(peek, n)) {
+				if (!cs) {
+					/* Connection opened before we saw it. */
+					if (!wanted(&k))
+						return TCX_NEXT;
+					__builtin_memset(&sc->conn, 0, sizeof(sc->conn));
+					sc->conn.phase = PHASE_IDLE;
+					if (bpf_map_update_elem(&conns, &k, &sc->conn, BPF_NOEXIST) &&
+					    !bpf_map_lookup_elem(&conns, &k)) {
+						stat_inc(STAT_CONN_TABLE_FULL);
+						return TCX_NEXT;
+					}
+					cs = bpf_map_lookup_elem(&conns, &k);
+					if (!cs)
+						return TCX_NEXT;
+				}
+				now = bpf_ktime_get_ns();
+				__u32 m = s.payload_len < REQ_BYTES ? s.payload_len : REQ_BYTES;
+				if (bpf_skb_load_bytes(skb, s.payload_off, cs->req, m))
+					goto end;
+				cs->req_len = m;
+				cs->req_ts = now;
+				cs->last_ts = now;
+				cs->phase = PHASE_AWAIT_RESPONSE;
+				struct peer_counters *pc = peer_of_conn(&k, sc);
+				if (pc) {
+					pc->requests += 1;
+					pc->sent_bytes += s.payload_len;
+				}
+			} else if (cs) {
+				struct peer_counters *pc = peer_of_conn(&k, sc);
+				if (pc)
+					pc->sent_bytes += s.payload_len;
+			}
+		}
+	}
+end:
+	if (cs && (s.flags & (TH_FIN | TH_RST)))
+		conn_end(&k, cs, s.flags, sc);
+	return TCX_NEXT;
+}
+
+SEC("tcx/ingress")
+int upstreamtop_ingress(struct __sk_buff *skb)
+{
+	struct conn_key k;
+	struct seg s;
+
+	if (parse(skb, false, &k, &s))
+		return TCX_NEXT;
+	if (!s.payload_len && !(s.flags & (TH_SYN | TH_FIN | TH_RST)))
+		return TCX_NEXT;
+
+	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
+	if (!cs)
+		return TCX_NEXT;
+	struct scratch *sc = scratch_get();
+	if (!sc)
+		return TCX_NEXT;
+	struct peer_counters *pc = peer_of_conn(&k, sc);
+
+	if (cs->phase == PHASE_SYN_SENT) {
+		if ((s.flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)) {
+			cs->phase = PHASE_IDLE;
+			if (pc)
+				pc->conn_opened += 1;
+			return TCX_NEXT;
+		}
+		if (s.flags & TH_RST)
+			conn_end(&k, cs, s.flags, sc);
+		return TCX_NEXT;
+	}
+
+	if (s.payload_len) {
+		if (pc)
+			pc->received_bytes += s.payload_len;
+		if (cs->phase == PHASE_AWAIT_RESPONSE) {
+			__u32 n = s.payload_len < SCAN ? s.payload_len : SCAN;
+			if (n < 12 || bpf_skb_load_bytes(skb, s.payload_off, sc->buf, n)) {
+				stat_inc(STAT_PARSE_ERRORS);
+				goto end;
+			}
+			__u64 now = bpf_ktime_get_ns();
+			__u32 at = 0, i;
+			for (i = 0; i < MAX_STATUS_LINES; i++) {
+				__u16 code = status_at(sc->buf, at, n);
+				if (!code) {
+					/* Headers of a 1xx spilling over, or
+					 * not HTTP at all. */
+					if (i == 0)
+						stat_inc(STAT_PARSE_ERRORS);
+					break;
+				}
+				__u32 cls = (__u32)code / 100u - 1u;
+				if (pc && cls < 5)
+					pc->responses[cls] += 1;
+				count_code(&k, code, pc);
+				cs->last_ts = now;
+				if (code >= 200) {
+					cs->phase = PHASE_IN_RESPONSE;
+					emit(&k, cs, code, now - cs->req_ts);
+					break;
+				}
+				/* Interim: the exchange goes on. */
+				at = headers_end(sc->buf, at, n);
+				if (!at)
+					break;
+			}
+		}
+	}
+end:
+	if (s.flags & (TH_FIN | TH_RST))
+		conn_end(&k, cs, s.flags, sc);
+	return TCX_NEXT;
+}

@@ -1,0 +1,8 @@
+//! upstreamtop-probe: tcx programs that read nginx's plain-HTTP upstream
+//! exchanges off the wire, and the daemon that folds what they count into
+//! the shared table.
+
+pub mod aggregate;
+pub mod bpf;
+pub mod http;
+pub mod sweep;
