@@ -173,26 +173,12 @@ cmd_demo() {
         [ -t 1 ] || say "demo: no terminal; printing the endpoint instead of the dashboard"
         say "demo: $url every second (Ctrl-C to stop)"
         while true; do
-            curl -sS "$url" | python3 -c '
-import json, sys
-try:
-    d = json.load(sys.stdin)
-except Exception as e:
-    print("not JSON:", e); sys.exit(0)
-def walk(o, depth=0):
-    # print a compact outline: groups/peers with requests and 5xx
-    if isinstance(o, dict):
-        if "server" in o and "requests" in o:
-            r = o.get("responses", {})
-            print("  %-22s requests=%-8s 2xx=%-8s 5xx=%s" % (o["server"], o["requests"], r.get("2xx"), r.get("5xx")))
-        for k, v in o.items():
-            if isinstance(v, (dict, list)):
-                walk(v, depth + 1)
-    elif isinstance(o, list):
-        for v in o:
-            walk(v, depth + 1)
-walk(d)
-' || true
+            if [ -x "$REL/upstreamtop" ]; then
+                "$REL/upstreamtop" --url "$url" --once || true
+            else
+                curl -sS "$url" | head -c 2000 || true
+                echo
+            fi
             echo "----"
             sleep 1
         done
