@@ -64,6 +64,19 @@ pub struct RecentRow {
     pub req: Recent,
 }
 
+impl RecentRow {
+    /// Same rule as [`Backend::matches`], so a filter narrows the feed too.
+    pub fn matches(&self, filter: &str) -> bool {
+        if filter.is_empty() {
+            return true;
+        }
+        let f = filter.to_lowercase();
+        [&self.host, &self.req.upstream, &self.req.server, &self.req.path, &self.req.method]
+            .iter()
+            .any(|s| s.to_lowercase().contains(&f))
+    }
+}
+
 /// How one host fared this round.
 #[derive(Debug, Clone)]
 pub struct HostLine {

@@ -42,7 +42,7 @@ pub fn render(board: &Board, polls: u64, opt: &PlainOptions<'_>) -> String {
             out.push(format!("  … {} more", ranked.len() - shown.len()));
         }
     }
-    let recent = lines::recent_lines(board, opt.recent);
+    let recent = lines::recent_lines(board, opt.filter, opt.recent);
     if !recent.is_empty() {
         out.push("recent requests".to_string());
         out.extend(recent.iter().map(lines::plain));

@@ -263,10 +263,11 @@ fn route_line(r: &Route, name_w: usize) -> Line<'static> {
 }
 
 /// The recent-requests feed, newest first.
-pub fn recent_lines(board: &Board, max: usize) -> Vec<Line<'static>> {
+pub fn recent_lines(board: &Board, filter: &str, max: usize) -> Vec<Line<'static>> {
     board
         .recent
         .iter()
+        .filter(|r| r.matches(filter))
         .take(max)
         .map(|row| {
             let r = &row.req;

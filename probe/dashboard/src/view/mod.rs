@@ -67,7 +67,7 @@ fn draw_main(frame: &mut Frame, app: &App, area: Rect) {
     // have room for their rows.
     let mut rows = Rows::new(area);
     let feed_lines = if area.height >= 12 {
-        let want = board.recent.len().min((area.height as usize) / 3);
+        let want = board.recent.iter().filter(|r| r.matches(&app.filter)).count().min((area.height as usize) / 3);
         if want > 0 { want + 1 } else { 0 }
     } else {
         0
@@ -78,7 +78,7 @@ fn draw_main(frame: &mut Frame, app: &App, area: Rect) {
                 format!("recent requests ({} newest)", feed_lines - 1),
                 format::bold().fg(Color::Cyan),
             ))];
-            text.extend(lines::recent_lines(board, feed_lines - 1));
+            text.extend(lines::recent_lines(board, &app.filter, feed_lines - 1));
             frame.render_widget(Paragraph::new(text), r);
         }
     }
