@@ -17,7 +17,6 @@ use ngx::http::{HTTPStatus, HttpModuleLocationConf, HttpModuleMainConf, Method, 
 use ngx::ngx_log_error;
 
 use crate::{nginx_conf, table_access, Module, StatusConf};
-use crate::report_shim as upstreamtop_report;
 
 const JSON: &str = "application/json";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -87,11 +86,18 @@ fn now_unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// `?format=prometheus` / `?format=json` in the raw query string, if given.
-fn format_arg(args: &str) -> Option<&str> {
-    args.split('&')
-        .filter_map(|kv| kv.strip_prefix("format="))
-        .next_back()
+/// `?format=prometheus` / `?format=json` (the last one wins): `Some(true)`
+/// for Prometheus, `None` when not given. `parse_query` leaves `format` to
+/// the module because the directive supplies its default.
+fn format_arg(args: &str) -> Result<Option<bool>, String> {
+    match args.split('&').filter_map(|kv| kv.strip_prefix("format=")).next_back() {
+        None => Ok(None),
+        Some("prometheus") => Ok(Some(true)),
+        Some("json") => Ok(Some(false)),
+        Some(other) => Err(format!(
+            "parameter format: expected \"json\" or \"prometheus\", got {other:?}"
+        )),
+    }
 }
 
 /// The whole answer, from the request's configuration, query and the table.
@@ -113,9 +119,8 @@ fn answer(request: &Request) -> Answer {
         query.route_labels = false;
     }
     let prometheus = match format_arg(&args) {
-        Some("prometheus") => true,
-        Some(_) => false,
-        None => status_conf.prometheus,
+        Ok(format) => format.unwrap_or(status_conf.prometheus),
+        Err(e) => return Answer::error(400, &e),
     };
 
     let snap = match table_access::snapshot(Path::new(table)) {
@@ -125,7 +130,7 @@ fn answer(request: &Request) -> Answer {
         }
     };
     let now = now_unix_ns();
-    if let Some(age_s) = upstreamtop_report::stale(&snap, now) {
+    if let Some(age_s) = upstreamtop_report::stale_age_s(&snap, now) {
         let reason = format!("probe stale: last publish {age_s} s ago");
         return Answer::json(503, upstreamtop_report::unavailable_json(&reason, table));
     }

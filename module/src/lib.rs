@@ -29,7 +29,6 @@ mod directives;
 mod handler;
 mod nginx_conf;
 mod table_access;
-mod report_shim;
 
 /// Where the probe publishes when `upstreamtop_table` is not given.
 pub const DEFAULT_TABLE_PATH: &str = "/run/upstreamtop/table";

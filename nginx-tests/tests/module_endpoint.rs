@@ -147,6 +147,7 @@ fn start(workers: u32) -> (Nginx, tempfile::TempDir, PathBuf) {
                 format!("server {APP_2}"),
                 format!("server {APP_BACKUP} backup"),
                 format!("server {APP_DOWN} down"),
+                "zone app 64k".to_owned(),
             ],
         )
         .upstream("v6", &[format!("server {V6_PEER}")])
@@ -285,6 +286,9 @@ fn query_arguments_filter_the_answer() {
     let (status, body, _) = get_json(&nginx, "/upstreamtop?routes=lots");
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("routes"), "{body}");
+    let (status, body, _) = get_json(&nginx, "/upstreamtop?format=xml");
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("format"), "{body}");
     assert_healthy(&nginx);
 }
 
