@@ -33,10 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handler")?;
     }
     let mut app = App::new(spec.hosts(), args.sort, args.interval, args.backends, args.routes);
-    if let Some(name) = &args.upstream {
-        // The endpoint filters too; this keeps `--table` and old modules honest.
-        app.filter = name.clone();
-    }
+    app.set_only_upstream(args.upstream.clone());
     let deadline = args.secs.map(|s| Instant::now() + Duration::from_secs(s));
     if args.once {
         let mut source = Source::open(&spec);

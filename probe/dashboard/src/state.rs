@@ -48,6 +48,9 @@ pub struct App {
     pub max_backends: usize,
     pub max_routes: usize,
     pub quit: bool,
+    /// `--upstream NAME`: only this group (the endpoint filters too; this
+    /// keeps `--table` mode and older modules to the same rule).
+    pub only_upstream: Option<String>,
     /// Answers received so far (0 = still waiting for the first).
     pub polls: u64,
     hosts: Vec<HostSlot>,
@@ -70,6 +73,7 @@ impl App {
             max_backends,
             max_routes,
             quit: false,
+            only_upstream: None,
             polls: 0,
             hosts: hosts.into_iter().map(|host| HostSlot { host, ..HostSlot::default() }).collect(),
             local_history: HashMap::new(),
@@ -77,6 +81,12 @@ impl App {
         };
         app.rebuild();
         app
+    }
+
+    /// Keeps only the group `name` from now on.
+    pub fn set_only_upstream(&mut self, name: Option<String>) {
+        self.only_upstream = name;
+        self.rebuild();
     }
 
     pub fn board(&self) -> &Board {
@@ -142,6 +152,10 @@ impl App {
             .collect();
         let reports: Vec<Option<&Report>> = self.hosts.iter().map(|h| h.last.as_ref()).collect();
         let mut board = Board::build(lines, &reports);
+        if let Some(only) = &self.only_upstream {
+            board.backends.retain(|b| &b.upstream == only);
+            board.recent.retain(|r| &r.req.upstream == only);
+        }
         // Probe history is authoritative; without it, remember what we saw
         // (only for fresh answers, so a dead endpoint does not paint a flat line).
         let fresh: Vec<bool> = self.hosts.iter().map(|h| h.error.is_none()).collect();
