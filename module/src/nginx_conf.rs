@@ -66,7 +66,14 @@ fn upstream_group(uscf: &ngx_http_upstream_srv_conf_t) -> UpstreamConf {
     // SAFETY: after the upstream module's init_main_conf ran (before any
     // request), peer.data of every group is its round-robin peer list, or
     // null if the balancer keeps none.
-    let servers = unsafe { read_peer_lists(peers, &name) };
+    let mut servers = unsafe { read_peer_lists(peers, &name) };
+    if implicit {
+        // ngx_http_upstream_add leaves the weight of a literal address at 0
+        // (a single peer needs none); report what it means: weight 1.
+        for s in servers.iter_mut().filter(|s| s.weight == 0) {
+            s.weight = 1;
+        }
+    }
     UpstreamConf { name, implicit, servers }
 }
 

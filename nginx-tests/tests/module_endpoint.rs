@@ -150,7 +150,11 @@ fn start(workers: u32) -> (Nginx, tempfile::TempDir, PathBuf) {
                 "zone app 64k".to_owned(),
             ],
         )
-        .upstream("v6", &[format!("server {V6_PEER}")])
+        // Other balancers keep the round-robin peer list the module reads.
+        .upstream(
+            "v6",
+            &[format!("server {V6_PEER}"), "hash $request_uri consistent".into(), "keepalive 8".into()],
+        )
         .extra_server(&format!("location /direct/ {{ proxy_pass http://{IMPLICIT}; }}"))
         .extra_server("location = /metrics { upstreamtop_status prometheus; }");
     let nginx = Nginx::start(conf).unwrap();
@@ -240,6 +244,8 @@ fn json_joins_table_with_upstream_config() {
     let ip = find_peer(implicit, IMPLICIT).expect("implicit group's peer");
     assert_eq!(ip["requests"], 5);
     assert_eq!(ip["responses"]["codes"]["201"], 5);
+    assert_eq!(ip["weight"], 1);
+    assert_eq!(ip["name"], IMPLICIT, "as written in proxy_pass");
 
     let v6 = find_peer(&groups["v6"], "[::1]:19106").expect("IPv6 peer in v6");
     assert_eq!(v6["requests"], 2);
