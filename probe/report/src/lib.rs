@@ -7,8 +7,21 @@
 //! [`model::Report`], and `upstreamtop-probe dump` renders a snapshot with an
 //! empty config.
 
+mod build;
 pub mod config;
+mod join;
+mod json;
 pub mod model;
+mod peer;
+mod prometheus;
+mod query;
 
+pub use build::{build_report, stale, stale_after_ns, stale_age_s, SCHEMA_VERSION, UNLISTED};
 pub use config::{NginxConfig, Query, ServerConf, UpstreamConf};
+pub use json::{render_json, unavailable_json};
 pub use model::Report;
+pub use prometheus::render_prometheus;
+pub use query::parse_query;
+
+#[cfg(test)]
+mod tests;

@@ -82,7 +82,46 @@ pub struct Responses {
     pub c5xx: u64,
     /// Exact status codes: `"200": 1234`.
     pub codes: BTreeMap<String, u64>,
+    /// Responses whose exact code the probe could not keep (their class
+    /// is still counted above).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub codes_other: u64,
     pub total: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// The Prometheus `le` bounds of `upstreamtop_response_header_seconds`, in
+/// ns. Each is an exact bound of the fine histogram
+/// ([`upstreamtop_table::histogram`]), so the cumulative counts are exact.
+pub const HEADER_TIME_LE_NS: [u64; 14] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// The cumulative header-time histogram of a peer since the probe started,
+/// for Prometheus. Not part of the JSON.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeaderTimeHistogram {
+    /// Observations `<=` each of [`HEADER_TIME_LE_NS`] (cumulative).
+    pub le: Vec<u64>,
+    /// All observations (the `+Inf` bucket and `_count`).
+    pub count: u64,
+    pub sum_ns: u64,
 }
 
 /// `avg`, `p50`, `p90`, `p99` in ms.
@@ -149,6 +188,9 @@ pub struct Peer {
     pub routes: Vec<Route>,
     /// Unix ms of the latest request; 0 = never.
     pub last_seen: u64,
+    /// For Prometheus only (not serialized).
+    #[serde(skip)]
+    pub header_time_histogram: HeaderTimeHistogram,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

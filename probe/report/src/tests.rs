@@ -1,0 +1,340 @@
+//! Report tests over hand-built snapshots: the configuration join, exact
+//! figures, filters, and the JSON round trip the dashboard relies on.
+
+use std::net::SocketAddr;
+
+use upstreamtop_table::histogram::{bucket_of, BUCKETS};
+use upstreamtop_table::{
+    Connections, HistorySample, Latency, PeerStats, ProbeCounters, ProbeMeta, RecentRequest, Responses, RouteStats,
+    Snapshot, Window,
+};
+
+use crate::model::Report;
+use crate::*;
+
+const SEC: u64 = 1_000_000_000;
+const NOW: u64 = 1_700_000_000 * SEC;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn stats(a: &str, requests: u64, rps: f64) -> PeerStats {
+    let mut buckets = vec![0u64; BUCKETS];
+    // 4 responses at 2 ms, 1 at 20 ms.
+    buckets[bucket_of(2_000_000)] = 4;
+    buckets[bucket_of(20_000_000)] = 1;
+    PeerStats {
+        addr: addr(a),
+        requests,
+        responses: Responses { class: [0, requests - 1, 0, 0, 1], codes: vec![(200, requests - 1), (502, 1)], codes_other: 0 },
+        no_response: 0,
+        sent_bytes: requests * 100,
+        received_bytes: requests * 1000,
+        conns: Connections { opened: 3, closed: 2, failed: 0, reset: 1, active: 1 },
+        latency: Latency { buckets, sum_ns: 28_000_000, count: 5 },
+        window: Window {
+            requests_per_sec: rps,
+            errors_5xx_per_sec: 0.5,
+            sent_bytes_per_sec: 0.0,
+            received_bytes_per_sec: 0.0,
+            latency_avg_ns: 1_500_000,
+            latency_p50_ns: 1_000_000,
+            latency_p90_ns: 2_000_000,
+            latency_p99_ns: 3_000_000,
+        },
+        history: vec![HistorySample { requests: 4, errors_5xx: 0, conn_failed: 0, latency_p99_us: 2500 }],
+        first_seen_unix_ns: NOW - 100 * SEC,
+        last_seen_unix_ns: NOW - SEC,
+    }
+}
+
+fn route(peer: u32, method: &str, path: &str, requests: u64) -> RouteStats {
+    RouteStats {
+        peer,
+        method: method.into(),
+        path: path.into(),
+        requests,
+        responses: Responses { class: [0, requests, 0, 0, 0], codes: vec![(200, requests)], codes_other: 0 },
+        latency_sum_ns: requests * 2_000_000,
+        latency_count: requests,
+        latency_p50_ns: 2_000_000,
+        latency_p90_ns: 2_000_000,
+        latency_p99_ns: 2_000_000,
+        requests_per_sec: requests as f64 / 10.0,
+        ..Default::default()
+    }
+}
+
+fn snapshot() -> Snapshot {
+    let mut other = route(0, "", "", 7);
+    other.is_other = true;
+    Snapshot {
+        meta: ProbeMeta {
+            pid: 77,
+            started_unix_ns: NOW - 100 * SEC,
+            published_unix_ns: NOW - SEC / 2,
+            interval_ns: SEC,
+            publish_seq: 100,
+            history_len: 60,
+            interfaces: vec!["lo".into()],
+            counters: ProbeCounters { events_dropped: 1, route_overflow: 7, ..Default::default() },
+        },
+        peers: vec![
+            stats("127.0.0.1:9001", 10, 3.0),
+            stats("[::ffff:127.0.0.1]:9002", 20, 1.0), // mapped: joins 127.0.0.1:9002
+            stats("10.9.9.9:80", 5, 0.0),              // unlisted
+            stats("127.0.0.1:8080", 1000, 100.0),      // nginx's own listener
+        ],
+        routes: vec![
+            route(0, "GET", "/b", 2),
+            route(0, "GET", "/a", 2),
+            other,
+            route(0, "POST", "/c?secret=1", 6),
+            route(1, "GET", "/x", 20),
+            route(3, "GET", "/front", 1000),
+        ],
+        recent: vec![
+            RecentRequest { unix_ns: NOW - 3 * SEC, peer: addr("127.0.0.1:9001"), method: "GET".into(), path: "/a".into(), status: 200, latency_ns: 2_000_000 },
+            RecentRequest { unix_ns: NOW - 2 * SEC, peer: addr("127.0.0.1:8080"), method: "GET".into(), path: "/front".into(), status: 200, latency_ns: 1 },
+            RecentRequest { unix_ns: NOW - SEC, peer: addr("10.9.9.9:80"), method: "PUT".into(), path: "/u".into(), status: 0, latency_ns: 0 },
+        ],
+    }
+}
+
+fn config() -> NginxConfig {
+    let server = |name: &str, a: &str, backup: bool, down: bool, weight: u32| ServerConf {
+        name: name.into(),
+        addr: addr(a),
+        backup,
+        down,
+        weight,
+    };
+    NginxConfig {
+        upstreams: vec![
+            UpstreamConf {
+                name: "api".into(),
+                implicit: false,
+                servers: vec![
+                    server("localhost:9001", "127.0.0.1:9001", false, false, 3),
+                    server("127.0.0.1:9002", "127.0.0.1:9002", true, false, 1),
+                    server("spare:9003", "[::1]:9003", false, false, 1),  // no traffic
+                    server("gone:9004", "127.0.0.1:9004", false, true, 1), // down
+                ],
+            },
+            UpstreamConf {
+                name: "127.0.0.1:9001".into(),
+                implicit: true,
+                servers: vec![server("127.0.0.1:9001", "127.0.0.1:9001", false, false, 1)],
+            },
+        ],
+        listen: vec![addr("0.0.0.0:8080")],
+        nginx_version: "1.22.1".into(),
+    }
+}
+
+#[test]
+fn config_join() {
+    let r = build_report(&snapshot(), &config(), &Query::default(), NOW);
+    assert_eq!(r.upstreams.keys().collect::<Vec<_>>(), vec!["127.0.0.1:9001", "api"]);
+    let api = &r.upstreams["api"];
+    assert!(!api.implicit);
+    assert!(r.upstreams["127.0.0.1:9001"].implicit);
+    let servers: Vec<_> = api.peers.iter().map(|p| (p.server.as_str(), p.name.as_str(), p.state.as_str())).collect();
+    assert_eq!(
+        servers,
+        vec![
+            ("127.0.0.1:9001", "localhost:9001", "up"),
+            ("127.0.0.1:9002", "127.0.0.1:9002", "up"),
+            ("[::1]:9003", "spare:9003", "idle"),
+            ("127.0.0.1:9004", "gone:9004", "down"),
+        ]
+    );
+    assert_eq!((api.peers[0].weight, api.peers[1].backup, api.peers[3].down), (3, true, true));
+    assert!(api.peers.iter().all(|p| p.configured));
+    assert_eq!(api.peers[1].requests, 20, "mapped IPv6 joined with the IPv4 server");
+    assert_eq!(api.peers[2].requests, 0);
+    assert_eq!(api.peers[2].header_time_total, Default::default());
+    assert_eq!((api.requests, api.rps), (30, 4.0));
+    // The same address in two groups shows the same wire figures.
+    assert_eq!(r.upstreams["127.0.0.1:9001"].peers[0].requests, 10);
+    // Unlisted: only the unknown peer; the listener is nowhere.
+    assert_eq!(r.unlisted.peers.len(), 1);
+    let u = &r.unlisted.peers[0];
+    assert_eq!((u.server.as_str(), u.name.as_str(), u.configured, u.requests), ("10.9.9.9:80", "10.9.9.9:80", false, 5));
+    assert_eq!(u.state, "up");
+    let json = render_json(&r);
+    assert!(!json.contains("8080") && !json.contains("/front"), "listener leaked: {json}");
+}
+
+#[test]
+fn exact_figures() {
+    let r = build_report(&snapshot(), &config(), &Query { routes: 2, ..Query::default() }, NOW);
+    // Totals: the three backends, not nginx's listener.
+    assert_eq!(r.totals.requests, 35);
+    assert_eq!(r.totals.rps, 4.0);
+    assert_eq!(r.totals.errors_rps, 1.5);
+    assert_eq!((r.totals.sent, r.totals.received), (3500, 35000));
+    assert_eq!(r.totals.responses.c2xx, 32);
+    assert_eq!(r.totals.responses.c5xx, 3);
+    assert_eq!(r.totals.responses.codes["200"], 32);
+    assert_eq!(r.totals.responses.codes["502"], 3);
+    assert_eq!(r.totals.responses.total, 35);
+
+    let p = &r.upstreams["api"].peers[0];
+    assert_eq!(p.share, 75.0);
+    assert_eq!(p.header_time, 1.5);
+    assert_eq!(p.header_time_window, model::Percentiles { avg: 1.5, p50: 1.0, p90: 2.0, p99: 3.0 });
+    assert_eq!(p.header_time_total.avg, 5.6);
+    // p50 falls in the 2 ms bucket (1.8..2.0 ms), p99 in the 20 ms one (18..20 ms).
+    assert!(p.header_time_total.p50 > 1.8 && p.header_time_total.p50 <= 2.0, "{:?}", p.header_time_total);
+    assert!(p.header_time_total.p99 > 18.0 && p.header_time_total.p99 <= 20.0, "{:?}", p.header_time_total);
+    assert_eq!((p.sent, p.received, p.active), (1000, 10000, 1));
+    assert_eq!(p.connections, model::Connections { opened: 3, closed: 2, failed: 0, reset: 1 });
+    assert_eq!(p.errors_rps, 0.5);
+    assert_eq!(p.last_seen, (NOW - SEC) / 1_000_000);
+    let h = p.history.as_ref().unwrap();
+    assert_eq!((h.rps.clone(), h.errors.clone(), h.p99.clone()), (vec![4.0], vec![0.0], vec![2.5]));
+    // Top 2 by requests (ties by path), query string stripped, then "other".
+    let routes: Vec<_> = p.routes.iter().map(|r| (r.method.as_str(), r.path.as_str(), r.requests, r.other)).collect();
+    assert_eq!(routes, vec![("POST", "/c", 6, false), ("GET", "/a", 2, false), ("", "(other)", 7, true)]);
+    assert_eq!(p.routes[0].header_time.avg, 2.0);
+    assert_eq!(p.routes[0].rps, 0.6);
+    let hist = &p.header_time_histogram;
+    assert_eq!(hist.le[..6], [0, 0, 4, 4, 4, 5]);
+    assert_eq!((hist.count, hist.sum_ns), (5, 28_000_000));
+
+    // Recent: newest first, listener left out, groups resolved.
+    let recent: Vec<_> = r.recent.iter().map(|x| (x.server.as_str(), x.upstream.as_str(), x.status)).collect();
+    assert_eq!(recent, vec![("10.9.9.9:80", "", 0), ("127.0.0.1:9001", "api", 200)]);
+    assert_eq!(r.recent[1].header_time, 2.0);
+
+    assert_eq!(r.version, SCHEMA_VERSION);
+    assert_eq!(r.nginx_version, "1.22.1");
+    assert_eq!(r.timestamp, NOW / 1_000_000);
+    assert!(r.probe.up && !r.probe.stale);
+    assert_eq!((r.probe.pid, r.probe.age_ms, r.probe.interval_ms), (77, 500, 1000));
+    assert_eq!(r.probe.drops["events_dropped"], 1);
+    assert_eq!(r.probe.overflows["route_overflow"], 7);
+}
+
+#[test]
+fn query_limits_and_filters() {
+    let q = Query { routes: 0, recent: 1, history: false, ..Query::default() };
+    let r = build_report(&snapshot(), &config(), &q, NOW);
+    let p = &r.upstreams["api"].peers[0];
+    assert_eq!(p.routes.len(), 1, "only the other bucket");
+    assert!(p.history.is_none());
+    assert!(!render_json(&r).contains("\"history\""));
+    assert_eq!(r.recent.len(), 1);
+
+    let q = Query { upstream: Some("api".into()), ..Query::default() };
+    let r = build_report(&snapshot(), &config(), &q, NOW);
+    assert_eq!(r.upstreams.keys().collect::<Vec<_>>(), vec!["api"]);
+    assert!(r.unlisted.peers.is_empty());
+    assert_eq!(r.totals.requests, 35, "totals stay global");
+    assert_eq!(r.recent.iter().map(|x| x.upstream.as_str()).collect::<Vec<_>>(), vec!["api"]);
+
+    let q = Query { upstream: Some(UNLISTED.into()), ..Query::default() };
+    let r = build_report(&snapshot(), &config(), &q, NOW);
+    assert!(r.upstreams.is_empty());
+    assert_eq!(r.unlisted.peers.len(), 1);
+    assert_eq!(r.recent.len(), 1);
+    assert_eq!(r.recent[0].server, "10.9.9.9:80");
+}
+
+#[test]
+fn empty_config_lists_everything_but_nothing_is_dropped() {
+    let r = build_report(&snapshot(), &NginxConfig::default(), &Query::default(), NOW);
+    assert!(r.upstreams.is_empty());
+    assert_eq!(r.unlisted.peers.len(), 4, "without listen sockets the front door is just a peer");
+    assert_eq!(r.unlisted.peers[0].server, "127.0.0.1:8080");
+    assert_eq!(r.unlisted.peers[2].server, "127.0.0.1:9001", "sorted by requests, then address");
+}
+
+#[test]
+fn staleness() {
+    let mut s = snapshot();
+    assert!(!stale(&s, NOW));
+    s.meta.published_unix_ns = NOW - 5 * SEC;
+    assert!(!stale(&s, NOW), "5 s floor");
+    s.meta.published_unix_ns = NOW - 5 * SEC - 1;
+    assert!(stale(&s, NOW));
+    assert_eq!(stale_age_s(&s, NOW), Some(5));
+    s.meta.interval_ns = 10 * SEC;
+    assert!(!stale(&s, NOW), "three intervals");
+    s.meta.published_unix_ns = 0;
+    assert!(stale(&s, NOW));
+    let r = build_report(&s, &config(), &Query::default(), NOW);
+    assert!(!r.probe.up && r.probe.stale);
+}
+
+#[test]
+fn json_round_trip() {
+    let r = build_report(&snapshot(), &config(), &Query::default(), NOW);
+    let json = render_json(&r);
+    let mut back: Report = serde_json::from_str(&json).unwrap();
+    // Only the Prometheus-only histogram is left out of the JSON.
+    let mut want = r.clone();
+    for p in want.upstreams.values_mut().flat_map(|u| u.peers.iter_mut()).chain(want.unlisted.peers.iter_mut()) {
+        p.header_time_histogram = Default::default();
+    }
+    for p in back.upstreams.values_mut().flat_map(|u| u.peers.iter_mut()).chain(back.unlisted.peers.iter_mut()) {
+        assert_eq!(p.header_time_histogram, Default::default());
+    }
+    assert_eq!(back, want);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let peer = &v["upstreams"]["api"]["peers"][0];
+    for field in ["server", "requests", "responses", "sent", "received", "header_time", "active", "state"] {
+        assert!(peer.get(field).is_some(), "{field} missing");
+    }
+    assert_eq!(peer["responses"]["5xx"], 1);
+    assert_eq!(peer["responses"]["codes"]["200"], 9);
+}
+
+#[test]
+fn hostile_strings_stay_inside_json() {
+    let mut s = snapshot();
+    s.routes[0].path = "/\"}],\n<script>\u{0}é".into();
+    s.recent[0].method = "G\"E\\T".into();
+    let json = render_json(&build_report(&s, &config(), &Query::default(), NOW));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["recent"][1]["method"], "G\"E\\T");
+    assert!(!json.contains('\n'));
+}
+
+#[test]
+fn unavailable_body() {
+    let body = unavailable_json("probe not running: /run/upstreamtop/table missing", "/run/upstreamtop/table");
+    let u: model::Unavailable = serde_json::from_str(&body).unwrap();
+    assert_eq!(u.error, "probe not running: /run/upstreamtop/table missing");
+    assert_eq!(u.table, "/run/upstreamtop/table");
+    assert!(!u.probe.up);
+}
+
+/// 1,000 peers × 16 routes, the endpoint's sizing target: built and
+/// rendered once here (the bench measures the time).
+pub fn big_snapshot() -> Snapshot {
+    let mut s = snapshot();
+    s.peers = (0..1000u32).map(|i| stats(&format!("10.1.{}.{}:8080", i / 250, i % 250), 1000 + u64::from(i), 1.0)).collect();
+    s.routes = (0..1000u32)
+        .flat_map(|p| (0..16u64).map(move |r| route(p, "GET", &format!("/api/v1/resource{r}/:id"), 10 + r)))
+        .collect();
+    s.recent.truncate(0);
+    s
+}
+
+#[test]
+fn renders_a_thousand_peers() {
+    let s = big_snapshot();
+    let q = Query { routes: 16, ..Query::default() };
+    let start = std::time::Instant::now();
+    let report = build_report(&s, &config(), &q, NOW);
+    let built = start.elapsed();
+    let json = render_json(&report);
+    eprintln!("1000 peers x 16 routes: built in {built:?}, {} bytes rendered in {:?}", json.len(), start.elapsed() - built);
+    let v: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(v.unlisted.peers.len(), 1000);
+    assert!(v.unlisted.peers.iter().all(|p| p.routes.len() == 16));
+    assert_eq!(v.totals.requests, (1000..2000).sum::<u64>());
+}
