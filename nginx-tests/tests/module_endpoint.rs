@@ -156,7 +156,8 @@ fn start(workers: u32) -> (Nginx, tempfile::TempDir, PathBuf) {
             &[format!("server {V6_PEER}"), "hash $request_uri consistent".into(), "keepalive 8".into()],
         )
         .extra_server(&format!("location /direct/ {{ proxy_pass http://{IMPLICIT}; }}"))
-        .extra_server("location = /metrics { upstreamtop_status prometheus; }");
+        .extra_server("location = /metrics { upstreamtop_status prometheus; }")
+        .extra_server("location = /private { upstreamtop_status; deny all; }");
     let nginx = Nginx::start(conf).unwrap();
     (nginx, dir, table)
 }
@@ -321,7 +322,7 @@ fn prometheus_format_from_query_or_directive() {
 }
 
 #[test]
-fn methods_other_than_get_and_head_are_refused() {
+fn methods_and_access_control() {
     let (nginx, _dir, table) = start(1);
     write_table(&table, &snapshot(nginx.addr()));
     let resp = http::post(&nginx.url("/upstreamtop"), "x=1").unwrap();
@@ -331,6 +332,9 @@ fn methods_other_than_get_and_head_are_refused() {
     let head = client.send(&http::Request::new("HEAD", "/upstreamtop")).unwrap();
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
+    // nginx's own access phase runs before the content handler.
+    let denied = http::get(&nginx.url("/private")).unwrap();
+    assert_eq!(denied.status, 403);
     assert_healthy(&nginx);
 }
 
