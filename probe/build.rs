@@ -30,6 +30,9 @@ fn main() {
         .source(SRC)
         .clang_args([
             "-O2".into(),
+            // alu32 + jmp32: 32-bit bounds the verifier can follow (v1, the
+            // default of older clang, loses them on every u32 compare).
+            "-mcpu=v3".into(),
             "-g".into(),
             "-Wall".into(),
             "-I".into(),

@@ -111,11 +111,17 @@ pub fn peer_key_of(addr: SocketAddr) -> types::peer_key {
 }
 
 fn explain_load_error(e: &libbpf_rs::Error) -> String {
-    match e.kind() {
-        libbpf_rs::ErrorKind::PermissionDenied => "permission denied: the probe needs root or the \
-             capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
-            .to_string(),
-        _ => format!("{e}"),
+    let msg = format!("{e}");
+    // EPERM is a missing capability; EACCES is the verifier refusing the
+    // programs (its log went to stderr).
+    if msg.contains("os error 1)") {
+        format!(
+            "{msg}: the probe needs root or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
+        )
+    } else if msg.contains("os error 13)") {
+        format!("{msg}: the kernel's verifier rejected the programs (log above)")
+    } else {
+        msg
     }
 }
 

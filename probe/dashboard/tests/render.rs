@@ -405,3 +405,19 @@ fn selection_scrolls_into_view_on_short_terminal() {
     let sel = s.lines().find(|l| l.starts_with("▶")).unwrap_or_else(|| panic!("selection off screen:\n{s}"));
     assert!(sel.contains("10.0.1.14:8080"), "{s}");
 }
+
+#[test]
+fn narrow_terminal_keeps_peer_addresses() {
+    let app = app_with(fixture("hostile"));
+    let s = render(&app, 90, 20);
+    assert!(s.contains(" 10.0.1.10:8080"), "{s}");
+    let hosts = vec!["nginx-frontend-a.example.internal:8080".to_string()];
+    let mut app = App::new(hosts.clone(), SortKey::Rps, Duration::from_secs(1), 8, 4);
+    app.update(vec![HostResult { host: hosts[0].clone(), result: Ok(fixture("normal")) }]);
+    for w in [70, 80, 100] {
+        let s = render(&app, w, 30);
+        for peer in ["10.0.1.10:8080", "10.0.1.11:8080", "10.0.1.12:8080"] {
+            assert!(s.contains(peer), "{peer} at width {w}:\n{s}");
+        }
+    }
+}

@@ -103,6 +103,19 @@ struct seg {
 	__u8 flags;
 };
 
+/* min(len, max) in [1, max], in a form the verifier keeps bounds for
+ * (clang otherwise reuses a register whose bounds were lost). */
+static __always_inline __u32 clamp_len(__u32 len, __u32 max)
+{
+	__u32 n = len < max ? len : max;
+	asm volatile("" : "+r"(n));
+	if (n > max)
+		n = max;
+	if (n < 1)
+		n = 1;
+	return n;
+}
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
@@ -420,21 +433,42 @@ static __always_inline __u16 status_at(const __u8 *b, __u32 i, __u32 n)
 	return code;
 }
 
-/* Index just past the "\r\n\r\n" that ends the headers starting at `from`,
- * or 0 when not in the scanned bytes. */
-static __always_inline __u32 headers_end(const __u8 *b, __u32 from, __u32 n)
-{
-	__u32 j;
+struct scan_ctx {
+	__u32 from;
+	__u32 n;
+	__u32 found;
+};
 
-	for (j = 0; j < SCAN - 3; j++) {
-		if (j < from)
-			continue;
-		if (j + 4 > n)
-			return 0;
-		if (b[j] == '\r' && b[j + 1] == '\n' && b[j + 2] == '\r' && b[j + 3] == '\n')
-			return j + 4;
+static long scan_step(__u32 j, struct scan_ctx *c)
+{
+	struct scratch *sc;
+	__u32 zero = 0;
+
+	if (j < c->from)
+		return 0;
+	if (j + 4 > c->n)
+		return 1;
+	sc = bpf_map_lookup_elem(&scratch_space, &zero);
+	if (!sc)
+		return 1;
+	j &= SCAN - 1;
+	if (sc->buf[j] == '\r' && sc->buf[j + 1] == '\n' && sc->buf[j + 2] == '\r' &&
+	    sc->buf[j + 3] == '\n') {
+		c->found = j + 4;
+		return 1;
 	}
 	return 0;
+}
+
+/* Index just past the "\r\n\r\n" that ends the headers starting at `from`
+ * in the scratch buffer, or 0 when not in the scanned bytes. bpf_loop keeps
+ * the verifier from walking every iteration. */
+static __always_inline __u32 headers_end(__u32 from, __u32 n)
+{
+	struct scan_ctx c = { .from = from, .n = n, .found = 0 };
+
+	bpf_loop(SCAN, scan_step, &c, 0);
+	return c.found;
 }
 
 SEC("tcx/egress")
@@ -480,7 +514,7 @@ int upstreamtop_egress(struct __sk_buff *skb)
 				pc->sent_bytes += s.payload_len;
 		} else {
 			__u8 peek[PEEK] = {};
-			__u32 n = s.payload_len < PEEK ? s.payload_len : PEEK;
+			__u32 n = clamp_len(s.payload_len, PEEK);
 			if (bpf_skb_load_bytes(skb, s.payload_off, peek, n))
 				goto end;
 			if (looks_like_request(peek, n)) {
@@ -500,7 +534,7 @@ int upstreamtop_egress(struct __sk_buff *skb)
 						return TCX_NEXT;
 				}
 				now = bpf_ktime_get_ns();
-				__u32 m = s.payload_len < REQ_BYTES ? s.payload_len : REQ_BYTES;
+				__u32 m = clamp_len(s.payload_len, REQ_BYTES);
 				if (bpf_skb_load_bytes(skb, s.payload_off, cs->req, m))
 					goto end;
 				cs->req_len = m;
@@ -560,7 +594,7 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 		if (pc)
 			pc->received_bytes += s.payload_len;
 		if (cs->phase == PHASE_AWAIT_RESPONSE) {
-			__u32 n = s.payload_len < SCAN ? s.payload_len : SCAN;
+			__u32 n = clamp_len(s.payload_len, SCAN);
 			if (n < 12 || bpf_skb_load_bytes(skb, s.payload_off, sc->buf, n)) {
 				stat_inc(STAT_PARSE_ERRORS);
 				goto end;
@@ -587,7 +621,7 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 					break;
 				}
 				/* Interim: the exchange goes on. */
-				at = headers_end(sc->buf, at, n);
+				at = headers_end(at, n);
 				if (!at)
 					break;
 			}

@@ -13,6 +13,12 @@ pub fn wire(text: &str, style: Style) -> Span<'static> {
     Span::styled(sanitize::clean(text).into_owned(), style)
 }
 
+/// Wire text sanitised first, then fitted to `width` columns (in this order,
+/// so a visible escape like `\x1b` is measured at its real width).
+pub fn wire_fit(text: &str, width: usize, style: Style) -> Span<'static> {
+    Span::styled(fit(&sanitize::clean(text), width), style)
+}
+
 /// Cuts `text` to `width` terminal columns (ending in `…` when cut) and pads
 /// it with spaces to exactly `width`.
 pub fn fit(text: &str, width: usize) -> String {

@@ -10,8 +10,9 @@ use unicode_width::UnicodeWidthStr;
 
 use upstreamtop_report::model::{Percentiles, Responses, Route};
 
-use super::format::{self, bold, dim, fit, right, wire};
+use super::format::{self, bold, dim, fit, right, wire, wire_fit};
 use crate::board::{Backend, Board, ProbeState};
+use crate::sanitize;
 
 /// Widths of the fixed backend columns.
 const SPARK_W: usize = 10;
@@ -23,7 +24,7 @@ const TAG_W: usize = 9;
 /// Space taken by everything but the name and the status mix.
 const FIXED_W: usize = 2 + 1 + TAG_W + 1 + SPARK_W + 1 + RPS_W + 1 + BAR_W + 1 + PCT_W + 1 + LAT_W + 1 + LAT_W + 2;
 /// Room left for the status mix before the name column shrinks.
-const STATUS_W: usize = 24;
+const STATUS_W: usize = 14;
 
 /// The one-line header: totals, window, probe state, time, hosts.
 pub fn header(board: &Board, paused: bool) -> Line<'static> {
@@ -71,14 +72,22 @@ fn window(ms: u64) -> String {
     }
 }
 
+/// The state for the header: the worst among hosts that answered (a host
+/// that never answered has its own banner), "no data" when none did.
 fn worst_state(board: &Board) -> ProbeState {
     let rank = |s: ProbeState| match s {
         ProbeState::Up => 0,
         ProbeState::Stale => 1,
-        ProbeState::Unknown => 2,
-        ProbeState::Down => 3,
+        ProbeState::Down => 2,
+        ProbeState::Unknown => 3,
     };
-    board.hosts.iter().map(|h| h.probe_state).max_by_key(|s| rank(*s)).unwrap_or(ProbeState::Unknown)
+    board
+        .hosts
+        .iter()
+        .map(|h| h.probe_state)
+        .filter(|s| *s != ProbeState::Unknown)
+        .max_by_key(|s| rank(*s))
+        .unwrap_or(ProbeState::Unknown)
 }
 
 /// Banners for hosts that are down, unavailable or stale; empty when all is well.
@@ -114,10 +123,28 @@ pub fn banners(board: &Board, retry: Option<Duration>, polls: u64) -> Vec<Line<'
 
 /// Width of the name column for a screen `width` wide (None: unbounded).
 pub fn name_width(backends: &[&Backend], width: Option<usize>) -> usize {
-    let longest = backends.iter().map(|b| b.label().width()).max().unwrap_or(7).max(7);
+    let longest = backends.iter().map(|b| sanitize::clean(&b.label()).width()).max().unwrap_or(7).max(7);
     match width {
         None => longest,
         Some(w) => longest.min(w.saturating_sub(FIXED_W + STATUS_W).max(12)),
+    }
+}
+
+/// The label cut to `width`, keeping the peer address whole as long as it
+/// fits: on a narrow screen the group name gives way first.
+fn fitted_label(b: &Backend, width: usize) -> String {
+    let label = sanitize::clean(&b.label()).into_owned();
+    if label.width() <= width {
+        return label;
+    }
+    let server = sanitize::clean(&b.peer.server).into_owned();
+    let sw = server.width();
+    if sw + 2 > width {
+        return format::truncate(&server, width);
+    }
+    match label.strip_suffix(&server) {
+        Some(prefix) => format!("{} {server}", format::truncate(prefix.trim_end(), width - sw - 1)),
+        None => format::truncate(&label, width),
     }
 }
 
@@ -211,7 +238,7 @@ pub fn backend_lines(b: &Backend, max_share: f64, name_w: usize, routes: usize, 
     let share_frac = if max_share > 0.0 { p.share / max_share } else { 0.0 };
     let mut spans = vec![
         Span::styled(marker, Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD)),
-        wire(&fit(&b.label(), name_w), name_style),
+        wire_fit(&fitted_label(b, name_w), name_w, name_style),
         Span::raw(" "),
         Span::styled(tag_text, tag_style),
         Span::raw(" "),
@@ -250,9 +277,9 @@ fn route_line(r: &Route, name_w: usize) -> Line<'static> {
     let path_w = (name_w + TAG_W + SPARK_W).saturating_sub(4 + 8);
     let mut spans = vec![
         Span::raw("    "),
-        wire(&fit(&method, 7), format::method_style(&method)),
+        wire_fit(&method, 7, format::method_style(&method)),
         Span::raw(" "),
-        wire(&fit(&path, path_w), Style::default()),
+        wire_fit(&path, path_w, Style::default()),
         Span::raw(" "),
         Span::raw(right(&format!("{}/s", format::rps(r.rps)), RPS_W + 2)),
     ];
@@ -285,9 +312,9 @@ pub fn recent_lines(board: &Board, filter: &str, max: usize) -> Vec<Line<'static
             Line::from(vec![
                 Span::styled(format::clock(r.time, true), dim()),
                 Span::raw(" "),
-                wire(&fit(&r.method, 7), format::method_style(&r.method)),
+                wire_fit(&r.method, 7, format::method_style(&r.method)),
                 Span::raw(" "),
-                wire(&fit(&r.path, 40), Style::default()),
+                wire_fit(&r.path, 40, Style::default()),
                 Span::styled(" → ", dim()),
                 wire(&target, Style::default()),
                 Span::raw(" "),
@@ -420,7 +447,7 @@ pub fn detail_lines(b: &Backend, width: usize) -> Vec<Line<'static>> {
         let last = v.last().copied().map(fmt).unwrap_or_else(|| "-".into());
         Line::from(vec![
             Span::raw(fit(label, 16)),
-            Span::styled(format::sparkline(v, spark_w), Style::default().fg(color)),
+            Span::styled(format::sparkline(v, spark_w.min(v.len().max(10))), Style::default().fg(color)),
             Span::raw(format!("  {last}")),
         ])
     };
@@ -450,9 +477,9 @@ pub fn detail_lines(b: &Backend, width: usize) -> Vec<Line<'static>> {
     for r in ranked_routes(&p.routes) {
         let (method, path) = route_text(r);
         let mut spans = vec![
-            wire(&fit(&method, 7), format::method_style(&method)),
+            wire_fit(&method, 7, format::method_style(&method)),
             Span::raw(" "),
-            wire(&fit(&path, path_w), Style::default()),
+            wire_fit(&path, path_w, Style::default()),
             Span::raw(right(&format::rps(r.rps), 9)),
             Span::raw(right(&r.requests.to_string(), 11)),
             Span::styled(
