@@ -133,6 +133,11 @@ fn config() -> NginxConfig {
     }
 }
 
+/// The report of the hand-built snapshot, for the renderers' tests.
+pub fn sample_report() -> Report {
+    build_report(&snapshot(), &config(), &Query::default(), NOW)
+}
+
 #[test]
 fn config_join() {
     let r = build_report(&snapshot(), &config(), &Query::default(), NOW);
