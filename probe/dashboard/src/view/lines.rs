@@ -124,9 +124,12 @@ pub fn banners(board: &Board, retry: Option<Duration>, polls: u64) -> Vec<Line<'
 /// Width of the name column for a screen `width` wide (None: unbounded).
 pub fn name_width(backends: &[&Backend], width: Option<usize>) -> usize {
     let longest = backends.iter().map(|b| sanitize::clean(&b.label()).width()).max().unwrap_or(7).max(7);
+    // Never narrower than the widest peer address: on a small screen the
+    // right-hand columns are cut instead of the backend's identity.
+    let servers = backends.iter().map(|b| sanitize::clean(&b.peer.server).width()).max().unwrap_or(0).min(47);
     match width {
         None => longest,
-        Some(w) => longest.min(w.saturating_sub(FIXED_W + STATUS_W).max(12)),
+        Some(w) => longest.min(w.saturating_sub(FIXED_W + STATUS_W).max(servers).max(12)),
     }
 }
 
