@@ -157,7 +157,8 @@ fn start(workers: u32) -> (Nginx, tempfile::TempDir, PathBuf) {
         )
         .extra_server(&format!("location /direct/ {{ proxy_pass http://{IMPLICIT}; }}"))
         .extra_server("location = /metrics { upstreamtop_status prometheus; }")
-        .extra_server("location = /private { upstreamtop_status; deny all; }");
+        .extra_server("location = /private { upstreamtop_status; deny all; }")
+        .extra_server("location = /metrics-lean { upstreamtop_status prometheus noroutes; }");
     let nginx = Nginx::start(conf).unwrap();
     (nginx, dir, table)
 }
@@ -315,6 +316,13 @@ fn prometheus_format_from_query_or_directive() {
             .unwrap_or_else(|| panic!("{path}: no 503 series for APP_1:\n{text}"));
         assert!(line.ends_with(" 7"), "{line}");
     }
+    // Route series are there by default and gone with `noroutes`.
+    let with_routes = http::get(&nginx.url("/metrics")).unwrap().text();
+    assert!(with_routes.contains("route=\"/api/orders/:id\""), "{with_routes}");
+    let lean = http::get(&nginx.url("/metrics-lean")).unwrap();
+    assert_eq!(lean.status, 200);
+    assert!(!lean.text().contains("route="), "noroutes: {}", lean.text());
+    assert!(lean.text().contains("127.0.0.1:19101"), "peers still there: {}", lean.text());
     // ?format=json overrides the directive's prometheus.
     let (status, _, resp) = get_json(&nginx, "/metrics?format=json");
     assert_eq!(status, 200);
