@@ -4,5 +4,9 @@
 
 pub mod aggregate;
 pub mod bpf;
+pub mod cli;
+pub mod daemon;
 pub mod http;
+pub mod ifaces;
+pub mod notify;
 pub mod sweep;

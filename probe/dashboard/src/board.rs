@@ -8,8 +8,9 @@ use upstreamtop_report::model::{Peer, Recent, Report};
 
 use crate::cli::SortKey;
 
-/// Group name shown for peers no `upstream {}` lists.
-pub const UNLISTED: &str = "(unlisted)";
+/// Group name shown for peers no `upstream {}` lists: the name the
+/// endpoint's `?upstream=` takes for them, so `--upstream unlisted` works.
+pub const UNLISTED: &str = upstreamtop_report::UNLISTED;
 
 /// One backend row.
 #[derive(Debug, Clone)]
@@ -65,13 +66,22 @@ pub struct RecentRow {
 }
 
 impl RecentRow {
+    /// The request's group, [`UNLISTED`] for peers no group lists.
+    pub fn group(&self) -> &str {
+        if self.req.upstream.is_empty() {
+            UNLISTED
+        } else {
+            &self.req.upstream
+        }
+    }
+
     /// Same rule as [`Backend::matches`], so a filter narrows the feed too.
     pub fn matches(&self, filter: &str) -> bool {
         if filter.is_empty() {
             return true;
         }
         let f = filter.to_lowercase();
-        [&self.host, &self.req.upstream, &self.req.server, &self.req.path, &self.req.method]
+        [&self.host, self.group(), &self.req.server, &self.req.path, &self.req.method]
             .iter()
             .any(|s| s.to_lowercase().contains(&f))
     }

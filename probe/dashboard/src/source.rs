@@ -342,14 +342,11 @@ impl Source {
     }
 }
 
-/// Builds the report the module would serve, with an empty nginx config.
-// TEMPORARY: upstreamtop_report::build_report has not landed yet; swap this
-// body for the call below as soon as it does.
-fn report_from_table(_snap: &upstreamtop_table::Snapshot, _query: &Query) -> Result<Report, SourceError> {
-    let _now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    // Ok(upstreamtop_report::build_report(snap, &NginxConfig::default(), query, now_ns))
-    let _ = NginxConfig::default();
-    Err(SourceError::Table("--table needs upstreamtop-report's build_report, not built into this binary yet".into()))
+/// Builds the report the module would serve, with an empty nginx config
+/// (every peer shows as unlisted: group names live in nginx).
+fn report_from_table(snap: &upstreamtop_table::Snapshot, query: &Query) -> Result<Report, SourceError> {
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    Ok(upstreamtop_report::build_report(snap, &NginxConfig::default(), query, now_ns))
 }
 
 #[cfg(test)]

@@ -154,7 +154,7 @@ impl App {
         let mut board = Board::build(lines, &reports);
         if let Some(only) = &self.only_upstream {
             board.backends.retain(|b| &b.upstream == only);
-            board.recent.retain(|r| &r.req.upstream == only);
+            board.recent.retain(|r| r.group() == only);
         }
         // Probe history is authoritative; without it, remember what we saw
         // (only for fresh answers, so a dead endpoint does not paint a flat line).

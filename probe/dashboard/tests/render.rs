@@ -87,7 +87,7 @@ fn normal_shows_header_backends_routes_and_feed() {
         assert!(s.contains(peer), "{peer} missing:\n{s}");
     }
     // Ranked by req/s: 104 > 97 > 31 > 16 > idle ones.
-    let order: Vec<usize> = ["api 10.0.1.10:8080", "api 10.0.1.11:8080", "checkout 10.0.1.12:8080", "(unlisted) 127.0.0.1:9100", "api 10.0.1.13:8080"]
+    let order: Vec<usize> = ["api 10.0.1.10:8080", "api 10.0.1.11:8080", "checkout 10.0.1.12:8080", "unlisted 127.0.0.1:9100", "api 10.0.1.13:8080"]
         .iter()
         .map(|n| row_of(&s, n))
         .collect();
@@ -128,7 +128,7 @@ fn sort_key_cycles_and_reorders() {
     assert!(row_of(&s, "api 10.0.1.10") < row_of(&s, "api 10.0.1.11"), "{s}");
     key(&mut app, KeyCode::Char('s'));
     let s = render(&app, 140, 40);
-    let names = ["(unlisted) 127.0.0.1:9100", "api 10.0.1.10", "api 10.0.1.11", "api 10.0.1.13", "api 10.0.1.14", "checkout 10.0.1.12"];
+    let names = ["api 10.0.1.10", "api 10.0.1.11", "api 10.0.1.13", "api 10.0.1.14", "checkout 10.0.1.12", "unlisted 127.0.0.1:9100"];
     let rows: Vec<usize> = names.iter().map(|n| row_of(&s, n)).collect();
     assert!(rows.windows(2).all(|w| w[0] < w[1]), "{s}");
     key(&mut app, KeyCode::Char('s'));
