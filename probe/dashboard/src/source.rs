@@ -320,14 +320,27 @@ impl Source {
         }
     }
 
-    /// One round: a result per host. HTTP hosts are asked one after the
-    /// other; each waits at most `timeout`.
+    /// One round: a result per host, in the order given; each host waits
+    /// at most `timeout` (per connect, write and read).
     pub fn poll(&mut self, timeout: Duration) -> Vec<HostResult> {
         match self {
-            Source::Http(eps) => eps
-                .iter()
-                .map(|ep| HostResult { host: ep.authority.clone(), result: ep.fetch(timeout) })
-                .collect(),
+            // Hosts are asked at the same time, so one dead host costs one
+            // timeout per round, not one per host.
+            Source::Http(eps) if eps.len() == 1 => {
+                vec![HostResult { host: eps[0].authority.clone(), result: eps[0].fetch(timeout) }]
+            }
+            Source::Http(eps) => std::thread::scope(|scope| {
+                let handles: Vec<_> = eps.iter().map(|ep| scope.spawn(move || ep.fetch(timeout))).collect();
+                eps.iter()
+                    .zip(handles)
+                    .map(|(ep, h)| HostResult {
+                        host: ep.authority.clone(),
+                        result: h
+                            .join()
+                            .unwrap_or_else(|_| Err(SourceError::BadAnswer("poll thread failed".into()))),
+                    })
+                    .collect()
+            }),
             Source::Table { path, reader, query } => {
                 let result = match reader.snapshot() {
                     Ok(snap) => report_from_table(&snap, query).map(|mut report| {

@@ -120,3 +120,18 @@ fn bad_flags_are_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("between 50ms and 1h"));
 }
+
+#[test]
+fn several_hosts_one_down() {
+    let (a, hits_a, _) = serve("200 OK", fixture("normal"));
+    let (b, hits_b, _) = serve("503 Service Unavailable", fixture("unavailable"));
+    let out = upstreamtop(&["--once", "--url", &a, "--url", &b]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "one host answered:\n{stdout}");
+    assert_eq!((hits_a.load(Ordering::SeqCst), hits_b.load(Ordering::SeqCst)), (1, 1));
+    let host_a = a.trim_start_matches("http://").trim_end_matches("/upstreamtop");
+    let host_b = b.trim_start_matches("http://").trim_end_matches("/upstreamtop");
+    assert!(stdout.contains("1/2 hosts"), "{stdout}");
+    assert!(stdout.contains(&format!("{host_a} api 10.0.1.10:8080")), "{stdout}");
+    assert!(stdout.contains(&format!("{host_b}: probe unavailable")), "{stdout}");
+}
