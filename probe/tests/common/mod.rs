@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use upstreamtop_probe::aggregate::{AggLimits, Aggregator};
 use upstreamtop_probe::bpf::{types, BpfConfig, Programs};
 use upstreamtop_probe::sweep::{collect, SweepConfig};
-use upstreamtop_table::Snapshot;
+use upstreamtop_table::{PeerStats, Snapshot};
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -83,7 +83,7 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
         let mut body = vec![0; content_length];
         r.read_exact(&mut body)?;
         let path = target.split('?').next().unwrap_or("").to_string();
-        let mut record = |code: u16| {
+        let record = |code: u16| {
             *served.lock().unwrap().entry((method.clone(), path.clone(), code)).or_default() += 1;
         };
         if path == "/reset" {
@@ -264,3 +264,110 @@ impl Harness {
         }
     }
 }
+
+pub fn peer<'a>(s: &'a Snapshot, addr: SocketAddr) -> &'a PeerStats {
+    s.peers.iter().find(|p| p.addr == addr).unwrap_or_else(|| panic!("peer {addr} missing: {s:#?}"))
+}
+
+/// Exchanges to `addr` covering the tricky cases; the server's own counts
+/// are the ground truth.
+pub fn run_traffic(addr: SocketAddr) -> u64 {
+    let mut sent = 0;
+    let mut c = Client::connect(addr);
+    // Short requests, keepalive, exact codes and folded routes.
+    for i in 0..10 {
+        assert_eq!(c.get(&format!("/api/orders/{i}?x=1")), Some(200));
+        sent += 1;
+    }
+    for code in [201u16, 204, 404, 404, 503, 302] {
+        assert_eq!(c.get(&format!("/status/{code}")), Some(code));
+        sent += 1;
+    }
+    // POST whose body (sent in its own segment) starts with "GET ".
+    let body = b"GET /not-a-request HTTP/1.1\r\n\r\n";
+    let head = format!("POST /items HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n", body.len());
+    assert_eq!(c.exchange(head.as_bytes(), Some(body)), Some(200));
+    sent += 1;
+    // 100-continue: the interim response must not end the exchange.
+    let head = format!(
+        "PUT /upload/5 HTTP/1.1\r\nHost: b\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    assert_eq!(c.exchange(head.as_bytes(), Some(body)), Some(200));
+    sent += 1;
+    // 103 Early Hints and the final response in one segment.
+    assert_eq!(c.get("/early"), Some(200));
+    sent += 1;
+    // A response body that starts like a status line.
+    assert_eq!(c.get("/status-body"), Some(200));
+    sent += 1;
+    // Request line split across two segments.
+    assert_eq!(c.exchange(b"GET /split/77", Some(b" HTTP/1.1\r\nHost: b\r\n\r\n")), Some(200));
+    sent += 1;
+    drop(c);
+    // HTTP/1.0 close-delimited response.
+    let mut c = Client::connect(addr);
+    assert_eq!(c.exchange(b"GET /http10 HTTP/1.0\r\n\r\n", None), Some(200));
+    sent += 1;
+    drop(c);
+    // The backend resets instead of answering.
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/reset"), None);
+    sent += 1;
+    drop(c);
+    sent
+}
+
+/// Compare the probe's figures for `addr` with what the server served.
+pub fn assert_matches(s: &Snapshot, addr: SocketAddr, served: &BTreeMap<(String, String, u16), u64>, sent: u64) {
+    let p = peer(s, addr);
+    let served_total: u64 = served.values().sum();
+    assert_eq!(served_total, sent);
+    assert_eq!(p.requests, sent, "requests");
+    let mut codes: BTreeMap<u16, u64> = BTreeMap::new();
+    for ((_, _, code), n) in served {
+        if *code != 0 {
+            *codes.entry(*code).or_default() += n;
+        }
+    }
+    // The 100 Continue and 103 Early Hints interim responses are counted too.
+    codes.insert(100, 1);
+    codes.insert(103, 1);
+    assert_eq!(p.responses.codes, codes.into_iter().collect::<Vec<_>>(), "exact codes");
+    let no_resp: u64 = served.iter().filter(|((_, _, c), _)| *c == 0).map(|(_, n)| n).sum();
+    assert_eq!(p.no_response, no_resp, "no_response");
+    assert_eq!(p.conns.opened, 3, "connections opened");
+    assert_eq!(p.conns.closed, 3, "connections closed");
+    assert_eq!(p.conns.reset, 1, "connections reset");
+    assert_eq!(p.conns.active, 0, "connections active");
+    assert_eq!(p.latency.count, sent - no_resp, "latency samples");
+
+    // Routes: served paths folded the same way.
+    let pi = s.peers.iter().position(|q| q.addr == addr).unwrap() as u32;
+    let mut want: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for ((m, path, code), n) in served {
+        let folded = upstreamtop_probe::http::fold_path(path.as_bytes());
+        let e = want.entry((m.clone(), folded)).or_default();
+        e.0 += n;
+        if *code == 0 {
+            e.1 += n;
+        }
+    }
+    let got: BTreeMap<(String, String), (u64, u64)> = s
+        .routes
+        .iter()
+        .filter(|r| r.peer == pi && !r.is_other)
+        .map(|r| ((r.method.clone(), r.path.clone()), (r.requests, r.no_response)))
+        .collect();
+    assert_eq!(got, want, "routes");
+}
+
+pub fn wait_for(h: &Harness, addr: SocketAddr, sent: u64) -> Snapshot {
+    h.snapshot_when(|s| {
+        s.peers
+            .iter()
+            .find(|p| p.addr == addr)
+            .is_some_and(|p| p.requests >= sent && p.conns.closed >= 3 && p.latency.count + p.no_response >= sent)
+    })
+}
+
