@@ -276,7 +276,7 @@ impl Aggregator {
                 sent_bytes_per_sec: c.sent_bytes.saturating_sub(ps.prev.sent_bytes) as f64 / secs,
                 received_bytes_per_sec: c.received_bytes.saturating_sub(ps.prev.received_bytes) as f64
                     / secs,
-                latency_avg_ns: if il.count > 0 { il.sum_ns / il.count } else { 0 },
+                latency_avg_ns: il.sum_ns.checked_div(il.count).unwrap_or(0),
                 latency_p50_ns: il.q(0.5),
                 latency_p90_ns: il.q(0.9),
                 latency_p99_ns: il.q(0.99),

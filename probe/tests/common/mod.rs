@@ -265,7 +265,7 @@ impl Harness {
     }
 }
 
-pub fn peer<'a>(s: &'a Snapshot, addr: SocketAddr) -> &'a PeerStats {
+pub fn peer(s: &Snapshot, addr: SocketAddr) -> &PeerStats {
     s.peers.iter().find(|p| p.addr == addr).unwrap_or_else(|| panic!("peer {addr} missing: {s:#?}"))
 }
 

@@ -60,9 +60,10 @@ pub fn right(text: &str, width: usize) -> String {
 pub fn rps(v: f64) -> String {
     if !v.is_finite() || v <= 0.0 {
         "0".into()
-    } else if v < 10.0 {
+    } else if v < 9.995 {
+        // (9.995 and up would print as "10.00": use the next format)
         format!("{v:.2}")
-    } else if v < 1000.0 {
+    } else if v < 999.95 {
         format!("{v:.1}")
     } else {
         format!("{v:.0}")
@@ -216,6 +217,8 @@ mod tests {
         assert_eq!(rps(0.5), "0.50");
         assert_eq!(rps(104.04), "104.0");
         assert_eq!(rps(12345.6), "12346");
+        assert_eq!(rps(9.996), "10.0");
+        assert_eq!(rps(999.96), "1000");
         assert_eq!(ms(0.0), "-");
         assert_eq!(ms(2.14), "2.1ms");
         assert_eq!(ms(140.2), "140ms");
