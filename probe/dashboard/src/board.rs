@@ -104,6 +104,8 @@ pub enum ProbeState {
     Up,
     Stale,
     Down,
+    /// The endpoint did not answer: nothing is known about the probe.
+    NoAnswer,
     Unknown,
 }
 
@@ -113,6 +115,7 @@ impl ProbeState {
             ProbeState::Up => "probe up",
             ProbeState::Stale => "probe STALE",
             ProbeState::Down => "probe DOWN",
+            ProbeState::NoAnswer => "NO ANSWER",
             ProbeState::Unknown => "no data",
         }
     }

@@ -140,7 +140,7 @@ impl App {
                     Some(SourceError::Unavailable { .. } | SourceError::Table(_)) => {
                         (ProbeState::Down, Some(h.error.as_ref().map(|e| e.to_string()).unwrap_or_default()))
                     }
-                    Some(e) => (probe_state, Some(e.to_string())),
+                    Some(e) => (ProbeState::NoAnswer, Some(e.to_string())),
                     None => (probe_state, None),
                 };
                 let showing_old = match (&h.error, &h.last) {

@@ -260,8 +260,8 @@ fn endpoint_down_after_data_keeps_last_figures() {
     let mut app = app_with(fixture("normal"));
     app.update(vec![HostResult { host: HOST.into(), result: Err(SourceError::Down("timed out".into())) }]);
     let s = render(&app, 140, 40);
-    assert!(s.contains("endpoint down: timed out"), "{s}");
-    assert!(s.contains("figures from 23:51:02 UTC"), "{s}");
+    assert!(s.contains("127.0.0.1:8080 [figures from 23:51:02 UTC]: endpoint down: timed out"), "{s}");
+    assert!(s.contains("NO ANSWER"), "header must not claim the probe is up:\n{s}");
     assert!(s.contains("api 10.0.1.10:8080"), "{s}");
     // Recovery clears the banner.
     app.update(vec![HostResult { host: HOST.into(), result: Ok(fixture("normal")) }]);
@@ -353,6 +353,7 @@ fn several_hosts_are_merged_and_labelled() {
     ]);
     let s = render(&app, 160, 50);
     assert!(s.contains("1/2 hosts"), "{s}");
+    assert!(s.contains("probe up"), "the answering host's probe:\n{s}");
     assert!(s.contains("10.0.0.1:80 api 10.0.1.10:8080"), "{s}");
     assert!(s.contains("10.0.0.2:80: endpoint down: refused"), "{s}");
     app.update(vec![

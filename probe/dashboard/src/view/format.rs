@@ -74,11 +74,13 @@ pub fn rps(v: f64) -> String {
 pub fn ms(v: f64) -> String {
     if !v.is_finite() || v <= 0.0 {
         "-".into()
-    } else if v < 1.0 {
+    } else if v < 0.995 {
+        // Thresholds sit where rounding would spill into the next format
+        // ("1.00ms", "10.0ms", "1000ms").
         format!("{v:.2}ms")
-    } else if v < 10.0 {
+    } else if v < 9.95 {
         format!("{v:.1}ms")
-    } else if v < 1000.0 {
+    } else if v < 999.5 {
         format!("{v:.0}ms")
     } else {
         format!("{:.2}s", v / 1000.0)
@@ -223,6 +225,9 @@ mod tests {
         assert_eq!(ms(2.14), "2.1ms");
         assert_eq!(ms(140.2), "140ms");
         assert_eq!(ms(1250.0), "1.25s");
+        assert_eq!(ms(0.996), "1.0ms");
+        assert_eq!(ms(9.96), "10ms");
+        assert_eq!(ms(999.7), "1.00s");
         assert_eq!(pct(1, 1000), "<1%");
         assert_eq!(pct(999, 1000), ">99%");
         assert_eq!(pct(42, 100), "42%");

@@ -44,7 +44,9 @@ pub fn header(board: &Board, paused: bool) -> Line<'static> {
     let state_style = match state {
         ProbeState::Up => Style::default().fg(Color::Green),
         ProbeState::Stale => Style::default().fg(Color::Yellow).add_modifier(Modifier::BOLD),
-        ProbeState::Down | ProbeState::Unknown => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+        ProbeState::Down | ProbeState::NoAnswer | ProbeState::Unknown => {
+            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
+        }
     };
     spans.push(Span::raw(" · "));
     spans.push(Span::styled(state.label(), state_style));
@@ -73,35 +75,39 @@ fn window(ms: u64) -> String {
 }
 
 /// The state for the header: the worst among hosts that answered (a host
-/// that never answered has its own banner), "no data" when none did.
+/// that did not has its own banner, and "1/2 hosts" says so); NO ANSWER or
+/// "no data" when none did.
 fn worst_state(board: &Board) -> ProbeState {
     let rank = |s: ProbeState| match s {
         ProbeState::Up => 0,
         ProbeState::Stale => 1,
         ProbeState::Down => 2,
-        ProbeState::Unknown => 3,
+        ProbeState::NoAnswer => 3,
+        ProbeState::Unknown => 4,
     };
-    board
-        .hosts
-        .iter()
-        .map(|h| h.probe_state)
-        .filter(|s| *s != ProbeState::Unknown)
-        .max_by_key(|s| rank(*s))
-        .unwrap_or(ProbeState::Unknown)
+    let states = board.hosts.iter().map(|h| h.probe_state);
+    let answered = states.clone().filter(|s| !matches!(s, ProbeState::NoAnswer | ProbeState::Unknown));
+    match answered.max_by_key(|s| rank(*s)) {
+        Some(s) => s,
+        None if states.clone().any(|s| s == ProbeState::NoAnswer) => ProbeState::NoAnswer,
+        None => ProbeState::Unknown,
+    }
 }
 
-/// Banners for hosts that are down, unavailable or stale; empty when all is well.
 /// `retry` is the poll interval, None for a one-shot snapshot.
 pub fn banners(board: &Board, retry: Option<Duration>, polls: u64) -> Vec<Line<'static>> {
     let mut out = Vec::new();
     for h in &board.hosts {
         if let Some(err) = &h.error {
-            let mut text = format!(" ✖ {}: {err}", h.host);
+            // What it means for the figures comes first: long error texts
+            // get cut at the right edge.
+            let mut text = format!(" ✖ {}", h.host);
+            if let Some(ts) = h.showing_old {
+                text.push_str(&format!(" [figures from {} UTC]", format::clock(ts, false)));
+            }
+            text.push_str(&format!(": {err}"));
             if let Some(every) = retry {
                 text.push_str(&format!(" — retrying every {:.1}s", every.as_secs_f64()));
-            }
-            if let Some(ts) = h.showing_old {
-                text.push_str(&format!(" (figures from {} UTC)", format::clock(ts, false)));
             }
             out.push(Line::from(wire(&text, Style::default().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD))));
         } else if h.probe_state == ProbeState::Stale {
