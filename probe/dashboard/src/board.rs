@@ -133,6 +133,10 @@ pub struct Board {
     pub backends: Vec<Backend>,
     /// Newest first.
     pub recent: Vec<RecentRow>,
+    /// Events the probes could not count in full (ring buffer full, tables
+    /// full, parse errors), summed over hosts; the feed's deliberate
+    /// sampling is left out.
+    pub drops: u64,
 }
 
 impl Board {
@@ -148,6 +152,7 @@ impl Board {
             b.errors_rps += r.totals.errors_rps;
             b.window_ms = b.window_ms.max(r.probe.interval_ms);
             b.timestamp = b.timestamp.max(r.timestamp);
+            b.drops += r.probe.drops.iter().filter(|(k, _)| k.as_str() != "recent_sampled_out").map(|(_, v)| v).sum::<u64>();
             let groups = r
                 .upstreams
                 .iter()

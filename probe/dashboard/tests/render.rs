@@ -79,6 +79,7 @@ fn normal_shows_header_backends_routes_and_feed() {
     let app = app_with(fixture("normal"));
     let s = render(&app, 140, 40);
     assert!(s.contains("248.0 req/s"), "{s}");
+    assert!(!s.contains("dropped"), "feed sampling is not a drop:\n{s}");
     assert!(s.contains("1s window"), "{s}");
     assert!(s.contains("probe up"), "{s}");
     assert!(s.contains("23:51:02 UTC"), "{s}");
@@ -288,6 +289,7 @@ fn stale_probe_banner() {
     let app = app_with(fixture("stale"));
     let s = render(&app, 140, 30);
     assert!(s.contains("probe STALE"), "{s}");
+    assert!(s.contains("9 dropped"), "events_dropped 7 + parse_errors 2:\n{s}");
     assert!(s.contains("probe stale — last publish 15.3s ago"), "{s}");
     assert!(s.contains("api 10.0.1.10:8080"), "{s}");
 }

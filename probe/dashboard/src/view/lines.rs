@@ -50,6 +50,10 @@ pub fn header(board: &Board, paused: bool) -> Line<'static> {
     };
     spans.push(Span::raw(" · "));
     spans.push(Span::styled(state.label(), state_style));
+    if board.drops > 0 {
+        spans.push(Span::raw(" · "));
+        spans.push(Span::styled(format!("{} dropped", board.drops), Style::default().fg(Color::Yellow)));
+    }
     if board.timestamp > 0 {
         spans.push(Span::raw(format!(" · {} UTC", format::clock(board.timestamp, false))));
     }
