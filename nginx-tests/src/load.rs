@@ -205,10 +205,10 @@ pub fn run_until(spec: &LoadSpec, stop: &AtomicBool) -> Result<LoadResult> {
     let next = AtomicU64::new(0);
     let start = Instant::now();
     let total = Mutex::new(LoadResult::default());
-    let host_header = Arc::new(realistic_headers());
+    let browser_headers = Arc::new(realistic_headers());
     std::thread::scope(|scope| {
         for worker in 0..spec.concurrency {
-            let (next, total, host_header) = (&next, &total, Arc::clone(&host_header));
+            let (next, total, browser_headers) = (&next, &total, Arc::clone(&browser_headers));
             scope.spawn(move || {
                 let mut mine = LoadResult::default();
                 let mut client = Client::new(spec.target).keepalive(spec.keepalive).timeout(spec.timeout);
@@ -245,7 +245,7 @@ pub fn run_until(spec: &LoadSpec, stop: &AtomicBool) -> Result<LoadResult> {
                     let mut req = Request::new(&route.method, &route.target);
                     req.body = route.body.clone();
                     if spec.headers == Headers::Realistic {
-                        req.headers.extend(host_header.iter().cloned());
+                        req.headers.extend(browser_headers.iter().cloned());
                         req.headers.push(("X-Request-Id".into(), format!("{worker:04x}-{index:012x}")));
                     }
                     req.headers.extend(route.headers.iter().cloned());
