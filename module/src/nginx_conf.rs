@@ -8,6 +8,10 @@
 //! exist for the implicit groups `proxy_pass http://host:port` creates too,
 //! hold one entry per resolved address, and put `backup` servers in a second
 //! list.
+//!
+//! Read on every request rather than cached per cycle: with `zone` +
+//! `resolve` (nginx >= 1.27.3) a group's addresses change at run time, and
+//! the walk costs microseconds next to building the report.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ptr::addr_of;
