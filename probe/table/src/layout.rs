@@ -154,34 +154,40 @@ pub fn body_len(n_peers: u64, history_len: u64, n_routes: u64, n_recent: u64) ->
         .checked_add(n_recent.checked_mul(RECENT_REC_SIZE as u64)?)
 }
 
-/// A cheap 64-bit checksum (four independent multiply-xor lanes so it runs
-/// near memory speed). It is not cryptographic: it only has to catch a copy
-/// torn by a concurrent publish, on top of the sequence numbers.
+/// A cheap 64-bit checksum: Fletcher-style running sums over four
+/// interleaved lanes of 64-bit words (only adds, so it runs at memory
+/// speed), then mixed. It is not cryptographic: it only has to catch a copy
+/// torn by a concurrent publish, on top of the sequence numbers. Changing
+/// any single byte always changes the plain sums.
 pub fn checksum(parts: &[&[u8]]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut lanes = [0x243F_6A88_85A3_08D3u64, 0x1319_8A2E_0370_7344, 0xA409_3822_299F_31D0, 0x082E_FA98_EC4E_6C89];
+    let mut a = [0u64; 4];
+    let mut b = [0u64; 4];
     let mut total = 0u64;
+    let mut step = |c: &[u8]| {
+        for l in 0..4 {
+            let w = u64::from_le_bytes(c[l * 8..l * 8 + 8].try_into().expect("8-byte word"));
+            a[l] = a[l].wrapping_add(w);
+            b[l] = b[l].wrapping_add(a[l]);
+        }
+    };
     for part in parts {
         total = total.wrapping_add(part.len() as u64);
         let mut chunks = part.chunks_exact(32);
         for c in &mut chunks {
-            for (l, w) in lanes.iter_mut().zip(c.chunks_exact(8)) {
-                let w = u64::from_le_bytes(w.try_into().expect("8-byte chunk"));
-                *l = (*l ^ w).wrapping_mul(K).rotate_left(29);
-            }
+            step(c);
         }
         let rest = chunks.remainder();
-        let mut tail = [0u8; 32];
-        tail[..rest.len()].copy_from_slice(rest);
-        for (l, w) in lanes.iter_mut().zip(tail.chunks_exact(8)) {
-            let w = u64::from_le_bytes(w.try_into().expect("8-byte chunk"));
-            *l = (*l ^ w ^ rest.len() as u64).wrapping_mul(K).rotate_left(29);
+        if !rest.is_empty() {
+            let mut tail = [0u8; 32];
+            tail[..rest.len()].copy_from_slice(rest);
+            step(&tail);
         }
     }
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut h = total.wrapping_mul(K);
-    for l in lanes {
-        h = (h ^ l).wrapping_mul(K);
-        h ^= h >> 32;
+    for v in a.into_iter().chain(b) {
+        h = (h ^ v).wrapping_mul(K);
+        h ^= h >> 31;
     }
     h
 }

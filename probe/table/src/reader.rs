@@ -20,6 +20,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::layout::*;
 use crate::records;
@@ -82,6 +83,19 @@ pub struct TableReader {
     generation: Option<u64>,
     /// Reused copy of the active slot.
     buf: Vec<u8>,
+    /// The last snapshot decoded and which publish it was, for [`Self::latest`].
+    cached: Option<(PublishId, Arc<Snapshot>)>,
+}
+
+/// Identifies one publish: the file, its generation, the slot and the
+/// slot's sequence number (which only grows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PublishId {
+    dev: u64,
+    ino: u64,
+    generation: u64,
+    active: u64,
+    seq: u64,
 }
 
 /// The validated file header.
@@ -120,7 +134,7 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 impl TableReader {
     /// Never fails: a missing file is reported by `snapshot()`.
     pub fn new(path: &Path) -> Self {
-        TableReader { path: path.to_owned(), open: None, generation: None, buf: Vec::new() }
+        TableReader { path: path.to_owned(), open: None, generation: None, buf: Vec::new(), cached: None }
     }
 
     pub fn path(&self) -> &Path {
@@ -137,8 +151,32 @@ impl TableReader {
     /// writes, never panics on any file content.
     pub fn snapshot(&mut self) -> Result<Snapshot, ReadError> {
         self.ensure_open()?;
+        self.read_loop(None).map(|(_, s)| s.unwrap_or_default())
+    }
+
+    /// Like [`Self::snapshot`], but shares the decoded snapshot: while the
+    /// probe has not published again, this costs a header read, not a copy
+    /// and decode of the whole slot (megabytes for a thousand peers).
+    pub fn latest(&mut self) -> Result<Arc<Snapshot>, ReadError> {
+        self.ensure_open()?;
+        let known = self.cached.as_ref().map(|(id, _)| *id);
+        match self.read_loop(known)? {
+            (_, None) => match &self.cached {
+                Some((_, s)) => Ok(s.clone()),
+                None => Err(ReadError::Busy(self.path.clone())),
+            },
+            (id, Some(s)) => {
+                let s = Arc::new(s);
+                self.cached = Some((id, s.clone()));
+                Ok(s)
+            }
+        }
+    }
+
+    /// Retries [`Self::attempt`]; `Ok((id, None))` means "still `known`".
+    fn read_loop(&mut self, known: Option<PublishId>) -> Result<(PublishId, Option<Snapshot>), ReadError> {
         for attempt in 0..MAX_ATTEMPTS {
-            match self.attempt() {
+            match self.attempt(known) {
                 Ok(s) => return Ok(s),
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry) => {
@@ -261,7 +299,7 @@ impl TableReader {
         Ok(hd)
     }
 
-    fn attempt(&mut self) -> Result<Snapshot, Attempt> {
+    fn attempt(&mut self, known: Option<PublishId>) -> Result<(PublishId, Option<Snapshot>), Attempt> {
         let hd = self.read_header()?;
         self.generation = Some(hd.generation);
         let a = hd.active as usize;
@@ -272,36 +310,43 @@ impl TableReader {
         if seq & 1 == 1 {
             return Err(Attempt::Retry);
         }
+        let (dev, ino) = self.open.as_ref().map_or((0, 0), |o| (o.dev, o.ino));
+        let id = PublishId { dev, ino, generation: hd.generation, active: hd.active, seq };
+        if known == Some(id) {
+            return Ok((id, None));
+        }
         let mut buf = std::mem::take(&mut self.buf);
-        let res = self.copy_slot(&hd, &mut buf).and_then(|()| {
+        let res = self.copy_slot(&hd, &mut buf).and_then(|len| {
             // Re-check the sequence number before trusting (or blaming) the copy.
             let mut s = [0u8; 8];
             self.file()?.read_exact_at(&mut s, H_SEQ[a] as u64).map_err(|e| self.io_err(e))?;
             if u64::from_le_bytes(s) != seq {
                 return Err(Attempt::Retry);
             }
-            if buf.len() < SLOT_HEADER_SIZE as usize {
+            let Some(len) = len else {
                 return Err(self.corrupt("active slot has an invalid body length").into());
-            }
-            let stored = u64_at(&buf, S_CHECKSUM);
-            if checksum(&[&buf[S_CHECKSUMMED_FROM..]]) != stored {
+            };
+            let slot = &buf[..len];
+            let stored = u64_at(slot, S_CHECKSUM);
+            if checksum(&[&slot[S_CHECKSUMMED_FROM..]]) != stored {
                 return Err(self.corrupt("slot checksum mismatch").into());
             }
-            decode_slot(&buf, hd.history_len).map_err(|e| self.corrupt(e).into())
+            decode_slot(slot, hd.history_len).map(|s| (id, Some(s))).map_err(|e| self.corrupt(e).into())
         });
         self.buf = buf;
         res
     }
 
-    /// Copies the active slot's header and used body into `buf`. A bad
-    /// length leaves `buf` shorter than a slot header: the caller re-checks
-    /// the sequence number before calling that corruption.
-    fn copy_slot(&self, hd: &Header, buf: &mut Vec<u8>) -> Result<(), Attempt> {
+    /// Copies the active slot's header and used body into the start of
+    /// `buf` and returns its length; `None` when the slot header's lengths
+    /// are invalid (the caller re-checks the sequence number before calling
+    /// that corruption).
+    fn copy_slot(&self, hd: &Header, buf: &mut Vec<u8>) -> Result<Option<usize>, Attempt> {
         let file = self.file()?;
         let off = hd.slot_off[hd.active as usize];
-        buf.clear();
-        buf.resize(SLOT_HEADER_SIZE as usize, 0);
-        file.read_exact_at(buf, off).map_err(|e| self.io_err(e))?;
+        let head = SLOT_HEADER_SIZE as usize;
+        grow(buf, head);
+        file.read_exact_at(&mut buf[..head], off).map_err(|e| self.io_err(e))?;
         let used = u64_at(buf, S_USED);
         let counts = (u32_at(buf, S_N_PEERS), u32_at(buf, S_N_ROUTES), u32_at(buf, S_N_RECENT));
         let want = body_len(counts.0.into(), hd.history_len.into(), counts.1.into(), counts.2.into());
@@ -311,12 +356,20 @@ impl TableReader {
             && want == Some(used)
             && used <= hd.slot_size - SLOT_HEADER_SIZE;
         if !fits {
-            buf.clear();
-            return Ok(());
+            return Ok(None);
         }
-        buf.resize(SLOT_HEADER_SIZE as usize + used as usize, 0);
-        file.read_exact_at(&mut buf[SLOT_HEADER_SIZE as usize..], off + SLOT_HEADER_SIZE).map_err(|e| self.io_err(e))?;
-        Ok(())
+        let len = head + used as usize;
+        grow(buf, len);
+        file.read_exact_at(&mut buf[head..len], off + SLOT_HEADER_SIZE).map_err(|e| self.io_err(e))?;
+        Ok(Some(len))
+    }
+}
+
+/// Makes `buf` at least `len` bytes long. It only ever grows, so steady
+/// state reads zero nothing: pread overwrites the part that is used.
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
     }
 }
 

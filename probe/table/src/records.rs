@@ -117,10 +117,11 @@ pub fn dec_peer(rec: &[u8]) -> DecResult<(PeerStats, u32)> {
     let conns = Connections { opened: d.u64()?, closed: d.u64()?, failed: d.u64()?, reset: d.u64()?, active: d.u64()? };
     let sum_ns = d.u64()?;
     let count = d.u64()?;
-    let mut buckets = Vec::with_capacity(BUCKETS);
-    for _ in 0..BUCKETS {
-        buckets.push(d.u64()?);
-    }
+    let buckets: Vec<u64> = d
+        .bytes(BUCKETS * 8)?
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().expect("8-byte word")))
+        .collect();
     let window = Window {
         requests_per_sec: d.f64()?,
         errors_5xx_per_sec: d.f64()?,
