@@ -159,15 +159,18 @@ static __always_inline int parse(struct __sk_buff *skb, bool egress, struct conn
 	if (l3 < 0 || l3 > 64)
 		return -1;
 
+	/* IP and TCP headers without options are all we read (TCP options
+	 * are skipped by doff). On egress the payload usually sits in page
+	 * fragments, so only ask for the headers to be linear. */
+	__u32 need = l3 + (proto == bpf_htons(ETH_P_IP) ? 40 : 60);
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
-	if (data + l3 + 60 + 14 > end && skb->len > (__u32)(end - data)) {
+	if (data + need > end && skb->len > (__u32)(end - data)) {
 		/* Headers not in the linear part (rare: some NIC drivers on
 		 * ingress). Pulling changes layout, never bytes. */
-		__u32 want = l3 + 60 + 14;
-		if (want > skb->len)
-			want = skb->len;
-		if (bpf_skb_pull_data(skb, want))
+		if (need > skb->len)
+			need = skb->len;
+		if (bpf_skb_pull_data(skb, need))
 			return -1;
 		data = (void *)(long)skb->data;
 		end = (void *)(long)skb->data_end;
