@@ -20,7 +20,7 @@ use upstreamtop_table::{PeerStats, RouteStats, Snapshot};
 use crate::config::{NginxConfig, Query};
 use crate::join::{key, show, AddrKey, ConfigIndex, Listeners};
 use crate::model::{Probe, Recent, Report, Totals, Upstream};
-use crate::peer::{self, add_responses, clean_path, ms, round3, PeerCtx};
+use crate::peer::{self, add_table_responses, clean_path, ms, round3, PeerCtx};
 
 /// Version of the JSON document (`Report::version`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -100,7 +100,7 @@ pub fn build_report(snap: &Snapshot, conf: &NginxConfig, query: &Query, now_unix
     for (p, _) in snap.peers.iter().zip(&counted).filter(|(_, c)| **c) {
         totals.requests += p.requests;
         totals.rps += p.window.requests_per_sec;
-        add_responses(&mut totals.responses, &peer::responses(&p.responses));
+        add_table_responses(&mut totals.responses, &p.responses);
         totals.errors_rps += p.window.errors_5xx_per_sec;
         totals.sent += p.sent_bytes;
         totals.received += p.received_bytes;

@@ -1,12 +1,33 @@
 //! The JSON bodies: the report and the 503 "unavailable" answer.
+//!
+//! [`render_json`] writes the document by hand rather than through
+//! `serde_json::to_string`: the endpoint's target is a few milliseconds for
+//! a thousand peers (megabytes of JSON), and writing keys as literal chunks
+//! into a pre-sized buffer is about twice as fast. The output is exactly
+//! the serde representation of [`Report`] (same fields, order and
+//! escaping; numbers may be spelled differently, e.g. `1.5`/`1.50`); a test
+//! checks that on every field, so the dashboard's `Deserialize` and any
+//! other client see one format.
 
-use crate::model::{Report, Unavailable, UnavailableProbe};
+use crate::model::{
+    Connections, History, Peer, Percentiles, Probe, Recent, Report, Responses, Route, Totals, Unavailable,
+    UnavailableProbe, Upstream,
+};
 
-/// The report as JSON. serde_json escapes every string, so names and paths
-/// taken from the wire cannot break the document.
+/// The report as JSON. Every string is escaped, so names and paths taken
+/// from the wire cannot break the document.
 pub fn render_json(report: &Report) -> String {
-    // Serializing plain structs of numbers, strings and maps cannot fail.
-    serde_json::to_string(report).unwrap_or_else(|e| unavailable_json(&format!("cannot serialize report: {e}"), ""))
+    let peers = report.upstreams.values().map(|u| u.peers.len()).sum::<usize>() + report.unlisted.peers.len();
+    let routes: usize = report
+        .upstreams
+        .values()
+        .chain([&report.unlisted])
+        .flat_map(|u| &u.peers)
+        .map(|p| p.routes.len())
+        .sum();
+    let mut w = W(String::with_capacity(2048 + peers * 1600 + routes * 320 + report.recent.len() * 160));
+    w.report(report);
+    w.0
 }
 
 /// The body of a 503 when there is no usable table, e.g.
@@ -14,4 +35,421 @@ pub fn render_json(report: &Report) -> String {
 pub fn unavailable_json(reason: &str, table: &str) -> String {
     let body = Unavailable { error: reason.to_owned(), table: table.to_owned(), probe: UnavailableProbe { up: false } };
     serde_json::to_string(&body).unwrap_or_else(|_| r#"{"error":"unavailable","probe":{"up":false}}"#.to_owned())
+}
+
+/// The output buffer, with one method per JSON shape.
+struct W(String);
+
+impl W {
+    fn raw(&mut self, s: &str) {
+        self.0.push_str(s);
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.0.push_str(itoa::Buffer::new().format(v));
+    }
+
+    fn bool(&mut self, v: bool) {
+        self.raw(if v { "true" } else { "false" });
+    }
+
+    /// Report floats are rounded to 3 decimals: print those as fixed point
+    /// (exact: the text parses back to the same f64); anything else falls
+    /// back to Rust's shortest round-trip form.
+    fn f64(&mut self, v: f64) {
+        if !v.is_finite() {
+            // JSON has no NaN/inf; the report never produces them.
+            return self.raw("0.0");
+        }
+        let m = (v * 1000.0).round();
+        if m.abs() < 1e15 && m / 1000.0 == v {
+            let m = m as i64;
+            if m < 0 {
+                self.raw("-");
+            }
+            let (int, frac) = (m.unsigned_abs() / 1000, m.unsigned_abs() % 1000);
+            self.u64(int);
+            if frac == 0 {
+                self.raw(".0");
+            } else {
+                let digits = [b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+                let n = if digits[2] != b'0' { 3 } else if digits[1] != b'0' { 2 } else { 1 };
+                self.raw(".");
+                self.raw(std::str::from_utf8(&digits[..n]).unwrap_or("0"));
+            }
+        } else {
+            use std::fmt::Write;
+            let _ = write!(self.0, "{v:?}");
+        }
+    }
+
+    /// A quoted, escaped string (the escapes serde_json uses).
+    fn str(&mut self, s: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.0.push('"');
+        let bytes = s.as_bytes();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let esc: &str = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            // Escapes only ever sit on ASCII bytes, so these are char boundaries.
+            self.0.push_str(&s[start..i]);
+            if esc.is_empty() {
+                self.0.push_str("\\u00");
+                self.0.push(HEX[(b >> 4) as usize] as char);
+                self.0.push(HEX[(b & 0xf) as usize] as char);
+            } else {
+                self.0.push_str(esc);
+            }
+            start = i + 1;
+        }
+        self.0.push_str(&s[start..]);
+        self.0.push('"');
+    }
+
+    fn list<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Self, &T)) {
+        self.raw("[");
+        for (i, it) in items.iter().enumerate() {
+            if i > 0 {
+                self.raw(",");
+            }
+            each(self, it);
+        }
+        self.raw("]");
+    }
+
+    fn f64s(&mut self, v: &[f64]) {
+        self.list(v, |w, x| w.f64(*x));
+    }
+
+    fn map_u64<'a>(&mut self, m: impl IntoIterator<Item = (&'a String, &'a u64)>) {
+        self.raw("{");
+        for (i, (k, v)) in m.into_iter().enumerate() {
+            if i > 0 {
+                self.raw(",");
+            }
+            self.str(k);
+            self.raw(":");
+            self.u64(*v);
+        }
+        self.raw("}");
+    }
+
+    fn report(&mut self, r: &Report) {
+        self.raw("{\"version\":");
+        self.u64(r.version.into());
+        self.raw(",\"nginx_version\":");
+        self.str(&r.nginx_version);
+        self.raw(",\"timestamp\":");
+        self.u64(r.timestamp);
+        self.raw(",\"probe\":");
+        self.probe(&r.probe);
+        self.raw(",\"totals\":");
+        self.totals(&r.totals);
+        self.raw(",\"upstreams\":{");
+        for (i, (name, up)) in r.upstreams.iter().enumerate() {
+            if i > 0 {
+                self.raw(",");
+            }
+            self.str(name);
+            self.raw(":");
+            self.upstream(up);
+        }
+        self.raw("},\"unlisted\":");
+        self.upstream(&r.unlisted);
+        self.raw(",\"recent\":");
+        self.list(&r.recent, Self::recent);
+        self.raw("}");
+    }
+
+    fn probe(&mut self, p: &Probe) {
+        self.raw("{\"up\":");
+        self.bool(p.up);
+        self.raw(",\"stale\":");
+        self.bool(p.stale);
+        self.raw(",\"pid\":");
+        self.u64(p.pid.into());
+        self.raw(",\"started\":");
+        self.u64(p.started);
+        self.raw(",\"last_publish\":");
+        self.u64(p.last_publish);
+        self.raw(",\"age_ms\":");
+        self.u64(p.age_ms);
+        self.raw(",\"interval_ms\":");
+        self.u64(p.interval_ms);
+        self.raw(",\"interfaces\":");
+        self.list(&p.interfaces, |w, s| w.str(s));
+        self.raw(",\"drops\":");
+        self.map_u64(&p.drops);
+        self.raw(",\"overflows\":");
+        self.map_u64(&p.overflows);
+        self.raw("}");
+    }
+
+    fn totals(&mut self, t: &Totals) {
+        self.raw("{\"requests\":");
+        self.u64(t.requests);
+        self.raw(",\"rps\":");
+        self.f64(t.rps);
+        self.raw(",\"responses\":");
+        self.responses(&t.responses);
+        self.raw(",\"errors_rps\":");
+        self.f64(t.errors_rps);
+        self.raw(",\"sent\":");
+        self.u64(t.sent);
+        self.raw(",\"received\":");
+        self.u64(t.received);
+        self.raw("}");
+    }
+
+    fn upstream(&mut self, u: &Upstream) {
+        self.raw("{\"implicit\":");
+        self.bool(u.implicit);
+        self.raw(",\"requests\":");
+        self.u64(u.requests);
+        self.raw(",\"rps\":");
+        self.f64(u.rps);
+        self.raw(",\"peers\":");
+        self.list(&u.peers, Self::peer);
+        self.raw("}");
+    }
+
+    fn responses(&mut self, r: &Responses) {
+        self.raw("{\"1xx\":");
+        self.u64(r.c1xx);
+        self.raw(",\"2xx\":");
+        self.u64(r.c2xx);
+        self.raw(",\"3xx\":");
+        self.u64(r.c3xx);
+        self.raw(",\"4xx\":");
+        self.u64(r.c4xx);
+        self.raw(",\"5xx\":");
+        self.u64(r.c5xx);
+        self.raw(",\"codes\":");
+        self.map_u64(&r.codes);
+        if r.codes_other != 0 {
+            self.raw(",\"codes_other\":");
+            self.u64(r.codes_other);
+        }
+        self.raw(",\"total\":");
+        self.u64(r.total);
+        self.raw("}");
+    }
+
+    fn percentiles(&mut self, p: &Percentiles) {
+        self.raw("{\"avg\":");
+        self.f64(p.avg);
+        self.raw(",\"p50\":");
+        self.f64(p.p50);
+        self.raw(",\"p90\":");
+        self.f64(p.p90);
+        self.raw(",\"p99\":");
+        self.f64(p.p99);
+        self.raw("}");
+    }
+
+    fn connections(&mut self, c: &Connections) {
+        self.raw("{\"opened\":");
+        self.u64(c.opened);
+        self.raw(",\"closed\":");
+        self.u64(c.closed);
+        self.raw(",\"failed\":");
+        self.u64(c.failed);
+        self.raw(",\"reset\":");
+        self.u64(c.reset);
+        self.raw("}");
+    }
+
+    fn history(&mut self, h: &History) {
+        self.raw("{\"rps\":");
+        self.f64s(&h.rps);
+        self.raw(",\"5xx\":");
+        self.f64s(&h.errors);
+        self.raw(",\"p99\":");
+        self.f64s(&h.p99);
+        self.raw("}");
+    }
+
+    fn peer(&mut self, p: &Peer) {
+        self.raw("{\"server\":");
+        self.str(&p.server);
+        self.raw(",\"name\":");
+        self.str(&p.name);
+        self.raw(",\"configured\":");
+        self.bool(p.configured);
+        self.raw(",\"backup\":");
+        self.bool(p.backup);
+        self.raw(",\"down\":");
+        self.bool(p.down);
+        self.raw(",\"weight\":");
+        self.u64(p.weight.into());
+        self.raw(",\"state\":");
+        self.str(&p.state);
+        self.raw(",\"requests\":");
+        self.u64(p.requests);
+        self.raw(",\"rps\":");
+        self.f64(p.rps);
+        self.raw(",\"share\":");
+        self.f64(p.share);
+        self.raw(",\"responses\":");
+        self.responses(&p.responses);
+        self.raw(",\"no_response\":");
+        self.u64(p.no_response);
+        self.raw(",\"header_time\":");
+        self.f64(p.header_time);
+        self.raw(",\"header_time_window\":");
+        self.percentiles(&p.header_time_window);
+        self.raw(",\"header_time_total\":");
+        self.percentiles(&p.header_time_total);
+        self.raw(",\"sent\":");
+        self.u64(p.sent);
+        self.raw(",\"received\":");
+        self.u64(p.received);
+        self.raw(",\"active\":");
+        self.u64(p.active);
+        self.raw(",\"connections\":");
+        self.connections(&p.connections);
+        self.raw(",\"errors_rps\":");
+        self.f64(p.errors_rps);
+        if let Some(h) = &p.history {
+            self.raw(",\"history\":");
+            self.history(h);
+        }
+        self.raw(",\"routes\":");
+        self.list(&p.routes, Self::route);
+        self.raw(",\"last_seen\":");
+        self.u64(p.last_seen);
+        self.raw("}");
+    }
+
+    fn route(&mut self, r: &Route) {
+        self.raw("{\"method\":");
+        self.str(&r.method);
+        self.raw(",\"path\":");
+        self.str(&r.path);
+        self.raw(",\"other\":");
+        self.bool(r.other);
+        self.raw(",\"requests\":");
+        self.u64(r.requests);
+        self.raw(",\"rps\":");
+        self.f64(r.rps);
+        self.raw(",\"errors_rps\":");
+        self.f64(r.errors_rps);
+        self.raw(",\"responses\":");
+        self.responses(&r.responses);
+        self.raw(",\"no_response\":");
+        self.u64(r.no_response);
+        self.raw(",\"header_time\":");
+        self.percentiles(&r.header_time);
+        self.raw("}");
+    }
+
+    fn recent(&mut self, r: &Recent) {
+        self.raw("{\"time\":");
+        self.u64(r.time);
+        self.raw(",\"method\":");
+        self.str(&r.method);
+        self.raw(",\"path\":");
+        self.str(&r.path);
+        self.raw(",\"server\":");
+        self.str(&r.server);
+        self.raw(",\"upstream\":");
+        self.str(&r.upstream);
+        self.raw(",\"status\":");
+        self.u64(r.status.into());
+        self.raw(",\"header_time\":");
+        self.f64(r.header_time);
+        self.raw("}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Structural equality with numbers compared as f64 (`1` == `1.0`).
+    fn same(a: &Value, b: &Value, at: &str) {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let kx: Vec<_> = x.keys().collect();
+                let ky: Vec<_> = y.keys().collect();
+                assert_eq!(kx, ky, "keys at {at}");
+                for (k, v) in x {
+                    same(v, &y[k], &format!("{at}.{k}"));
+                }
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                assert_eq!(x.len(), y.len(), "length at {at}");
+                for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                    same(v, w, &format!("{at}[{i}]"));
+                }
+            }
+            (Value::Number(x), Value::Number(y)) => assert_eq!(x.as_f64(), y.as_f64(), "at {at}"),
+            _ => assert_eq!(a, b, "at {at}"),
+        }
+    }
+
+    fn check(r: &Report) {
+        let hand = render_json(r);
+        let serde = serde_json::to_string(r).unwrap();
+        // Object key order is kept (serde_json's preserve_order is off, so
+        // compare the raw key sequence separately below).
+        same(&serde_json::from_str(&hand).unwrap(), &serde_json::from_str(&serde).unwrap(), "$");
+        let keys = |s: &str| s.split('"').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(keys(&hand), keys(&serde), "same strings in the same order");
+    }
+
+    #[test]
+    fn matches_serde_exactly() {
+        let mut r = crate::tests::sample_report();
+        check(&r);
+        let p = &mut r.upstreams.get_mut("api").unwrap().peers[0];
+        p.routes[0].path = "/\"q\\\u{1}\u{1f}\n\r\t\u{8}\u{c}é€/".into();
+        p.responses.codes_other = 3;
+        p.rps = 0.1 + 0.2; // not 3-decimal: the fallback path
+        p.share = -2.5;
+        p.header_time = 1e20;
+        p.history = None;
+        check(&r);
+        let back: Report = serde_json::from_str(&render_json(&r)).unwrap();
+        let p2 = &back.upstreams["api"].peers[0];
+        assert_eq!((p2.rps, p2.share, p2.header_time), (0.1 + 0.2, -2.5, 1e20));
+        assert_eq!(p2.routes[0].path, "/\"q\\\u{1}\u{1f}\n\r\t\u{8}\u{c}é€/");
+    }
+
+    #[test]
+    fn matches_serde_on_a_thousand_peers() {
+        let s = crate::tests::big_snapshot();
+        let q = crate::Query { routes: 16, ..crate::Query::default() };
+        check(&crate::build_report(&s, &crate::NginxConfig::default(), &q, 1_700_000_000_000_000_000));
+    }
+
+    #[test]
+    fn fixed_point_floats() {
+        let f = |v: f64| {
+            let mut w = W(String::new());
+            w.f64(v);
+            w.0
+        };
+        assert_eq!(f(4.0), "4.0");
+        assert_eq!(f(0.6), "0.6");
+        assert_eq!(f(1.25), "1.25");
+        assert_eq!(f(0.001), "0.001");
+        assert_eq!(f(-0.05), "-0.05");
+        assert_eq!(f(f64::NAN), "0.0");
+        for m in 0..20_000i64 {
+            let v = m as f64 / 1000.0;
+            assert_eq!(f(v).parse::<f64>().unwrap(), v);
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! One backend's figures: table [`PeerStats`] and its routes turned into the
 //! report's [`Peer`], and the peer state rules.
 
-use upstreamtop_table::histogram::{bucket_of, quantile_ns, BUCKETS};
+use std::sync::OnceLock;
+
+use upstreamtop_table::histogram::{bucket_of, quantiles_ns, BUCKETS};
 use upstreamtop_table::{PeerStats, RouteStats};
 
 use crate::config::{Query, ServerConf};
@@ -33,13 +35,34 @@ pub fn responses(r: &upstreamtop_table::Responses) -> Responses {
         c3xx: r.class[2],
         c4xx: r.class[3],
         c5xx: r.class[4],
-        codes: r.codes.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+        codes: r.codes.iter().map(|(c, n)| (itoa::Buffer::new().format(*c).to_owned(), *n)).collect(),
         codes_other: r.codes_other,
         total: r.total(),
     }
 }
 
-/// Adds `b` into `a` (totals).
+/// Adds the table's `b` into the report's `a` (totals).
+pub fn add_table_responses(a: &mut Responses, b: &upstreamtop_table::Responses) {
+    a.c1xx += b.class[0];
+    a.c2xx += b.class[1];
+    a.c3xx += b.class[2];
+    a.c4xx += b.class[3];
+    a.c5xx += b.class[4];
+    for (c, n) in &b.codes {
+        let mut buf = itoa::Buffer::new();
+        let c = buf.format(*c);
+        match a.codes.get_mut(c) {
+            Some(v) => *v += n,
+            None => {
+                a.codes.insert(c.to_owned(), *n);
+            }
+        }
+    }
+    a.codes_other += b.codes_other;
+    a.total += b.total();
+}
+
+/// Adds `b` into `a`.
 pub fn add_responses(a: &mut Responses, b: &Responses) {
     a.c1xx += b.c1xx;
     a.c2xx += b.c2xx;
@@ -111,20 +134,24 @@ fn percentiles(avg_ns: u64, p50: u64, p90: u64, p99: u64) -> Percentiles {
     Percentiles { avg: ms(avg_ns), p50: ms(p50), p90: ms(p90), p99: ms(p99) }
 }
 
+/// Index of the fine bucket whose upper bound is each Prometheus `le`.
+fn le_buckets() -> &'static [usize; HEADER_TIME_LE_NS.len()] {
+    static LE: OnceLock<[usize; HEADER_TIME_LE_NS.len()]> = OnceLock::new();
+    LE.get_or_init(|| HEADER_TIME_LE_NS.map(bucket_of))
+}
+
 fn histogram(p: &PeerStats) -> HeaderTimeHistogram {
     let b = &p.latency.buckets;
     let mut le = Vec::with_capacity(HEADER_TIME_LE_NS.len());
     let (mut acc, mut i) = (0u64, 0usize);
-    for &bound in &HEADER_TIME_LE_NS {
-        // `bucket_of(bound)` is the fine bucket whose upper bound is `bound`.
-        let last = bucket_of(bound);
+    for &last in le_buckets() {
         while i <= last && i < b.len() {
             acc += b[i];
             i += 1;
         }
         le.push(acc);
     }
-    let count = b.iter().sum();
+    let count = acc + b.get(i..).map_or(0, |rest| rest.iter().sum());
     HeaderTimeHistogram { le, count, sum_ns: p.latency.sum_ns }
 }
 
@@ -219,9 +246,9 @@ pub fn peer(
     out.header_time = ms(w.latency_avg_ns);
     out.header_time_window = percentiles(w.latency_avg_ns, w.latency_p50_ns, w.latency_p90_ns, w.latency_p99_ns);
     let buckets = &p.latency.buckets[..p.latency.buckets.len().min(BUCKETS)];
-    let q = |x: f64| quantile_ns(buckets, x).unwrap_or(0);
+    let [p50, p90, p99] = quantiles_ns(buckets, [0.5, 0.9, 0.99]).map(|q| q.unwrap_or(0));
     let avg = p.latency.sum_ns.checked_div(p.latency.count).unwrap_or(0);
-    out.header_time_total = percentiles(avg, q(0.5), q(0.9), q(0.99));
+    out.header_time_total = percentiles(avg, p50, p90, p99);
     out.sent = p.sent_bytes;
     out.received = p.received_bytes;
     out.active = p.conns.active;

@@ -55,11 +55,24 @@ pub fn bucket_of(ns: u64) -> usize {
 /// the bucket that holds it (the overflow bucket answers with the last finite
 /// bound). `None` when the histogram is empty.
 pub fn quantile_ns(buckets: &[u64], q: f64) -> Option<u64> {
+    quantiles_ns(buckets, [q])[0]
+}
+
+/// Several quantiles of one histogram, summing its buckets once.
+pub fn quantiles_ns<const N: usize>(buckets: &[u64], qs: [f64; N]) -> [Option<u64>; N] {
     let total: u64 = buckets.iter().sum();
+    let mut out = [None; N];
     if total == 0 {
-        return None;
+        return out;
     }
-    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    for (o, q) in out.iter_mut().zip(qs) {
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        *o = Some(at_rank(buckets, rank));
+    }
+    out
+}
+
+fn at_rank(buckets: &[u64], rank: u64) -> u64 {
     let mut seen = 0u64;
     for (i, &n) in buckets.iter().enumerate() {
         if seen + n >= rank {
@@ -69,11 +82,11 @@ pub fn quantile_ns(buckets: &[u64], q: f64) -> Option<u64> {
             let lower = if i == 0 { 0 } else { upper_bound_ns(i - 1) };
             let upper = upper_bound_ns(i);
             let into = (rank - seen) as f64 / n as f64;
-            return Some(lower + ((upper - lower) as f64 * into) as u64);
+            return lower + ((upper - lower) as f64 * into) as u64;
         }
         seen += n;
     }
-    Some(upper_bound_ns(BUCKETS - 2))
+    upper_bound_ns(BUCKETS - 2)
 }
 
 #[cfg(test)]
@@ -121,5 +134,7 @@ mod tests {
         assert!((p50 / 500_000.0 - 1.0).abs() <= 0.10, "{p50}");
         assert!((p99 / 990_000.0 - 1.0).abs() <= 0.10, "{p99}");
         assert_eq!(quantile_ns(&vec![0; BUCKETS], 0.5), None);
+        let [a, c] = quantiles_ns(&b, [0.5, 0.99]);
+        assert_eq!((a, c), (Some(p50 as u64), Some(p99 as u64)));
     }
 }

@@ -8,7 +8,7 @@
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -84,7 +84,13 @@ impl TableWriter {
             })?;
         let file_size = HEADER_SIZE + 2 * slot_size;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|e| err_at(dir, "creating directory", e))?;
+            if !dir.exists() {
+                DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|e| err_at(dir, "creating directory", e))?;
+                // The mode above is filtered by the umask; nginx workers
+                // (another user) must be able to reach the file.
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| err_at(dir, "setting permissions of", e))?;
+            }
         }
         let file_name = path.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("table path {} has no file name", path.display()))
@@ -102,6 +108,8 @@ impl TableWriter {
                 .mode(0o644)
                 .open(&tmp)
                 .map_err(|e| err_at(&tmp, "creating", e))?;
+            // Readable by nginx workers whatever the probe's umask.
+            file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(|e| err_at(&tmp, "setting permissions of", e))?;
             file.set_len(file_size).map_err(|e| err_at(&tmp, "sizing", e))?;
             // SAFETY: we just created this file and only this writer maps it
             // writable; readers use pread and never map it.
