@@ -129,7 +129,7 @@ pub const HISTORY_REC_SIZE: usize = 16;
 
 /// Largest slot we agree to create or read (guards against absurd capacities
 /// and hostile headers alike).
-pub const MAX_SLOT_SIZE: u64 = 1 << 30;
+pub const MAX_SLOT_SIZE: u64 = 256 << 20;
 
 /// Size of one slot (header + the largest body) for these capacities, or
 /// `None` when it overflows or exceeds [`MAX_SLOT_SIZE`].

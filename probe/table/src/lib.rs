@@ -5,6 +5,10 @@
 //! writes it with [`TableWriter`]; every nginx worker (and the dashboard's
 //! `--table` mode) reads it with [`TableReader`]. Both sides speak in
 //! [`Snapshot`], the owned Rust view of one publish.
+//!
+//! The writer maps the file and double-buffers with per-slot sequence
+//! numbers; readers `pread` (never map) so a file truncated under them
+//! cannot SIGBUS an nginx worker. The byte layout lives in [`layout`].
 
 pub mod histogram;
 pub mod layout;

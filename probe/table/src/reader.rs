@@ -212,6 +212,11 @@ impl TableReader {
             }
         }
         self.open = None;
+        // Refuse anything but a regular file before opening: opening a FIFO
+        // would block the worker.
+        if !meta.is_file() {
+            return Err(self.corrupt("not a regular file"));
+        }
         let file = File::open(&self.path).map_err(|e| self.io_err(e))?;
         let meta = file.metadata().map_err(|e| self.io_err(e))?;
         if !meta.is_file() {

@@ -259,6 +259,19 @@ fn missing_and_unpublished() {
     assert_eq!(r.snapshot().unwrap_err(), ReadError::Missing(path.clone()));
 }
 
+#[test]
+fn special_files_never_block() {
+    let dir = TempDir::new("special");
+    let fifo = dir.path("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
+    if made {
+        let e = TableReader::new(&fifo).snapshot().unwrap_err();
+        assert_eq!(e, ReadError::Corrupt(fifo.clone(), "not a regular file".into()));
+    }
+    let e = TableReader::new(&dir.0).snapshot().unwrap_err();
+    assert!(matches!(e, ReadError::Corrupt(..)), "{e}");
+}
+
 fn publish_one(path: &Path) -> Vec<u8> {
     let mut w = TableWriter::create(path, CAPS).unwrap();
     w.publish(&full_snapshot()).unwrap();
