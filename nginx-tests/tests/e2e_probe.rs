@@ -110,6 +110,13 @@ fn assert_table_matches(probe: &mut Probe, backends: &[&Backend]) -> Snapshot {
         let got = observed(&snap, backend.addr())
             .unwrap_or_else(|| panic!("peer {} missing from the table; peers: {:?}", backend.addr(), peer_list(&snap)));
         assert_eq!(got, *want, "peer {}: table (left) vs backend ground truth (right)", backend.addr());
+        eprintln!(
+            "peer {}: {} requests, codes {:?}, {} routes — equal to what the backend served",
+            backend.addr(),
+            got.requests,
+            got.codes,
+            got.routes.len()
+        );
         let peer = snap.peers.iter().find(|p| p.addr == backend.addr()).unwrap();
         assert_eq!(peer.no_response, 0, "peer {}: every exchange got a response", backend.addr());
         assert_eq!(peer.responses.codes_other, 0);
@@ -179,7 +186,7 @@ fn run_loopback(headers: Headers, client_keepalive: bool, backend_keepalive: boo
     // nginx's port is known before the probe starts so the probe can ignore
     // the client<->nginx leg (on lo it would look like one more backend).
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
-    let mut probe = Probe::start(&["--iface", "lo", "--ignore-port", &port.to_string()]).unwrap();
+    let mut probe = Probe::start(&["--iface", "lo", "--ignore-port", &port.to_string(), "--interval", "250ms"]).unwrap();
     let conf = NginxConf::vendored_with_module()
         .unwrap()
         .port(port)
@@ -231,7 +238,7 @@ fn netns_veth_v4_and_v6_counts_equal_backends() {
     let app2 = ns.backend(ns.ns_v4().into(), 0, Backend::builder(app_profile())).unwrap();
     let checkout = ns.backend(ns.ns_v6().into(), 0, Backend::builder(checkout_profile())).unwrap();
 
-    let mut probe = Probe::start(&["--iface", ns.host_if()]).unwrap();
+    let mut probe = Probe::start(&["--iface", ns.host_if(), "--interval", "250ms"]).unwrap();
     let conf = NginxConf::vendored_with_module()
         .unwrap()
         .workers(2)
