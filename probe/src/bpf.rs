@@ -70,6 +70,8 @@ struct Attachment {
 pub struct Programs {
     skel: UpstreamtopSkel<'static>,
     attached: BTreeMap<u32, Attachment>,
+    /// `tracked[0]` in the programs' mmap'd .bss (the counting filter).
+    tracked: *mut u32,
 }
 
 /// A map record as plain bytes (keys and values are `repr(C)` types
@@ -162,10 +164,12 @@ impl Programs {
         open.progs.upstreamtop_egress.set_autoattach(false);
         open.progs.upstreamtop_ingress.set_autoattach(false);
 
-        let skel = open.load().map_err(|e| {
+        let mut skel = open.load().map_err(|e| {
             anyhow::anyhow!("loading the BPF programs failed: {}", explain_load_error(&e))
         })?;
-        Ok(Programs { skel, attached: BTreeMap::new() })
+        let bss = skel.maps.bss_data.as_deref_mut().context("BPF object lacks .bss")?;
+        let tracked = bss.tracked.as_mut_ptr();
+        Ok(Programs { skel, attached: BTreeMap::new(), tracked })
     }
 
     /// Attach both programs to `ifindex` with tcx.
@@ -301,8 +305,24 @@ impl Programs {
     }
 
     /// Remove a connection; false when the programs removed it first.
-    pub fn delete_conn(&self, key: &types::conn_key) -> bool {
-        self.skel.maps.conns.delete(bytes_of(key)).is_ok()
+    pub fn delete_conn(&self, entry: &ConnEntry) -> bool {
+        if self.skel.maps.conns.delete(bytes_of(&entry.key)).is_err() {
+            return false;
+        }
+        let slot = usize::from(entry.state.slot) % FILTER_SLOTS;
+        // SAFETY: `tracked` points into the loaded object's .bss, which
+        // libbpf keeps mmap'd as long as the skeleton (owned by self)
+        // lives; slot is in bounds; the programs update these words with
+        // atomic instructions too.
+        let counter = unsafe { std::sync::atomic::AtomicU32::from_ptr(self.tracked.add(slot)) };
+        // Mirrors conn_delete() in the programs: lower the filter after
+        // our successful delete.
+        let _ = counter.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        true
     }
 
     /// (name, run_time_ns, run_cnt) per program; counts only grow while
@@ -334,6 +354,13 @@ impl Programs {
         Ok(out)
     }
 }
+
+/// Length of a fixed-size array field, taken from the generated type so
+/// FILTER_SLOTS stays defined once (in upstreamtop.h).
+const fn array_len<T, const N: usize>(_: fn(&types::bss) -> &[T; N]) -> usize {
+    N
+}
+const FILTER_SLOTS: usize = array_len(|b: &types::bss| &b.tracked);
 
 fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, ifindex: u32) -> Result<Link> {
     let opts = libbpf_sys::bpf_tcx_opts {

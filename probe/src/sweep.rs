@@ -27,13 +27,13 @@ pub fn sweep(progs: &Programs, agg: &mut Aggregator, cfg: SweepConfig) -> Result
         let peer = socket_addr(c.key.peer_addr, c.key.peer_port);
         let idle = now.saturating_sub(c.state.last_ts);
         if c.state.phase == PHASE_SYN_SENT {
-            if idle > cfg.syn_timeout_ns && progs.delete_conn(&c.key) {
+            if idle > cfg.syn_timeout_ns && progs.delete_conn(&c) {
                 agg.on_unanswered_syn(peer);
             }
             continue;
         }
         if idle > cfg.idle_timeout_ns {
-            if progs.delete_conn(&c.key) {
+            if progs.delete_conn(&c) {
                 let awaiting = (c.state.phase == PHASE_AWAIT_RESPONSE).then(|| {
                     let len = usize::from(c.state.req_len).min(c.state.req.len());
                     (&c.state.req[..len], c.state.req_ts)

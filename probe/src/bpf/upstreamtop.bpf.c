@@ -15,6 +15,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+#define EEXIST 17
+
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define ETH_P_8021Q 0x8100
@@ -43,6 +45,14 @@ const volatile __u32 n_only_cidrs = 0;
  * seen on the parent are then skipped, because the vlan device counts them
  * untagged (otherwise each exchange would count twice). */
 volatile __u32 skip_tagged = 0;
+
+/* Counting filter in front of the `conns` hash: tracked[slot] counts the
+ * tracked connections whose key hashes to slot. Most segments (nginx's
+ * client side, the backends' own) belong to untracked connections; a zero
+ * here lets them leave without a hash-map lookup. Raised before an insert,
+ * lowered after a delete, so it never undercounts. The daemon lowers it
+ * atomically (mmap'd .bss) when its sweeper deletes. */
+__u32 tracked[FILTER_SLOTS] = {};
 
 /* Keeps the ring-buffer record in the object's BTF so the skeleton's
  * `types` module has it (nothing reads this variable). */
@@ -114,6 +124,41 @@ static __always_inline __u32 clamp_len(__u32 len, __u32 max)
 	if (n < 1)
 		n = 1;
 	return n;
+}
+
+static __always_inline __u32 filter_slot(const struct conn_key *k)
+{
+	__u32 a, h;
+
+	__builtin_memcpy(&a, k->peer_addr + 12, 4);
+	h = a ^ ((__u32)k->local_port << 16 | k->peer_port);
+	return (h * 0x9E3779B1u) >> (32 - 14); /* log2(FILTER_SLOTS) */
+}
+
+static __always_inline bool maybe_tracked(__u32 slot)
+{
+	return tracked[slot & (FILTER_SLOTS - 1)] != 0;
+}
+
+/* Insert a fresh entry for `k`, counting it in the filter first. Returns 0,
+ * or -EEXIST when the connection is tracked already. */
+static __always_inline long conn_insert(const struct conn_key *k, struct conn_state *v)
+{
+	__u32 slot = filter_slot(k) & (FILTER_SLOTS - 1);
+	long err;
+
+	v->slot = slot;
+	__sync_fetch_and_add(&tracked[slot], 1);
+	err = bpf_map_update_elem(&conns, k, v, BPF_NOEXIST);
+	if (err)
+		__sync_fetch_and_sub(&tracked[slot], 1);
+	return err;
+}
+
+static __always_inline void conn_delete(const struct conn_key *k, __u16 slot)
+{
+	if (bpf_map_delete_elem(&conns, k) == 0)
+		__sync_fetch_and_sub(&tracked[slot & (FILTER_SLOTS - 1)], 1);
 }
 
 static __always_inline void stat_inc(__u32 idx)
@@ -377,7 +422,7 @@ static __always_inline void conn_end(const struct conn_key *k, struct conn_state
 	}
 	if (cs->phase == PHASE_AWAIT_RESPONSE)
 		emit(k, cs, 0, 0);
-	bpf_map_delete_elem(&conns, k);
+	conn_delete(k, cs->slot);
 }
 
 /* Does `b` (n bytes) start like a request line: an uppercase method token,
@@ -499,7 +544,15 @@ int upstreamtop_egress(struct __sk_buff *skb)
 		__builtin_memset(&sc->conn, 0, sizeof(sc->conn));
 		sc->conn.phase = PHASE_SYN_SENT;
 		sc->conn.last_ts = now;
-		if (bpf_map_update_elem(&conns, &k, &sc->conn, BPF_ANY)) {
+		long err = conn_insert(&k, &sc->conn);
+		if (err == -EEXIST) {
+			/* Port reused for a new connection: start over. */
+			struct conn_state *old = bpf_map_lookup_elem(&conns, &k);
+			if (old) {
+				old->phase = PHASE_SYN_SENT;
+				old->last_ts = now;
+			}
+		} else if (err) {
 			stat_inc(STAT_CONN_TABLE_FULL);
 			return TCX_NEXT;
 		}
@@ -507,7 +560,9 @@ int upstreamtop_egress(struct __sk_buff *skb)
 		return TCX_NEXT;
 	}
 
-	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
+	struct conn_state *cs = NULL;
+	if (maybe_tracked(filter_slot(&k)))
+		cs = bpf_map_lookup_elem(&conns, &k);
 	if (s.payload_len) {
 		if (cs && cs->phase == PHASE_AWAIT_RESPONSE) {
 			/* Rest of the request: headers or body. Never a new
@@ -527,8 +582,8 @@ int upstreamtop_egress(struct __sk_buff *skb)
 						return TCX_NEXT;
 					__builtin_memset(&sc->conn, 0, sizeof(sc->conn));
 					sc->conn.phase = PHASE_IDLE;
-					if (bpf_map_update_elem(&conns, &k, &sc->conn, BPF_NOEXIST) &&
-					    !bpf_map_lookup_elem(&conns, &k)) {
+					long err = conn_insert(&k, &sc->conn);
+					if (err && err != -EEXIST) {
 						stat_inc(STAT_CONN_TABLE_FULL);
 						return TCX_NEXT;
 					}
@@ -573,6 +628,8 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 	if (!s.payload_len && !(s.flags & (TH_SYN | TH_FIN | TH_RST)))
 		return TCX_NEXT;
 
+	if (!maybe_tracked(filter_slot(&k)))
+		return TCX_NEXT;
 	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
 	if (!cs)
 		return TCX_NEXT;

@@ -14,6 +14,9 @@
 #define MAX_IGNORE_PORTS 8
 #define MAX_ONLY_CIDRS 8
 
+/* Slots of the tracked-connection filter (a power of two). */
+#define FILTER_SLOTS 16384
+
 /* Connection states (conn_state.state). */
 enum conn_phase {
 	PHASE_SYN_SENT = 1,	  /* our SYN seen, handshake not completed */
@@ -55,7 +58,9 @@ struct conn_state {
 	__u64 last_ts;
 	__u32 phase;
 	__u16 req_len;
-	__u16 _pad;
+	/* This connection's slot in the `tracked` filter: whoever deletes
+	 * the entry (programs or sweeper) decrements that slot. */
+	__u16 slot;
 	__u8 req[REQ_BYTES];
 };
 
