@@ -1,6 +1,7 @@
 //! One backend's figures: table [`PeerStats`] and its routes turned into the
 //! report's [`Peer`], and the peer state rules.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use upstreamtop_table::histogram::{bucket_of, quantiles_ns, BUCKETS};
@@ -35,10 +36,20 @@ pub fn responses(r: &upstreamtop_table::Responses) -> Responses {
         c3xx: r.class[2],
         c4xx: r.class[3],
         c5xx: r.class[4],
-        codes: r.codes.iter().map(|(c, n)| (itoa::Buffer::new().format(*c).to_owned(), *n)).collect(),
+        codes: codes_map(&r.codes),
         codes_other: r.codes_other,
         total: r.total(),
     }
+}
+
+/// Exact codes keyed by their decimal text. Inserted one by one: the list
+/// is short and already sorted, and `collect()` would buffer and sort it.
+fn codes_map(codes: &[(u16, u64)]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (c, n) in codes {
+        *m.entry(itoa::Buffer::new().format(*c).to_owned()).or_insert(0) += n;
+    }
+    m
 }
 
 /// Adds the table's `b` into the report's `a` (totals).
