@@ -7,8 +7,8 @@ use crate::config::Query;
 const MAX_LIST: usize = 100_000;
 
 /// Parses `upstream=NAME&routes=N&history=0|1&recent=N&route_labels=0|1`
-/// (`format=` is the module's business and ignored here, as are unknown
-/// arguments). Values are percent-decoded. A bad value is an error naming
+/// (`format=json|prometheus` is the module's business: only validated
+/// here; unknown arguments are ignored). Values are percent-decoded. A bad value is an error naming
 /// the parameter, fit for a 400 body.
 pub fn parse_query(query_string: &str) -> Result<Query, String> {
     let mut q = Query::default();
@@ -26,6 +26,11 @@ pub fn parse_query(query_string: &str) -> Result<Query, String> {
             "recent" => q.recent = count(key, &value)?,
             "history" => q.history = flag(key, &value)?,
             "route_labels" | "routes_labels" => q.route_labels = flag(key, &value)?,
+            // Acted on by the module; checked here so a typo is a 400, not
+            // silently JSON.
+            "format" if value != "json" && value != "prometheus" => {
+                return Err(format!("parameter format: expected json or prometheus, got {value:?}"));
+            }
             _ => {}
         }
     }
@@ -105,6 +110,7 @@ mod tests {
             ("upstream=", "upstream"),
             ("upstream=%zz", "upstream"),
             ("upstream=%ff", "upstream"),
+            ("format=xml", "format"),
         ] {
             let e = parse_query(qs).unwrap_err();
             assert!(e.starts_with(&format!("parameter {name}:")), "{qs}: {e}");
