@@ -151,7 +151,9 @@ impl TableReader {
     /// writes, never panics on any file content.
     pub fn snapshot(&mut self) -> Result<Snapshot, ReadError> {
         self.ensure_open()?;
-        self.read_loop(None).map(|(_, s)| s.unwrap_or_default())
+        // With nothing known, every successful attempt decodes.
+        let (_, snap) = self.read_loop(None)?;
+        snap.ok_or_else(|| ReadError::Busy(self.path.clone()))
     }
 
     /// Like [`Self::snapshot`], but shares the decoded snapshot: while the
