@@ -204,6 +204,15 @@ impl Programs {
         }
     }
 
+    /// Tell the programs the kernel's ephemeral port range (the local ports
+    /// of connections this host opens).
+    pub fn set_ephemeral_ports(&mut self, lo: u16, hi: u16) {
+        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+            bss.eph_lo = u32::from(lo);
+            bss.eph_hi = u32::from(hi);
+        }
+    }
+
     /// The ring buffer of finished exchanges; `on_event` runs for each.
     pub fn ring_buffer<F>(&self, mut on_event: F) -> Result<libbpf_rs::RingBuffer<'static>>
     where

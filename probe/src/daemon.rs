@@ -84,6 +84,15 @@ fn sync_ifaces(progs: &mut Programs, cli: &Cli, first: bool) -> Result<bool> {
     Ok(changed)
 }
 
+/// Keep the programs' view of the ephemeral port range current (an admin
+/// may change it at runtime); on failure every port stays eligible.
+fn set_ephemeral_ports(progs: &mut Programs) {
+    match ifaces::ephemeral_ports() {
+        Ok((lo, hi)) => progs.set_ephemeral_ports(lo, hi),
+        Err(e) => log(&format!("{e:#}; peeking at every untracked connection")),
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let interval = cli.interval;
     let cfg = BpfConfig {
@@ -108,6 +117,7 @@ pub fn run(cli: Cli) -> Result<()> {
         format!("cannot create the table at {} (is its directory writable?)", cli.table.display())
     })?;
     install_signal_handlers();
+    set_ephemeral_ports(&mut progs);
     sync_ifaces(&mut progs, &cli, true)?;
     if progs.attached().is_empty() {
         bail!("no interface to attach to");
@@ -137,6 +147,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     log(&format!("watching interfaces: {e:#}"));
                 }
             }
+            set_ephemeral_ports(&mut progs);
             let mut agg = agg.borrow_mut();
             let totals = collect(&progs, &mut agg, sweep)?;
             let names = progs.attached().into_iter().map(|(_, n)| n).collect();

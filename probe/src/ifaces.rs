@@ -86,3 +86,33 @@ mod tests {
         assert!(list().unwrap().iter().any(|i| i.name == "lo" && i.up));
     }
 }
+
+/// The kernel's ephemeral port range (net.ipv4.ip_local_port_range, which
+/// IPv6 shares): the local ports of connections this host opens.
+pub fn ephemeral_ports() -> Result<(u16, u16)> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let s = fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
+    parse_port_range(&s).with_context(|| format!("parsing {PATH}: {s:?}"))
+}
+
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace().map(|p| p.parse::<u16>());
+    match (it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod port_range_tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_proc_format() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("1 0"), None);
+        assert_eq!(parse_port_range("x"), None);
+        let (lo, hi) = ephemeral_ports().unwrap();
+        assert!(lo <= hi);
+    }
+}

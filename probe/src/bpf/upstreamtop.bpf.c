@@ -45,6 +45,14 @@ const volatile __u32 n_only_cidrs = 0;
  * seen on the parent are then skipped, because the vlan device counts them
  * untagged (otherwise each exchange would count twice). */
 volatile __u32 skip_tagged = 0;
+/* The kernel's ephemeral port range (net.ipv4.ip_local_port_range), kept
+ * current by the daemon. A connection this host opened uses a local port in
+ * it, so segments from other local ports (a server's replies: nginx's to
+ * its clients, a local backend's) are never peeked at for a request line
+ * unless their connection is tracked already. Until the daemon sets it,
+ * every port qualifies. */
+volatile __u32 eph_lo = 0;
+volatile __u32 eph_hi = 0; /* 0: not set yet */
 
 /* Counting filter in front of the `conns` hash: tracked[slot] counts the
  * tracked connections whose key hashes to slot. Most segments (nginx's
@@ -570,6 +578,9 @@ int upstreamtop_egress(struct __sk_buff *skb)
 			struct peer_counters *pc = peer_of_conn(&k, sc);
 			if (pc)
 				pc->sent_bytes += s.payload_len;
+		} else if (!cs && eph_hi && (k.local_port < eph_lo || k.local_port > eph_hi)) {
+			/* Untracked, and not a connection this host opened. */
+			return TCX_NEXT;
 		} else {
 			__u8 peek[PEEK] = {};
 			__u32 n = clamp_len(s.payload_len, PEEK);

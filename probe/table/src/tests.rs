@@ -502,18 +502,18 @@ fn read_timing() {
     let (mut pub_us, mut read_us) = (u128::MAX, u128::MAX);
     let mut r = TableReader::new(&path);
     for i in 0..60 {
-        let t = std::time::Instant::now();
         if i < 30 {
+            let t = std::time::Instant::now();
             w.publish(&s).unwrap();
+            pub_us = pub_us.min(t.elapsed().as_micros());
         }
-        pub_us = pub_us.min(t.elapsed().as_micros());
         let t = std::time::Instant::now();
         let got = r.snapshot().unwrap();
         read_us = read_us.min(t.elapsed().as_micros());
         assert_eq!(got.routes.len(), 16_000);
         drop(got);
     }
-    eprintln!("1000 peers, 16000 routes, history 60: publish {pub_us} µs, snapshot {read_us} µs (min of 30)");
+    eprintln!("1000 peers, 16000 routes, history 60: publish {pub_us} µs, snapshot {read_us} µs (min of 30 / 60)");
 }
 
 #[test]

@@ -227,6 +227,8 @@ impl Harness {
             ring_bytes: 1 << 20,
         };
         let mut progs = Programs::load(&cfg).expect("load BPF programs");
+        let (lo, hi) = upstreamtop_probe::ifaces::ephemeral_ports().expect("port range");
+        progs.set_ephemeral_ports(lo, hi);
         for i in ifaces {
             progs.attach(i, ifindex(i)).expect("attach tcx");
         }
