@@ -197,9 +197,9 @@ cmd_test() {
     cargo test --workspace --release 2>&1 | tee "$log" || rc=$?
     say "test summary"
     local passed failed ignored
-    passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
-    failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
-    ignored=$(grep -Eo '[0-9]+ ignored' "$log" | awk '{s+=$1} END {print s+0}')
+    passed=$(grep '^test result:' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+    failed=$(grep '^test result:' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+    ignored=$(grep '^test result:' "$log" | grep -Eo '[0-9]+ ignored' | awk '{s+=$1} END {print s+0}')
     grep -E '^(test result:|     Running|   Doc-tests)' "$log" | grep -B1 '^test result:' | grep -v '^--' || true
     echo "total: $passed passed, $failed failed, $ignored ignored (log: $log)"
     if [ "$rc" -ne 0 ] || [ "$failed" -ne 0 ]; then
