@@ -334,6 +334,19 @@ impl Programs {
         true
     }
 
+    /// Sum of the counting filter in front of `conns`: equals the number of
+    /// tracked connections whenever no insert or delete is in flight.
+    pub fn filter_total(&self) -> u64 {
+        (0..FILTER_SLOTS)
+            .map(|i| {
+                // SAFETY: as in delete_conn: in-bounds words of the mmap'd
+                // .bss, alive as long as self.
+                let c = unsafe { std::sync::atomic::AtomicU32::from_ptr(self.tracked.add(i)) };
+                u64::from(c.load(std::sync::atomic::Ordering::Relaxed))
+            })
+            .sum()
+    }
+
     /// (name, run_time_ns, run_cnt) per program; counts only grow while
     /// `kernel.bpf_stats_enabled=1`.
     pub fn run_stats(&self) -> Result<Vec<(String, u64, u64)>> {

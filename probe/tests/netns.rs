@@ -33,7 +33,9 @@ struct Topology {
 
 impl Topology {
     fn new() -> Topology {
-        let n = std::process::id() % 100 + 100;
+        // Unique per process and per topology (tests run in parallel).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = 100 + (std::process::id() % 30) * 4 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
         let mut t = Topology {
             ns: format!("utprobe{n}"),
             host_if: format!("utp{n}h"),
@@ -118,5 +120,24 @@ fn veth_into_netns_exact_counts_ipv4_ipv6_vlan() {
         let s = wait_for(&h, addr, sent);
         assert_matches(&s, addr, &served.lock().unwrap(), sent);
     }
+    assert_eq!(h.progs.filter_total(), h.progs.conns().unwrap().len() as u64);
     drop(h);
+}
+
+#[test]
+fn unanswered_syn_counts_as_failed_once_the_sweeper_gives_up() {
+    require_root!();
+    let topo = Topology::new();
+    let n = topo.n;
+    // The namespace drops its replies to us: our SYN is never answered.
+    ip(&format!("-n {} route add blackhole 10.200.{n}.1/32", topo.ns));
+    let (addr, _served) = topo.serve(&format!("10.200.{n}.2:0"));
+    let h = Harness::new(&[&topo.host_if]);
+    let r = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500));
+    assert!(r.is_err(), "connect should time out");
+    // The harness's sweeper gives up on a SYN after 3 s.
+    let s = h.snapshot_when(|s| s.peers.iter().any(|p| p.addr == addr && p.conns.failed >= 1));
+    let p = common::peer(&s, addr);
+    assert_eq!((p.conns.failed, p.conns.opened, p.requests), (1, 0, 0));
+    assert_eq!(h.progs.filter_total(), 0);
 }
