@@ -230,8 +230,10 @@ pub fn run_until(spec: &LoadSpec, stop: &AtomicBool) -> Result<LoadResult> {
                             continue;
                         }
                         due += interval;
-                        // After a stall do not burst to catch up.
-                        if due + interval < now {
+                        // A slow response (checkout) is made up for by the
+                        // next requests; after a long stall (> 1 s behind)
+                        // start afresh instead of bursting.
+                        if due + Duration::from_secs(1) < now {
                             due = now;
                         }
                     }
