@@ -582,34 +582,39 @@ int upstreamtop_egress(struct __sk_buff *skb)
 			/* Untracked, and not a connection this host opened. */
 			return TCX_NEXT;
 		} else {
-			__u8 peek[PEEK] = {};
-			__u32 n = clamp_len(s.payload_len, PEEK);
-			if (bpf_skb_load_bytes(skb, s.payload_off, peek, n))
+			/* One copy of the first bytes serves both the request
+			 * check and the stored request. */
+			__u32 m = clamp_len(s.payload_len, REQ_BYTES);
+			if (bpf_skb_load_bytes(skb, s.payload_off, sc->conn.req, m))
 				goto end;
-			if (looks_like_request(peek, n)) {
+			if (looks_like_request(sc->conn.req, m)) {
+				now = bpf_ktime_get_ns();
 				if (!cs) {
 					/* Connection opened before we saw it. */
 					if (!wanted(&k))
 						return TCX_NEXT;
-					__builtin_memset(&sc->conn, 0, sizeof(sc->conn));
-					sc->conn.phase = PHASE_IDLE;
+					sc->conn.phase = PHASE_AWAIT_RESPONSE;
+					sc->conn.req_len = m;
+					sc->conn.req_ts = now;
+					sc->conn.last_ts = now;
 					long err = conn_insert(&k, &sc->conn);
 					if (err && err != -EEXIST) {
 						stat_inc(STAT_CONN_TABLE_FULL);
 						return TCX_NEXT;
 					}
-					cs = bpf_map_lookup_elem(&conns, &k);
-					if (!cs)
-						return TCX_NEXT;
+					if (err == -EEXIST) {
+						cs = bpf_map_lookup_elem(&conns, &k);
+						if (!cs)
+							return TCX_NEXT;
+					}
 				}
-				now = bpf_ktime_get_ns();
-				__u32 m = clamp_len(s.payload_len, REQ_BYTES);
-				if (bpf_skb_load_bytes(skb, s.payload_off, cs->req, m))
-					goto end;
-				cs->req_len = m;
-				cs->req_ts = now;
-				cs->last_ts = now;
-				cs->phase = PHASE_AWAIT_RESPONSE;
+				if (cs) {
+					__builtin_memcpy(cs->req, sc->conn.req, REQ_BYTES);
+					cs->req_len = m;
+					cs->req_ts = now;
+					cs->last_ts = now;
+					cs->phase = PHASE_AWAIT_RESPONSE;
+				}
 				struct peer_counters *pc = peer_of_conn(&k, sc);
 				if (pc) {
 					pc->requests += 1;
