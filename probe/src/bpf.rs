@@ -347,6 +347,22 @@ impl Programs {
             .sum()
     }
 
+    /// Run one program on a crafted Ethernet frame (BPF_PROG_TEST_RUN)
+    /// `repeat` times; returns its return value and the kernel-measured
+    /// average time per run. The frame goes nowhere.
+    pub fn test_run(&self, egress: bool, frame: &[u8], repeat: u32) -> Result<(i32, std::time::Duration)> {
+        let prog = if egress {
+            &self.skel.progs.upstreamtop_egress
+        } else {
+            &self.skel.progs.upstreamtop_ingress
+        };
+        let mut input = libbpf_rs::ProgramInput::default();
+        input.data_in = Some(frame);
+        input.repeat = repeat.max(1);
+        let out = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
+        Ok((out.return_value as i32, out.duration))
+    }
+
     /// (name, run_time_ns, run_cnt) per program; counts only grow while
     /// `kernel.bpf_stats_enabled=1`.
     pub fn run_stats(&self) -> Result<Vec<(String, u64, u64)>> {
