@@ -356,9 +356,11 @@ impl Programs {
         } else {
             &self.skel.progs.upstreamtop_ingress
         };
-        let mut input = libbpf_rs::ProgramInput::default();
-        input.data_in = Some(frame);
-        input.repeat = repeat.max(1);
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            repeat: repeat.max(1),
+            ..Default::default()
+        };
         let out = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
         Ok((out.return_value as i32, out.duration))
     }
