@@ -146,6 +146,7 @@ impl Programs {
 
         open.maps.conns.set_max_entries(cfg.max_conns).context("sizing the conns map")?;
         open.maps.peers.set_max_entries(cfg.max_peers).context("sizing the peers map")?;
+        open.maps.peer_ids.set_max_entries(cfg.max_peers).context("sizing the peer_ids map")?;
         open.maps.codes.set_max_entries(cfg.max_codes).context("sizing the codes map")?;
         open.maps
             .events
@@ -160,6 +161,7 @@ impl Programs {
             rodata.only_cidrs[i] = types::cidr { addr: addr.octets(), prefix_len: u32::from(*prefix) };
         }
         rodata.n_only_cidrs = cfg.only.len() as u32;
+        rodata.max_peers = cfg.max_peers;
         // tcx programs are attached per interface below, never by libbpf.
         open.progs.upstreamtop_egress.set_autoattach(false);
         open.progs.upstreamtop_ingress.set_autoattach(false);
@@ -230,13 +232,29 @@ impl Programs {
         builder.build().context("creating the events ring buffer")
     }
 
+    /// Every peer the programs gave an index to: (address, index).
+    fn peer_index(&self) -> Result<Vec<(SocketAddr, u32)>> {
+        let map = &self.skel.maps.peer_ids;
+        let mut out = Vec::new();
+        for key in map.keys() {
+            let Some(pk) = from_bytes::<types::peer_key>(&key) else { continue };
+            let Some(v) = map.lookup(&key, MapFlags::ANY).context("reading peer_ids")? else {
+                continue;
+            };
+            if let Some(idx) = from_bytes::<u32>(&v) {
+                out.push((socket_addr(pk.addr, pk.port), idx));
+            }
+        }
+        Ok(out)
+    }
+
     /// Per-peer counters summed over CPUs.
     pub fn peer_counters(&self) -> Result<Vec<(SocketAddr, types::peer_counters)>> {
         let map = &self.skel.maps.peers;
         let mut out = Vec::new();
-        for key in map.keys() {
-            let Some(pk) = from_bytes::<types::peer_key>(&key) else { continue };
-            let Some(per_cpu) = map.lookup_percpu(&key, MapFlags::ANY).context("reading peers")?
+        for (addr, idx) in self.peer_index()? {
+            let Some(per_cpu) =
+                map.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY).context("reading peers")?
             else {
                 continue;
             };
@@ -255,23 +273,26 @@ impl Programs {
                 sum.conn_reset += v.conn_reset;
                 sum.codes_other += v.codes_other;
             }
-            out.push((socket_addr(pk.addr, pk.port), sum));
+            out.push((addr, sum));
         }
         Ok(out)
     }
 
     /// Exact status-code counters: (peer, code, count).
     pub fn code_counters(&self) -> Result<Vec<(SocketAddr, u16, u64)>> {
+        let by_idx: std::collections::HashMap<u32, SocketAddr> =
+            self.peer_index()?.into_iter().map(|(a, i)| (i, a)).collect();
         let map = &self.skel.maps.codes;
         let mut out = Vec::new();
         for key in map.keys() {
             let Some(ck) = from_bytes::<types::code_key>(&key) else { continue };
+            let Some(&addr) = by_idx.get(&ck.peer_idx) else { continue };
             let Some(per_cpu) = map.lookup_percpu(&key, MapFlags::ANY).context("reading codes")?
             else {
                 continue;
             };
             let n: u64 = per_cpu.iter().filter_map(|b| from_bytes::<u64>(b)).sum();
-            out.push((socket_addr(ck.peer.addr, ck.peer.port), ck.code, n));
+            out.push((addr, ck.code, n));
         }
         Ok(out)
     }

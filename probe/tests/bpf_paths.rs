@@ -227,3 +227,29 @@ fn cost_per_path_is_printed() {
         eprintln!("  {what:<45} {ns:>7.1}");
     }
 }
+
+#[test]
+fn peers_beyond_max_peers_are_counted_not_lost() {
+    require_root!();
+    let cfg = BpfConfig {
+        ignore_ports: vec![],
+        only: vec![],
+        max_conns: 64,
+        max_peers: 1,
+        max_codes: 64,
+        ring_bytes: 1 << 16,
+    };
+    let p = Programs::load(&cfg).expect("load");
+    let req = b"GET / HTTP/1.1\r\n\r\n";
+    // Two backends (ports 8080 and 8081); only one fits.
+    for port in [PPORT, PPORT + 1] {
+        run(&p, true, &frame4(LOCAL, LPORT, PEER, port, SYN, b""));
+        run(&p, false, &frame4(PEER, port, LOCAL, LPORT, SYN | ACK, b""));
+        run(&p, true, &frame4(LOCAL, LPORT, PEER, port, ACK | PSH, req));
+        run(&p, false, &frame4(PEER, port, LOCAL, LPORT, ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
+    }
+    let peers = p.peer_counters().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!((peers[0].0, peers[0].1.requests, peers[0].1.responses[1]), (peer_addr(), 1, 1));
+    assert_eq!(p.stats().unwrap().peer_table_full, 1);
+}

@@ -41,6 +41,9 @@ const volatile __u16 ignore_ports[MAX_IGNORE_PORTS] = {};
 const volatile __u32 n_ignore_ports = 0;
 const volatile struct cidr only_cidrs[MAX_ONLY_CIDRS] = {};
 const volatile __u32 n_only_cidrs = 0;
+const volatile __u32 max_peers = 1024;
+/* Next free index of `peers`. */
+__u32 next_peer_idx = 0;
 /* Set at runtime by the daemon when a vlan device is attached: tagged frames
  * seen on the parent are then skipped, because the vlan device counts them
  * untagged (otherwise each exchange would count twice). */
@@ -73,10 +76,19 @@ struct {
 	__type(value, struct conn_state);
 } conns SEC(".maps");
 
+/* Backend -> index into `peers`, assigned once when a connection to it is
+ * first tracked: after that, counting is an array access, not a hash. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024); /* --max-peers */
 	__type(key, struct peer_key);
+	__type(value, __u32);
+} peer_ids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1024); /* --max-peers */
+	__type(key, __u32);
 	__type(value, struct peer_counters);
 } peers SEC(".maps");
 
@@ -102,7 +114,6 @@ struct {
 /* Per-CPU scratch space: keeps big records off the 512-byte stack. */
 struct scratch {
 	struct conn_state conn;
-	struct peer_counters zero;
 	__u8 buf[SCAN + 16];
 };
 
@@ -338,26 +349,35 @@ static __always_inline void peer_of(const struct conn_key *k, struct peer_key *p
 	pk->_pad = 0;
 }
 
-static __always_inline struct peer_counters *peer_get(const struct peer_key *pk,
-						      struct scratch *sc)
-{
-	struct peer_counters *pc = bpf_map_lookup_elem(&peers, pk);
-	if (pc)
-		return pc;
-	__builtin_memset(&sc->zero, 0, sizeof(sc->zero));
-	bpf_map_update_elem(&peers, pk, &sc->zero, BPF_NOEXIST);
-	pc = bpf_map_lookup_elem(&peers, pk);
-	if (!pc)
-		stat_inc(STAT_PEER_TABLE_FULL);
-	return pc;
-}
-
-static __always_inline struct peer_counters *peer_of_conn(const struct conn_key *k,
-							  struct scratch *sc)
+/* The peer's index, assigned on first use; NO_PEER when `peers` is full. */
+static __always_inline __u32 peer_idx_get(const struct conn_key *k)
 {
 	struct peer_key pk;
+	__u32 *idx, n;
+
 	peer_of(k, &pk);
-	return peer_get(&pk, sc);
+	idx = bpf_map_lookup_elem(&peer_ids, &pk);
+	if (idx)
+		return *idx;
+	if (next_peer_idx >= max_peers)
+		return NO_PEER;
+	n = __sync_fetch_and_add(&next_peer_idx, 1);
+	if (n >= max_peers)
+		return NO_PEER;
+	if (bpf_map_update_elem(&peer_ids, &pk, &n, BPF_NOEXIST)) {
+		/* Another CPU assigned one first (index n stays unused), or
+		 * the map is full. */
+		idx = bpf_map_lookup_elem(&peer_ids, &pk);
+		return idx ? *idx : NO_PEER;
+	}
+	return n;
+}
+
+static __always_inline struct peer_counters *peer_at(__u32 idx)
+{
+	if (idx >= max_peers)
+		return NULL;
+	return bpf_map_lookup_elem(&peers, &idx);
 }
 
 static __always_inline struct scratch *scratch_get(void)
@@ -366,13 +386,14 @@ static __always_inline struct scratch *scratch_get(void)
 	return bpf_map_lookup_elem(&scratch_space, &zero);
 }
 
-static __always_inline void count_code(const struct conn_key *k, __u16 code,
-				       struct peer_counters *pc)
+static __always_inline void count_code(__u32 peer_idx, __u16 code, struct peer_counters *pc)
 {
 	struct code_key ck = {};
 	__u64 one = 1, *n;
 
-	peer_of(k, &ck.peer);
+	if (!pc)
+		return;
+	ck.peer_idx = peer_idx;
 	ck.code = code;
 	n = bpf_map_lookup_elem(&codes, &ck);
 	if (n) {
@@ -387,8 +408,7 @@ static __always_inline void count_code(const struct conn_key *k, __u16 code,
 		*n += 1;
 		return;
 	}
-	if (pc)
-		pc->codes_other += 1;
+	pc->codes_other += 1;
 	stat_inc(STAT_CODES_FULL);
 }
 
@@ -411,10 +431,9 @@ static __always_inline void emit(const struct conn_key *k, struct conn_state *cs
 }
 
 /* FIN or RST on a tracked connection. */
-static __always_inline void conn_end(const struct conn_key *k, struct conn_state *cs, __u8 flags,
-				     struct scratch *sc)
+static __always_inline void conn_end(const struct conn_key *k, struct conn_state *cs, __u8 flags)
 {
-	struct peer_counters *pc = peer_of_conn(k, sc);
+	struct peer_counters *pc = peer_at(cs->peer_idx);
 
 	if (pc) {
 		if (cs->phase == PHASE_SYN_SENT) {
@@ -552,6 +571,7 @@ int upstreamtop_egress(struct __sk_buff *skb)
 		__builtin_memset(&sc->conn, 0, sizeof(sc->conn));
 		sc->conn.phase = PHASE_SYN_SENT;
 		sc->conn.last_ts = now;
+		sc->conn.peer_idx = peer_idx_get(&k);
 		long err = conn_insert(&k, &sc->conn);
 		if (err == -EEXIST) {
 			/* Port reused for a new connection: start over. */
@@ -564,7 +584,6 @@ int upstreamtop_egress(struct __sk_buff *skb)
 			stat_inc(STAT_CONN_TABLE_FULL);
 			return TCX_NEXT;
 		}
-		peer_of_conn(&k, sc);
 		return TCX_NEXT;
 	}
 
@@ -575,7 +594,7 @@ int upstreamtop_egress(struct __sk_buff *skb)
 		if (cs && cs->phase == PHASE_AWAIT_RESPONSE) {
 			/* Rest of the request: headers or body. Never a new
 			 * message (nginx does not pipeline upstream). */
-			struct peer_counters *pc = peer_of_conn(&k, sc);
+			struct peer_counters *pc = peer_at(cs->peer_idx);
 			if (pc)
 				pc->sent_bytes += s.payload_len;
 		} else if (!cs && eph_hi && (k.local_port < eph_lo || k.local_port > eph_hi)) {
@@ -594,6 +613,7 @@ int upstreamtop_egress(struct __sk_buff *skb)
 					if (!wanted(&k))
 						return TCX_NEXT;
 					sc->conn.phase = PHASE_AWAIT_RESPONSE;
+					sc->conn.peer_idx = peer_idx_get(&k);
 					sc->conn.req_len = m;
 					sc->conn.req_ts = now;
 					sc->conn.last_ts = now;
@@ -615,13 +635,15 @@ int upstreamtop_egress(struct __sk_buff *skb)
 					cs->last_ts = now;
 					cs->phase = PHASE_AWAIT_RESPONSE;
 				}
-				struct peer_counters *pc = peer_of_conn(&k, sc);
+				struct peer_counters *pc = peer_at(cs ? cs->peer_idx : sc->conn.peer_idx);
 				if (pc) {
 					pc->requests += 1;
 					pc->sent_bytes += s.payload_len;
+				} else {
+					stat_inc(STAT_PEER_TABLE_FULL);
 				}
 			} else if (cs) {
-				struct peer_counters *pc = peer_of_conn(&k, sc);
+				struct peer_counters *pc = peer_at(cs->peer_idx);
 				if (pc)
 					pc->sent_bytes += s.payload_len;
 			}
@@ -629,7 +651,7 @@ int upstreamtop_egress(struct __sk_buff *skb)
 	}
 end:
 	if (cs && (s.flags & (TH_FIN | TH_RST)))
-		conn_end(&k, cs, s.flags, sc);
+		conn_end(&k, cs, s.flags);
 	return TCX_NEXT;
 }
 
@@ -652,7 +674,7 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 	struct scratch *sc = scratch_get();
 	if (!sc)
 		return TCX_NEXT;
-	struct peer_counters *pc = peer_of_conn(&k, sc);
+	struct peer_counters *pc = peer_at(cs->peer_idx);
 
 	if (cs->phase == PHASE_SYN_SENT) {
 		if ((s.flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)) {
@@ -662,7 +684,7 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 			return TCX_NEXT;
 		}
 		if (s.flags & TH_RST)
-			conn_end(&k, cs, s.flags, sc);
+			conn_end(&k, cs, s.flags);
 		return TCX_NEXT;
 	}
 
@@ -689,7 +711,7 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 				__u32 cls = (__u32)code / 100u - 1u;
 				if (pc && cls < 5)
 					pc->responses[cls] += 1;
-				count_code(&k, code, pc);
+				count_code(cs->peer_idx, code, pc);
 				cs->last_ts = now;
 				if (code >= 200) {
 					cs->phase = PHASE_IN_RESPONSE;
@@ -705,6 +727,6 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 	}
 end:
 	if (s.flags & (TH_FIN | TH_RST))
-		conn_end(&k, cs, s.flags, sc);
+		conn_end(&k, cs, s.flags);
 	return TCX_NEXT;
 }

@@ -61,10 +61,17 @@ struct conn_state {
 	/* This connection's slot in the `tracked` filter: whoever deletes
 	 * the entry (programs or sweeper) decrements that slot. */
 	__u16 slot;
+	/* Index of the backend's counters (`peers`), NO_PEER when the table
+	 * was full. */
+	__u32 peer_idx;
+	__u32 _pad;
 	__u8 req[REQ_BYTES];
 };
 
-/* Per-peer counters, one copy per CPU (summed by the daemon). */
+#define NO_PEER 0xffffffffu
+
+/* Per-peer counters, one copy per CPU (summed by the daemon), in an array
+ * indexed by the peer's slot (see `peer_ids`). */
 struct peer_counters {
 	__u64 requests;
 	__u64 responses[5]; /* 1xx..5xx, interim 1xx included */
@@ -80,7 +87,7 @@ struct peer_counters {
 
 /* Key of the exact status-code counters. */
 struct code_key {
-	struct peer_key peer;
+	__u32 peer_idx;
 	__u16 code;
 	__u16 _pad;
 };
