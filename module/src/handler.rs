@@ -125,14 +125,12 @@ fn answer(request: &Request) -> Answer {
 
     let snap = match table_access::snapshot(Path::new(table)) {
         Ok(snap) => snap,
-        Err(e) => {
-            return Answer::json(503, upstreamtop_report::unavailable_json(&e.to_string(), table))
-        }
+        Err(e) => return unavailable(prometheus, &e.to_string(), table, None),
     };
     let now = now_unix_ns();
     if let Some(age_s) = upstreamtop_report::stale_age_s(&snap, now) {
         let reason = format!("probe stale: last publish {age_s} s ago");
-        return Answer::json(503, upstreamtop_report::unavailable_json(&reason, table));
+        return unavailable(prometheus, &reason, table, Some(snap.meta.published_unix_ns));
     }
     let conf = nginx_conf::nginx_config(request);
     let report = upstreamtop_report::build_report(&snap, &conf, &query, now);
@@ -144,6 +142,25 @@ fn answer(request: &Request) -> Answer {
         }
     } else {
         Answer::json(200, upstreamtop_report::render_json(&report))
+    }
+}
+
+/// No usable table. JSON gets a 503 naming the reason; Prometheus gets a
+/// 200 with `upstreamtop_probe_up 0`, because a scraper drops the body of
+/// any non-2xx answer and the alert `upstreamtop_probe_up == 0` could never
+/// fire.
+fn unavailable(prometheus: bool, reason: &str, table: &str, last_publish_unix_ns: Option<u64>) -> Answer {
+    if prometheus {
+        Answer {
+            status: 200,
+            content_type: PROMETHEUS,
+            body: upstreamtop_report::unavailable_prometheus(
+                &format!("{reason} (table {table})"),
+                last_publish_unix_ns,
+            ),
+        }
+    } else {
+        Answer::json(503, upstreamtop_report::unavailable_json(reason, table))
     }
 }
 

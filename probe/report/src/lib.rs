@@ -20,7 +20,7 @@ pub use build::{build_report, stale, stale_after_ns, stale_age_s, SCHEMA_VERSION
 pub use config::{NginxConfig, Query, ServerConf, UpstreamConf};
 pub use json::{render_json, unavailable_json};
 pub use model::Report;
-pub use prometheus::render_prometheus;
+pub use prometheus::{render_prometheus, unavailable_prometheus};
 pub use query::parse_query;
 
 #[cfg(test)]

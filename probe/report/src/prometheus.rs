@@ -2,10 +2,19 @@
 //! (`?format=prometheus`).
 //!
 //! Series are per `(upstream, server)`; peers no group lists carry
-//! `upstream=""`. Per-route series (`upstreamtop_route_requests_total`)
-//! cover the routes the report lists (`?routes=N` per peer, plus the
-//! overflow bucket as `route="(other)"`) and are left out entirely with
-//! `?route_labels=0`, since route labels multiply series.
+//! `upstream=""`. Routes get their own family,
+//! `upstreamtop_route_requests_total{upstream,server,method,route}`, rather
+//! than a `route` label on `upstreamtop_requests_total`: the per-peer
+//! totals then keep one stable label set whether or not routes are shown
+//! (`?route_labels=0` / `upstreamtop_status prometheus noroutes;` drop the
+//! route family and nothing else), and `sum by (server)` over
+//! `upstreamtop_requests_total` never depends on how many routes the probe
+//! kept. Route series cover the routes the report lists (`?routes=N` per
+//! peer, plus the overflow bucket as `route="(other)"`), so their number is
+//! bounded by the probe's `--max-routes`.
+//!
+//! When there is no usable table the module still answers Prometheus with
+//! [`unavailable_prometheus`]: `upstreamtop_probe_up 0`.
 
 use std::collections::HashSet;
 use std::fmt::Write;
@@ -33,6 +42,9 @@ fn esc(v: &str) -> std::borrow::Cow<'_, str> {
     }
     s.into()
 }
+
+const PROBE_UP_HELP: &str = "1 when the probe publishes on time, 0 when its table is stale or missing.";
+const LAST_PUBLISH_HELP: &str = "When the probe last published its table (Unix time).";
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -119,9 +131,9 @@ pub fn render_prometheus(report: &Report, query: &Query) -> String {
     }
 
     let probe = &report.probe;
-    family(o, "upstreamtop_probe_up", "gauge", "1 when the probe publishes on time, 0 when its table is stale.");
+    family(o, "upstreamtop_probe_up", "gauge", PROBE_UP_HELP);
     let _ = writeln!(o, "upstreamtop_probe_up {}", u8::from(probe.up));
-    family(o, "upstreamtop_probe_last_publish_timestamp_seconds", "gauge", "When the probe last published its table (Unix time).");
+    family(o, "upstreamtop_probe_last_publish_timestamp_seconds", "gauge", LAST_PUBLISH_HELP);
     let _ = writeln!(o, "upstreamtop_probe_last_publish_timestamp_seconds {}", probe.last_publish as f64 / 1e3);
     family(o, "upstreamtop_probe_drops_total", "counter", "Events the probe could not count in full detail.");
     for (reason, n) in &probe.drops {
@@ -130,6 +142,25 @@ pub fn render_prometheus(report: &Report, query: &Query) -> String {
     family(o, "upstreamtop_probe_overflows_total", "counter", "Detail folded away because a table was full (totals stay exact).");
     for (reason, n) in &probe.overflows {
         let _ = writeln!(o, "upstreamtop_probe_overflows_total{{reason=\"{}\"}} {n}", esc(reason));
+    }
+    out
+}
+
+/// The Prometheus answer when there is no usable table (missing, torn,
+/// wrong version, stale): `upstreamtop_probe_up 0`, plus the last publish
+/// time when a table exists, and `reason` as a comment for whoever curls
+/// it. The module serves it with status 200: Prometheus drops the body of
+/// any non-2xx scrape, so a 503 would leave `upstreamtop_probe_up` absent
+/// instead of 0 (the target's own `up` series says whether nginx answered).
+pub fn unavailable_prometheus(reason: &str, last_publish_unix_ns: Option<u64>) -> String {
+    // A comment ends at the newline: keep the reason on one line.
+    let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out = format!("# upstreamtop: table unavailable: {reason}\n");
+    family(&mut out, "upstreamtop_probe_up", "gauge", PROBE_UP_HELP);
+    out.push_str("upstreamtop_probe_up 0\n");
+    if let Some(ns) = last_publish_unix_ns.filter(|&ns| ns > 0) {
+        family(&mut out, "upstreamtop_probe_last_publish_timestamp_seconds", "gauge", LAST_PUBLISH_HELP);
+        let _ = writeln!(out, "upstreamtop_probe_last_publish_timestamp_seconds {}", ns as f64 / 1e9);
     }
     out
 }
@@ -196,8 +227,8 @@ mod tests {
         assert!(!quiet.contains("upstreamtop_route_requests_total"));
     }
 
-    #[test]
-    fn promtool_accepts_it() {
+    /// `promtool check metrics` on `text`; `false` (skipped) without promtool.
+    fn promtool_check(text: &str) -> bool {
         let Ok(mut child) = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
@@ -206,9 +237,8 @@ mod tests {
             .spawn()
         else {
             eprintln!("promtool not installed: skipping the exposition format check");
-            return;
+            return false;
         };
-        let text = render_prometheus(&report(), &Query::default());
         child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
@@ -217,5 +247,46 @@ mod tests {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        true
+    }
+
+    #[test]
+    fn promtool_accepts_it() {
+        promtool_check(&render_prometheus(&report(), &Query::default()));
+        promtool_check(&render_prometheus(&report(), &Query { route_labels: false, ..Query::default() }));
+    }
+
+    #[test]
+    fn hostile_group_names_and_no_peers() {
+        let mut r = report();
+        let api = r.upstreams.remove("api").unwrap();
+        r.upstreams.insert("we\"ird\\gr\noup\u{7f}é".into(), api);
+        let text = render_prometheus(&r, &Query::default());
+        assert!(text.contains("upstream=\"we\\\"ird\\\\gr\\noup\u{7f}é\""), "{text}");
+        promtool_check(&text);
+        let empty = Report { upstreams: Default::default(), unlisted: Default::default(), ..report() };
+        let text = render_prometheus(&empty, &Query::default());
+        assert!(text.contains("# TYPE upstreamtop_requests_total counter"), "families stay declared: {text}");
+        promtool_check(&text);
+    }
+
+    #[test]
+    fn unavailable_says_probe_down() {
+        let text = unavailable_prometheus("probe stale: last\npublish 12 s ago", Some(1_795_307_155_051_000_000));
+        assert_eq!(
+            text,
+            "# upstreamtop: table unavailable: probe stale: last publish 12 s ago\n\
+             # HELP upstreamtop_probe_up 1 when the probe publishes on time, 0 when its table is stale or missing.\n\
+             # TYPE upstreamtop_probe_up gauge\n\
+             upstreamtop_probe_up 0\n\
+             # HELP upstreamtop_probe_last_publish_timestamp_seconds When the probe last published its table (Unix time).\n\
+             # TYPE upstreamtop_probe_last_publish_timestamp_seconds gauge\n\
+             upstreamtop_probe_last_publish_timestamp_seconds 1795307155.051\n"
+        );
+        promtool_check(&text);
+        let missing = unavailable_prometheus("probe not running: /run/upstreamtop/table missing", None);
+        assert!(missing.ends_with("\nupstreamtop_probe_up 0\n"), "{missing}");
+        assert!(!missing.contains("last_publish"));
+        promtool_check(&missing);
     }
 }
