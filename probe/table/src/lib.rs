@@ -17,9 +17,11 @@ pub mod snapshot;
 
 pub use snapshot::*;
 pub mod reader;
+pub mod view;
 pub mod writer;
 
-pub use reader::{ReadError, TableReader};
+pub use reader::{PublishId, ReadError, TableReader};
+pub use view::{PeerView, RecentView, ResponsesView, RouteView, SnapshotView};
 pub use writer::{Capacities, PublishReport, TableWriter};
 
 #[cfg(test)]

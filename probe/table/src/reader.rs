@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::layout::*;
 use crate::records;
+use crate::view::SnapshotView;
 use crate::{ProbeMeta, Snapshot};
 
 /// Read attempts before giving up with [`ReadError::Busy`].
@@ -88,14 +89,33 @@ pub struct TableReader {
 }
 
 /// Identifies one publish: the file, its generation, the slot and the
-/// slot's sequence number (which only grows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PublishId {
+/// slot's sequence number (which only grows). Readers that cache what they
+/// made of a publish key the cache with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublishId {
     dev: u64,
     ino: u64,
     generation: u64,
     active: u64,
     seq: u64,
+}
+
+/// A slot copy in the reader's buffer whose sequence number held and whose
+/// checksum matched.
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    id: PublishId,
+    /// History ring length (the per-peer stride of the history array).
+    stride: u32,
+    /// Bytes of the buffer holding the slot header and used body.
+    len: usize,
+}
+
+/// What one successful read attempt found.
+enum Fresh {
+    /// The publish the caller already knows.
+    Unchanged,
+    Copied(Verified),
 }
 
 /// The validated file header.
@@ -151,9 +171,31 @@ impl TableReader {
     /// writes, never panics on any file content.
     pub fn snapshot(&mut self) -> Result<Snapshot, ReadError> {
         self.ensure_open()?;
-        // With nothing known, every successful attempt decodes.
-        let (_, snap) = self.read_loop(None)?;
-        snap.ok_or_else(|| ReadError::Busy(self.path.clone()))
+        // With nothing known, every successful attempt copies.
+        match self.read_loop(None)? {
+            Fresh::Copied(v) => self.decode(v),
+            Fresh::Unchanged => Err(ReadError::Busy(self.path.clone())),
+        }
+    }
+
+    /// A borrowed, validated view of the latest publish, or `Ok(None)` when
+    /// it is still `known` (then only the file header was read). Unlike
+    /// [`Self::snapshot`] nothing is decoded up front: readers that only
+    /// render the figures (the nginx module) skip allocating a [`Snapshot`]
+    /// of tens of thousands of strings and vectors per publish.
+    pub fn view_unless(&mut self, known: Option<PublishId>) -> Result<Option<SnapshotView<'_>>, ReadError> {
+        self.ensure_open()?;
+        match self.read_loop(known)? {
+            Fresh::Unchanged => Ok(None),
+            Fresh::Copied(v) => match SnapshotView::new(&self.buf[..v.len], v.stride, v.id) {
+                Ok(view) => Ok(Some(view)),
+                Err(e) => Err(ReadError::Corrupt(self.path.clone(), e)),
+            },
+        }
+    }
+
+    fn decode(&self, v: Verified) -> Result<Snapshot, ReadError> {
+        decode_slot(&self.buf[..v.len], v.stride).map_err(|e| self.corrupt(e))
     }
 
     /// Like [`Self::snapshot`], but shares the decoded snapshot: while the
@@ -163,20 +205,20 @@ impl TableReader {
         self.ensure_open()?;
         let known = self.cached.as_ref().map(|(id, _)| *id);
         match self.read_loop(known)? {
-            (_, None) => match &self.cached {
+            Fresh::Unchanged => match &self.cached {
                 Some((_, s)) => Ok(s.clone()),
                 None => Err(ReadError::Busy(self.path.clone())),
             },
-            (id, Some(s)) => {
-                let s = Arc::new(s);
-                self.cached = Some((id, s.clone()));
+            Fresh::Copied(v) => {
+                let s = Arc::new(self.decode(v)?);
+                self.cached = Some((v.id, s.clone()));
                 Ok(s)
             }
         }
     }
 
-    /// Retries [`Self::attempt`]; `Ok((id, None))` means "still `known`".
-    fn read_loop(&mut self, known: Option<PublishId>) -> Result<(PublishId, Option<Snapshot>), ReadError> {
+    /// Retries [`Self::attempt`].
+    fn read_loop(&mut self, known: Option<PublishId>) -> Result<Fresh, ReadError> {
         for attempt in 0..MAX_ATTEMPTS {
             match self.attempt(known) {
                 Ok(s) => return Ok(s),
@@ -306,7 +348,7 @@ impl TableReader {
         Ok(hd)
     }
 
-    fn attempt(&mut self, known: Option<PublishId>) -> Result<(PublishId, Option<Snapshot>), Attempt> {
+    fn attempt(&mut self, known: Option<PublishId>) -> Result<Fresh, Attempt> {
         let hd = self.read_header()?;
         self.generation = Some(hd.generation);
         let a = hd.active as usize;
@@ -320,7 +362,7 @@ impl TableReader {
         let (dev, ino) = self.open.as_ref().map_or((0, 0), |o| (o.dev, o.ino));
         let id = PublishId { dev, ino, generation: hd.generation, active: hd.active, seq };
         if known == Some(id) {
-            return Ok((id, None));
+            return Ok(Fresh::Unchanged);
         }
         let mut buf = std::mem::take(&mut self.buf);
         let res = self.copy_slot(&hd, &mut buf).and_then(|len| {
@@ -338,7 +380,7 @@ impl TableReader {
             if checksum(&[&slot[S_CHECKSUMMED_FROM..]]) != stored {
                 return Err(self.corrupt("slot checksum mismatch").into());
             }
-            decode_slot(slot, hd.history_len).map(|s| (id, Some(s))).map_err(|e| self.corrupt(e).into())
+            Ok(Fresh::Copied(Verified { id, stride: hd.history_len, len }))
         });
         self.buf = buf;
         res
@@ -402,9 +444,16 @@ fn take<'a>(body: &'a [u8], pos: &mut usize, n: usize, size: usize) -> DecResult
     Ok(s)
 }
 
-/// Decodes a checksummed slot copy (header + body whose length already
-/// matches its counts).
-fn decode_slot(buf: &[u8], stride: u32) -> DecResult<Snapshot> {
+/// The slot header's figures: the probe's meta and the record counts.
+pub(crate) struct SlotHead {
+    pub meta: ProbeMeta,
+    pub n_peers: usize,
+    pub n_routes: usize,
+    pub n_recent: usize,
+}
+
+/// Decodes the slot header of a checksummed slot copy.
+pub(crate) fn decode_head(buf: &[u8]) -> DecResult<SlotHead> {
     let mut d = Dec::at(buf, S_PID);
     let pid = d.u32()?;
     let history_len = d.u32()?;
@@ -425,7 +474,14 @@ fn decode_slot(buf: &[u8], stride: u32) -> DecResult<Snapshot> {
         let len = d.u8()? as usize;
         interfaces.push(d.str_field(len, IFACE_LEN - 1, "interface name")?);
     }
+    let meta = ProbeMeta { pid, started_unix_ns, published_unix_ns, interval_ns, publish_seq, history_len, interfaces, counters };
+    Ok(SlotHead { meta, n_peers, n_routes, n_recent })
+}
 
+/// Decodes a checksummed slot copy (header + body whose length already
+/// matches its counts).
+fn decode_slot(buf: &[u8], stride: u32) -> DecResult<Snapshot> {
+    let SlotHead { meta, n_peers, n_routes, n_recent } = decode_head(buf)?;
     let body = buf.get(SLOT_HEADER_SIZE as usize..).ok_or("slot too short")?;
     let stride = stride as usize;
     let mut pos = 0usize;
@@ -454,19 +510,5 @@ fn decode_slot(buf: &[u8], stride: u32) -> DecResult<Snapshot> {
         routes.push(r);
     }
     let recent = recent_recs.chunks_exact(RECENT_REC_SIZE).map(records::dec_recent).collect::<DecResult<_>>()?;
-    Ok(Snapshot {
-        meta: ProbeMeta {
-            pid,
-            started_unix_ns,
-            published_unix_ns,
-            interval_ns,
-            publish_seq,
-            history_len,
-            interfaces,
-            counters,
-        },
-        peers,
-        routes,
-        recent,
-    })
+    Ok(Snapshot { meta, peers, routes, recent })
 }

@@ -397,7 +397,16 @@ fn random_and_mutated_files_never_panic() {
             }
         };
         fs::write(&path, &b).unwrap();
-        match r.snapshot() {
+        let got = r.snapshot();
+        // The in-place view accepts exactly what the decoder accepts, and
+        // shows the same figures.
+        let viewed = r.view_unless(None).map(|v| v.map(|v| v.to_snapshot()));
+        match (&got, viewed) {
+            (Ok(s), Ok(Some(v))) => assert_eq!(*s, v),
+            (Err(e), Err(f)) => assert_eq!(*e, f),
+            (a, b) => panic!("snapshot {a:?} but view {b:?}"),
+        }
+        match got {
             Ok(_) => ok += 1,
             Err(e) => {
                 assert!(!e.to_string().contains('\n'));
@@ -499,7 +508,7 @@ fn read_timing() {
     s.peers = (0..1000).map(|i| peer(&format!("10.1.{}.{}:8080", i / 250, i % 250), i, 60, 8)).collect();
     s.routes = (0..16_000u32).map(|i| route(i / 16, "GET", &format!("/api/v1/resource{}/:id", i % 16), 3)).collect();
     s.recent = (0..100).map(|i| recent(i, "127.0.0.1:1", "/x")).collect();
-    let (mut pub_us, mut read_us) = (u128::MAX, u128::MAX);
+    let (mut pub_us, mut read_us, mut view_us) = (u128::MAX, u128::MAX, u128::MAX);
     let mut r = TableReader::new(&path);
     for i in 0..60 {
         if i < 30 {
@@ -512,8 +521,14 @@ fn read_timing() {
         read_us = read_us.min(t.elapsed().as_micros());
         assert_eq!(got.routes.len(), 16_000);
         drop(got);
+        let t = std::time::Instant::now();
+        let view = r.view_unless(None).unwrap().unwrap();
+        view_us = view_us.min(t.elapsed().as_micros());
+        assert_eq!(view.route_count(), 16_000);
     }
-    eprintln!("1000 peers, 16000 routes, history 60: publish {pub_us} µs, snapshot {read_us} µs (min of 30 / 60)");
+    eprintln!(
+        "1000 peers, 16000 routes, history 60: publish {pub_us} µs, snapshot {read_us} µs, view {view_us} µs (min of 30 / 60)"
+    );
 }
 
 #[test]
@@ -538,4 +553,35 @@ fn latest_shares_until_the_next_publish() {
     assert!(!Arc::ptr_eq(&c, &d));
     fs::remove_file(&path).unwrap();
     assert_eq!(r.latest().unwrap_err(), ReadError::Missing(path.clone()));
+}
+
+#[test]
+fn view_shows_what_snapshot_decodes() {
+    let dir = TempDir::new("view");
+    let path = dir.path("table");
+    let mut w = TableWriter::create(&path, CAPS).unwrap();
+    let mut r = TableReader::new(&path);
+    assert_eq!(r.view_unless(None).unwrap_err(), ReadError::NotPublished(path.clone()));
+    for snap in [full_snapshot(), derived(1), derived(2), derived(7), Snapshot { meta: meta(), ..Snapshot::default() }] {
+        w.publish(&snap).unwrap();
+        let decoded = r.snapshot().unwrap();
+        let view = r.view_unless(None).unwrap().unwrap();
+        assert_eq!(view.to_snapshot(), decoded);
+        assert_eq!(view.meta(), &decoded.meta);
+        assert_eq!((view.peer_count(), view.route_count()), (decoded.peers.len(), decoded.routes.len()));
+        assert!(view.peer(view.peer_count()).is_none());
+        for (v, p) in view.peers().zip(&decoded.peers) {
+            assert_eq!(v.to_stats(), *p);
+            assert_eq!(v.history_len(), p.history.len());
+            assert_eq!(v.responses().codes().collect::<Vec<_>>(), p.responses.codes);
+        }
+        for (v, rt) in view.routes().zip(&decoded.routes) {
+            assert_eq!((v.method(), v.path(), v.is_other()), (rt.method.as_str(), rt.path.as_str(), rt.is_other));
+        }
+        let id = view.id();
+        // Unchanged publish: nothing copied, nothing returned.
+        assert!(r.view_unless(Some(id)).unwrap().is_none());
+        w.publish(&snap).unwrap();
+        assert_ne!(r.view_unless(Some(id)).unwrap().unwrap().id(), id);
+    }
 }
