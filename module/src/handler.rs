@@ -122,6 +122,13 @@ fn answer(request: &Request) -> Answer {
         Ok(format) => format.unwrap_or(status_conf.prometheus),
         Err(e) => return Answer::error(400, &e),
     };
+    if prometheus && !args.split('&').any(|kv| kv.starts_with("routes=")) {
+        // A scraper wants every route the probe keeps (bounded by its
+        // --max-routes), not the JSON's top 10: a route leaving a top-N
+        // would make its counter series vanish and reappear. topk() in
+        // PromQL does the ranking.
+        query.routes = usize::MAX;
+    }
 
     let snap = match table_access::snapshot(Path::new(table)) {
         Ok(snap) => snap,
