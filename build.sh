@@ -246,26 +246,31 @@ cmd_install() {
         install -d "$dest$prefix/lib/nginx/modules"
         install -m 0644 "$mod" "$dest$prefix/lib/nginx/modules/ngx_http_upstreamtop_module.so"
     fi
-    if [ -f config/upstreamtop-probe.service ]; then
-        say "install: systemd unit -> $dest/etc/systemd/system"
-        install -d "$dest/etc/systemd/system"
-        sed "s|/usr/local/bin|$prefix/bin|g" config/upstreamtop-probe.service \
-            >"$dest/etc/systemd/system/upstreamtop-probe.service"
-        chmod 0644 "$dest/etc/systemd/system/upstreamtop-probe.service"
-    fi
-    say "install: config examples -> $dest$prefix/share/doc/upstreamtop/examples"
-    install -d "$dest$prefix/share/doc/upstreamtop/examples"
+    local unit=config/upstreamtop-probe.service
+    [ -f "$unit" ] || die "$unit missing"
+    # /etc/systemd/system: where an admin-installed unit belongs (systemd
+    # reads it first); the unit's ExecStart follows PREFIX.
+    say "install: systemd unit -> $dest/etc/systemd/system/upstreamtop-probe.service"
+    install -d "$dest/etc/systemd/system"
+    sed "s|/usr/local/bin/|$prefix/bin/|g" "$unit" >"$dest/etc/systemd/system/upstreamtop-probe.service"
+    chmod 0644 "$dest/etc/systemd/system/upstreamtop-probe.service"
+    local share=$dest$prefix/share/upstreamtop
+    say "install: examples (nginx.conf, prometheus.yml, grafana-dashboard.json, the unit) -> $share"
+    install -d "$share"
     local f
     for f in config/*; do
-        [ -f "$f" ] && install -m 0644 "$f" "$dest$prefix/share/doc/upstreamtop/examples/"
+        [ -f "$f" ] && install -m 0644 "$f" "$share/"
     done
     cat <<EOF
 next:
   systemctl daemon-reload && systemctl enable --now upstreamtop-probe
-  add to nginx.conf (see $prefix/share/doc/upstreamtop/examples/nginx.conf):
+    (extra probe flags: UPSTREAMTOP_PROBE_ARGS="..." in /etc/default/upstreamtop-probe)
+  add to nginx.conf (see $prefix/share/upstreamtop/nginx.conf):
     load_module modules/ngx_http_upstreamtop_module.so;
     location /upstreamtop { upstreamtop_status; allow 127.0.0.1; deny all; }
   nginx -t && systemctl reload nginx
+  Prometheus: merge $prefix/share/upstreamtop/prometheus.yml into your scrape config
+  Grafana: import $prefix/share/upstreamtop/grafana-dashboard.json
 EOF
 }
 
