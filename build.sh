@@ -23,6 +23,7 @@ PACKAGES=(
     make curl ca-certificates git linux-libc-dev
     bpftool iproute2 procps
     wrk tmux nginx-light nginx-dev prometheus
+    strace systemd
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
