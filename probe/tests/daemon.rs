@@ -14,6 +14,17 @@ use upstreamtop_table::TableReader;
 
 const BIN: &str = env!("CARGO_BIN_EXE_upstreamtop-probe");
 
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[test]
 fn help_documents_every_flag() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
@@ -67,14 +78,18 @@ fn daemon_publishes_exact_counts_and_detaches_on_sigterm() {
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
 
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["--iface", "lo", "--interval", "200ms", "--table"])
         .arg(&table)
         .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed if the test fails before its SIGTERM.
+    let mut child = KillOnDrop(Some(child));
+    let child_id = child.0.as_ref().unwrap().id();
     let mut buf = [0u8; 64];
     let n = notify.recv(&mut buf).expect("READY=1 from the probe");
     assert_eq!(&buf[..n], b"READY=1");
@@ -111,7 +126,7 @@ fn daemon_publishes_exact_counts_and_detaches_on_sigterm() {
     assert_eq!(p.requests, 8);
     assert_eq!(p.responses.codes, vec![(200, 7), (502, 1)]);
     assert_eq!((p.conns.opened, p.conns.closed), (1, 1));
-    assert_eq!(snap.meta.pid, child.id());
+    assert_eq!(snap.meta.pid, child_id);
     assert_eq!(snap.meta.interfaces, vec!["lo".to_string()]);
     let pi = snap.peers.iter().position(|q| q.addr == addr).unwrap() as u32;
     let mut routes: Vec<(String, u64)> = snap
@@ -130,7 +145,8 @@ fn daemon_publishes_exact_counts_and_detaches_on_sigterm() {
     assert!(json.contains(&addr.to_string()), "{json}");
 
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child_id as i32, libc::SIGTERM) };
+    let mut child = child.0.take().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "probe exit: {status:?}");
     let mut err = String::new();

@@ -597,8 +597,10 @@ int upstreamtop_egress(struct __sk_buff *skb)
 			struct peer_counters *pc = peer_at(cs->peer_idx);
 			if (pc)
 				pc->sent_bytes += s.payload_len;
-		} else if (!cs && eph_hi && (k.local_port < eph_lo || k.local_port > eph_hi)) {
-			/* Untracked, and not a connection this host opened. */
+		} else if (!cs && ((eph_hi && (k.local_port < eph_lo || k.local_port > eph_hi)) ||
+				   !wanted(&k))) {
+			/* Untracked, and not a connection this host opened
+			 * (or filtered out): no need to look at the bytes. */
 			return TCX_NEXT;
 		} else {
 			/* One copy of the first bytes serves both the request
@@ -610,8 +612,6 @@ int upstreamtop_egress(struct __sk_buff *skb)
 				now = bpf_ktime_get_ns();
 				if (!cs) {
 					/* Connection opened before we saw it. */
-					if (!wanted(&k))
-						return TCX_NEXT;
 					sc->conn.phase = PHASE_AWAIT_RESPONSE;
 					sc->conn.peer_idx = peer_idx_get(&k);
 					sc->conn.req_len = m;
