@@ -9,6 +9,7 @@
 
 pub mod artifacts;
 pub mod backend;
+pub mod bench;
 pub mod http;
 pub mod load;
 pub mod netns;

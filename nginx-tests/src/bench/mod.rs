@@ -1,0 +1,166 @@
+//! The benchmark suite behind `./build.sh bench` (the `bench` binary): proxy
+//! overhead of the probe, BPF cost per program run, exactness at peak load,
+//! endpoint cost, the probe's own CPU and memory, and a scale case.
+//!
+//! Every comparison is measured side by side in one run: interleaved pairs
+//! (A B, B A, …), reported as the median of the per-pair ratios, so a drift
+//! of the (shared, noisy) machine hits both sides alike.
+
+pub mod bpf_stats;
+pub mod endpoint;
+pub mod exactness;
+pub mod figures;
+pub mod overhead;
+pub mod procfs;
+pub mod scale;
+pub mod synthetic;
+pub mod wrk;
+
+use std::time::Duration;
+
+/// How long and how big each part runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub quick: bool,
+    /// Pin nginx's worker to CPU 0 and wrk to CPU 1.
+    pub pin: bool,
+    /// Interleaved attached/detached pairs (part 1) and polling pairs (part 4).
+    pub pairs: usize,
+    /// One wrk run of a pair.
+    pub run: Duration,
+    /// One wrk run of the exactness part.
+    pub exact_run: Duration,
+    /// In-process renders timed (part 4).
+    pub renders: usize,
+    /// wrk connections.
+    pub connections: u32,
+    pub scale_peers: usize,
+    pub scale_routes: usize,
+    /// Requests per route in the scale case.
+    pub scale_repeat: u32,
+    /// The probe's `--max-routes` in the scale case (below the route count:
+    /// the overflow path is part of what is measured).
+    pub scale_max_routes: usize,
+}
+
+impl Settings {
+    pub fn full(pin: bool) -> Self {
+        Settings {
+            quick: false,
+            pin,
+            pairs: 5,
+            run: Duration::from_secs(10),
+            exact_run: Duration::from_secs(5),
+            renders: 200,
+            connections: 64,
+            scale_peers: 1000,
+            scale_routes: 10_000,
+            scale_repeat: 2,
+            scale_max_routes: 4096,
+        }
+    }
+
+    /// A smoke version that finishes in well under a minute.
+    pub fn quick(pin: bool) -> Self {
+        Settings {
+            quick: true,
+            pairs: 1,
+            run: Duration::from_secs(1),
+            exact_run: Duration::from_secs(1),
+            renders: 20,
+            scale_peers: 100,
+            scale_routes: 1000,
+            scale_repeat: 1,
+            scale_max_routes: 512,
+            ..Self::full(pin)
+        }
+    }
+
+    /// `taskset` CPU list for wrk, when pinning.
+    pub fn wrk_cpus(&self) -> Option<String> {
+        self.pin.then(|| "1".to_owned())
+    }
+
+    /// Main-level nginx directives for pinning.
+    pub fn nginx_main(&self) -> &'static str {
+        if self.pin {
+            "worker_cpu_affinity 01;"
+        } else {
+            ""
+        }
+    }
+}
+
+/// Headers a browser sends (user agent, accept-*, a long cookie): request
+/// heads of ~1 KB, as `load::Headers::Realistic` sends them.
+pub fn realistic_headers() -> Vec<(String, String)> {
+    let cookie: String = (0..12).map(|i| format!("c{i}=v{:08x}{:08x}; ", i * 7919, i * 104_729)).collect();
+    [
+        ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36"),
+        ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
+        ("Accept-Language", "en-US,en;q=0.9,de;q=0.8"),
+        ("Accept-Encoding", "gzip, deflate, br"),
+        ("Referer", "http://shop.example/catalog/items?page=3&sort=price"),
+        ("Cookie", cookie.trim_end_matches("; ")),
+        ("X-Request-Id", "5f0c9a1e-7d2b-4c1a-9e4f-0b8a6d3c2e1f"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Median (mean of the middle two for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Nearest-rank percentile (`q` in 0..=1); NaN when empty.
+pub fn percentile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = (q * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+/// Wall-clock now as Unix ns.
+pub fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_percentile() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        let v: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 100.0);
+        assert_eq!(percentile(&v, 0.99), 198.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+    }
+
+    #[test]
+    fn realistic_heads_are_about_a_kilobyte() {
+        let bytes: usize = realistic_headers().iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        assert!((600..1500).contains(&bytes), "{bytes}");
+    }
+}

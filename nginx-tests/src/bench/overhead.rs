@@ -1,0 +1,183 @@
+//! Parts 1, 2 and 5, measured in the same runs: nginx (1 worker) proxying
+//! to two keepalive backends on loopback under wrk, with the probe attached
+//! vs detached in interleaved pairs; during the attached runs, the BPF
+//! programs' run time per invocation and the probe's own CPU and memory.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::bpf_stats::{self, ProgStats};
+use super::figures::{num, Figure, Target};
+use super::wrk::{self, WrkResult, WrkSpec};
+use super::{median, procfs, Settings};
+use crate::backend::{Backend, Profile};
+use crate::nginx::{free_port, Nginx, NginxConf};
+use crate::probe::Probe;
+
+/// Time for a freshly attached probe to settle before measuring.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// What the attached runs added up to.
+#[derive(Default)]
+struct ProbeCost {
+    bpf: BTreeMap<String, ProgStats>,
+    cpu_s: f64,
+    wall_s: f64,
+    rss_mib: f64,
+    hwm_mib: f64,
+}
+
+pub fn run(s: &Settings) -> Vec<Figure> {
+    match measure(s) {
+        Ok(figures) => figures,
+        Err(e) => {
+            let why = format!("{e:#}");
+            eprintln!("bench: proxy overhead failed: {why}");
+            vec![
+                Figure::failed(1, "overhead.throughput_ratio", "proxy throughput attached/detached", "", Target::AtLeast(0.98), &why),
+                Figure::failed(2, "bpf.egress_ns", "BPF egress per run", "ns", Target::AtMost(40.0), &why),
+                Figure::failed(2, "bpf.ingress_ns", "BPF ingress per run", "ns", Target::AtMost(40.0), &why),
+                Figure::failed(5, "probe.cpu_pct", "probe CPU (share of one core)", "%", Target::AtMost(2.0), &why),
+                Figure::failed(5, "probe.rss_mib", "probe VmRSS", "MiB", Target::AtMost(50.0), &why),
+            ]
+        }
+    }
+}
+
+fn measure(s: &Settings) -> Result<Vec<Figure>> {
+    let b1 = Backend::loopback(Profile::fast()).context("backend 1")?;
+    let b2 = Backend::loopback(Profile::fast()).context("backend 2")?;
+    let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
+    let scratch = tempfile::tempdir().context("temp dir")?;
+    // Nobody polls the endpoint here; the table path only has to be valid.
+    let conf = NginxConf::vendored_with_module()?
+        .port(port)
+        .workers(1)
+        .table(scratch.path().join("table"))
+        .extra_main(s.nginx_main())
+        .upstream_servers("app", &[b1.addr(), b2.addr()]);
+    let nginx = Nginx::start(conf).context("start nginx")?;
+    let mut spec = WrkSpec::new(&nginx.url("/p/app/api/orders"), s.run);
+    spec.connections = s.connections;
+    spec.cpus = s.wrk_cpus();
+    spec.headers = super::realistic_headers();
+
+    let stats = bpf_stats::StatsEnabled::on();
+    // Warm up nginx's keepalive pools and the backends' threads.
+    wrk::run(&WrkSpec { duration: Duration::from_secs(1), ..spec.clone() }).context("warm-up wrk")?;
+
+    let probe_args = ["--iface", "lo", "--ignore-port", &port.to_string(), "--interval", "1s"];
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    let mut cost = ProbeCost::default();
+    for pair in 0..s.pairs {
+        // A B, B A, …: neither side always runs first.
+        let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+        for attached in order {
+            if !attached {
+                off.push(checked(wrk::run(&spec)?)?);
+                continue;
+            }
+            let mut probe = Probe::start(&probe_args).context("start probe")?;
+            let pid = probe.pid();
+            let ids = bpf_stats::prog_ids_of(pid)?;
+            std::thread::sleep(SETTLE);
+            let bpf0 = bpf_stats::read(&ids)?;
+            let cpu0 = procfs::cpu_seconds(pid)?;
+            let t0 = Instant::now();
+            let r = wrk::run(&spec);
+            let wall = t0.elapsed().as_secs_f64();
+            let cpu1 = procfs::cpu_seconds(pid)?;
+            let bpf1 = bpf_stats::read(&ids)?;
+            let mem = procfs::memory(pid)?;
+            probe.stop()?;
+            on.push(checked(r?)?);
+            for (name, d) in bpf_stats::delta(&bpf0, &bpf1) {
+                let t = cost.bpf.entry(name).or_default();
+                t.run_time_ns += d.run_time_ns;
+                t.run_cnt += d.run_cnt;
+            }
+            cost.cpu_s += cpu1 - cpu0;
+            cost.wall_s += wall;
+            cost.rss_mib = cost.rss_mib.max(mem.rss_mib);
+            cost.hwm_mib = cost.hwm_mib.max(mem.hwm_mib);
+        }
+        eprintln!(
+            "bench: pair {}/{}: attached {:.0} req/s p99 {:.2} ms, detached {:.0} req/s p99 {:.2} ms",
+            pair + 1,
+            s.pairs,
+            on[pair].requests_per_sec,
+            on[pair].p99_ms,
+            off[pair].requests_per_sec,
+            off[pair].p99_ms
+        );
+    }
+    let problems = nginx.error_log_problems();
+    anyhow::ensure!(problems.is_empty(), "nginx error log: {problems:?}");
+
+    let mut f = Vec::new();
+    let ratio = median(&on.iter().zip(&off).map(|(a, d)| a.requests_per_sec / d.requests_per_sec).collect::<Vec<_>>());
+    let p99_ratio = median(&on.iter().zip(&off).map(|(a, d)| a.p99_ms / d.p99_ms).collect::<Vec<_>>());
+    let rps = |v: &[WrkResult]| median(&v.iter().map(|r| r.requests_per_sec).collect::<Vec<_>>());
+    let p99 = |v: &[WrkResult]| median(&v.iter().map(|r| r.p99_ms).collect::<Vec<_>>());
+    let pairs = format!("median of {} interleaved pairs, {} s each, wrk -c{}", s.pairs, s.run.as_secs(), s.connections);
+    f.push(
+        Figure::new(1, "overhead.throughput_ratio", "proxy throughput attached/detached", ratio, "", Target::AtLeast(0.98))
+            .note(pairs),
+    );
+    f.push(Figure::new(1, "overhead.rps_detached", "proxy throughput, probe detached", rps(&off), "req/s", Target::None));
+    f.push(Figure::new(1, "overhead.rps_attached", "proxy throughput, probe attached", rps(&on), "req/s", Target::None));
+    f.push(Figure::new(1, "overhead.p99_detached", "proxy p99 latency, probe detached", p99(&off), "ms", Target::None));
+    f.push(Figure::new(1, "overhead.p99_attached", "proxy p99 latency, probe attached", p99(&on), "ms", Target::None));
+    f.push(Figure::new(1, "overhead.p99_ratio", "proxy p99 latency attached/detached", p99_ratio, "", Target::None));
+
+    let stats_note = match &stats {
+        Ok(_) => String::new(),
+        Err(e) => format!("bpf_stats_enabled: {e:#}"),
+    };
+    for hook in ["egress", "ingress"] {
+        let name = format!("upstreamtop_{hook}");
+        let id = format!("bpf.{hook}_ns");
+        let label = format!("BPF {hook} program, per run");
+        match cost.bpf.get(&name).filter(|d| d.run_cnt > 0) {
+            Some(d) => f.push(
+                Figure::new(2, &id, &label, d.run_time_ns as f64 / d.run_cnt as f64, "ns", Target::AtMost(40.0))
+                    .note(format!("{} runs over the attached runs", d.run_cnt)),
+            ),
+            None => f.push(Figure::failed(
+                2,
+                &id,
+                &label,
+                "ns",
+                Target::AtMost(40.0),
+                &format!("no runs of {name} counted {stats_note}"),
+            )),
+        }
+    }
+    let cpu_pct = if cost.wall_s > 0.0 { cost.cpu_s / cost.wall_s * 100.0 } else { f64::NAN };
+    f.push(
+        Figure::new(5, "probe.cpu_pct", "probe CPU (share of one core)", cpu_pct, "%", Target::AtMost(2.0)).note(format!(
+            "utime+stime {} s over {} s at {} req/s",
+            num(cost.cpu_s),
+            num(cost.wall_s),
+            num(rps(&on))
+        )),
+    );
+    f.push(Figure::new(5, "probe.rss_mib", "probe VmRSS at peak", cost.rss_mib, "MiB", Target::AtMost(50.0)));
+    f.push(Figure::new(5, "probe.hwm_mib", "probe VmHWM at peak", cost.hwm_mib, "MiB", Target::AtMost(50.0)));
+    Ok(f)
+}
+
+/// A run that got errors measures something else than proxying.
+fn checked(r: WrkResult) -> Result<WrkResult> {
+    anyhow::ensure!(
+        r.socket_errors == 0 && r.non_2xx_3xx == 0 && r.requests > 0,
+        "wrk run had {} socket errors and {} non-2xx/3xx responses out of {}",
+        r.socket_errors,
+        r.non_2xx_3xx,
+        r.requests
+    );
+    Ok(r)
+}

@@ -1,0 +1,79 @@
+//! What a process costs, from /proc: CPU time (utime + stime over all its
+//! threads) and memory (VmRSS, VmHWM).
+
+use anyhow::{bail, Context, Result};
+
+/// utime + stime of the whole process, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read /proc/{pid}/stat"))?;
+    let ticks = parse_stat_ticks(&stat)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok(ticks as f64 / hz as f64)
+}
+
+/// utime (field 14) + stime (field 15). The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted after its last `)`.
+fn parse_stat_ticks(stat: &str) -> Result<u64> {
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("no ')' in /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14 → index 11.
+    let get = |i: usize| -> Result<u64> {
+        fields.get(i).context("short /proc/<pid>/stat")?.parse::<u64>().context("bad tick count")
+    };
+    Ok(get(11)? + get(12)?)
+}
+
+/// Resident memory now and its high-water mark, in MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Memory {
+    pub rss_mib: f64,
+    pub hwm_mib: f64,
+}
+
+pub fn memory(pid: u32) -> Result<Memory> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("read /proc/{pid}/status"))?;
+    parse_status(&status)
+}
+
+fn parse_status(status: &str) -> Result<Memory> {
+    let kib = |key: &str| -> Result<f64> {
+        let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("no {key} in status"))?;
+        let v: f64 = line[key.len()..]
+            .split_whitespace()
+            .next()
+            .context("empty value")?
+            .parse()
+            .with_context(|| format!("bad {key}"))?;
+        Ok(v / 1024.0)
+    };
+    Ok(Memory { rss_mib: kib("VmRSS:")?, hwm_mib: kib("VmHWM:")? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_ticks_skip_a_command_with_spaces_and_parens() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 30 0 0 20 0 3 0 1000 1 1";
+        assert_eq!(parse_stat_ticks(stat).unwrap(), 280);
+    }
+
+    #[test]
+    fn status_gives_rss_and_hwm() {
+        let m = parse_status("Name:\tx\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n").unwrap();
+        assert_eq!(m, Memory { rss_mib: 10.0, hwm_mib: 20.0 });
+    }
+
+    #[test]
+    fn this_process_has_cpu_and_memory() {
+        let pid = std::process::id();
+        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        assert!(memory(pid).unwrap().rss_mib > 0.0);
+    }
+}

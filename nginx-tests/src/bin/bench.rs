@@ -1,0 +1,174 @@
+//! `bench`: upstreamtop's benchmark suite (`./build.sh bench`). Prints one
+//! table of figures with their targets and writes them as JSON
+//! (`target/bench/latest.json` by default). Needs root (tcx, netns).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use nginx_tests::artifacts;
+use nginx_tests::bench::{self, figures, Settings};
+
+/// Benchmarks: probe overhead on nginx, BPF cost per run, exactness at
+/// peak, endpoint cost, probe CPU/memory, scale.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Short smoke version (seconds, not minutes): one pair per comparison,
+    /// 1 s runs, a small scale case. Figures are not meaningful.
+    #[arg(long)]
+    quick: bool,
+    /// Pin nginx's worker to CPU 0 (worker_cpu_affinity) and wrk to CPU 1
+    /// (taskset): steadier figures on a 2-core machine.
+    #[arg(long)]
+    pin: bool,
+    /// Only these parts, comma separated: 1 overhead, 2 BPF cost, 3
+    /// exactness, 4 endpoint, 5 probe cost, 6 scale (1, 2 and 5 share runs).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u8>,
+    /// Where to write the JSON [default: <target>/bench/latest.json].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    if !artifacts::is_root() {
+        bail!("needs root (tcx programs, network namespaces, bpf_stats): sudo ./build.sh bench");
+    }
+    prefer_release_artifacts();
+    // Fail early and clearly on missing pieces rather than mid-suite.
+    let used = serde_json::json!({
+        "probe": artifacts::probe_bin()?,
+        "nginx": artifacts::vendored_nginx()?,
+        "module": artifacts::module_so()?,
+    });
+    eprintln!("bench: artifacts {used}");
+    for (tool, pkg) in [("wrk", "wrk"), ("bpftool", "bpftool"), ("taskset", "util-linux"), ("ip", "iproute2")] {
+        if !on_path(tool) {
+            bail!("{tool} not found: apt-get install {pkg}");
+        }
+    }
+    let wanted: BTreeSet<u8> = if args.only.is_empty() { (1..=6).collect() } else { args.only.iter().copied().collect() };
+    if let Some(bad) = wanted.iter().find(|p| !(1..=6).contains(*p)) {
+        bail!("--only: no part {bad} (parts are 1 to 6)");
+    }
+    let s = if args.quick { Settings::quick(args.pin) } else { Settings::full(args.pin) };
+    let out = args.out.unwrap_or_else(|| artifacts::target_dir().join("bench").join("latest.json"));
+
+    let started = Instant::now();
+    let mut figs = Vec::new();
+    if wanted.iter().any(|p| [1, 2, 5].contains(p)) {
+        eprintln!("bench: parts 1, 2, 5 — proxy overhead, BPF cost, probe cost");
+        figs.extend(bench::overhead::run(&s).into_iter().filter(|f| wanted.contains(&f.section)));
+    }
+    if wanted.contains(&3) {
+        eprintln!("bench: part 3 — exactness at peak");
+        figs.extend(bench::exactness::run(&s));
+    }
+    if wanted.contains(&4) {
+        eprintln!("bench: part 4 — endpoint cost");
+        figs.extend(bench::endpoint::run(&s));
+    }
+    if wanted.contains(&6) {
+        eprintln!("bench: part 6 — scale");
+        figs.extend(bench::scale::run(&s));
+    }
+    figs.sort_by_key(|f| f.section);
+
+    let meta = serde_json::json!({
+        "date_unix_s": bench::now_unix_ns() / 1_000_000_000,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "quick": s.quick,
+        "pinned": s.pin,
+        "pairs": s.pairs,
+        "run_s": s.run.as_secs_f64(),
+        "wrk_connections": s.connections,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "machine": machine(),
+        "git": git_head(),
+        "artifacts": used,
+    });
+    let doc = figures::to_json(&figs, meta);
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("write {}", out.display()))?;
+    print!("{}", figures::table(&figs));
+    println!("written to {} ({:.0} s)", out.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The fixtures pick the newest of the debug and release builds; a fresh
+/// debug build (someone's `cargo test`) would make the figures about debug
+/// code. Point them at the release build unless the caller chose.
+fn prefer_release_artifacts() {
+    let release = artifacts::target_dir().join("release");
+    let mut nginx: Vec<PathBuf> = std::fs::read_dir(release.join("build"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("nginx-sys-"))
+        .map(|e| e.path().join("out/objs/nginx"))
+        .filter(|p| p.is_file())
+        .collect();
+    nginx.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let picks = [
+        ("UPSTREAMTOP_PROBE", Some(release.join("upstreamtop-probe"))),
+        ("UPSTREAMTOP_MODULE", Some(release.join("libngx_http_upstreamtop_module.so"))),
+        ("UPSTREAMTOP_NGINX", nginx.pop()),
+    ];
+    for (var, path) in picks {
+        if std::env::var_os(var).is_none() {
+            if let Some(path) = path.filter(|p| p.is_file()) {
+                // Single-threaded still: nothing reads the environment concurrently.
+                std::env::set_var(var, path);
+            }
+        }
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// CPU model, core count, kernel: what the figures were measured on.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    serde_json::json!({
+        "cpu": model,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": kernel.trim(),
+    })
+}
+
+fn git_head() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(artifacts::workspace_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
