@@ -253,3 +253,27 @@ fn peers_beyond_max_peers_are_counted_not_lost() {
     assert_eq!((peers[0].0, peers[0].1.requests, peers[0].1.responses[1]), (peer_addr(), 1, 1));
     assert_eq!(p.stats().unwrap().peer_table_full, 1);
 }
+
+#[test]
+fn ignore_port_and_only_filters() {
+    require_root!();
+    let cfg = BpfConfig {
+        ignore_ports: vec![8081],
+        only: vec![("::ffff:10.99.0.0".parse().unwrap(), 96 + 24)],
+        max_conns: 64,
+        max_peers: 8,
+        max_codes: 64,
+        ring_bytes: 1 << 16,
+    };
+    let p = Programs::load(&cfg).expect("load");
+    let req = b"GET / HTTP/1.1\r\n\r\n";
+    // Inside --only, on an ignored port, outside --only.
+    for (peer, port) in [(PEER, 8080u16), (PEER, 8081), ([10, 98, 0, 2], 8080)] {
+        run(&p, true, &frame4(LOCAL, LPORT, peer, port, SYN, b""));
+        run(&p, true, &frame4(LOCAL, LPORT + 1, peer, port, ACK | PSH, req));
+    }
+    let peers: Vec<(SocketAddr, u64)> =
+        p.peer_counters().unwrap().into_iter().map(|(a, c)| (a, c.requests)).collect();
+    assert_eq!(peers, vec![(peer_addr(), 1)]);
+    assert_eq!(p.conns().unwrap().len(), 2, "SYN and request connections to the one wanted peer");
+}
