@@ -277,3 +277,29 @@ fn ignore_port_and_only_filters() {
     assert_eq!(peers, vec![(peer_addr(), 1)]);
     assert_eq!(p.conns().unwrap().len(), 2, "SYN and request connections to the one wanted peer");
 }
+
+#[test]
+fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
+    use upstreamtop_probe::aggregate::{AggLimits, Aggregator, BpfTotals};
+    use upstreamtop_probe::sweep::{collect, SweepConfig};
+    require_root!();
+    let p = load();
+    // One connection awaiting a response, one SYN never answered.
+    run(&p, true, &out(SYN, b""));
+    run(&p, false, &back(SYN | ACK, b""));
+    run(&p, true, &out(ACK | PSH, b"GET /slow/42 HTTP/1.1\r\n\r\n"));
+    run(&p, true, &frame4(LOCAL, LPORT + 1, PEER, PPORT, SYN, b""));
+    assert_eq!(p.filter_total(), 2);
+    let mut agg = Aggregator::new(AggLimits { max_routes: 10, history_len: 5, recent_per_interval: 5, recent_len: 5 });
+    // Everything counts as idle.
+    let totals: BpfTotals = collect(&p, &mut agg, SweepConfig { syn_timeout_ns: 0, idle_timeout_ns: 0 }).unwrap();
+    let s = agg.snapshot(&totals, 1_000_000_000, vec![]);
+    let peer = s.peers.iter().find(|q| q.addr == peer_addr()).unwrap();
+    assert_eq!((peer.requests, peer.no_response, peer.conns.failed, peer.conns.active), (1, 1, 1, 0));
+    assert_eq!(s.meta.counters.conn_evicted, 1);
+    let route = s.routes.iter().find(|r| !r.is_other).unwrap();
+    assert_eq!((route.path.as_str(), route.requests, route.no_response), ("/slow/:id", 1, 1));
+    assert_eq!(s.recent.last().map(|r| r.status), Some(0));
+    assert!(p.conns().unwrap().is_empty());
+    assert_eq!(p.filter_total(), 0);
+}

@@ -49,8 +49,22 @@ pub fn serve(listener: TcpListener) -> Served {
     served
 }
 
+/// TCP payload bytes written per server address: (by clients, by the server).
+static BYTES: Mutex<BTreeMap<SocketAddr, (u64, u64)>> = Mutex::new(BTreeMap::new());
+
+pub fn bytes_written(server: SocketAddr) -> (u64, u64) {
+    BYTES.lock().unwrap().get(&server).copied().unwrap_or_default()
+}
+
+fn put(w: &mut TcpStream, me: SocketAddr, b: &[u8]) -> std::io::Result<()> {
+    w.write_all(b)?;
+    BYTES.lock().unwrap().entry(me).or_default().1 += b.len() as u64;
+    Ok(())
+}
+
 fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let me = stream.local_addr()?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
     loop {
@@ -78,7 +92,7 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
             }
         }
         if expect_continue {
-            w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            put(&mut w, me, b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
         let mut body = vec![0; content_length];
         r.read_exact(&mut body)?;
@@ -105,12 +119,12 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
         }
         if path == "/http10" {
             record(200);
-            w.write_all(b"HTTP/1.0 200 OK\r\n\r\nclose-delimited body")?;
+            put(&mut w, me, b"HTTP/1.0 200 OK\r\n\r\nclose-delimited body")?;
             return Ok(());
         }
         if path == "/early" {
             record(200);
-            w.write_all(
+            put(&mut w, me, 
                 b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
             )?;
             continue;
@@ -119,8 +133,8 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
             // A body that starts like a status line.
             record(200);
             let b = b"HTTP/1.1 500 Internal Server Error\r\n\r\n";
-            w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())?;
-            w.write_all(b)?;
+            put(&mut w, me, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())?;
+            put(&mut w, me, b)?;
             continue;
         }
         let code: u16 = path
@@ -130,7 +144,7 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
             .unwrap_or(200);
         record(code);
         let reason = if code < 400 { "OK" } else { "Err" };
-        w.write_all(format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 1\r\n\r\nx").as_bytes())?;
+        put(&mut w, me, format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 1\r\n\r\nx").as_bytes())?;
     }
 }
 
@@ -138,6 +152,7 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
 pub struct Client {
     r: BufReader<TcpStream>,
     w: TcpStream,
+    peer: SocketAddr,
 }
 
 impl Client {
@@ -145,18 +160,24 @@ impl Client {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_nodelay(true).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client { w: s.try_clone().unwrap(), r: BufReader::new(s) }
+        Client { w: s.try_clone().unwrap(), r: BufReader::new(s), peer: addr }
     }
 
     /// Send `head` (and `body` as a separate segment when given) and read the
     /// response; returns the final status, or None when the peer hung up.
     pub fn exchange(&mut self, head: &[u8], body: Option<&[u8]>) -> Option<u16> {
-        self.w.write_all(head).ok()?;
+        self.write(head)?;
         if let Some(b) = body {
             std::thread::sleep(Duration::from_millis(5));
-            self.w.write_all(b).ok()?;
+            self.write(b)?;
         }
         self.read_response()
+    }
+
+    fn write(&mut self, b: &[u8]) -> Option<()> {
+        self.w.write_all(b).ok()?;
+        BYTES.lock().unwrap().entry(self.peer).or_default().0 += b.len() as u64;
+        Some(())
     }
 
     pub fn get(&mut self, path: &str) -> Option<u16> {
@@ -343,6 +364,9 @@ pub fn assert_matches(s: &Snapshot, addr: SocketAddr, served: &BTreeMap<(String,
     assert_eq!(p.conns.reset, 1, "connections reset");
     assert_eq!(p.conns.active, 0, "connections active");
     assert_eq!(p.latency.count, sent - no_resp, "latency samples");
+    // Payload bytes on the wire, both ways, exactly.
+    let (by_client, by_server) = bytes_written(addr);
+    assert_eq!((p.sent_bytes, p.received_bytes), (by_client, by_server), "sent/received bytes");
 
     // Routes: served paths folded the same way.
     let pi = s.peers.iter().position(|q| q.addr == addr).unwrap() as u32;
