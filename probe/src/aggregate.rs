@@ -386,3 +386,84 @@ impl Aggregator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::peer_key_of;
+
+    fn event(peer: SocketAddr, req: &[u8], status: u16, latency_ns: u64) -> types::exchange_event {
+        let mut ev = types::exchange_event {
+            req_ts: monotonic_ns(),
+            latency_ns,
+            peer: peer_key_of(peer),
+            status,
+            req_len: req.len() as u16,
+            ..Default::default()
+        };
+        ev.req[..req.len()].copy_from_slice(req);
+        ev
+    }
+
+    fn limits(max_routes: usize) -> AggLimits {
+        AggLimits { max_routes, history_len: 3, recent_per_interval: 2, recent_len: 4 }
+    }
+
+    fn totals(peer: SocketAddr, requests: u64) -> BpfTotals {
+        let c = types::peer_counters { requests, ..Default::default() };
+        BpfTotals { peers: vec![(peer, c)], ..Default::default() }
+    }
+
+    #[test]
+    fn full_route_table_overflows_into_the_peers_other_route() {
+        let peer: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        let mut a = Aggregator::new(limits(1));
+        a.on_event(&event(peer, b"GET /a/1 HTTP/1.1\r\n", 200, 1_000_000));
+        a.on_event(&event(peer, b"GET /a/2 HTTP/1.1\r\n", 404, 2_000_000));
+        a.on_event(&event(peer, b"POST /b HTTP/1.1\r\n", 503, 3_000_000));
+        let s = a.snapshot(&totals(peer, 3), 1_000_000_000, vec!["lo".into()]);
+        let regular: Vec<_> = s.routes.iter().filter(|r| !r.is_other).collect();
+        assert_eq!(regular.len(), 1);
+        assert_eq!((regular[0].method.as_str(), regular[0].path.as_str(), regular[0].requests), ("GET", "/a/:id", 2));
+        assert_eq!(regular[0].responses.codes, vec![(200, 1), (404, 1)]);
+        let other = s.routes.iter().find(|r| r.is_other).unwrap();
+        assert_eq!((other.requests, other.responses.class[4]), (1, 1));
+        assert_eq!(s.meta.counters.route_overflow, 1);
+        // Route sums equal the exchanges seen; the peer keeps its exact total.
+        assert_eq!(s.routes.iter().map(|r| r.requests).sum::<u64>(), 3);
+        assert_eq!(s.peers[0].requests, 3);
+        assert_eq!(s.peers[0].latency.count, 3);
+    }
+
+    #[test]
+    fn recent_feed_is_rate_limited_per_interval() {
+        let peer: SocketAddr = "[fd00::2]:80".parse().unwrap();
+        let mut a = Aggregator::new(limits(10));
+        for _ in 0..5 {
+            a.on_event(&event(peer, b"GET / HTTP/1.1\r\n", 200, 1000));
+        }
+        let s = a.snapshot(&totals(peer, 5), 1_000_000_000, vec![]);
+        assert_eq!(s.recent.len(), 2);
+        assert_eq!(s.meta.counters.recent_sampled_out, 3);
+        assert_eq!(s.recent[0].peer, peer);
+        // A new interval samples again, the feed keeps the latest recent_len.
+        for _ in 0..5 {
+            a.on_event(&event(peer, b"GET /x HTTP/1.1\r\n", 201, 1000));
+        }
+        let s = a.snapshot(&totals(peer, 10), 1_000_000_000, vec![]);
+        assert_eq!(s.recent.len(), 4);
+        assert_eq!(s.recent.last().unwrap().status, 201);
+        assert_eq!(s.peers[0].history.len(), 2);
+    }
+
+    #[test]
+    fn unparseable_request_bytes_count_as_parse_errors_in_other() {
+        let peer: SocketAddr = "10.0.0.3:80".parse().unwrap();
+        let mut a = Aggregator::new(limits(10));
+        a.on_event(&event(peer, b"\x00\x01garbage", 200, 1000));
+        let s = a.snapshot(&totals(peer, 1), 1_000_000_000, vec![]);
+        assert_eq!(s.meta.counters.parse_errors, 1);
+        assert_eq!(s.meta.counters.route_overflow, 0);
+        assert!(s.routes.iter().all(|r| r.is_other));
+    }
+}
