@@ -294,7 +294,7 @@ mod tests {
             assert!(fold_path(&junk).len() <= MAX_PATH);
         }
         let mut v = b"GET /".to_vec();
-        v.extend(std::iter::repeat_n(0xffu8, 200));
+        v.extend([0xffu8; 200]);
         let (_, t) = parse_request(&v).unwrap();
         let p = fold_path(&t);
         assert!(p.len() <= MAX_PATH && p.is_ascii());
