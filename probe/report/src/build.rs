@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use upstreamtop_table::{PeerStats, RouteStats, Snapshot};
+use upstreamtop_table::{PeerStats, ProbeMeta, RecentRequest, RouteStats, Snapshot};
 
 use crate::config::{NginxConfig, Query};
 use crate::join::{key, show, AddrKey, ConfigIndex, Listeners};
@@ -37,18 +37,28 @@ pub fn stale_after_ns(snap: &Snapshot) -> u64 {
 /// True when the probe last published more than `max(3 × interval, 5 s)`
 /// before `now_unix_ns` (or never).
 pub fn stale(snap: &Snapshot, now_unix_ns: u64) -> bool {
-    snap.meta.published_unix_ns == 0 || now_unix_ns.saturating_sub(snap.meta.published_unix_ns) > stale_after_ns(snap)
+    stale_meta(&snap.meta, now_unix_ns)
+}
+
+/// [`stale`] from the probe's meta alone.
+pub fn stale_meta(meta: &ProbeMeta, now_unix_ns: u64) -> bool {
+    let after = meta.interval_ns.saturating_mul(3).max(5_000_000_000);
+    meta.published_unix_ns == 0 || now_unix_ns.saturating_sub(meta.published_unix_ns) > after
 }
 
 /// Age of the last publish in whole seconds when the table is stale.
 pub fn stale_age_s(snap: &Snapshot, now_unix_ns: u64) -> Option<u64> {
-    stale(snap, now_unix_ns).then(|| now_unix_ns.saturating_sub(snap.meta.published_unix_ns) / 1_000_000_000)
+    stale_age_s_meta(&snap.meta, now_unix_ns)
 }
 
-fn probe(snap: &Snapshot, now_ns: u64) -> Probe {
-    let m = &snap.meta;
+/// [`stale_age_s`] from the probe's meta alone.
+pub fn stale_age_s_meta(meta: &ProbeMeta, now_unix_ns: u64) -> Option<u64> {
+    stale_meta(meta, now_unix_ns).then(|| now_unix_ns.saturating_sub(meta.published_unix_ns) / 1_000_000_000)
+}
+
+pub(crate) fn probe(m: &ProbeMeta, now_ns: u64) -> Probe {
     let c = &m.counters;
-    let is_stale = stale(snap, now_ns);
+    let is_stale = stale_meta(m, now_ns);
     Probe {
         up: !is_stale,
         stale: is_stale,
@@ -133,6 +143,9 @@ pub fn build_report(snap: &Snapshot, conf: &NginxConfig, query: &Query, now_unix
     if query.upstream.as_deref().is_none_or(|u| u == UNLISTED) {
         let mut idx: Vec<usize> = by_key.iter().filter(|(k, _)| !index.is_listed(k)).map(|(_, &i)| i).collect();
         idx.extend(&extra);
+        // Table order, not hash order: the rate sum and the order of equal
+        // servers below must not depend on the hasher's seed.
+        idx.sort_unstable();
         for &i in &idx {
             let p = &snap.peers[i];
             unlisted.requests += p.requests;
@@ -143,8 +156,24 @@ pub fn build_report(snap: &Snapshot, conf: &NginxConfig, query: &Query, now_unix
         unlisted.peers.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.server.cmp(&b.server)));
     }
 
-    let recent = snap
-        .recent
+    let recent = recent_list(&snap.recent, &listeners, &index, query);
+
+    Report {
+        version: SCHEMA_VERSION,
+        nginx_version: conf.nginx_version.clone(),
+        timestamp: now_unix_ns / 1_000_000,
+        probe: probe(&snap.meta, now_unix_ns),
+        totals,
+        upstreams,
+        unlisted,
+        recent,
+    }
+}
+
+/// The `recent` list: newest first, nginx's own sockets left out, the
+/// group resolved, `?upstream=` and `?recent=` applied.
+pub(crate) fn recent_list(recent: &[RecentRequest], listeners: &Listeners, index: &ConfigIndex, query: &Query) -> Vec<Recent> {
+    recent
         .iter()
         .rev()
         .filter_map(|r| {
@@ -170,16 +199,5 @@ pub fn build_report(snap: &Snapshot, conf: &NginxConfig, query: &Query, now_unix
             })
         })
         .take(query.recent)
-        .collect();
-
-    Report {
-        version: SCHEMA_VERSION,
-        nginx_version: conf.nginx_version.clone(),
-        timestamp: now_unix_ns / 1_000_000,
-        probe: probe(snap, now_unix_ns),
-        totals,
-        upstreams,
-        unlisted,
-        recent,
-    }
+        .collect()
 }

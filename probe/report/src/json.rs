@@ -37,57 +37,92 @@ pub fn unavailable_json(reason: &str, table: &str) -> String {
     serde_json::to_string(&body).unwrap_or_else(|_| r#"{"error":"unavailable","probe":{"up":false}}"#.to_owned())
 }
 
+/// `x.round() as i64` (half away from zero) for `|x| < 1e15`, without the
+/// libm call `round` compiles to on baseline x86-64: truncation is exact
+/// there, and so is the fraction it leaves.
+pub(crate) fn round_i64(x: f64) -> i64 {
+    let t = x as i64;
+    let f = x - t as f64;
+    if f >= 0.5 {
+        t + 1
+    } else if f <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
 /// The output buffer, with one method per JSON shape.
-struct W(String);
+pub(crate) struct W(pub(crate) String);
 
 impl W {
-    fn raw(&mut self, s: &str) {
+    pub(crate) fn raw(&mut self, s: &str) {
         self.0.push_str(s);
     }
 
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.push_str(itoa::Buffer::new().format(v));
     }
 
-    fn bool(&mut self, v: bool) {
+    pub(crate) fn bool(&mut self, v: bool) {
         self.raw(if v { "true" } else { "false" });
     }
 
     /// Report floats are rounded to 3 decimals: print those as fixed point
     /// (exact: the text parses back to the same f64); anything else falls
     /// back to Rust's shortest round-trip form.
-    fn f64(&mut self, v: f64) {
+    pub(crate) fn f64(&mut self, v: f64) {
         if !v.is_finite() {
             // JSON has no NaN/inf; the report never produces them.
             return self.raw("0.0");
         }
-        let m = (v * 1000.0).round();
-        if m.abs() < 1e15 && m / 1000.0 == v {
-            let m = m as i64;
-            if m < 0 {
-                self.raw("-");
+        // Whole numbers (counts per second, most history figures): no
+        // division needed to know the text is exact.
+        let t = v as i64;
+        if t as f64 == v && t.unsigned_abs() < 1_000_000_000_000 {
+            if t == 0 && v.is_sign_negative() {
+                // -0.0 prints as "0.0" below too.
+                return self.raw("0.0");
             }
-            let (int, frac) = (m.unsigned_abs() / 1000, m.unsigned_abs() % 1000);
-            self.u64(int);
-            if frac == 0 {
-                self.raw(".0");
-            } else {
-                let digits = [b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
-                let n = if digits[2] != b'0' { 3 } else if digits[1] != b'0' { 2 } else { 1 };
-                self.raw(".");
-                self.raw(std::str::from_utf8(&digits[..n]).unwrap_or("0"));
-            }
-        } else {
-            use std::fmt::Write;
-            let _ = write!(self.0, "{v:?}");
+            self.0.push_str(itoa::Buffer::new().format(t));
+            return self.raw(".0");
         }
+        let x = v * 1000.0;
+        if x.abs() < 1e15 {
+            let m = round_i64(x);
+            if m.unsigned_abs() < 1_000_000_000_000_000 && m as f64 / 1000.0 == v {
+                let a = m.unsigned_abs();
+                let (int, frac) = (a / 1000, (a % 1000) as u32);
+                if m < 0 {
+                    self.0.push('-');
+                }
+                self.0.push_str(itoa::Buffer::new().format(int));
+                self.0.push('.');
+                let d = [frac / 100, frac / 10 % 10, frac % 10];
+                let keep = if d[2] != 0 { 3 } else if d[1] != 0 { 2 } else { 1 };
+                for &x in &d[..keep] {
+                    self.0.push(char::from(b'0' + x as u8));
+                }
+                return;
+            }
+        }
+        use std::fmt::Write;
+        let _ = write!(self.0, "{v:?}");
     }
 
     /// A quoted, escaped string (the escapes serde_json uses).
-    fn str(&mut self, s: &str) {
+    pub(crate) fn str(&mut self, s: &str) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        self.0.push('"');
         let bytes = s.as_bytes();
+        // Nearly every string (addresses, names, paths) needs no escape.
+        if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+            self.0.reserve(s.len() + 2);
+            self.0.push('"');
+            self.0.push_str(s);
+            self.0.push('"');
+            return;
+        }
+        self.0.push('"');
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
             let esc: &str = match b {
@@ -116,7 +151,7 @@ impl W {
         self.0.push('"');
     }
 
-    fn list<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Self, &T)) {
+    pub(crate) fn list<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Self, &T)) {
         self.raw("[");
         for (i, it) in items.iter().enumerate() {
             if i > 0 {
@@ -127,11 +162,11 @@ impl W {
         self.raw("]");
     }
 
-    fn f64s(&mut self, v: &[f64]) {
+    pub(crate) fn f64s(&mut self, v: &[f64]) {
         self.list(v, |w, x| w.f64(*x));
     }
 
-    fn map_u64<'a>(&mut self, m: impl IntoIterator<Item = (&'a String, &'a u64)>) {
+    pub(crate) fn map_u64<'a>(&mut self, m: impl IntoIterator<Item = (&'a String, &'a u64)>) {
         self.raw("{");
         for (i, (k, v)) in m.into_iter().enumerate() {
             if i > 0 {
@@ -144,7 +179,7 @@ impl W {
         self.raw("}");
     }
 
-    fn report(&mut self, r: &Report) {
+    pub(crate) fn report(&mut self, r: &Report) {
         self.raw("{\"version\":");
         self.u64(r.version.into());
         self.raw(",\"nginx_version\":");
@@ -171,7 +206,7 @@ impl W {
         self.raw("}");
     }
 
-    fn probe(&mut self, p: &Probe) {
+    pub(crate) fn probe(&mut self, p: &Probe) {
         self.raw("{\"up\":");
         self.bool(p.up);
         self.raw(",\"stale\":");
@@ -195,7 +230,7 @@ impl W {
         self.raw("}");
     }
 
-    fn totals(&mut self, t: &Totals) {
+    pub(crate) fn totals(&mut self, t: &Totals) {
         self.raw("{\"requests\":");
         self.u64(t.requests);
         self.raw(",\"rps\":");
@@ -211,7 +246,7 @@ impl W {
         self.raw("}");
     }
 
-    fn upstream(&mut self, u: &Upstream) {
+    pub(crate) fn upstream(&mut self, u: &Upstream) {
         self.raw("{\"implicit\":");
         self.bool(u.implicit);
         self.raw(",\"requests\":");
@@ -223,7 +258,7 @@ impl W {
         self.raw("}");
     }
 
-    fn responses(&mut self, r: &Responses) {
+    pub(crate) fn responses(&mut self, r: &Responses) {
         self.raw("{\"1xx\":");
         self.u64(r.c1xx);
         self.raw(",\"2xx\":");
@@ -245,7 +280,7 @@ impl W {
         self.raw("}");
     }
 
-    fn percentiles(&mut self, p: &Percentiles) {
+    pub(crate) fn percentiles(&mut self, p: &Percentiles) {
         self.raw("{\"avg\":");
         self.f64(p.avg);
         self.raw(",\"p50\":");
@@ -257,7 +292,7 @@ impl W {
         self.raw("}");
     }
 
-    fn connections(&mut self, c: &Connections) {
+    pub(crate) fn connections(&mut self, c: &Connections) {
         self.raw("{\"opened\":");
         self.u64(c.opened);
         self.raw(",\"closed\":");
@@ -269,7 +304,7 @@ impl W {
         self.raw("}");
     }
 
-    fn history(&mut self, h: &History) {
+    pub(crate) fn history(&mut self, h: &History) {
         self.raw("{\"rps\":");
         self.f64s(&h.rps);
         self.raw(",\"5xx\":");
@@ -279,7 +314,7 @@ impl W {
         self.raw("}");
     }
 
-    fn peer(&mut self, p: &Peer) {
+    pub(crate) fn peer(&mut self, p: &Peer) {
         self.raw("{\"server\":");
         self.str(&p.server);
         self.raw(",\"name\":");
@@ -331,7 +366,7 @@ impl W {
         self.raw("}");
     }
 
-    fn route(&mut self, r: &Route) {
+    pub(crate) fn route(&mut self, r: &Route) {
         self.raw("{\"method\":");
         self.str(&r.method);
         self.raw(",\"path\":");
@@ -353,7 +388,7 @@ impl W {
         self.raw("}");
     }
 
-    fn recent(&mut self, r: &Recent) {
+    pub(crate) fn recent(&mut self, r: &Recent) {
         self.raw("{\"time\":");
         self.u64(r.time);
         self.raw(",\"method\":");
@@ -450,6 +485,48 @@ mod tests {
         for m in 0..20_000i64 {
             let v = m as f64 / 1000.0;
             assert_eq!(f(v).parse::<f64>().unwrap(), v);
+        }
+    }
+
+    /// The straightforward spelling the fast paths replace: `round()` and a
+    /// fixed-point print when exact, else Rust's shortest form.
+    fn reference(v: f64) -> String {
+        if !v.is_finite() {
+            return "0.0".into();
+        }
+        let m = (v * 1000.0).round();
+        if m.abs() < 1e15 && m / 1000.0 == v {
+            let m = m as i64;
+            let frac = format!("{:03}", m.unsigned_abs() % 1000);
+            let frac = frac.trim_end_matches('0');
+            let sign = if m < 0 { "-" } else { "" };
+            format!("{sign}{}.{}", m.unsigned_abs() / 1000, if frac.is_empty() { "0" } else { frac })
+        } else {
+            format!("{v:?}")
+        }
+    }
+
+    #[test]
+    fn fast_floats_match_the_reference() {
+        let f = |v: f64| {
+            let mut w = W(String::new());
+            w.f64(v);
+            w.0
+        };
+        let mut vals = vec![0.0, -0.0, 0.5, -0.5, 1e12, 1e12 - 1.0, -1e12, 999_999_999_999.999, 1e15, 1e20, 0.1 + 0.2, 2.0005, -2.0005];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let scale = [1.0, 1e-3, 1e3, 1e6, 1e-6, 1e9][(x % 6) as usize];
+            let v = (x >> 11) as f64 / (1u64 << 53) as f64 * scale * if x & 1 == 0 { 1.0 } else { -1.0 };
+            vals.extend([v, crate::peer::round3(v), (v * 1000.0).round() / 1000.0, v.trunc()]);
+        }
+        for v in vals {
+            assert_eq!(f(v), reference(v), "{v:?}");
+            let r3 = if v.is_finite() { (v * 1000.0).round() / 1000.0 } else { 0.0 };
+            assert_eq!(crate::peer::round3(v).to_bits(), r3.to_bits(), "round3({v:?})");
         }
     }
 }

@@ -7,6 +7,7 @@
 //! [`model::Report`], and `upstreamtop-probe dump` renders a snapshot with an
 //! empty config.
 
+pub mod bench;
 mod build;
 pub mod config;
 mod join;
@@ -15,13 +16,15 @@ pub mod model;
 mod peer;
 mod prometheus;
 mod query;
+mod view_json;
 
-pub use build::{build_report, stale, stale_after_ns, stale_age_s, SCHEMA_VERSION, UNLISTED};
+pub use build::{build_report, stale, stale_after_ns, stale_age_s, stale_age_s_meta, stale_meta, SCHEMA_VERSION, UNLISTED};
 pub use config::{NginxConfig, Query, ServerConf, UpstreamConf};
 pub use json::{render_json, unavailable_json};
 pub use model::Report;
 pub use prometheus::{render_prometheus, unavailable_prometheus};
 pub use query::parse_query;
+pub use view_json::{render_view_json, Piece, ViewJson};
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use upstreamtop_table::histogram::{bucket_of, quantiles_ns, BUCKETS};
-use upstreamtop_table::{PeerStats, RouteStats};
+use upstreamtop_table::{HistorySample, PeerStats, RouteStats};
 
 use crate::config::{Query, ServerConf};
 use crate::model::{
@@ -18,11 +18,13 @@ pub const IDLE_INTERVALS: usize = 10;
 /// Rounds to 3 decimals: µs for ms figures, thousandths for rates. Keeps
 /// the JSON short and readable.
 pub fn round3(v: f64) -> f64 {
-    if v.is_finite() {
-        (v * 1000.0).round() / 1000.0
-    } else {
-        0.0
+    if !v.is_finite() {
+        return 0.0;
     }
+    let x = v * 1000.0;
+    // Same as x.round(), minus a libm call per figure (hot: history arrays).
+    let r = if x.abs() < 1e15 { (crate::json::round_i64(x) as f64).copysign(x) } else { x.round() };
+    r / 1000.0
 }
 
 pub fn ms(ns: u64) -> f64 {
@@ -54,23 +56,28 @@ fn codes_map(codes: &[(u16, u64)]) -> BTreeMap<String, u64> {
 
 /// Adds the table's `b` into the report's `a` (totals).
 pub fn add_table_responses(a: &mut Responses, b: &upstreamtop_table::Responses) {
-    a.c1xx += b.class[0];
-    a.c2xx += b.class[1];
-    a.c3xx += b.class[2];
-    a.c4xx += b.class[3];
-    a.c5xx += b.class[4];
-    for (c, n) in &b.codes {
+    add_table_parts(a, b.class, b.codes.iter().copied(), b.codes_other);
+}
+
+/// Adds a table responses block, given by its parts, into `a`.
+pub fn add_table_parts(a: &mut Responses, class: [u64; 5], codes: impl Iterator<Item = (u16, u64)>, codes_other: u64) {
+    a.c1xx += class[0];
+    a.c2xx += class[1];
+    a.c3xx += class[2];
+    a.c4xx += class[3];
+    a.c5xx += class[4];
+    for (c, n) in codes {
         let mut buf = itoa::Buffer::new();
-        let c = buf.format(*c);
+        let c = buf.format(c);
         match a.codes.get_mut(c) {
             Some(v) => *v += n,
             None => {
-                a.codes.insert(c.to_owned(), *n);
+                a.codes.insert(c.to_owned(), n);
             }
         }
     }
-    a.codes_other += b.codes_other;
-    a.total += b.total();
+    a.codes_other += codes_other;
+    a.total += class.iter().sum::<u64>();
 }
 
 /// Adds `b` into `a`.
@@ -89,7 +96,12 @@ pub fn add_responses(a: &mut Responses, b: &Responses) {
 
 /// Paths come from the wire: the probe strips query strings, but be sure.
 pub fn clean_path(p: &str) -> String {
-    p.split('?').next().unwrap_or("").to_owned()
+    clean_path_str(p).to_owned()
+}
+
+/// [`clean_path`] without the copy.
+pub fn clean_path_str(p: &str) -> &str {
+    p.split('?').next().unwrap_or("")
 }
 
 /// What the state rules look at: the latest interval and recent activity.
@@ -102,19 +114,33 @@ struct Recent {
     active_lately: bool,
 }
 
-fn recent_activity(p: &PeerStats, interval_ns: u64, now_ns: u64) -> Recent {
+/// What the state rules read from a peer's wire figures (a table
+/// [`PeerStats`] or a [`upstreamtop_table::PeerView`]).
+pub struct StateInput<H> {
+    pub requests: u64,
+    pub window_rps: f64,
+    pub window_5xx_rps: f64,
+    pub last_seen_unix_ns: u64,
+    /// History samples, oldest first.
+    pub history: H,
+}
+
+fn recent_activity<H>(p: StateInput<H>, interval_ns: u64, now_ns: u64) -> Recent
+where
+    H: DoubleEndedIterator<Item = HistorySample> + Clone,
+{
     let interval_s = interval_ns as f64 / 1e9;
-    match p.history.last() {
+    match p.history.clone().next_back() {
         Some(h) => Recent {
             requests: h.requests.into(),
             errors_5xx: h.errors_5xx.into(),
             conn_failed: h.conn_failed.into(),
-            active_lately: p.history.iter().rev().take(IDLE_INTERVALS).any(|h| h.requests > 0),
+            active_lately: p.history.rev().take(IDLE_INTERVALS).any(|h| h.requests > 0),
         },
         // No history ring (`--history 0`): fall back to the window rates.
         None => Recent {
-            requests: (p.window.requests_per_sec * interval_s).round() as u64,
-            errors_5xx: (p.window.errors_5xx_per_sec * interval_s).round() as u64,
+            requests: (p.window_rps * interval_s).round() as u64,
+            errors_5xx: (p.window_5xx_rps * interval_s).round() as u64,
             conn_failed: 0,
             active_lately: p.last_seen_unix_ns != 0
                 && now_ns.saturating_sub(p.last_seen_unix_ns) <= interval_ns.saturating_mul(IDLE_INTERVALS as u64),
@@ -126,22 +152,38 @@ fn recent_activity(p: &PeerStats, interval_ns: u64, now_ns: u64) -> Recent {
 /// failures and no successful response, or ≥ 50% 5xx out of ≥ 5),
 /// `idle` (no requests in the last 10 intervals, or never), else `up`.
 pub fn state(p: Option<&PeerStats>, down: bool, interval_ns: u64, now_ns: u64) -> &'static str {
+    let input = p.map(|p| StateInput {
+        requests: p.requests,
+        window_rps: p.window.requests_per_sec,
+        window_5xx_rps: p.window.errors_5xx_per_sec,
+        last_seen_unix_ns: p.last_seen_unix_ns,
+        history: p.history.iter().copied(),
+    });
+    state_of(input, down, interval_ns, now_ns)
+}
+
+/// [`state`] over either kind of peer figures.
+pub fn state_of<H>(p: Option<StateInput<H>>, down: bool, interval_ns: u64, now_ns: u64) -> &'static str
+where
+    H: DoubleEndedIterator<Item = HistorySample> + Clone,
+{
     if down {
         return "down";
     }
     let Some(p) = p else { return "idle" };
+    let requests = p.requests;
     let r = recent_activity(p, interval_ns, now_ns);
     let ok = r.requests.saturating_sub(r.errors_5xx);
     if (r.conn_failed > 0 && ok == 0) || (r.requests >= 5 && r.errors_5xx * 2 >= r.requests) {
         return "unhealthy";
     }
-    if p.requests == 0 || !r.active_lately {
+    if requests == 0 || !r.active_lately {
         return "idle";
     }
     "up"
 }
 
-fn percentiles(avg_ns: u64, p50: u64, p90: u64, p99: u64) -> Percentiles {
+pub fn percentiles(avg_ns: u64, p50: u64, p90: u64, p99: u64) -> Percentiles {
     Percentiles { avg: ms(avg_ns), p50: ms(p50), p90: ms(p90), p99: ms(p99) }
 }
 
@@ -166,7 +208,7 @@ fn histogram(p: &PeerStats) -> HeaderTimeHistogram {
     HeaderTimeHistogram { le, count, sum_ns: p.latency.sum_ns }
 }
 
-fn route(r: &RouteStats) -> Route {
+pub fn route(r: &RouteStats) -> Route {
     let avg = r.latency_sum_ns.checked_div(r.latency_count).unwrap_or(0);
     Route {
         method: if r.is_other { String::new() } else { r.method.clone() },
@@ -283,7 +325,7 @@ pub fn peer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use upstreamtop_table::{HistorySample, Latency, Window};
+    use upstreamtop_table::{Latency, Window};
 
     pub fn stats(requests: u64, history: &[(u32, u32, u32)]) -> PeerStats {
         PeerStats {

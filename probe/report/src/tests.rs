@@ -379,3 +379,180 @@ fn timing() {
         eprintln!("1000 peers, routes={routes}: CPU min of 30: build {b} µs, json {j} µs ({len} bytes), prometheus {p} µs");
     }
 }
+
+/// A table file under the temp dir holding one publish; removed on drop.
+struct Table {
+    dir: std::path::PathBuf,
+    writer: upstreamtop_table::TableWriter,
+    reader: upstreamtop_table::TableReader,
+}
+
+impl Table {
+    fn new(name: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("upstreamtop-report-{name}-{}-{n}", std::process::id()));
+        let path = dir.join("table");
+        let caps = upstreamtop_table::Capacities { max_peers: 1000, max_routes: 16_000, max_recent: 100, history_len: 60 };
+        let writer = upstreamtop_table::TableWriter::create(&path, caps).unwrap();
+        Table { dir, writer, reader: upstreamtop_table::TableReader::new(&path) }
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The direct renderer gives byte for byte what build_report + render_json
+/// give for the same publish (after the table's own bounds).
+fn same_as_report(t: &mut Table, s: &Snapshot, conf: &NginxConfig, q: &Query, now: u64) -> ViewJson {
+    t.writer.publish(s).unwrap();
+    let view = t.reader.view_unless(None).unwrap().unwrap();
+    let direct = render_view_json(&view, conf, q, now);
+    let via_report = render_json(&build_report(&view.to_snapshot(), conf, q, now));
+    if direct.body != via_report {
+        let at = direct.body.bytes().zip(via_report.bytes()).position(|(a, b)| a != b).unwrap_or(0);
+        panic!(
+            "direct and report JSON differ at byte {at} for {q:?}:\n direct …{}\n report …{}",
+            &direct.body[at.saturating_sub(80)..(at + 80).min(direct.body.len())],
+            &via_report[at.saturating_sub(80)..(at + 80).min(via_report.len())]
+        );
+    }
+    direct
+}
+
+fn restamp(j: &ViewJson, now: u64) -> String {
+    j.restamped(now)
+        .iter()
+        .map(|p| match p {
+            Piece::Str(s) => s.to_string(),
+            Piece::Num(n) => n.to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn view_json_matches_the_report_path() {
+    let mut t = Table::new("viewjson");
+    let mut odd = snapshot();
+    // Hostile strings, codes out of order / not three digits / repeated,
+    // codes_other, two "other" buckets, a peer without history, and the
+    // same backend twice (plain and mapped IPv4).
+    odd.routes[0].path = "/\"}],\n<script>\u{1}é?q=1".into();
+    odd.recent[0].method = "G\"E\\T".into();
+    odd.peers[0].responses.codes = vec![(502, 1), (200, 3), (1000, 2), (99, 1), (200, 1)];
+    odd.peers[0].responses.codes_other = 4;
+    odd.routes[1].responses.codes = vec![(404, 1), (201, 1)];
+    let mut other2 = route(0, "", "", 3);
+    other2.is_other = true;
+    other2.responses.codes = vec![(503, 3)];
+    odd.routes.push(other2);
+    odd.peers[2].history.clear();
+    odd.peers.push(stats("[::ffff:10.9.9.9]:80", 6, 2.0));
+    odd.routes.push(route(4, "GET", "/dup", 6));
+    let mut dup_group = config();
+    dup_group.upstreams.push(UpstreamConf {
+        name: "api".into(),
+        implicit: true,
+        servers: vec![ServerConf { name: "again".into(), addr: addr("127.0.0.1:9002"), backup: false, down: false, weight: 2 }],
+    });
+    let queries = [
+        Query::default(),
+        Query { routes: 0, ..Query::default() },
+        Query { routes: 1, recent: 1, ..Query::default() },
+        Query { routes: 16, history: false, ..Query::default() },
+        Query { upstream: Some("api".into()), ..Query::default() },
+        Query { upstream: Some(UNLISTED.into()), ..Query::default() },
+        Query { upstream: Some("nope".into()), ..Query::default() },
+    ];
+    for s in [snapshot(), odd, big_snapshot()] {
+        for conf in [config(), NginxConfig::default(), dup_group.clone()] {
+            for q in &queries {
+                same_as_report(&mut t, &s, &conf, q, NOW);
+            }
+        }
+    }
+}
+
+#[test]
+fn view_json_restamps_to_a_later_render() {
+    let mut t = Table::new("restamp");
+    let later = NOW + 1_234_567_891;
+    let j = same_as_report(&mut t, &snapshot(), &config(), &Query::default(), NOW);
+    assert!(!j.clock_dependent);
+    t.writer.publish(&snapshot()).unwrap();
+    let view = t.reader.view_unless(None).unwrap().unwrap();
+    assert_eq!(restamp(&j, later), render_view_json(&view, &config(), &Query::default(), later).body);
+    assert_eq!(restamp(&j, NOW), j.body);
+    // A peer without history is judged against the clock: not reusable.
+    let mut s = snapshot();
+    s.peers[0].history.clear();
+    assert!(same_as_report(&mut t, &s, &config(), &Query::default(), NOW).clock_dependent);
+}
+
+#[test]
+fn synthetic_snapshot_renders_the_same_both_ways() {
+    let mut t = Table::new("synthetic");
+    let s = bench::synthetic_snapshot(50, 16);
+    assert_eq!((s.peers.len(), s.routes.len(), s.recent.len()), (50, 800, 100));
+    let now = s.meta.published_unix_ns + 1000;
+    let j = same_as_report(&mut t, &s, &NginxConfig::default(), &Query { routes: 16, ..Query::default() }, now);
+    let v: Report = serde_json::from_str(&j.body).unwrap();
+    assert_eq!(v.unlisted.peers.len(), 50);
+    assert_eq!(v.totals.requests, s.peers.iter().map(|p| p.requests).sum::<u64>());
+}
+
+/// `cargo test --release -p upstreamtop-report endpoint_timing -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn endpoint_timing() {
+    let dir = std::env::temp_dir().join(format!("upstreamtop-endpoint-timing-{}", std::process::id()));
+    for routes in [10, 16] {
+        let c = bench::endpoint_cost(&dir.join("table"), 1000, routes, 200).unwrap();
+        let ((f50, f99), (c50, c99)) = (c.fresh_p50_p99(), c.cached_p50_p99());
+        eprintln!(
+            "1000 peers × {routes} routes, {} bytes: fresh publish read+render p50 {f50} µs p99 {f99} µs; cached p50 {c50} µs p99 {c99} µs (wall, 200 each)",
+            c.body_bytes
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// CPU time of the module's path per fresh publish, phase by phase, on
+/// the benchmark's synthetic table (60 history samples per peer):
+/// `cargo test --release -p upstreamtop-report view_timing -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn view_timing() {
+    let mut t = Table::new("phases");
+    let s = bench::synthetic_snapshot(1000, 16);
+    t.writer.publish(&s).unwrap();
+    let conf = NginxConfig::default();
+    for routes in [10, 16] {
+        let q = Query { routes, ..Query::default() };
+        let (mut v, mut r, mut old, mut len) = (u128::MAX, u128::MAX, u128::MAX, 0);
+        for i in 0..40 {
+            let a = cpu_us();
+            let view = t.reader.view_unless(None).unwrap().unwrap();
+            let b = cpu_us();
+            let j = render_view_json(&view, &conf, &q, s.meta.published_unix_ns);
+            let c = cpu_us();
+            v = v.min(b - a);
+            r = r.min(c - b);
+            len = j.body.len();
+            if i % 4 == 0 {
+                // The old path, for comparison: decode, build, render.
+                let d = cpu_us();
+                let o = render_json(&build_report(&t.reader.snapshot().unwrap(), &conf, &q, s.meta.published_unix_ns));
+                old = old.min(cpu_us() - d);
+                std::hint::black_box(o);
+            }
+            std::hint::black_box(j);
+        }
+        eprintln!(
+            "1000 peers × 16 routes, ?routes={routes}, {len} bytes: view {v} µs + render {r} µs (snapshot+build+render {old} µs), CPU min"
+        );
+    }
+}

@@ -70,26 +70,32 @@ const _: () = assert!(C_LATENCY + 8 == RECENT_REC_SIZE);
 
 // Callers only pass offsets inside records whose length the view checked,
 // so the slicing below cannot go out of bounds.
+#[inline]
 fn u64_at(b: &[u8], off: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[off..off + 8]);
     u64::from_le_bytes(w)
 }
+#[inline]
 fn u32_at(b: &[u8], off: usize) -> u32 {
     let mut w = [0u8; 4];
     w.copy_from_slice(&b[off..off + 4]);
     u32::from_le_bytes(w)
 }
+#[inline]
 fn u16_at(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
+#[inline]
 fn f64_at(b: &[u8], off: usize) -> f64 {
     f64::from_bits(u64_at(b, off))
 }
 /// A string field the view validated (length within the field, UTF-8).
+#[inline]
 fn str_at(b: &[u8], off: usize, len: usize) -> &str {
     std::str::from_utf8(&b[off..off + len]).unwrap_or("")
 }
+#[inline]
 fn addr_at(b: &[u8], off: usize) -> DecResult<SocketAddr> {
     Dec::at(b, off).addr()
 }
@@ -167,25 +173,30 @@ impl<'a> SnapshotView<'a> {
     }
 
     /// Which publish this is (for caches keyed by publish).
+    #[inline]
     pub fn id(&self) -> PublishId {
         self.id
     }
 
+    #[inline]
     pub fn meta(&self) -> &ProbeMeta {
         &self.meta
     }
 
+    #[inline]
     pub fn peer_count(&self) -> usize {
         self.peers.len() / PEER_REC_SIZE
     }
 
     /// Peer `i` (as indexed by [`RouteView::peer`]); `None` past the end.
+    #[inline]
     pub fn peer(&self, i: usize) -> Option<PeerView<'a>> {
         (i < self.peer_count()).then(|| self.peer_at(i))
     }
 
     /// Peer `i < peer_count()`: its record, and the samples its history
     /// count names (checked against the stride in `new`).
+    #[inline]
     fn peer_at(&self, i: usize) -> PeerView<'a> {
         let rec = &self.peers[i * PEER_REC_SIZE..(i + 1) * PEER_REC_SIZE];
         let hcount = u32_at(rec, P_HISTORY_COUNT) as usize;
@@ -193,20 +204,24 @@ impl<'a> SnapshotView<'a> {
         PeerView { rec, history: ring }
     }
 
+    #[inline]
     pub fn peers(&self) -> impl ExactSizeIterator<Item = PeerView<'a>> + '_ {
         (0..self.peer_count()).map(|i| self.peer_at(i))
     }
 
+    #[inline]
     pub fn route_count(&self) -> usize {
         self.routes.len() / ROUTE_REC_SIZE
     }
 
     /// Routes in table order (grouped by peer).
+    #[inline]
     pub fn routes(&self) -> impl ExactSizeIterator<Item = RouteView<'a>> {
         self.routes.chunks_exact(ROUTE_REC_SIZE).map(|rec| RouteView { rec })
     }
 
     /// Sampled requests, oldest first.
+    #[inline]
     pub fn recent(&self) -> impl ExactSizeIterator<Item = RecentView<'a>> + DoubleEndedIterator {
         self.recent.chunks_exact(RECENT_REC_SIZE).map(|rec| RecentView { rec })
     }
@@ -233,13 +248,16 @@ pub struct ResponsesView<'a> {
 
 impl ResponsesView<'_> {
     /// `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    #[inline]
     pub fn class(&self) -> [u64; 5] {
         std::array::from_fn(|i| u64_at(self.rec, self.at + i * 8))
     }
+    #[inline]
     pub fn codes_other(&self) -> u64 {
         u64_at(self.rec, self.at + R_CODES_OTHER)
     }
     /// Exact codes as stored (ascending by code), `(code, count)`.
+    #[inline]
     pub fn codes(&self) -> impl ExactSizeIterator<Item = (u16, u64)> + '_ {
         let n = (u32_at(self.rec, self.at + R_N_CODES) as usize).min(self.cap);
         let keys = self.at + R_KEYS;
@@ -259,39 +277,50 @@ pub struct PeerView<'a> {
 }
 
 impl<'a> PeerView<'a> {
+    #[inline]
     pub fn addr(&self) -> SocketAddr {
         // Validated in SnapshotView::new.
         addr_at(self.rec, 0).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
+    #[inline]
     pub fn requests(&self) -> u64 {
         u64_at(self.rec, P_REQUESTS)
     }
+    #[inline]
     pub fn no_response(&self) -> u64 {
         u64_at(self.rec, P_NO_RESPONSE)
     }
+    #[inline]
     pub fn sent_bytes(&self) -> u64 {
         u64_at(self.rec, P_SENT)
     }
+    #[inline]
     pub fn received_bytes(&self) -> u64 {
         u64_at(self.rec, P_RECEIVED)
     }
+    #[inline]
     pub fn responses(&self) -> ResponsesView<'a> {
         ResponsesView { rec: self.rec, at: P_RESPONSES, cap: PEER_CODES }
     }
+    #[inline]
     pub fn conns(&self) -> Connections {
         let c = |i: usize| u64_at(self.rec, P_CONNS + i * 8);
         Connections { opened: c(0), closed: c(1), failed: c(2), reset: c(3), active: c(4) }
     }
+    #[inline]
     pub fn latency_sum_ns(&self) -> u64 {
         u64_at(self.rec, P_LAT_SUM)
     }
+    #[inline]
     pub fn latency_count(&self) -> u64 {
         u64_at(self.rec, P_LAT_COUNT)
     }
     /// The cumulative latency histogram (`histogram::BUCKETS` counters).
+    #[inline]
     pub fn buckets(&self) -> [u64; BUCKETS] {
         std::array::from_fn(|i| u64_at(self.rec, P_BUCKETS + i * 8))
     }
+    #[inline]
     pub fn window(&self) -> Window {
         let w = |i: usize| P_WINDOW + i * 8;
         Window {
@@ -305,11 +334,13 @@ impl<'a> PeerView<'a> {
             latency_p99_ns: u64_at(self.rec, w(7)),
         }
     }
+    #[inline]
     pub fn history_len(&self) -> usize {
         self.history.len() / HISTORY_REC_SIZE
     }
     /// Oldest first.
-    pub fn history(&self) -> impl ExactSizeIterator<Item = HistorySample> + DoubleEndedIterator + 'a {
+    #[inline]
+    pub fn history(&self) -> impl ExactSizeIterator<Item = HistorySample> + DoubleEndedIterator + Clone + 'a {
         self.history.chunks_exact(HISTORY_REC_SIZE).map(|h| HistorySample {
             requests: u32_at(h, 0),
             errors_5xx: u32_at(h, 4),
@@ -317,9 +348,11 @@ impl<'a> PeerView<'a> {
             latency_p99_us: u32_at(h, 12),
         })
     }
+    #[inline]
     pub fn first_seen_unix_ns(&self) -> u64 {
         u64_at(self.rec, P_FIRST_SEEN)
     }
+    #[inline]
     pub fn last_seen_unix_ns(&self) -> u64 {
         u64_at(self.rec, P_LAST_SEEN)
     }
@@ -353,45 +386,70 @@ pub struct RouteView<'a> {
 
 impl<'a> RouteView<'a> {
     /// Index of the peer (always below the view's peer count).
+    #[inline]
     pub fn peer(&self) -> u32 {
         u32_at(self.rec, T_PEER)
     }
+    #[inline]
     pub fn is_other(&self) -> bool {
         self.rec[T_OTHER] == 1
     }
+    #[inline]
     pub fn method(&self) -> &'a str {
         str_at(self.rec, T_METHOD, self.rec[T_METHOD_LEN].into())
     }
+    #[inline]
     pub fn path(&self) -> &'a str {
         str_at(self.rec, T_PATH, self.rec[T_PATH_LEN].into())
     }
+    /// [`Self::method`] as bytes: orders the same, without the UTF-8
+    /// check (for sorting).
+    #[inline]
+    pub fn method_bytes(&self) -> &'a [u8] {
+        &self.rec[T_METHOD..T_METHOD + usize::from(self.rec[T_METHOD_LEN])]
+    }
+    /// [`Self::path`] as bytes (for sorting).
+    #[inline]
+    pub fn path_bytes(&self) -> &'a [u8] {
+        &self.rec[T_PATH..T_PATH + usize::from(self.rec[T_PATH_LEN])]
+    }
+    #[inline]
     pub fn requests(&self) -> u64 {
         u64_at(self.rec, T_REQUESTS)
     }
+    #[inline]
     pub fn no_response(&self) -> u64 {
         u64_at(self.rec, T_NO_RESPONSE)
     }
+    #[inline]
     pub fn responses(&self) -> ResponsesView<'a> {
         ResponsesView { rec: self.rec, at: T_RESPONSES, cap: ROUTE_CODES }
     }
+    #[inline]
     pub fn latency_sum_ns(&self) -> u64 {
         u64_at(self.rec, T_LAT)
     }
+    #[inline]
     pub fn latency_count(&self) -> u64 {
         u64_at(self.rec, T_LAT + 8)
     }
+    #[inline]
     pub fn latency_p50_ns(&self) -> u64 {
         u64_at(self.rec, T_LAT + 16)
     }
+    #[inline]
     pub fn latency_p90_ns(&self) -> u64 {
         u64_at(self.rec, T_LAT + 24)
     }
+    #[inline]
     pub fn latency_p99_ns(&self) -> u64 {
         u64_at(self.rec, T_LAT + 32)
     }
+    #[inline]
     pub fn requests_per_sec(&self) -> f64 {
         f64_at(self.rec, T_RPS)
     }
+    #[inline]
     pub fn errors_5xx_per_sec(&self) -> f64 {
         f64_at(self.rec, T_RPS + 8)
     }
@@ -422,21 +480,27 @@ pub struct RecentView<'a> {
 }
 
 impl<'a> RecentView<'a> {
+    #[inline]
     pub fn unix_ns(&self) -> u64 {
         u64_at(self.rec, 0)
     }
+    #[inline]
     pub fn peer(&self) -> SocketAddr {
         addr_at(self.rec, C_ADDR).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
+    #[inline]
     pub fn method(&self) -> &'a str {
         str_at(self.rec, C_METHOD, self.rec[C_METHOD_LEN].into())
     }
+    #[inline]
     pub fn path(&self) -> &'a str {
         str_at(self.rec, C_PATH, self.rec[C_PATH_LEN].into())
     }
+    #[inline]
     pub fn status(&self) -> u16 {
         u16_at(self.rec, C_STATUS)
     }
+    #[inline]
     pub fn latency_ns(&self) -> u64 {
         u64_at(self.rec, C_LATENCY)
     }
