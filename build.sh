@@ -5,7 +5,7 @@
 #   ./build.sh build     release build: probe, dashboard, module (+ distro module)
 #   ./build.sh demo      build, run the simulator + probe, open the dashboard (root)
 #   ./build.sh test      deps + build + cargo test --workspace --release (root)
-#   ./build.sh bench     benchmarks
+#   ./build.sh bench     benchmark suite (root; --quick, --pin): table + target/bench/latest.json
 #   ./build.sh install   install binaries, module, systemd unit, config examples
 #
 # Environment: PREFIX (default /usr/local), DESTDIR (staging root) for
@@ -213,15 +213,19 @@ cmd_test() {
 
 cmd_bench() {
     check_cargo
-    if [ -d nginx-tests/benches ] && ls nginx-tests/benches/*.rs >/dev/null 2>&1; then
-        cmd_build
-        cargo bench -p nginx-tests
-    elif [ -f nginx-tests/src/bin/bench.rs ]; then
-        cmd_build
-        "$REL/bench" "$@"
-    else
-        echo "no benchmarks yet"
-    fi
+    need_root bench
+    local tool
+    for tool in wrk bpftool taskset ip; do
+        command -v "$tool" >/dev/null || die "$tool not found: run  sudo $0 deps"
+    done
+    check_kernel || warn "the probe may fail to attach on this kernel (see above)"
+    # Release builds only: the bench points the fixtures at target/release
+    # so a fresh debug build elsewhere cannot skew the figures.
+    say "bench: cargo build --release (probe, module + vendored nginx, bench)"
+    cargo build --release -p upstreamtop-probe -p ngx_http_upstreamtop_module
+    cargo build --release -p nginx-tests --bin bench
+    say "bench: $REL/bench $* (full suite: about 5 minutes; --quick: under a minute)"
+    "$REL/bench" "$@"
 }
 
 cmd_install() {
@@ -276,7 +280,7 @@ EOF
 }
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 

@@ -67,7 +67,7 @@ impl Settings {
             pairs: 1,
             run: Duration::from_secs(1),
             exact_run: Duration::from_secs(1),
-            renders: 20,
+            renders: 5,
             scale_peers: 100,
             scale_routes: 1000,
             scale_repeat: 1,

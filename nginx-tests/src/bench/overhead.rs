@@ -69,6 +69,13 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     // Warm up nginx's keepalive pools and the backends' threads.
     wrk::run(&WrkSpec { duration: Duration::from_secs(1), ..spec.clone() }).context("warm-up wrk")?;
 
+    // Where the bottleneck is: the backends alone (wrk straight at one of
+    // them), and how busy nginx's worker is in the detached runs.
+    let direct = wrk::run(&WrkSpec { url: format!("http://{}/api/orders", b1.addr()), ..spec.clone() })
+        .context("wrk straight at a backend")?;
+    let worker = *nginx.worker_pids().first().context("nginx has no worker")?;
+    let (mut worker_cpu_s, mut off_wall_s) = (0.0, 0.0);
+
     let probe_args = ["--iface", "lo", "--ignore-port", &port.to_string(), "--interval", "1s"];
     let (mut on, mut off) = (Vec::new(), Vec::new());
     let mut cost = ProbeCost::default();
@@ -77,7 +84,10 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
         for attached in order {
             if !attached {
+                let (c0, t0) = (procfs::cpu_seconds(worker)?, Instant::now());
                 off.push(checked(wrk::run(&spec)?)?);
+                worker_cpu_s += procfs::cpu_seconds(worker)? - c0;
+                off_wall_s += t0.elapsed().as_secs_f64();
                 continue;
             }
             let mut probe = Probe::start(&probe_args).context("start probe")?;
@@ -118,17 +128,36 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     anyhow::ensure!(problems.is_empty(), "nginx error log: {problems:?}");
 
     let mut f = Vec::new();
-    let ratio = median(&on.iter().zip(&off).map(|(a, d)| a.requests_per_sec / d.requests_per_sec).collect::<Vec<_>>());
+    let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, d)| a.requests_per_sec / d.requests_per_sec).collect();
+    let ratio = median(&ratios);
     let p99_ratio = median(&on.iter().zip(&off).map(|(a, d)| a.p99_ms / d.p99_ms).collect::<Vec<_>>());
     let rps = |v: &[WrkResult]| median(&v.iter().map(|r| r.requests_per_sec).collect::<Vec<_>>());
     let p99 = |v: &[WrkResult]| median(&v.iter().map(|r| r.p99_ms).collect::<Vec<_>>());
-    let pairs = format!("median of {} interleaved pairs, {} s each, wrk -c{}", s.pairs, s.run.as_secs(), s.connections);
+    let pairs = format!(
+        "median of {} interleaved pairs, {} s each, wrk -c{}; pair ratios {}",
+        s.pairs,
+        s.run.as_secs(),
+        s.connections,
+        ratios.iter().map(|r| num(*r)).collect::<Vec<_>>().join(" ")
+    );
     f.push(
         Figure::new(1, "overhead.throughput_ratio", "proxy throughput attached/detached", ratio, "", Target::AtLeast(0.98))
             .note(pairs),
     );
     f.push(Figure::new(1, "overhead.rps_detached", "proxy throughput, probe detached", rps(&off), "req/s", Target::None));
     f.push(Figure::new(1, "overhead.rps_attached", "proxy throughput, probe attached", rps(&on), "req/s", Target::None));
+    f.push(
+        Figure::new(1, "overhead.rps_backend_direct", "one backend alone (wrk straight at it)", direct.requests_per_sec, "req/s", Target::None)
+            .note("no nginx: if this were near the proxied figure, the backends would be the bottleneck"),
+    );
+    f.push(Figure::new(
+        1,
+        "overhead.nginx_worker_cpu_pct",
+        "nginx worker CPU, detached runs",
+        worker_cpu_s / off_wall_s * 100.0,
+        "%",
+        Target::None,
+    ).note(format!("pinned: {}", if s.pin { "nginx worker CPU 0, wrk CPU 1" } else { "no" })));
     f.push(Figure::new(1, "overhead.p99_detached", "proxy p99 latency, probe detached", p99(&off), "ms", Target::None));
     f.push(Figure::new(1, "overhead.p99_attached", "proxy p99 latency, probe attached", p99(&on), "ms", Target::None));
     f.push(Figure::new(1, "overhead.p99_ratio", "proxy p99 latency attached/detached", p99_ratio, "", Target::None));

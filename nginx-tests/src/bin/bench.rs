@@ -32,6 +32,12 @@ struct Args {
     /// Where to write the JSON [default: <target>/bench/latest.json].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Override the number of interleaved pairs (parts 1 and 4).
+    #[arg(long)]
+    pairs: Option<usize>,
+    /// Override the length of one run of a pair, in seconds.
+    #[arg(long)]
+    run_secs: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -66,25 +72,31 @@ fn run() -> Result<()> {
     if let Some(bad) = wanted.iter().find(|p| !(1..=6).contains(*p)) {
         bail!("--only: no part {bad} (parts are 1 to 6)");
     }
-    let s = if args.quick { Settings::quick(args.pin) } else { Settings::full(args.pin) };
+    let mut s = if args.quick { Settings::quick(args.pin) } else { Settings::full(args.pin) };
+    if let Some(pairs) = args.pairs.filter(|p| *p > 0) {
+        s.pairs = pairs;
+    }
+    if let Some(secs) = args.run_secs.filter(|s| *s > 0) {
+        s.run = std::time::Duration::from_secs(secs);
+    }
     let out = args.out.unwrap_or_else(|| artifacts::target_dir().join("bench").join("latest.json"));
 
     let started = Instant::now();
     let mut figs = Vec::new();
     if wanted.iter().any(|p| [1, 2, 5].contains(p)) {
-        eprintln!("bench: parts 1, 2, 5 — proxy overhead, BPF cost, probe cost");
+        eprintln!("bench: [{:5.1} s] parts 1, 2, 5 — proxy overhead, BPF cost, probe cost", started.elapsed().as_secs_f64());
         figs.extend(bench::overhead::run(&s).into_iter().filter(|f| wanted.contains(&f.section)));
     }
     if wanted.contains(&3) {
-        eprintln!("bench: part 3 — exactness at peak");
+        eprintln!("bench: [{:5.1} s] part 3 — exactness at peak", started.elapsed().as_secs_f64());
         figs.extend(bench::exactness::run(&s));
     }
     if wanted.contains(&4) {
-        eprintln!("bench: part 4 — endpoint cost");
+        eprintln!("bench: [{:5.1} s] part 4 — endpoint cost", started.elapsed().as_secs_f64());
         figs.extend(bench::endpoint::run(&s));
     }
     if wanted.contains(&6) {
-        eprintln!("bench: part 6 — scale");
+        eprintln!("bench: [{:5.1} s] part 6 — scale", started.elapsed().as_secs_f64());
         figs.extend(bench::scale::run(&s));
     }
     figs.sort_by_key(|f| f.section);
