@@ -10,12 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ngx::core::{Buffer, Status};
 use ngx::ffi::{
-    ngx_chain_t, ngx_http_request_t, ngx_http_send_special, ngx_int_t, ngx_str_t, NGX_HTTP_LAST,
-    NGX_LOG_ERR,
+    ngx_buf_t, ngx_chain_t, ngx_http_request_t, ngx_http_send_special, ngx_int_t, ngx_str_t,
+    NGX_HTTP_LAST, NGX_LOG_ERR,
 };
+use upstreamtop_report::Piece;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, HttpModuleMainConf, Method, Request};
 use ngx::ngx_log_error;
 
+use crate::table_access::{Body, Outcome};
 use crate::{nginx_conf, table_access, Module, StatusConf};
 
 const JSON: &str = "application/json";
@@ -25,12 +27,20 @@ const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct Answer {
     status: u16,
     content_type: &'static str,
-    body: String,
+    body: Content,
+}
+
+enum Content {
+    /// A small body of this request's own (errors).
+    Own(String),
+    /// A rendered body the worker's cache may share with other requests,
+    /// and the clock to stamp it with: sent from where it lies.
+    Shared(Body, u64),
 }
 
 impl Answer {
     fn json(status: u16, body: String) -> Self {
-        Answer { status, content_type: JSON, body }
+        Answer { status, content_type: JSON, body: Content::Own(body) }
     }
 
     fn error(status: u16, message: &str) -> Self {
@@ -130,25 +140,20 @@ fn answer(request: &Request) -> Answer {
         query.routes = usize::MAX;
     }
 
-    let snap = match table_access::snapshot(Path::new(table)) {
-        Ok(snap) => snap,
-        Err(e) => return unavailable(prometheus, &e.to_string(), table, None),
-    };
-    let now = now_unix_ns();
-    if let Some(age_s) = upstreamtop_report::stale_age_s(&snap, now) {
-        let reason = format!("probe stale: last publish {age_s} s ago");
-        return unavailable(prometheus, &reason, table, Some(snap.meta.published_unix_ns));
-    }
     let conf = nginx_conf::nginx_config(request);
-    let report = upstreamtop_report::build_report(&snap, &conf, &query, now);
-    if prometheus {
-        Answer {
-            status: 200,
-            content_type: PROMETHEUS,
-            body: upstreamtop_report::render_prometheus(&report, &query),
+    let now = now_unix_ns();
+    match table_access::answer(Path::new(table), conf, query, prometheus, now) {
+        Outcome::Unreadable(e) => unavailable(prometheus, &e.to_string(), table, None),
+        Outcome::Stale { age_s, published_unix_ns } => {
+            let reason = format!("probe stale: last publish {age_s} s ago");
+            unavailable(prometheus, &reason, table, Some(published_unix_ns))
         }
-    } else {
-        Answer::json(200, upstreamtop_report::render_json(&report))
+        Outcome::Ready(body @ Body::Json(_)) => {
+            Answer { status: 200, content_type: JSON, body: Content::Shared(body, now) }
+        }
+        Outcome::Ready(body @ Body::Prometheus(_)) => {
+            Answer { status: 200, content_type: PROMETHEUS, body: Content::Shared(body, now) }
+        }
     }
 }
 
@@ -161,19 +166,53 @@ fn unavailable(prometheus: bool, reason: &str, table: &str, last_publish_unix_ns
         Answer {
             status: 200,
             content_type: PROMETHEUS,
-            body: upstreamtop_report::unavailable_prometheus(
+            body: Content::Own(upstreamtop_report::unavailable_prometheus(
                 &format!("{reason} (table {table})"),
                 last_publish_unix_ns,
-            ),
+            )),
         }
     } else {
         Answer::json(503, upstreamtop_report::unavailable_json(reason, table))
     }
 }
 
+/// One part of a body to send.
+enum Part<'a> {
+    /// Lives in memory the request pool keeps alive (a shared body): sent
+    /// from where it lies.
+    InPlace(&'a str),
+    /// Copied into the request pool.
+    Copy(&'a str),
+    /// A number, formatted into the request pool.
+    Num(u64),
+}
+
+impl Part<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Part::InPlace(s) | Part::Copy(s) => s.len(),
+            Part::Num(n) => n.checked_ilog10().map_or(1, |d| d as usize + 1),
+        }
+    }
+}
+
 fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
+    let parts: Vec<Part> = match &answer.body {
+        Content::Own(text) => vec![Part::Copy(text)],
+        Content::Shared(Body::Json(json), now) => json
+            .restamped(*now)
+            .into_iter()
+            .map(|p| match p {
+                Piece::Str(s) => Part::InPlace(s),
+                Piece::Num(n) => Part::Num(n),
+            })
+            .collect(),
+        Content::Shared(Body::Prometheus(text), _) => vec![Part::InPlace(text)],
+    };
+    let len: usize = parts.iter().map(Part::len).sum();
+
     request.set_status(HTTPStatus(answer.status.into()));
-    request.set_content_length_n(answer.body.len());
+    request.set_content_length_n(len);
     {
         let r = request.as_mut();
         // The content types are 'static, so nginx may keep pointing at them.
@@ -193,16 +232,74 @@ fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
     if rc == Status::NGX_ERROR || rc.0 > Status::NGX_OK.0 || request.header_only() {
         return rc;
     }
-    if answer.body.is_empty() {
+    if len == 0 {
         // SAFETY: the request is live; NGX_HTTP_LAST ends the response
         // without a zero-size data buffer (which nginx would flag).
         return Status(unsafe { ngx_http_send_special(request.into(), NGX_HTTP_LAST as _) });
     }
-    let Some(mut buf) = request.pool().create_buffer_from_str(&answer.body) else {
-        return Status::NGX_ERROR;
-    };
-    buf.set_last_buf(request.is_main());
-    buf.set_last_in_chain(true);
-    let mut out = ngx_chain_t { buf: buf.as_ngx_buf_mut(), next: std::ptr::null_mut() };
-    request.output_filter(&mut out)
+    let pool = request.pool();
+    if let Content::Shared(body, _) = &answer.body {
+        // The pool drops this reference when the request is freed, after
+        // the last byte went out: the in-place buffers below stay valid
+        // however slowly the client reads, even if the worker's cache has
+        // moved on to a newer publish.
+        if pool.allocate(body.clone()).is_null() {
+            return Status::NGX_ERROR;
+        }
+    }
+    let mut head: *mut ngx_chain_t = std::ptr::null_mut();
+    let mut tail: *mut ngx_chain_t = std::ptr::null_mut();
+    let last = parts.iter().rposition(|p| p.len() > 0);
+    for (i, part) in parts.iter().enumerate().filter(|(_, p)| p.len() > 0) {
+        let buf: *mut ngx_buf_t = match part {
+            Part::InPlace(s) => {
+                let buf = pool.calloc_type::<ngx_buf_t>();
+                if buf.is_null() {
+                    return Status::NGX_ERROR;
+                }
+                let start = s.as_ptr() as *mut u8;
+                // SAFETY: `buf` is a zeroed ngx_buf_t from the pool. It
+                // points at `s`, which the pool-owned reference above keeps
+                // alive; the memory flag tells nginx never to write to it.
+                unsafe {
+                    (*buf).start = start;
+                    (*buf).pos = start;
+                    (*buf).last = start.add(s.len());
+                    (*buf).end = start.add(s.len());
+                    (*buf).set_memory(1);
+                }
+                buf
+            }
+            Part::Copy(s) => match pool.create_buffer_from_str(s) {
+                Some(mut b) => b.as_ngx_buf_mut(),
+                None => return Status::NGX_ERROR,
+            },
+            Part::Num(n) => match pool.create_buffer_from_str(&n.to_string()) {
+                Some(mut b) => b.as_ngx_buf_mut(),
+                None => return Status::NGX_ERROR,
+            },
+        };
+        let link = pool.calloc_type::<ngx_chain_t>();
+        if link.is_null() {
+            return Status::NGX_ERROR;
+        }
+        // SAFETY: `buf` and `link` are live pool allocations of this
+        // request; `tail` is the previous link (or null at the start).
+        unsafe {
+            if Some(i) == last {
+                (*buf).set_last_buf(u32::from(request.is_main()));
+                (*buf).set_last_in_chain(1);
+            }
+            (*link).buf = buf;
+            (*link).next = std::ptr::null_mut();
+            if tail.is_null() {
+                head = link;
+            } else {
+                (*tail).next = link;
+            }
+        }
+        tail = link;
+    }
+    // SAFETY: `head` is the first link of the non-empty chain built above.
+    request.output_filter(unsafe { &mut *head })
 }

@@ -1,32 +1,155 @@
-//! One [`TableReader`] per worker, kept between requests.
+//! One [`TableReader`] per worker, kept between requests, and the answers
+//! rendered from the publish it read last.
 //!
 //! nginx workers are single-threaded, so a thread-local is the whole
 //! synchronisation story. The reader re-opens the file itself when the probe
-//! replaces it; this file only makes sure a path change (another
+//! replaces it; this file makes sure a path change (another
 //! `upstreamtop_table` after a reload in single-process mode) gets a fresh
 //! reader, and that a reader which panicked is never used again.
+//!
+//! Why a cache: a dashboard or scraper polls several times per publish
+//! interval, and a thousand peers make a body of megabytes. While the
+//! probe has not published again (one `pread` of the header tells), the
+//! same query against the same nginx configuration gets the body rendered
+//! for the first request of the interval, with only its clock figures
+//! (`timestamp`, `probe.age_ms`) rewritten — exactly what a fresh render
+//! would give. A fresh publish is read in place ([`TableReader::view_unless`])
+//! and rendered straight to JSON, never decoded into a `Snapshot`.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use upstreamtop_table::{ReadError, Snapshot, TableReader};
+use upstreamtop_report::{NginxConfig, Query, ViewJson};
+use upstreamtop_table::{ProbeMeta, PublishId, ReadError, SnapshotView, TableReader};
+
+/// Bodies kept per worker for the current publish (one per distinct
+/// query/format; a dashboard and a scraper typically need two).
+const MAX_CACHED: usize = 3;
 
 thread_local! {
-    static READER: RefCell<Option<(PathBuf, TableReader)>> = const { RefCell::new(None) };
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
 }
 
-/// A snapshot of the table at `path`.
+struct Worker {
+    path: PathBuf,
+    reader: TableReader,
+    /// The publish the cached bodies come from.
+    publish: Option<(PublishId, ProbeMeta)>,
+    cached: Vec<(Key, Body)>,
+}
+
+/// What a body depends on besides the publish and the clock.
+#[derive(PartialEq)]
+struct Key {
+    prometheus: bool,
+    query: Query,
+    conf: NginxConfig,
+}
+
+/// A rendered answer, shared between the cache and the requests still
+/// sending it.
+#[derive(Clone)]
+pub(crate) enum Body {
+    /// Restamp with [`ViewJson::restamped`] before sending.
+    Json(Rc<ViewJson>),
+    Prometheus(Rc<String>),
+}
+
+pub(crate) enum Outcome {
+    Unreadable(ReadError),
+    /// The probe's last publish is too old to show.
+    Stale { age_s: u64, published_unix_ns: u64 },
+    Ready(Body),
+}
+
+/// The answer for `query` (JSON or Prometheus) from the table at `path`.
 ///
-/// May panic if the reader does (the caller catches it); the reader is taken
-/// out of the slot while in use, so a panic drops it and the next request
-/// starts from a fresh one.
-pub(crate) fn snapshot(path: &Path) -> Result<Snapshot, ReadError> {
-    let slot = READER.with(|cell| cell.borrow_mut().take());
-    let mut reader = match slot {
-        Some((p, reader)) if p == path => reader,
-        _ => TableReader::new(path),
+/// May panic if the reader or a renderer does (the caller catches it); the
+/// worker state is taken out of the slot while in use, so a panic drops it
+/// and the next request starts from a fresh reader and an empty cache.
+pub(crate) fn answer(path: &Path, conf: NginxConfig, query: Query, prometheus: bool, now_unix_ns: u64) -> Outcome {
+    let slot = WORKER.with(|cell| cell.borrow_mut().take());
+    let mut worker = match slot {
+        Some(w) if w.path == path => w,
+        _ => Worker { path: path.to_owned(), reader: TableReader::new(path), publish: None, cached: Vec::new() },
     };
-    let result = reader.snapshot();
-    READER.with(|cell| *cell.borrow_mut() = Some((path.to_owned(), reader)));
-    result
+    let outcome = worker.answer(Key { prometheus, query, conf }, now_unix_ns);
+    WORKER.with(|cell| *cell.borrow_mut() = Some(worker));
+    outcome
+}
+
+impl Worker {
+    fn answer(&mut self, key: Key, now: u64) -> Outcome {
+        let known = self.publish.as_ref().map(|(id, _)| *id);
+        let Worker { reader, publish, cached, .. } = self;
+        let view = match reader.view_unless(known) {
+            Err(e) => {
+                *publish = None;
+                cached.clear();
+                return Outcome::Unreadable(e);
+            }
+            Ok(Some(view)) => view,
+            Ok(None) => {
+                // Same publish: staleness moves with the clock, the body does not.
+                if let Some((_, meta)) = publish.as_ref() {
+                    if let Some(stale) = stale(meta, now) {
+                        return stale;
+                    }
+                }
+                if let Some((_, body)) = cached.iter().find(|(k, _)| *k == key) {
+                    return Outcome::Ready(body.clone());
+                }
+                // Not rendered yet for this query: read the publish again
+                // (it may be newer by now, which is just as good).
+                match reader.view_unless(None) {
+                    Ok(Some(view)) => view,
+                    Ok(None) => return Outcome::Unreadable(ReadError::Busy(reader.path().to_owned())),
+                    Err(e) => {
+                        *publish = None;
+                        cached.clear();
+                        return Outcome::Unreadable(e);
+                    }
+                }
+            }
+        };
+        if known != Some(view.id()) {
+            *publish = Some((view.id(), view.meta().clone()));
+            cached.clear();
+        }
+        if let Some(stale) = stale(view.meta(), now) {
+            return stale;
+        }
+        let (body, reusable) = render(&view, &key, now);
+        if reusable {
+            if cached.len() >= MAX_CACHED {
+                cached.remove(0);
+            }
+            cached.push((key, body.clone()));
+        }
+        Outcome::Ready(body)
+    }
+}
+
+fn stale(meta: &ProbeMeta, now: u64) -> Option<Outcome> {
+    upstreamtop_report::stale_age_s_meta(meta, now)
+        .map(|age_s| Outcome::Stale { age_s, published_unix_ns: meta.published_unix_ns })
+}
+
+/// Renders `view` for `key`; also says whether the body may be served
+/// again later in this publish (not when a peer's state was judged against
+/// the clock because it has no history samples).
+fn render(view: &SnapshotView, key: &Key, now: u64) -> (Body, bool) {
+    if key.prometheus {
+        // Prometheus scrapes are rare next to dashboard polls: the report
+        // path is fast enough, and render_prometheus works on a Report.
+        let report = upstreamtop_report::build_report(&view.to_snapshot(), &key.conf, &key.query, now);
+        let reusable = view.peers().all(|p| p.history_len() > 0);
+        let text = upstreamtop_report::render_prometheus(&report, &key.query);
+        (Body::Prometheus(Rc::new(text)), reusable)
+    } else {
+        let json = upstreamtop_report::render_view_json(view, &key.conf, &key.query, now);
+        let reusable = !json.clock_dependent;
+        (Body::Json(Rc::new(json)), reusable)
+    }
 }
