@@ -66,6 +66,19 @@ struct Args {
     /// Client-side keepalive off: a new connection to nginx per request.
     #[arg(long)]
     no_keepalive: bool,
+    /// Backend ports: app, app, checkout (tests pick free ones so a demo on
+    /// the default ports can run alongside).
+    #[arg(long, value_name = "APP1,APP2,CHECKOUT", default_value = "9001,9002,9003", value_parser = parse_ports)]
+    backend_ports: [u16; 3],
+}
+
+fn parse_ports(text: &str) -> Result<[u16; 3], String> {
+    let ports = text
+        .split(',')
+        .map(|p| p.trim().parse::<u16>().ok().filter(|p| *p != 0))
+        .collect::<Option<Vec<u16>>>()
+        .ok_or_else(|| format!("`{text}`: expected three ports 1-65535, like 9001,9002,9003"))?;
+    <[u16; 3]>::try_from(ports).map_err(|_| format!("`{text}`: expected exactly three ports, like 9001,9002,9003"))
 }
 
 fn main() -> Result<()> {
@@ -99,10 +112,11 @@ fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
             .route("/static/", Profile::fast().latency_ms(0, 1).body_size(2048))
             .route("/healthz", Profile::fast().body_size(2))
     };
-    let app1 = start_backend(9001, app_builder())?;
-    let app2 = start_backend(9002, app_builder())?;
+    let [app1_port, app2_port, checkout_port] = args.backend_ports;
+    let app1 = start_backend(app1_port, app_builder())?;
+    let app2 = start_backend(app2_port, app_builder())?;
     let checkout = start_backend(
-        9003,
+        checkout_port,
         Backend::builder(
             Profile::fast()
                 .latency_ms(60, 160)
@@ -180,8 +194,8 @@ fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
 
     println!("\nstopping. client saw {} responses in {:.1}s, by status {:?}, {} errors",
         result.responses(), result.elapsed.as_secs_f64(), result.by_status, result.errors);
-    for (name, backend) in [("app 9001", &app1), ("app 9002", &app2), ("checkout 9003", &checkout)] {
-        println!("  {name} ({}) served {} by status {:?}", backend.addr(), backend.total(), backend.by_status());
+    for (name, backend) in [("app", &app1), ("app", &app2), ("checkout", &checkout)] {
+        println!("  {name} {} served {} by status {:?}", backend.addr(), backend.total(), backend.by_status());
     }
     let problems = nginx.error_log_problems();
     if !problems.is_empty() {
