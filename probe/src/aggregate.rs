@@ -36,10 +36,10 @@ pub struct BpfTotals {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Hist {
-    buckets: Vec<u64>,
-    sum_ns: u64,
-    count: u64,
+pub(crate) struct Hist {
+    pub(crate) buckets: Vec<u64>,
+    pub(crate) sum_ns: u64,
+    pub(crate) count: u64,
 }
 
 impl Hist {
@@ -61,46 +61,49 @@ impl Hist {
 }
 
 #[derive(Debug, Clone, Default)]
-struct PeerState {
-    latency: Hist,
-    interval_latency: Hist,
+pub(crate) struct PeerState {
+    pub(crate) latency: Hist,
+    pub(crate) interval_latency: Hist,
     /// Counted by the sweeper (not seen by the programs).
-    extra_failed: u64,
-    extra_no_response: u64,
-    prev: types::peer_counters,
-    prev_failed: u64,
-    history: VecDeque<HistorySample>,
-    first_seen_unix_ns: u64,
-    last_seen_unix_ns: u64,
+    pub(crate) extra_failed: u64,
+    pub(crate) extra_no_response: u64,
+    pub(crate) prev: types::peer_counters,
+    pub(crate) prev_failed: u64,
+    pub(crate) history: VecDeque<HistorySample>,
+    pub(crate) first_seen_unix_ns: u64,
+    pub(crate) last_seen_unix_ns: u64,
 }
 
 #[derive(Debug, Clone, Default)]
-struct RouteState {
-    requests: u64,
-    class: [u64; 5],
-    codes: BTreeMap<u16, u64>,
-    no_response: u64,
-    latency: Hist,
-    prev_requests: u64,
-    prev_5xx: u64,
+pub(crate) struct RouteState {
+    pub(crate) requests: u64,
+    pub(crate) class: [u64; 5],
+    pub(crate) codes: BTreeMap<u16, u64>,
+    pub(crate) no_response: u64,
+    pub(crate) latency: Hist,
+    pub(crate) prev_requests: u64,
+    pub(crate) prev_5xx: u64,
 }
 
 /// The userspace state between publishes.
 pub struct Aggregator {
-    limits: AggLimits,
-    started_unix_ns: u64,
-    pid: u32,
-    publish_seq: u64,
-    last_publish_mono_ns: Option<u64>,
-    peers: HashMap<SocketAddr, PeerState>,
-    routes: BTreeMap<(SocketAddr, String, String), RouteState>,
-    others: BTreeMap<SocketAddr, RouteState>,
-    recent: VecDeque<RecentRequest>,
-    recent_this_interval: usize,
-    route_overflow: u64,
-    recent_sampled_out: u64,
-    conn_evicted: u64,
-    parse_errors: u64,
+    pub(crate) limits: AggLimits,
+    pub(crate) started_unix_ns: u64,
+    pub(crate) pid: u32,
+    pub(crate) publish_seq: u64,
+    pub(crate) last_publish_mono_ns: Option<u64>,
+    pub(crate) peers: HashMap<SocketAddr, PeerState>,
+    pub(crate) routes: BTreeMap<(SocketAddr, String, String), RouteState>,
+    pub(crate) others: BTreeMap<SocketAddr, RouteState>,
+    pub(crate) recent: VecDeque<RecentRequest>,
+    pub(crate) recent_this_interval: usize,
+    pub(crate) route_overflow: u64,
+    pub(crate) recent_sampled_out: u64,
+    pub(crate) conn_evicted: u64,
+    pub(crate) parse_errors: u64,
+    /// Totals of a previous run whose BPF maps are gone (see restore.rs),
+    /// added to what the fresh maps count.
+    pub(crate) base: crate::restore::Base,
 }
 
 /// CLOCK_MONOTONIC (what bpf_ktime_get_ns reads) in ns.
@@ -121,7 +124,7 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 }
 
 /// bpf_ktime_get_ns() timestamp as wall clock.
-fn to_unix(mono_ns: u64) -> u64 {
+pub(crate) fn to_unix(mono_ns: u64) -> u64 {
     let (now_mono, now_unix) = (monotonic_ns(), unix_ns());
     now_unix.saturating_sub(now_mono.saturating_sub(mono_ns))
 }
@@ -143,6 +146,7 @@ impl Aggregator {
             recent_sampled_out: 0,
             conn_evicted: 0,
             parse_errors: 0,
+            base: Default::default(),
         }
     }
 
@@ -238,6 +242,13 @@ impl Aggregator {
 
     /// Build the snapshot for this publish and start a new interval.
     pub fn snapshot(&mut self, totals: &BpfTotals, interval_ns: u64, interfaces: Vec<String>) -> Snapshot {
+        let with_base;
+        let totals = if self.base.is_empty() {
+            totals
+        } else {
+            with_base = self.base.add_to(totals);
+            &with_base
+        };
         let now_mono = monotonic_ns();
         let now_unix = unix_ns();
         let elapsed_ns = match self.last_publish_mono_ns {

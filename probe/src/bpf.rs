@@ -9,7 +9,11 @@ use std::ptr::NonNull;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{AsRawLibbpf, Link, MapCore, MapFlags, OpenObject};
+use std::os::fd::{AsFd, AsRawFd};
+
+use libbpf_rs::{AsRawLibbpf, Link, MapCore, MapFlags, MapHandle, OpenObject};
+
+use crate::pins::{Fnv, StateDir};
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, non_snake_case, dead_code)]
@@ -61,9 +65,10 @@ pub struct ConnEntry {
 
 struct Attachment {
     name: String,
-    // Dropping the links detaches the programs.
-    _egress: Link,
-    _ingress: Link,
+    // Dropping unpinned links detaches the programs; pinned links stay
+    // attached until detached explicitly.
+    egress: Link,
+    ingress: Link,
 }
 
 /// The loaded programs and their attachments.
@@ -72,6 +77,57 @@ pub struct Programs {
     attached: BTreeMap<u32, Attachment>,
     /// `tracked[0]` in the programs' mmap'd .bss (the counting filter).
     tracked: *mut u32,
+    /// Where maps and links are pinned, if anywhere.
+    state: Option<StateDir>,
+    /// The maps (and so the counters) came from a previous run.
+    resumed: bool,
+}
+
+/// Maps carried across restarts, by pin name. `.rodata` (per-run flags) and
+/// the per-CPU scratch space are not state.
+macro_rules! state_maps {
+    ($maps:expr) => {
+        [
+            ("conns", &mut $maps.conns),
+            ("peer_ids", &mut $maps.peer_ids),
+            ("peers", &mut $maps.peers),
+            ("codes", &mut $maps.codes),
+            ("stats", &mut $maps.stats),
+            ("events", &mut $maps.events),
+            ("bss", &mut $maps.bss),
+        ]
+    };
+}
+
+/// What identifies compatible pins: the programs' instructions as built
+/// (variable offsets into .bss included) and every map's definition after
+/// the flags sized them.
+fn fingerprint(open: &skel::OpenUpstreamtopSkel<'_>) -> u64 {
+    let mut h = Fnv::default();
+    for prog in [&open.progs.upstreamtop_egress, &open.progs.upstreamtop_ingress] {
+        for insn in prog.insns() {
+            h.write(bytes_of(&insn.code));
+            h.write(bytes_of(&insn._bitfield_1));
+            h.write(&insn.off.to_ne_bytes());
+            h.write(&insn.imm.to_ne_bytes());
+        }
+    }
+    for map in [
+        &open.maps.conns,
+        &open.maps.peer_ids,
+        &open.maps.peers,
+        &open.maps.codes,
+        &open.maps.stats,
+        &open.maps.events,
+        &open.maps.bss,
+    ] {
+        h.write(map.name().as_encoded_bytes());
+        h.write(&(map.map_type() as u32).to_ne_bytes());
+        for v in [map.key_size(), map.value_size(), map.max_entries(), map.map_flags()] {
+            h.write(&v.to_ne_bytes());
+        }
+    }
+    h.finish()
 }
 
 /// A map record as plain bytes (keys and values are `repr(C)` types
@@ -128,8 +184,10 @@ fn explain_load_error(e: &libbpf_rs::Error) -> String {
 }
 
 impl Programs {
-    /// Open, configure and load the BPF object (verifier runs here).
-    pub fn load(cfg: &BpfConfig) -> Result<Self> {
+    /// Open, configure and load the BPF object (verifier runs here). With a
+    /// state directory, maps pinned there by a compatible earlier run are
+    /// reused (see [`Programs::resumed`]) and fresh maps are pinned.
+    pub fn load(cfg: &BpfConfig, state: Option<StateDir>) -> Result<Self> {
         if cfg.ignore_ports.len() > 8 {
             bail!("at most 8 --ignore-port values are supported (got {})", cfg.ignore_ports.len());
         }
@@ -166,12 +224,119 @@ impl Programs {
         open.progs.upstreamtop_egress.set_autoattach(false);
         open.progs.upstreamtop_ingress.set_autoattach(false);
 
+        let mut resumed = false;
+        // Computed before load: libbpf rewrites the instructions while loading.
+        let fp = fingerprint(&open);
+        if let Some(sd) = &state {
+            match sd.fingerprint() {
+                Some(old) if old == fp => match reuse_pinned(&mut open, sd) {
+                    Ok(()) => resumed = true,
+                    Err(e) => {
+                        log(&format!("cannot reuse the maps pinned in {}: {e:#}; starting fresh", sd.path().display()));
+                        // Fresh maps must not meet half-reused ones.
+                        return Self::fresh_after_clear(cfg, sd);
+                    }
+                },
+                Some(_) => {
+                    log(&format!(
+                        "the state pinned in {} was made by other programs or other map sizes \
+                         (an upgrade, or changed --max-* flags): detaching it and starting fresh; \
+                         counters restart from the table's last publish",
+                        sd.path().display()
+                    ));
+                    return Self::fresh_after_clear(cfg, sd);
+                }
+                None => {
+                    // No fingerprint: nothing pinned, or a start that died
+                    // before pinning everything.
+                    if sd.links()?.is_empty() {
+                        sd.clear(false)?;
+                    } else {
+                        return Self::fresh_after_clear(cfg, sd);
+                    }
+                }
+            }
+        }
+
         let mut skel = open.load().map_err(|e| {
             anyhow::anyhow!("loading the BPF programs failed: {}", explain_load_error(&e))
         })?;
+        if resumed {
+            remap_reused_bss(&skel.maps.bss)?;
+        } else if let Some(sd) = &state {
+            for (name, map) in state_maps!(skel.maps) {
+                let path = sd.map_pin(name);
+                map.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
+            }
+            sd.set_fingerprint(fp)?;
+        }
         let bss = skel.maps.bss_data.as_deref_mut().context("BPF object lacks .bss")?;
         let tracked = bss.tracked.as_mut_ptr();
-        Ok(Programs { skel, attached: BTreeMap::new(), tracked })
+        Ok(Programs { skel, attached: BTreeMap::new(), tracked, state, resumed })
+    }
+
+    fn fresh_after_clear(cfg: &BpfConfig, sd: &StateDir) -> Result<Self> {
+        sd.clear(false).with_context(|| format!("clearing {}", sd.path().display()))?;
+        Self::load(cfg, Some(sd.clone()))
+    }
+
+    /// The counters in the maps go on from a previous run.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// Whether maps and links outlive this process.
+    pub fn pinned(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Take over the links a previous run pinned: switch each to these
+    /// programs (atomically: no segment goes uncounted). Links of
+    /// interfaces that are gone, or half pairs, are removed. `ifaces` maps
+    /// live ifindexes to names.
+    pub fn adopt_links(&mut self, ifaces: &[(u32, String)]) -> Result<()> {
+        let Some(sd) = self.state.clone() else { return Ok(()) };
+        let pinned = sd.links()?;
+        let mut by_index: BTreeMap<u32, (Option<Link>, Option<Link>)> = BTreeMap::new();
+        for l in &pinned {
+            let link = Link::open(&l.path).with_context(|| format!("opening {}", l.path.display()));
+            let prog = if l.egress { &self.skel.progs.upstreamtop_egress } else { &self.skel.progs.upstreamtop_ingress };
+            let adopted = self.resumed && ifaces.iter().any(|(i, _)| *i == l.ifindex);
+            match link {
+                Ok(mut link) => {
+                    if adopted && link.update_prog(prog).is_ok() {
+                        let e = by_index.entry(l.ifindex).or_default();
+                        if l.egress {
+                            e.0 = Some(link)
+                        } else {
+                            e.1 = Some(link)
+                        }
+                    } else {
+                        let _ = link.detach();
+                        let _ = link.unpin();
+                    }
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&l.path);
+                }
+            }
+        }
+        for (ifindex, pair) in by_index {
+            let name = ifaces.iter().find(|(i, _)| *i == ifindex).map(|(_, n)| n.clone()).unwrap_or_default();
+            match pair {
+                (Some(egress), Some(ingress)) => {
+                    log(&format!("adopted the pinned links on {name}"));
+                    self.attached.insert(ifindex, Attachment { name, egress, ingress });
+                }
+                (a, b) => {
+                    for mut l in a.into_iter().chain(b) {
+                        let _ = l.detach();
+                        let _ = l.unpin();
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Attach both programs to `ifindex` with tcx.
@@ -179,18 +344,32 @@ impl Programs {
         if self.attached.contains_key(&ifindex) {
             return Ok(());
         }
-        let egress = attach_tcx(&self.skel.progs.upstreamtop_egress, ifindex)
+        let mut egress = attach_tcx(&self.skel.progs.upstreamtop_egress, ifindex)
             .with_context(|| format!("attaching tcx/egress to {name}"))?;
-        let ingress = attach_tcx(&self.skel.progs.upstreamtop_ingress, ifindex)
+        let mut ingress = attach_tcx(&self.skel.progs.upstreamtop_ingress, ifindex)
             .with_context(|| format!("attaching tcx/ingress to {name}"))?;
-        self.attached
-            .insert(ifindex, Attachment { name: name.to_string(), _egress: egress, _ingress: ingress });
+        if let Some(sd) = &self.state {
+            for (link, is_egress) in [(&mut egress, true), (&mut ingress, false)] {
+                let path = sd.link_pin(ifindex, is_egress);
+                // A leftover of an interface index that was reused.
+                let _ = std::fs::remove_file(&path);
+                link.pin(&path).with_context(|| format!("pinning the {name} link at {}", path.display()))?;
+            }
+        }
+        self.attached.insert(ifindex, Attachment { name: name.to_string(), egress, ingress });
         Ok(())
     }
 
-    /// Detach from an interface (e.g. it disappeared).
+    /// Detach from an interface (e.g. it disappeared, or is not wanted).
     pub fn detach(&mut self, ifindex: u32) {
-        self.attached.remove(&ifindex);
+        if let Some(mut a) = self.attached.remove(&ifindex) {
+            if self.state.is_some() {
+                for l in [&mut a.egress, &mut a.ingress] {
+                    let _ = l.detach();
+                    let _ = l.unpin();
+                }
+            }
+        }
     }
 
     /// (ifindex, name) of every attachment.
@@ -389,7 +568,6 @@ impl Programs {
     /// (name, run_time_ns, run_cnt) per program; counts only grow while
     /// `kernel.bpf_stats_enabled=1`.
     pub fn run_stats(&self) -> Result<Vec<(String, u64, u64)>> {
-        use std::os::fd::AsFd;
         let mut out = Vec::new();
         for (name, prog) in [
             ("tcx/egress", &self.skel.progs.upstreamtop_egress),
@@ -397,7 +575,6 @@ impl Programs {
         ] {
             let mut info = libbpf_sys::bpf_prog_info::default();
             let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
-            use std::os::fd::AsRawFd;
             // SAFETY: `info` is a bpf_prog_info of `len` bytes that the
             // kernel fills; the fd belongs to the loaded program.
             let rc = unsafe {
@@ -416,12 +593,100 @@ impl Programs {
     }
 }
 
+/// (link id, program id, still attached) of a pinned tcx link.
+pub fn link_ids(path: &std::path::Path) -> Result<(u32, u32, bool)> {
+    let link = Link::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut info = libbpf_sys::bpf_link_info::default();
+    let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: `info` is a bpf_link_info of `len` bytes the kernel fills; the
+    // fd is the link's, open for the call.
+    let rc = unsafe {
+        libbpf_sys::bpf_link_get_info_by_fd(link.as_fd().as_raw_fd(), &mut info, &mut len)
+    };
+    if rc != 0 {
+        bail!("querying {}: {}", path.display(), io::Error::from_raw_os_error(-rc));
+    }
+    // SAFETY: tcx is the union member of BPF_LINK_TYPE_TCX links (the only
+    // kind we pin); a detached link reports ifindex 0.
+    let ifindex = unsafe { info.__bindgen_anon_1.tcx.ifindex };
+    Ok((info.id, info.prog_id, ifindex != 0))
+}
+
+/// Bytes written to the ring buffer and not consumed yet.
+pub fn ring_pending(rb: &libbpf_rs::RingBuffer<'_>) -> usize {
+    // SAFETY: rb is a live ring_buffer with exactly one ring (index 0,
+    // added in Programs::ring_buffer); the ring pointer lives as long as rb.
+    unsafe {
+        let ring = libbpf_sys::ring_buffer__ring(rb.as_libbpf_object().as_ptr(), 0);
+        if ring.is_null() {
+            return 0;
+        }
+        usize::try_from(libbpf_sys::ring__avail_data_size(ring)).unwrap_or(usize::MAX)
+    }
+}
+
 /// Length of a fixed-size array field, taken from the generated type so
 /// FILTER_SLOTS stays defined once (in upstreamtop.h).
 const fn array_len<T, const N: usize>(_: fn(&types::bss) -> &[T; N]) -> usize {
     N
 }
 const FILTER_SLOTS: usize = array_len(|b: &types::bss| &b.tracked);
+
+fn log(msg: &str) {
+    eprintln!("upstreamtop-probe: {msg}");
+}
+
+/// Point every state map of the opened object at its pin.
+fn reuse_pinned(open: &mut skel::OpenUpstreamtopSkel<'_>, sd: &StateDir) -> Result<()> {
+    for (name, map) in state_maps!(open.maps) {
+        let path = sd.map_pin(name);
+        let pinned = MapHandle::from_pinned_path(&path).with_context(|| format!("opening {}", path.display()))?;
+        let info = libbpf_rs::MapInfo::new(pinned.as_fd()).with_context(|| format!("inspecting {}", path.display()))?;
+        let want = (map.key_size(), map.value_size(), map.max_entries());
+        let have = (info.info.key_size, info.info.value_size, info.info.max_entries);
+        if want != have {
+            bail!("{name}: pinned (key, value, entries) {have:?} differ from {want:?}");
+        }
+        map.reuse_fd(pinned.as_fd()).with_context(|| format!("reusing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// libbpf maps an internal map (.bss) into our memory only when it created
+/// the map; a reused one keeps pointing at the object's initial image.
+/// Map the kernel's .bss over that image, at the same address, so the
+/// skeleton's `bss_data` and the filter pointer see what the programs see.
+fn remap_reused_bss(bss: &libbpf_rs::MapMut<'_>) -> Result<()> {
+    let mut size: u64 = 0;
+    // SAFETY: the map belongs to the loaded skeleton; libbpf returns its
+    // mmap'd image (or NULL) and writes its size.
+    let ptr = unsafe { libbpf_sys::bpf_map__initial_value(bss.as_libbpf_object().as_ptr(), &mut size) };
+    if ptr.is_null() {
+        bail!(".bss has no memory image to map the reused map over");
+    }
+    // SAFETY: sysconf has no memory effects.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // As libbpf sizes an array map's mmap: 8-byte aligned values, whole pages.
+    let len = usize::try_from(size).context(".bss size")?.div_ceil(8) * 8;
+    let len = len.div_ceil(page) * page;
+    // SAFETY: ptr..ptr+len is libbpf's own mapping of this map's image
+    // (same size computation), replaced in place by a shared mapping of the
+    // map; libbpf unmaps that range when the object is closed, as usual.
+    let got = unsafe {
+        libc::mmap(
+            ptr,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            bss.as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        bail!("mapping the reused .bss: {}", io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, ifindex: u32) -> Result<Link> {
     let opts = libbpf_sys::bpf_tcx_opts {

@@ -57,9 +57,23 @@ pub struct Cli {
     #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
     pub conn_idle: Duration,
 
+    /// bpffs directory where maps and tcx links are pinned, so a restart
+    /// or crash of the probe loses no count (programs keep counting while
+    /// it is down). /sys/fs/bpf is mounted when missing and the probe may.
+    /// Without a writable bpffs the probe runs unpinned (logged).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Pin nothing: programs detach and counters die with the process (a
+    /// restart still continues the totals from the table file).
+    #[arg(long)]
+    pub no_pin: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
+
+pub const DEFAULT_STATE_DIR: &str = "/sys/fs/bpf/upstreamtop";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -69,6 +83,20 @@ pub enum Command {
         /// Table to read.
         #[arg(long, value_name = "PATH", default_value = "/run/upstreamtop/table")]
         table: PathBuf,
+    },
+    /// Detach the programs a (stopped or killed) probe left attached and
+    /// remove its pins. The table file stays.
+    Detach {
+        /// The probe's --state-dir.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// List the pinned tcx links: link id, program id, interface,
+    /// direction, and whether still attached.
+    Status {
+        /// The probe's --state-dir.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
 }
 

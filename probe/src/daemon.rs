@@ -7,8 +7,10 @@ use std::{cell::RefCell, rc::Rc};
 use anyhow::{bail, Context, Result};
 use upstreamtop_table::{Capacities, TableWriter};
 
-use crate::aggregate::{AggLimits, Aggregator};
-use crate::bpf::{types, BpfConfig, Programs};
+use crate::aggregate::{AggLimits, Aggregator, BpfTotals};
+use crate::bpf::{ring_pending, types, BpfConfig, Programs};
+use crate::pins::StateDir;
+use crate::restore::Resume;
 use crate::cli::Cli;
 use crate::sweep::{collect, SweepConfig};
 use crate::{ifaces, notify};
@@ -51,12 +53,16 @@ fn sync_ifaces(progs: &mut Programs, cli: &Cli, first: bool) -> Result<bool> {
         // Named interfaces that went away and came back get a new ifindex.
         all.iter().filter(|i| cli.ifaces.contains(&i.name)).cloned().collect()
     };
-    let mut changed = false;
+    // The first pass also sees links adopted from a previous run.
+    let mut changed = first;
     for (index, name) in progs.attached() {
         if !all.iter().any(|i| i.index == index && i.name == name) {
             progs.detach(index);
             log(&format!("detached from {name} (gone)"));
             changed = true;
+        } else if first && !wanted.iter().any(|i| i.index == index) {
+            progs.detach(index);
+            log(&format!("detached from {name} (no longer asked for)"));
         }
     }
     let attached = progs.attached();
@@ -107,7 +113,10 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     // Unknown interfaces fail before anything is loaded.
     ifaces::select(&ifaces::list()?, &cli.ifaces)?;
-    let mut progs = Programs::load(&cfg)?;
+    let (state, _lock) = state_dir(&cli)?;
+    let mut progs = Programs::load(&cfg, state)?;
+    // The previous run's last publish, read before the writer replaces it.
+    let previous = upstreamtop_table::TableReader::new(&cli.table).snapshot().ok();
     let caps = Capacities {
         max_peers: cli.max_peers,
         // Room for each peer's "other" route next to the regular ones.
@@ -120,6 +129,8 @@ pub fn run(cli: Cli) -> Result<()> {
     })?;
     install_signal_handlers();
     set_ephemeral_ports(&mut progs);
+    let live: Vec<(u32, String)> = ifaces::list()?.into_iter().map(|i| (i.index, i.name)).collect();
+    progs.adopt_links(&live)?;
     sync_ifaces(&mut progs, &cli, true)?;
     if progs.attached().is_empty() {
         bail!("no interface to attach to");
@@ -131,6 +142,27 @@ pub fn run(cli: Cli) -> Result<()> {
         recent_per_interval: RECENT_PER_INTERVAL,
         recent_len: RECENT_LEN,
     })));
+    if let Some(last) = &previous {
+        let how = if progs.resumed() { Resume::Maps } else { Resume::TableOnly };
+        let now = BpfTotals {
+            peers: progs.peer_counters()?,
+            codes: progs.code_counters()?,
+            stats: progs.stats()?,
+            active: Default::default(),
+        };
+        agg.borrow_mut().restore(last, &now, how);
+        log(&format!(
+            "continuing from publish #{} of {} ({})",
+            last.meta.publish_seq,
+            cli.table.display(),
+            match how {
+                Resume::Maps => "pinned maps reused: nothing was missed while no probe ran",
+                Resume::TableOnly => "new maps: totals go on from the table; traffic while no probe ran is not counted",
+            }
+        ));
+    } else if progs.resumed() {
+        log("pinned maps reused (no previous table: routes start empty)");
+    }
     let a = agg.clone();
     let ring = progs.ring_buffer(move |ev: &types::exchange_event| a.borrow_mut().on_event(ev))?;
     let sweep = SweepConfig {
@@ -138,10 +170,30 @@ pub fn run(cli: Cli) -> Result<()> {
         idle_timeout_ns: cli.conn_idle.as_nanos() as u64,
     };
 
+    // Events stay in the ring until just before a publish, unless it fills
+    // up: an event folded but not yet published is lost if the probe is
+    // killed (-9), while one in the (pinned) ring is read by the next probe.
+    let early_drain = (cfg.ring_bytes / 4) as usize;
+    let publish = |progs: &Programs, writer: &mut TableWriter| -> Result<()> {
+        let totals = collect(progs, &mut agg.borrow_mut(), sweep)?;
+        ring.consume().context("draining the events ring buffer")?;
+        let names = progs.attached().into_iter().map(|(_, n)| n).collect();
+        let snap = agg.borrow_mut().snapshot(&totals, interval.as_nanos() as u64, names);
+        let report = writer
+            .publish(&snap)
+            .with_context(|| format!("publishing to {}", cli.table.display()))?;
+        if report.peers_truncated + report.routes_truncated + report.recent_truncated > 0 {
+            log(&format!("table full: {report:?}"));
+        }
+        Ok(())
+    };
+
     let mut next = Instant::now();
     let mut ready = false;
     while !STOP.load(Ordering::Relaxed) {
-        ring.consume().context("draining the events ring buffer")?;
+        if ring_pending(&ring) > early_drain {
+            ring.consume().context("draining the events ring buffer")?;
+        }
         if Instant::now() >= next {
             next += interval;
             if cli.ifaces.is_empty() || progs.attached().len() < cli.ifaces.len() {
@@ -150,16 +202,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
             set_ephemeral_ports(&mut progs);
-            let mut agg = agg.borrow_mut();
-            let totals = collect(&progs, &mut agg, sweep)?;
-            let names = progs.attached().into_iter().map(|(_, n)| n).collect();
-            let snap = agg.snapshot(&totals, interval.as_nanos() as u64, names);
-            let report = writer
-                .publish(&snap)
-                .with_context(|| format!("publishing to {}", cli.table.display()))?;
-            if report.peers_truncated + report.routes_truncated + report.recent_truncated > 0 {
-                log(&format!("table full: {report:?}"));
-            }
+            publish(&progs, &mut writer)?;
             if !ready {
                 ready = true;
                 notify::notify("READY=1")?;
@@ -169,9 +212,70 @@ pub fn run(cli: Cli) -> Result<()> {
         std::thread::sleep(POLL.min(next.saturating_duration_since(Instant::now())));
     }
     let _ = notify::notify("STOPPING=1");
-    log("stopping: detaching programs");
+    // Whatever was counted up to now is in the table for the next run.
+    publish(&progs, &mut writer)?;
+    if progs.pinned() {
+        log(&format!(
+            "stopping: programs stay attached and counting (pinned in {}; `upstreamtop-probe detach --state-dir {0}` removes them)",
+            cli.state_dir.display()
+        ));
+    } else {
+        log("stopping: detaching programs");
+    }
     drop(ring);
     drop(progs);
+    Ok(())
+}
+
+/// The state directory to pin into (and its lock), or none with a log
+/// line saying why.
+fn state_dir(cli: &Cli) -> Result<(Option<StateDir>, Option<std::fs::File>)> {
+    if cli.no_pin {
+        return Ok((None, None));
+    }
+    let sd = match StateDir::prepare(&cli.state_dir) {
+        Ok(sd) => sd,
+        Err(e) => {
+            log(&format!(
+                "not pinning ({e:#}): a restart continues the totals from the table, \
+                 but what crosses the wire while no probe runs is not counted"
+            ));
+            return Ok((None, None));
+        }
+    };
+    let lock = sd.lock()?;
+    Ok((Some(sd), Some(lock)))
+}
+
+/// `upstreamtop-probe detach`: remove what a probe left pinned.
+pub fn detach(state_dir: &std::path::Path) -> Result<()> {
+    let sd = StateDir::at(state_dir);
+    if !state_dir.exists() {
+        println!("nothing pinned in {}", state_dir.display());
+        return Ok(());
+    }
+    let _lock = sd.lock()?;
+    let n = sd.clear(true)?;
+    println!("detached {n} tcx links and removed {}", state_dir.display());
+    Ok(())
+}
+
+/// `upstreamtop-probe status`: the pinned links.
+pub fn status(state_dir: &std::path::Path) -> Result<()> {
+    let sd = StateDir::at(state_dir);
+    let names: Vec<(u32, String)> = ifaces::list()?.into_iter().map(|i| (i.index, i.name)).collect();
+    for l in sd.links()? {
+        let ifname = names.iter().find(|(i, _)| *i == l.ifindex).map_or("?", |(_, n)| n.as_str());
+        let dir = if l.egress { "egress" } else { "ingress" };
+        match crate::bpf::link_ids(&l.path) {
+            Ok((link, prog, attached)) => println!(
+                "link {link} prog {prog} ifindex {} iface {ifname} {dir} {}",
+                l.ifindex,
+                if attached { "attached" } else { "defunct" }
+            ),
+            Err(e) => println!("link ? prog ? ifindex {} iface {ifname} {dir} unreadable: {e:#}", l.ifindex),
+        }
+    }
     Ok(())
 }
 

@@ -9,4 +9,6 @@ pub mod daemon;
 pub mod http;
 pub mod ifaces;
 pub mod notify;
+pub mod pins;
+pub mod restore;
 pub mod sweep;

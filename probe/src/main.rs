@@ -6,6 +6,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Dump { table }) => daemon::dump(table),
+        Some(Command::Detach { state_dir }) => daemon::detach(state_dir),
+        Some(Command::Status { state_dir }) => daemon::status(state_dir),
         None => daemon::run(cli),
     };
     if let Err(e) = result {

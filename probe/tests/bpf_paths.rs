@@ -32,7 +32,7 @@ fn load() -> Programs {
         max_codes: 1024,
         ring_bytes: 1 << 16,
     };
-    let mut p = Programs::load(&cfg).expect("load");
+    let mut p = Programs::load(&cfg, None).expect("load");
     p.set_ephemeral_ports(32768, 60999);
     p
 }
@@ -239,7 +239,7 @@ fn peers_beyond_max_peers_are_counted_not_lost() {
         max_codes: 64,
         ring_bytes: 1 << 16,
     };
-    let p = Programs::load(&cfg).expect("load");
+    let p = Programs::load(&cfg, None).expect("load");
     let req = b"GET / HTTP/1.1\r\n\r\n";
     // Two backends (ports 8080 and 8081); only one fits.
     for port in [PPORT, PPORT + 1] {
@@ -265,7 +265,7 @@ fn ignore_port_and_only_filters() {
         max_codes: 64,
         ring_bytes: 1 << 16,
     };
-    let p = Programs::load(&cfg).expect("load");
+    let p = Programs::load(&cfg, None).expect("load");
     let req = b"GET / HTTP/1.1\r\n\r\n";
     // Inside --only, on an ignored port, outside --only.
     for (peer, port) in [(PEER, 8080u16), (PEER, 8081), ([10, 98, 0, 2], 8080)] {

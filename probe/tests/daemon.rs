@@ -79,7 +79,7 @@ fn daemon_publishes_exact_counts_and_detaches_on_sigterm() {
     notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
 
     let child = Command::new(BIN)
-        .args(["--iface", "lo", "--interval", "200ms", "--table"])
+        .args(["--iface", "lo", "--interval", "200ms", "--no-pin", "--table"])
         .arg(&table)
         .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())

@@ -247,7 +247,7 @@ impl Harness {
             max_codes: 4096,
             ring_bytes: 1 << 20,
         };
-        let mut progs = Programs::load(&cfg).expect("load BPF programs");
+        let mut progs = Programs::load(&cfg, None).expect("load BPF programs");
         let (lo, hi) = upstreamtop_probe::ifaces::ephemeral_ports().expect("port range");
         progs.set_ephemeral_ports(lo, hi);
         for i in ifaces {

@@ -1,0 +1,189 @@
+//! Carrying the userspace side across a restart: the aggregates only the
+//! daemon keeps (routes, latency histograms, history, the recent feed, the
+//! userspace counters) are read back from the table's last publish.
+//!
+//! Two cases:
+//! - the BPF maps were pinned and reused ([`Resume::Maps`]): the kernel-side
+//!   counters went on counting while no daemon ran, the ring kept the
+//!   finished exchanges; only the userspace aggregates come from the table.
+//! - the maps are new ([`Resume::TableOnly`]: `--no-pin`, no writable
+//!   bpffs, or incompatible pins): the last published per-peer totals become
+//!   a [`Base`] added to what the new maps count, so totals never go
+//!   backwards; what crossed the wire while no probe ran is not counted.
+//!
+//! What the table cannot give back: per-route latency buckets (it keeps
+//! only their sum, count and percentiles), so route percentiles start over
+//! while route latency sums and counts continue.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use upstreamtop_table::{Responses, Snapshot};
+
+use crate::aggregate::{monotonic_ns, unix_ns, Aggregator, BpfTotals, Hist, RouteState};
+use crate::bpf::{types, BpfStats};
+
+/// How the previous run's state comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The pinned maps were reused: kernel counters are continuous.
+    Maps,
+    /// New maps: the table's totals are the base.
+    TableOnly,
+}
+
+/// Totals of a previous run added to fresh maps' counters.
+#[derive(Debug, Clone, Default)]
+pub struct Base {
+    peers: HashMap<SocketAddr, types::peer_counters>,
+    codes: HashMap<SocketAddr, BTreeMap<u16, u64>>,
+    stats: BpfStats,
+}
+
+impl Base {
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty() && self.stats == BpfStats::default()
+    }
+
+    /// `totals` plus the base; peers known only to the base are kept.
+    pub fn add_to(&self, totals: &BpfTotals) -> BpfTotals {
+        let mut out = totals.clone();
+        for (addr, b) in &self.peers {
+            let i = match out.peers.iter().position(|(a, _)| a == addr) {
+                Some(i) => i,
+                None => {
+                    out.peers.push((*addr, types::peer_counters::default()));
+                    out.peers.len() - 1
+                }
+            };
+            let c = &mut out.peers[i].1;
+            c.requests += b.requests;
+            for k in 0..5 {
+                c.responses[k] += b.responses[k];
+            }
+            c.no_response += b.no_response;
+            c.sent_bytes += b.sent_bytes;
+            c.received_bytes += b.received_bytes;
+            c.conn_opened += b.conn_opened;
+            c.conn_closed += b.conn_closed;
+            c.conn_failed += b.conn_failed;
+            c.conn_reset += b.conn_reset;
+            c.codes_other += b.codes_other;
+        }
+        for (addr, codes) in &self.codes {
+            for (code, n) in codes {
+                match out.codes.iter_mut().find(|(a, c, _)| a == addr && c == code) {
+                    Some(e) => e.2 += n,
+                    None => out.codes.push((*addr, *code, *n)),
+                }
+            }
+        }
+        let s = &mut out.stats;
+        s.events_dropped += self.stats.events_dropped;
+        s.conn_table_full += self.stats.conn_table_full;
+        s.peer_table_full += self.stats.peer_table_full;
+        s.parse_errors += self.stats.parse_errors;
+        s.codes_full += self.stats.codes_full;
+        out
+    }
+}
+
+fn counters_of(p: &upstreamtop_table::PeerStats) -> types::peer_counters {
+    types::peer_counters {
+        requests: p.requests,
+        responses: p.responses.class,
+        no_response: p.no_response,
+        sent_bytes: p.sent_bytes,
+        received_bytes: p.received_bytes,
+        conn_opened: p.conns.opened,
+        conn_closed: p.conns.closed,
+        conn_failed: p.conns.failed,
+        conn_reset: p.conns.reset,
+        codes_other: p.responses.codes_other,
+    }
+}
+
+fn route_state(requests: u64, r: &Responses, no_response: u64, sum_ns: u64, count: u64) -> RouteState {
+    RouteState {
+        requests,
+        class: r.class,
+        codes: r.codes.iter().copied().collect(),
+        no_response,
+        // Buckets are not in the table: percentiles restart from new data.
+        latency: Hist { buckets: Vec::new(), sum_ns, count },
+        prev_requests: requests,
+        prev_5xx: r.class[4],
+    }
+}
+
+impl Aggregator {
+    /// Take over the state of the run that published `last`. `now` is what
+    /// the maps hold at this moment (used, with [`Resume::Maps`], to keep
+    /// the sweeper's own counts apart from the kernel's).
+    pub fn restore(&mut self, last: &Snapshot, now: &BpfTotals, how: Resume) {
+        let m = &last.meta;
+        self.started_unix_ns = m.started_unix_ns;
+        self.publish_seq = m.publish_seq;
+        // The first window after the restart spans the gap since that
+        // publish, so its rates are what happened meanwhile.
+        let ago = unix_ns().saturating_sub(m.published_unix_ns);
+        self.last_publish_mono_ns = Some(monotonic_ns().saturating_sub(ago));
+
+        let bpf_now: HashMap<SocketAddr, &types::peer_counters> = now.peers.iter().map(|(a, c)| (*a, c)).collect();
+        for p in &last.peers {
+            let published = counters_of(p);
+            let ps = self.peers.entry(p.addr).or_default();
+            ps.latency = Hist { buckets: p.latency.buckets.clone(), sum_ns: p.latency.sum_ns, count: p.latency.count };
+            ps.history = p.history.iter().copied().collect();
+            ps.first_seen_unix_ns = p.first_seen_unix_ns;
+            ps.last_seen_unix_ns = p.last_seen_unix_ns;
+            ps.prev = published;
+            ps.prev_failed = p.conns.failed;
+            match how {
+                Resume::Maps => {
+                    // The table holds kernel + sweeper counts; the kernel's
+                    // part is at least what the maps hold now only if nothing
+                    // failed meanwhile, so this may fold a few kernel-counted
+                    // failures of the gap into the sweeper's share: the sum
+                    // stays right from here on.
+                    let k = bpf_now.get(&p.addr);
+                    ps.extra_failed = p.conns.failed.saturating_sub(k.map_or(0, |c| c.conn_failed));
+                    ps.extra_no_response = p.no_response.saturating_sub(k.map_or(0, |c| c.no_response));
+                }
+                Resume::TableOnly => {
+                    self.base.peers.insert(p.addr, published);
+                    self.base.codes.insert(p.addr, p.responses.codes.iter().copied().collect());
+                }
+            }
+        }
+        for r in &last.routes {
+            let Some(peer) = last.peers.get(r.peer as usize).map(|p| p.addr) else { continue };
+            let st = route_state(r.requests, &r.responses, r.no_response, r.latency_sum_ns, r.latency_count);
+            if r.is_other {
+                self.others.insert(peer, st);
+            } else {
+                self.routes.insert((peer, r.method.clone(), r.path.clone()), st);
+            }
+        }
+        self.recent = last.recent.iter().cloned().collect();
+        while self.recent.len() > self.limits.recent_len {
+            self.recent.pop_front();
+        }
+        let c = &m.counters;
+        self.route_overflow = c.route_overflow;
+        self.recent_sampled_out = c.recent_sampled_out;
+        self.conn_evicted = c.conn_evicted;
+        match how {
+            Resume::Maps => self.parse_errors = c.parse_errors.saturating_sub(now.stats.parse_errors),
+            Resume::TableOnly => {
+                self.base.stats = BpfStats {
+                    events_dropped: c.events_dropped,
+                    conn_table_full: c.conn_table_full,
+                    peer_table_full: c.peer_table_full,
+                    parse_errors: c.parse_errors,
+                    codes_full: 0,
+                };
+            }
+        }
+    }
+}
