@@ -141,6 +141,16 @@ fn run_tui(mut app: App, spec: SourceSpec, interval: Duration, deadline: Option<
         })
         .context("starting the poller thread")?;
 
+    // Hangup means the terminal is gone (window closed, ssh dropped, tmux
+    // killed): nothing is left to restore, so leave at once. The stop flag is
+    // not enough here: on a hung-up tty crossterm 0.28's `event::poll` spins
+    // forever on read() returning EIO/0 and never gets back to check it
+    // (found by nginx-tests/tests/e2e_dashboard.rs: orphans at 100% CPU).
+    // SAFETY: registering a signal action; `low_level::exit` is _exit(2),
+    // async-signal-safe, and the closure touches nothing else.
+    unsafe { signal_hook::low_level::register(signal_hook::consts::SIGHUP, || signal_hook::low_level::exit(129)) }
+        .context("installing the SIGHUP handler")?;
+
     let original_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore_terminal();
