@@ -91,12 +91,30 @@ fn render_times(table: &Path, renders: usize) -> Result<Vec<Figure>> {
     };
     let (times, bytes) = timed(&Query::default())?;
     let (times16, bytes16) = timed(&all_routes())?;
-    let what = "table read + build_report + render_json";
+    let what = "TableReader::snapshot + build_report + render_json";
+
+    // What the module itself does per publish (reads the table in place and
+    // renders straight from that view; repeated requests within a publish
+    // get a cached body): the report crate's own timing of that path.
+    let module_table = table.with_extension("module");
+    let cost = upstreamtop_report::bench::endpoint_cost(&module_table, PEERS as u32, ROUTES_PER_PEER as u32, renders)
+        .context("report::bench::endpoint_cost")?;
+    let _ = std::fs::remove_file(&module_table);
+    let (fresh50, fresh99) = cost.fresh_p50_p99();
+    let (_, cached99) = cost.cached_p50_p99();
+    let ms = |us: u64| us as f64 / 1000.0;
     Ok(vec![
-        Figure::new(4, "endpoint.render_p50_ms", "render p50 (1,000 peers × 16 routes)", percentile(&times, 0.5), "ms", Target::None)
+        Figure::new(4, "endpoint.render_p50_ms", "render p50, module path (1,000 peers × 16 routes)", ms(fresh50), "ms", Target::None)
+            .note(format!(
+                "{renders} fresh publishes: table view read + render_view_json, ?routes=16, {} KiB JSON",
+                cost.body_bytes / 1024
+            )),
+        Figure::new(4, "endpoint.render_p99_ms", "render p99, module path (1,000 peers × 16 routes)", ms(fresh99), "ms", Target::AtMost(5.0)),
+        Figure::new(4, "endpoint.cached_p99_ms", "answer p99 within a publish (module's cached body)", ms(cached99), "ms", Target::None),
+        Figure::new(4, "endpoint.snapshot_render_p50_ms", "render p50, snapshot path (1,000 × 16)", percentile(&times, 0.5), "ms", Target::None)
             .note(format!("{renders} renders: {what}; default query (top 10 routes), {} KiB JSON", bytes / 1024)),
-        Figure::new(4, "endpoint.render_p99_ms", "render p99 (1,000 peers × 16 routes)", percentile(&times, 0.99), "ms", Target::AtMost(5.0)),
-        Figure::new(4, "endpoint.render16_p99_ms", "render p99, ?routes=16 (all routes)", percentile(&times16, 0.99), "ms", Target::None)
+        Figure::new(4, "endpoint.snapshot_render_p99_ms", "render p99, snapshot path (1,000 × 16)", percentile(&times, 0.99), "ms", Target::AtMost(5.0)),
+        Figure::new(4, "endpoint.snapshot_render16_p99_ms", "render p99, snapshot path, ?routes=16", percentile(&times16, 0.99), "ms", Target::None)
             .note(format!("{} KiB JSON", bytes16 / 1024)),
     ])
 }
