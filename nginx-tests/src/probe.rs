@@ -1,5 +1,7 @@
-//! Run the `upstreamtop-probe` daemon with a private table file and read
-//! its snapshots.
+//! Run the `upstreamtop-probe` daemon with a private table file and a
+//! private bpffs state directory (so parallel tests never share pins), and
+//! read its snapshots. Drop stops it and runs `upstreamtop-probe detach` on
+//! that state directory, so no test leaves programs attached.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +20,20 @@ pub struct Probe {
     child: Option<Child>,
     dir: tempfile::TempDir,
     table: PathBuf,
+    state_dir: PathBuf,
+    args: Vec<String>,
     reader: TableReader,
+}
+
+/// A state directory under /sys/fs/bpf no other probe uses.
+fn private_state_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    PathBuf::from(format!(
+        "/sys/fs/bpf/upstreamtop-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 impl Probe {
@@ -35,25 +50,99 @@ impl Probe {
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .context("chmod probe temp dir")?;
         let table = dir.path().join("table");
-        let log = std::fs::File::create(dir.path().join("probe.log")).context("create probe log")?;
-        let log2 = log.try_clone().context("dup probe log")?;
-        let child = Command::new(&bin)
-            .arg("--table")
-            .arg(&table)
-            .args(args.iter().map(AsRef::as_ref))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
         let reader = TableReader::new(&table);
-        let mut probe = Probe { child: Some(child), dir, table, reader };
+        let mut probe = Probe {
+            child: None,
+            dir,
+            table,
+            state_dir: private_state_dir(),
+            args: args.iter().map(|a| a.as_ref().to_string()).collect(),
+            reader,
+        };
+        probe.spawn()?;
         if let Err(e) = probe.wait_seq(1, START_TIMEOUT) {
             let log = probe.log();
             probe.kill();
             return Err(e.context(format!("probe did not publish; its output:\n{log}")));
         }
         Ok(probe)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = crate::artifacts::probe_bin()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("probe.log"))
+            .context("open probe log")?;
+        let log2 = log.try_clone().context("dup probe log")?;
+        let child = Command::new(&bin)
+            .arg("--table")
+            .arg(&self.table)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Start the probe again (after [`Probe::stop`] or [`Probe::kill9`])
+    /// with the same table, state directory and arguments; returns its
+    /// first publish.
+    pub fn restart(&mut self) -> Result<Snapshot> {
+        if self.child.is_some() {
+            bail!("the probe is still running");
+        }
+        self.spawn()?;
+        let pid = self.pid();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let snap = self.wait_publish_or_first()?;
+            if snap.meta.pid == pid {
+                return Ok(snap);
+            }
+            if Instant::now() > deadline {
+                bail!("the restarted probe (pid {pid}) did not publish; output:\n{}", self.log());
+            }
+        }
+    }
+
+    /// The next publish, or any readable one when there is none yet.
+    fn wait_publish_or_first(&mut self) -> Result<Snapshot> {
+        match self.snapshot() {
+            Ok(s) => self.wait_seq(s.meta.publish_seq + 1, START_TIMEOUT),
+            Err(_) => self.wait_seq(1, START_TIMEOUT),
+        }
+    }
+
+    /// SIGKILL: the probe gets no chance to clean up or publish.
+    pub fn kill9(&mut self) {
+        self.kill();
+    }
+
+    /// The probe's bpffs state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// `upstreamtop-probe <sub> --state-dir <ours>`, its stdout.
+    pub fn state_command(&self, sub: &str) -> Result<String> {
+        let bin = crate::artifacts::probe_bin()?;
+        let out = Command::new(&bin)
+            .arg(sub)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .output()
+            .with_context(|| format!("run {} {sub}", bin.display()))?;
+        if !out.status.success() {
+            bail!("upstreamtop-probe {sub} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn table_path(&self) -> &Path {
@@ -115,7 +204,8 @@ impl Probe {
         }
     }
 
-    /// SIGTERM and wait (the probe detaches its programs on the way out).
+    /// SIGTERM and wait (the programs stay attached through their pins
+    /// until [`Probe::restart`] adopts them or Drop detaches them).
     pub fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
@@ -150,10 +240,12 @@ impl Probe {
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        // Graceful first: the probe removes its tcx links itself; a killed
-        // process's links go away with its file descriptors anyway.
         if self.stop().is_err() {
             self.kill();
+        }
+        // The pinned links outlive the process: remove them.
+        if let Err(e) = self.state_command("detach") {
+            eprintln!("probe fixture: {e:#}");
         }
         if std::thread::panicking() {
             eprintln!("---- probe output ----\n{}---- end of probe output ----", self.log());
