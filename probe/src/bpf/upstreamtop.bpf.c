@@ -56,14 +56,22 @@ volatile __u32 skip_tagged = 0;
  * every port qualifies. */
 volatile __u32 eph_lo = 0;
 volatile __u32 eph_hi = 0; /* 0: not set yet */
+/* Which 1024-port blocks the local port of any tracked connection ever fell
+ * in (bit = local_port >> 10; set before each insert, never cleared). A
+ * segment whose local port is in no such block cannot belong to a tracked
+ * connection: server-side traffic (a backend's replies, nginx's own client
+ * side) leaves on this one word, sitting in the cache line of the globals
+ * above, without touching the filter below (a likely cache miss). */
+__u64 local_port_blocks = 0;
 
 /* Counting filter in front of the `conns` hash: tracked[slot] counts the
  * tracked connections whose key hashes to slot. Most segments (nginx's
  * client side, the backends' own) belong to untracked connections; a zero
  * here lets them leave without a hash-map lookup. Raised before an insert,
  * lowered after a delete, so it never undercounts. The daemon lowers it
- * atomically (mmap'd .bss) when its sweeper deletes. */
-__u32 tracked[FILTER_SLOTS] = {};
+ * atomically (mmap'd .bss) when its sweeper deletes. Aligned so that its
+ * updates never share a cache line with the globals above. */
+__u32 tracked[FILTER_SLOTS] __attribute__((aligned(64))) = {};
 
 /* Keeps the ring-buffer record in the object's BTF so the skeleton's
  * `types` module has it (nothing reads this variable). */
@@ -167,6 +175,10 @@ static __always_inline long conn_insert(const struct conn_key *k, struct conn_st
 	long err;
 
 	v->slot = slot;
+	__u64 block = 1ull << (k->local_port >> 10);
+	/* Written once per block: every segment reads this line. */
+	if (!(local_port_blocks & block))
+		__sync_fetch_and_or(&local_port_blocks, block);
 	__sync_fetch_and_add(&tracked[slot], 1);
 	err = bpf_map_update_elem(&conns, k, v, BPF_NOEXIST);
 	if (err)
@@ -203,7 +215,9 @@ static __always_inline int parse(struct __sk_buff *skb, bool egress, struct conn
 	__u16 proto = skb->protocol;
 
 	if (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6)) {
-		if (skip_tagged && skb->vlan_present)
+		/* The skb field first: the global is only read for tagged
+		 * frames. */
+		if (skb->vlan_present && skip_tagged)
 			return -1;
 	} else if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
 		/* In-band tag (egress on the parent without offload): the
@@ -308,8 +322,11 @@ static __always_inline int parse(struct __sk_buff *skb, bool egress, struct conn
 }
 
 /* --ignore-port and --only, applied when a connection starts being
- * tracked (tracked connections passed them already). */
-static __always_inline bool wanted(const struct conn_key *k)
+ * tracked (tracked connections passed them already). A subprogram, not
+ * inlined: it is called from several places and its unrolled loops would
+ * otherwise be copied into each, growing the code every packet runs
+ * through. */
+static __noinline bool wanted(const struct conn_key *k)
 {
 	__u32 i, j;
 
@@ -340,6 +357,27 @@ static __always_inline bool wanted(const struct conn_key *k)
 			return true;
 	}
 	return false;
+}
+
+/* Was any connection with this local port's block ever tracked? */
+static __always_inline bool port_block_seen(__u16 local_port)
+{
+	return local_port_blocks & (1ull << (local_port >> 10));
+}
+
+/* Could `k` be a tracked connection? Cheapest tests first: the port blocks
+ * (one global word), the filters (constants, and a connection is only ever
+ * tracked when wanted), then the counting filter (a random cache line). */
+static __always_inline bool maybe_tracked_key(const struct conn_key *k)
+{
+	return port_block_seen(k->local_port) && wanted(k) && maybe_tracked(filter_slot(k));
+}
+
+/* Is this a local port the kernel hands out for connections this host
+ * opens? (Every port until the daemon has said.) */
+static __always_inline bool ephemeral(__u16 local_port)
+{
+	return !eph_hi || (local_port >= eph_lo && local_port <= eph_hi);
 }
 
 static __always_inline void peer_of(const struct conn_key *k, struct peer_key *pk)
@@ -479,18 +517,14 @@ static __always_inline bool is_digit(__u8 c)
 	return c >= '0' && c <= '9';
 }
 
-/* Status code of a status line starting at b[i] ("HTTP/1.1 200" or
- * "HTTP/2 200"), or 0. */
-static __always_inline __u16 status_at(const __u8 *b, __u32 i, __u32 n)
+/* Status code of the status line at b ("HTTP/1.1 200" or "HTTP/2 200"), or
+ * 0. Reads b[0..11], which the caller guarantees. */
+static __always_inline __u16 status_code(const __u8 *b)
 {
-	i &= SCAN - 1;
-	if (i + 12 > n)
+	if (b[0] != 'H' || b[1] != 'T' || b[2] != 'T' || b[3] != 'P' || b[4] != '/' ||
+	    !is_digit(b[5]))
 		return 0;
-	if (b[i] != 'H' || b[i + 1] != 'T' || b[i + 2] != 'T' || b[i + 3] != 'P' ||
-	    b[i + 4] != '/' || !is_digit(b[i + 5]))
-		return 0;
-	/* i <= SCAN-1 and c + 3 <= i + 11: inside buf (SCAN + 16). */
-	__u32 c = i + 6;
+	__u32 c = 6;
 	if (b[c] == '.') {
 		if (!is_digit(b[c + 1]))
 			return 0;
@@ -506,6 +540,17 @@ static __always_inline __u16 status_at(const __u8 *b, __u32 i, __u32 n)
 	if (code < 100 || code > 599)
 		return 0;
 	return code;
+}
+
+/* Status code of a status line starting at b[i] of the scratch buffer (n
+ * bytes valid), or 0. */
+static __always_inline __u16 status_at(const __u8 *b, __u32 i, __u32 n)
+{
+	i &= SCAN - 1;
+	if (i + 12 > n)
+		return 0;
+	/* i <= SCAN-1, reads up to i + 11: inside buf (SCAN + 16). */
+	return status_code(b + i);
 }
 
 struct scan_ctx {
@@ -546,6 +591,200 @@ static __always_inline __u32 headers_end(__u32 from, __u32 n)
 	return c.found;
 }
 
+/* One status line counted on a connection awaiting its response. */
+static __always_inline void count_status(struct conn_state *cs, struct peer_counters *pc,
+					 __u16 code, __u64 now)
+{
+	__u32 cls = (__u32)code / 100u - 1u;
+
+	if (pc && cls < 5)
+		pc->responses[cls] += 1;
+	count_code(cs->peer_idx, code, pc);
+	cs->last_ts = now;
+}
+
+/* The final status ends the exchange: IN_RESPONSE until the next request. */
+static __always_inline void final_status(const struct conn_key *k, struct conn_state *cs,
+					 __u16 code, __u64 now)
+{
+	cs->phase = PHASE_IN_RESPONSE;
+	emit(k, cs, code, now - cs->req_ts);
+}
+
+/* A 1xx was first in the segment: look for more status lines after it (e.g.
+ * 100 then 200, or 103 then 200, in one segment). Rare, so the 256-byte copy
+ * and the scan live here, in a subprogram out of the common path's code. */
+static __noinline void after_interim(struct __sk_buff *skb, const struct conn_key *k,
+				     struct conn_state *cs, const struct seg *s, __u64 now)
+{
+	struct peer_counters *pc = peer_at(cs->peer_idx);
+	struct scratch *sc = scratch_get();
+	__u32 n = clamp_len(s->payload_len, SCAN);
+	__u32 at = 0, i;
+
+	if (!sc || bpf_skb_load_bytes(skb, s->payload_off, sc->buf, n))
+		return;
+	for (i = 1; i < MAX_STATUS_LINES; i++) {
+		at = headers_end(at, n);
+		if (!at)
+			return;
+		/* Headers of a 1xx spilling over into the next segment, or
+		 * not a status line: the exchange goes on. */
+		__u16 code = status_at(sc->buf, at, n);
+		if (!code)
+			return;
+		count_status(cs, pc, code, now);
+		if (code >= 200) {
+			final_status(k, cs, code, now);
+			return;
+		}
+	}
+}
+
+/* A segment from the backend while a request awaits its answer: its first
+ * bytes are the status line. Only those 12 bytes are copied. */
+static __always_inline void on_response(struct __sk_buff *skb, const struct conn_key *k,
+					struct conn_state *cs, struct peer_counters *pc,
+					const struct seg *s)
+{
+	__u8 head[12];
+
+	if (s->payload_len < sizeof(head) ||
+	    bpf_skb_load_bytes(skb, s->payload_off, head, sizeof(head))) {
+		stat_inc(STAT_PARSE_ERRORS);
+		return;
+	}
+	__u16 code = status_code(head);
+	if (!code) {
+		/* Not HTTP, or a body the exchange did not expect. */
+		stat_inc(STAT_PARSE_ERRORS);
+		return;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	count_status(cs, pc, code, now);
+	if (code >= 200)
+		final_status(k, cs, code, now);
+	else
+		after_interim(skb, k, cs, s, now);
+}
+
+/* A request starts on a tracked connection: its first bytes are in
+ * cs->req already (req_len = m). */
+static __always_inline void request_starts(struct conn_state *cs, __u32 m, __u32 payload_len)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct peer_counters *pc = peer_at(cs->peer_idx);
+
+	cs->req_len = m;
+	cs->req_ts = now;
+	cs->last_ts = now;
+	cs->phase = PHASE_AWAIT_RESPONSE;
+	if (pc) {
+		pc->requests += 1;
+		pc->sent_bytes += payload_len;
+	} else {
+		stat_inc(STAT_PEER_TABLE_FULL);
+	}
+}
+
+/* Payload on a tracked connection between exchanges (the common request
+ * path of a keepalive connection). The first bytes go straight into the
+ * entry's request buffer, which holds nothing of value outside
+ * AWAIT_RESPONSE: one copy, no scratch space. */
+static __always_inline void on_tracked_payload(struct __sk_buff *skb, struct conn_state *cs,
+					       const struct seg *s)
+{
+	__u32 m = clamp_len(s->payload_len, REQ_BYTES);
+
+	if (bpf_skb_load_bytes(skb, s->payload_off, cs->req, m))
+		return;
+	if (looks_like_request(cs->req, m)) {
+		request_starts(cs, m, s->payload_len);
+		return;
+	}
+	struct peer_counters *pc = peer_at(cs->peer_idx);
+	if (pc)
+		pc->sent_bytes += s->payload_len;
+}
+
+/* Payload on a connection not tracked yet, from an ephemeral port and
+ * wanted by the filters: a request on a connection opened before the probe
+ * started? A short peek on the stack decides; most such segments (TLS,
+ * other protocols) leave after it. A subprogram: rare, kept out of the hot
+ * path's code. Returns the connection's entry when
+ * another CPU created it meanwhile, else NULL. */
+static __noinline struct conn_state *on_untracked_payload(struct __sk_buff *skb,
+							      const struct conn_key *k,
+							      const struct seg *s)
+{
+	__u8 peek[PEEK] = {};
+	__u32 m = clamp_len(s->payload_len, PEEK);
+
+	if (bpf_skb_load_bytes(skb, s->payload_off, peek, m) || !looks_like_request(peek, m))
+		return NULL;
+	struct scratch *sc = scratch_get();
+	if (!sc)
+		return NULL;
+	m = clamp_len(s->payload_len, REQ_BYTES);
+	if (bpf_skb_load_bytes(skb, s->payload_off, sc->conn.req, m))
+		return NULL;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 peer_idx = peer_idx_get(k);
+	sc->conn.phase = PHASE_AWAIT_RESPONSE;
+	sc->conn.peer_idx = peer_idx;
+	sc->conn.req_len = m;
+	sc->conn.req_ts = now;
+	sc->conn.last_ts = now;
+	long err = conn_insert(k, &sc->conn);
+	if (err == -EEXIST) {
+		struct conn_state *cs = bpf_map_lookup_elem(&conns, k);
+		if (cs) {
+			__builtin_memcpy(cs->req, sc->conn.req, REQ_BYTES);
+			request_starts(cs, m, s->payload_len);
+		}
+		return cs;
+	}
+	if (err) {
+		stat_inc(STAT_CONN_TABLE_FULL);
+		return NULL;
+	}
+	struct peer_counters *pc = peer_at(peer_idx);
+	if (pc) {
+		pc->requests += 1;
+		pc->sent_bytes += s->payload_len;
+	} else {
+		stat_inc(STAT_PEER_TABLE_FULL);
+	}
+	return NULL;
+}
+
+/* Connection attempt from this host: track it from the handshake (a
+ * subprogram, out of the hot path's code). */
+static __noinline void on_syn(const struct conn_key *k)
+{
+	if (!wanted(k))
+		return;
+	struct scratch *sc = scratch_get();
+	if (!sc)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	__builtin_memset(&sc->conn, 0, sizeof(sc->conn));
+	sc->conn.phase = PHASE_SYN_SENT;
+	sc->conn.last_ts = now;
+	sc->conn.peer_idx = peer_idx_get(k);
+	long err = conn_insert(k, &sc->conn);
+	if (err == -EEXIST) {
+		/* Port reused for a new connection: start over. */
+		struct conn_state *old = bpf_map_lookup_elem(&conns, k);
+		if (old) {
+			old->phase = PHASE_SYN_SENT;
+			old->last_ts = now;
+		}
+	} else if (err) {
+		stat_inc(STAT_CONN_TABLE_FULL);
+	}
+}
+
 SEC("tcx/egress")
 int upstreamtop_egress(struct __sk_buff *skb)
 {
@@ -557,99 +796,32 @@ int upstreamtop_egress(struct __sk_buff *skb)
 	/* Pure ACKs leave here, without a map lookup. */
 	if (!s.payload_len && !(s.flags & (TH_SYN | TH_FIN | TH_RST)))
 		return TCX_NEXT;
-
-	struct scratch *sc = scratch_get();
-	if (!sc)
-		return TCX_NEXT;
-	__u64 now;
-
 	if ((s.flags & (TH_SYN | TH_ACK)) == TH_SYN) {
-		/* Connection attempt from this host. */
-		if (!wanted(&k))
-			return TCX_NEXT;
-		now = bpf_ktime_get_ns();
-		__builtin_memset(&sc->conn, 0, sizeof(sc->conn));
-		sc->conn.phase = PHASE_SYN_SENT;
-		sc->conn.last_ts = now;
-		sc->conn.peer_idx = peer_idx_get(&k);
-		long err = conn_insert(&k, &sc->conn);
-		if (err == -EEXIST) {
-			/* Port reused for a new connection: start over. */
-			struct conn_state *old = bpf_map_lookup_elem(&conns, &k);
-			if (old) {
-				old->phase = PHASE_SYN_SENT;
-				old->last_ts = now;
-			}
-		} else if (err) {
-			stat_inc(STAT_CONN_TABLE_FULL);
-			return TCX_NEXT;
-		}
+		on_syn(&k);
 		return TCX_NEXT;
 	}
 
 	struct conn_state *cs = NULL;
-	if (maybe_tracked(filter_slot(&k)))
+	if (maybe_tracked_key(&k))
 		cs = bpf_map_lookup_elem(&conns, &k);
 	if (s.payload_len) {
-		if (cs && cs->phase == PHASE_AWAIT_RESPONSE) {
-			/* Rest of the request: headers or body. Never a new
-			 * message (nginx does not pipeline upstream). */
-			struct peer_counters *pc = peer_at(cs->peer_idx);
-			if (pc)
-				pc->sent_bytes += s.payload_len;
-		} else if (!cs && ((eph_hi && (k.local_port < eph_lo || k.local_port > eph_hi)) ||
-				   !wanted(&k))) {
-			/* Untracked, and not a connection this host opened
-			 * (or filtered out): no need to look at the bytes. */
-			return TCX_NEXT;
-		} else {
-			/* One copy of the first bytes serves both the request
-			 * check and the stored request. */
-			__u32 m = clamp_len(s.payload_len, REQ_BYTES);
-			if (bpf_skb_load_bytes(skb, s.payload_off, sc->conn.req, m))
-				goto end;
-			if (looks_like_request(sc->conn.req, m)) {
-				now = bpf_ktime_get_ns();
-				if (!cs) {
-					/* Connection opened before we saw it. */
-					sc->conn.phase = PHASE_AWAIT_RESPONSE;
-					sc->conn.peer_idx = peer_idx_get(&k);
-					sc->conn.req_len = m;
-					sc->conn.req_ts = now;
-					sc->conn.last_ts = now;
-					long err = conn_insert(&k, &sc->conn);
-					if (err && err != -EEXIST) {
-						stat_inc(STAT_CONN_TABLE_FULL);
-						return TCX_NEXT;
-					}
-					if (err == -EEXIST) {
-						cs = bpf_map_lookup_elem(&conns, &k);
-						if (!cs)
-							return TCX_NEXT;
-					}
-				}
-				if (cs) {
-					__builtin_memcpy(cs->req, sc->conn.req, REQ_BYTES);
-					cs->req_len = m;
-					cs->req_ts = now;
-					cs->last_ts = now;
-					cs->phase = PHASE_AWAIT_RESPONSE;
-				}
-				struct peer_counters *pc = peer_at(cs ? cs->peer_idx : sc->conn.peer_idx);
-				if (pc) {
-					pc->requests += 1;
-					pc->sent_bytes += s.payload_len;
-				} else {
-					stat_inc(STAT_PEER_TABLE_FULL);
-				}
-			} else if (cs) {
+		if (cs) {
+			if (cs->phase == PHASE_AWAIT_RESPONSE) {
+				/* Rest of the request: headers or body. Never
+				 * a new message (nginx does not pipeline
+				 * upstream). */
 				struct peer_counters *pc = peer_at(cs->peer_idx);
 				if (pc)
 					pc->sent_bytes += s.payload_len;
+			} else {
+				on_tracked_payload(skb, cs, &s);
 			}
+		} else if (ephemeral(k.local_port) && wanted(&k)) {
+			cs = on_untracked_payload(skb, &k, &s);
 		}
+		/* Otherwise untracked, and not a connection this host opened
+		 * (or filtered out): no need to look at the bytes. */
 	}
-end:
 	if (cs && (s.flags & (TH_FIN | TH_RST)))
 		conn_end(&k, cs, s.flags);
 	return TCX_NEXT;
@@ -666,13 +838,10 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 	if (!s.payload_len && !(s.flags & (TH_SYN | TH_FIN | TH_RST)))
 		return TCX_NEXT;
 
-	if (!maybe_tracked(filter_slot(&k)))
+	if (!maybe_tracked_key(&k))
 		return TCX_NEXT;
 	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
 	if (!cs)
-		return TCX_NEXT;
-	struct scratch *sc = scratch_get();
-	if (!sc)
 		return TCX_NEXT;
 	struct peer_counters *pc = peer_at(cs->peer_idx);
 
@@ -691,41 +860,9 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 	if (s.payload_len) {
 		if (pc)
 			pc->received_bytes += s.payload_len;
-		if (cs->phase == PHASE_AWAIT_RESPONSE) {
-			__u32 n = clamp_len(s.payload_len, SCAN);
-			if (n < 12 || bpf_skb_load_bytes(skb, s.payload_off, sc->buf, n)) {
-				stat_inc(STAT_PARSE_ERRORS);
-				goto end;
-			}
-			__u64 now = bpf_ktime_get_ns();
-			__u32 at = 0, i;
-			for (i = 0; i < MAX_STATUS_LINES; i++) {
-				__u16 code = status_at(sc->buf, at, n);
-				if (!code) {
-					/* Headers of a 1xx spilling over, or
-					 * not HTTP at all. */
-					if (i == 0)
-						stat_inc(STAT_PARSE_ERRORS);
-					break;
-				}
-				__u32 cls = (__u32)code / 100u - 1u;
-				if (pc && cls < 5)
-					pc->responses[cls] += 1;
-				count_code(cs->peer_idx, code, pc);
-				cs->last_ts = now;
-				if (code >= 200) {
-					cs->phase = PHASE_IN_RESPONSE;
-					emit(&k, cs, code, now - cs->req_ts);
-					break;
-				}
-				/* Interim: the exchange goes on. */
-				at = headers_end(at, n);
-				if (!at)
-					break;
-			}
-		}
+		if (cs->phase == PHASE_AWAIT_RESPONSE)
+			on_response(skb, &k, cs, pc, &s);
 	}
-end:
 	if (s.flags & (TH_FIN | TH_RST))
 		conn_end(&k, cs, s.flags);
 	return TCX_NEXT;
