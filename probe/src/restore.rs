@@ -187,3 +187,90 @@ impl Aggregator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::AggLimits;
+    use crate::bpf::peer_key_of;
+
+    fn agg() -> Aggregator {
+        Aggregator::new(AggLimits { max_routes: 10, history_len: 5, recent_per_interval: 10, recent_len: 10 })
+    }
+
+    fn event(peer: SocketAddr, req: &[u8], status: u16) -> types::exchange_event {
+        let mut ev = types::exchange_event {
+            req_ts: monotonic_ns(),
+            latency_ns: 1_000_000,
+            peer: peer_key_of(peer),
+            status,
+            req_len: req.len() as u16,
+            ..Default::default()
+        };
+        ev.req[..req.len()].copy_from_slice(req);
+        ev
+    }
+
+    fn totals(peer: SocketAddr, requests: u64, ok: u64, failed: u64) -> BpfTotals {
+        let mut c = types::peer_counters { requests, conn_failed: failed, ..Default::default() };
+        c.responses[1] = ok;
+        BpfTotals { peers: vec![(peer, c)], codes: vec![(peer, 200, ok)], ..Default::default() }
+    }
+
+    /// A run that saw 3 requests (2 on /a/:id) and one sweeper-found failure.
+    fn previous(peer: SocketAddr) -> Snapshot {
+        let mut a = agg();
+        for r in [&b"GET /a/1 HTTP/1.1\r\n"[..], b"GET /a/2 HTTP/1.1\r\n", b"POST /b HTTP/1.1\r\n"] {
+            a.on_event(&event(peer, r, 200));
+        }
+        a.on_unanswered_syn(peer);
+        a.snapshot(&totals(peer, 3, 3, 0), 1_000_000_000, vec!["lo".into()])
+    }
+
+    fn route(s: &Snapshot, path: &str) -> u64 {
+        s.routes.iter().filter(|r| r.path == path).map(|r| r.requests).sum()
+    }
+
+    #[test]
+    fn reused_maps_continue_routes_and_keep_the_sweepers_share() {
+        let peer: SocketAddr = "10.0.0.5:80".parse().unwrap();
+        let last = previous(peer);
+        assert_eq!(last.peers[0].conns.failed, 1);
+        // The maps went on counting: 2 more requests (one on /a/:id) that
+        // the new daemon reads from the ring.
+        let now = totals(peer, 5, 5, 0);
+        let mut a = agg();
+        a.restore(&last, &totals(peer, 3, 3, 0), Resume::Maps);
+        a.on_event(&event(peer, b"GET /a/3 HTTP/1.1\r\n", 200));
+        a.on_event(&event(peer, b"GET /c HTTP/1.1\r\n", 200));
+        let s = a.snapshot(&now, 1_000_000_000, vec!["lo".into()]);
+        assert_eq!(s.peers[0].requests, 5);
+        assert_eq!(s.peers[0].conns.failed, 1, "the sweeper's count survives");
+        assert_eq!((route(&s, "/a/:id"), route(&s, "/b"), route(&s, "/c")), (3, 1, 1));
+        assert_eq!(s.meta.publish_seq, last.meta.publish_seq + 1);
+        assert_eq!(s.meta.started_unix_ns, last.meta.started_unix_ns);
+        assert_eq!(s.peers[0].latency.count, 5);
+        assert_eq!(s.peers[0].history.len(), 2);
+    }
+
+    #[test]
+    fn fresh_maps_add_to_the_published_totals() {
+        let peer: SocketAddr = "10.0.0.6:80".parse().unwrap();
+        let other: SocketAddr = "10.0.0.7:80".parse().unwrap();
+        let mut last = previous(peer);
+        // A second peer that gets no traffic after the restart stays listed.
+        let mut p2 = last.peers[0].clone();
+        p2.addr = other;
+        last.peers.push(p2);
+        let mut a = agg();
+        a.restore(&last, &BpfTotals::default(), Resume::TableOnly);
+        a.on_event(&event(peer, b"GET /a/9 HTTP/1.1\r\n", 200));
+        let s = a.snapshot(&totals(peer, 1, 1, 0), 1_000_000_000, vec![]);
+        let p = s.peers.iter().find(|p| p.addr == peer).unwrap();
+        assert_eq!(p.requests, 4);
+        assert_eq!(p.responses.codes, vec![(200, 4)]);
+        assert_eq!(p.conns.failed, 1);
+        assert_eq!(route(&s, "/a/:id"), 3);
+        assert_eq!(s.peers.iter().find(|p| p.addr == other).unwrap().requests, 3);
+    }
+}
