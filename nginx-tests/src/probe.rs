@@ -37,10 +37,12 @@ fn private_state_dir() -> PathBuf {
 }
 
 impl Probe {
-    /// Start the probe with `--table <tmp>/table` plus `args`, and wait for
-    /// its first publish.
+    /// Start the probe with `--table <tmp>/table`, `--state-dir
+    /// /sys/fs/bpf/upstreamtop-test-<pid>-<n>` plus `args`, and wait for its
+    /// first publish.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Result<Probe> {
-        let bin = crate::artifacts::probe_bin()?;
+        // A missing binary fails before anything is created.
+        crate::artifacts::probe_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("nginx-tests-probe-")
             .tempdir()
