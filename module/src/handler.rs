@@ -180,7 +180,7 @@ fn unavailable(prometheus: bool, reason: &str, table: &str, last_publish_unix_ns
 enum Part<'a> {
     /// Lives in memory the request pool keeps alive (a shared body): sent
     /// from where it lies.
-    InPlace(&'a str),
+    InPlace(&'a [u8]),
     /// Copied into the request pool.
     Copy(&'a str),
     /// A number, formatted into the request pool.
@@ -190,7 +190,8 @@ enum Part<'a> {
 impl Part<'_> {
     fn len(&self) -> usize {
         match self {
-            Part::InPlace(s) | Part::Copy(s) => s.len(),
+            Part::InPlace(b) => b.len(),
+            Part::Copy(s) => s.len(),
             Part::Num(n) => n.checked_ilog10().map_or(1, |d| d as usize + 1),
         }
     }
@@ -203,11 +204,11 @@ fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
             .restamped(*now)
             .into_iter()
             .map(|p| match p {
-                Piece::Str(s) => Part::InPlace(s),
+                Piece::Bytes(b) => Part::InPlace(b),
                 Piece::Num(n) => Part::Num(n),
             })
             .collect(),
-        Content::Shared(Body::Prometheus(text), _) => vec![Part::InPlace(text)],
+        Content::Shared(Body::Prometheus(text), _) => vec![Part::InPlace(text.as_bytes())],
     };
     let len: usize = parts.iter().map(Part::len).sum();
 

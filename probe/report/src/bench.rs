@@ -182,7 +182,7 @@ pub fn endpoint_cost(table: &Path, peers: u32, routes: u32, renders: usize) -> i
         let mut out = Vec::with_capacity(json.body.len() + 32);
         for piece in json.restamped(now_ns()) {
             match piece {
-                crate::Piece::Str(s) => out.extend_from_slice(s.as_bytes()),
+                crate::Piece::Bytes(b) => out.extend_from_slice(b),
                 crate::Piece::Num(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
             }
         }

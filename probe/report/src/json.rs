@@ -25,9 +25,9 @@ pub fn render_json(report: &Report) -> String {
         .flat_map(|u| &u.peers)
         .map(|p| p.routes.len())
         .sum();
-    let mut w = W(String::with_capacity(2048 + peers * 1600 + routes * 320 + report.recent.len() * 160));
+    let mut w = W(Vec::with_capacity(2048 + peers * 1600 + routes * 320 + report.recent.len() * 160));
     w.report(report);
-    w.0
+    w.into_string()
 }
 
 /// The body of a 503 when there is no usable table, e.g.
@@ -52,16 +52,75 @@ pub(crate) fn round_i64(x: f64) -> i64 {
     }
 }
 
-/// The output buffer, with one method per JSON shape.
-pub(crate) struct W(pub(crate) String);
+/// Two-digit decimal pairs, "00" to "99".
+const PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Writes the decimal digits of `v` from `out[start]` on; returns where
+/// they end. `start` must leave room for 20 digits.
+#[inline(always)]
+fn digits_at(out: &mut [u8; 24], start: usize, mut v: u64) -> usize {
+    let end = start + v.checked_ilog10().map_or(1, |l| l as usize + 1);
+    let mut i = end;
+    while v >= 100 {
+        let p = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        out[i] = PAIRS[p];
+        out[i + 1] = PAIRS[p + 1];
+    }
+    if v >= 10 {
+        let p = v as usize * 2;
+        i -= 2;
+        out[i] = PAIRS[p];
+        out[i + 1] = PAIRS[p + 1];
+    } else {
+        i -= 1;
+        out[i] = b'0' + v as u8;
+    }
+    end
+}
+
+/// The output buffer, with one method per JSON shape. Bytes rather than a
+/// `String` so numbers go in with one copy from a stack buffer; everything
+/// written is ASCII or comes from a `&str`, so it stays UTF-8.
+pub(crate) struct W(pub(crate) Vec<u8>);
 
 impl W {
-    pub(crate) fn raw(&mut self, s: &str) {
-        self.0.push_str(s);
+    /// The text written (always UTF-8: see the type's comment).
+    pub(crate) fn into_string(self) -> String {
+        String::from_utf8(self.0).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
+    #[inline]
+    pub(crate) fn raw(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    #[inline]
     pub(crate) fn u64(&mut self, v: u64) {
-        self.0.push_str(itoa::Buffer::new().format(v));
+        if v < 10 {
+            // Most counters in a quiet table: zero.
+            self.0.push(b'0' + v as u8);
+        } else {
+            let mut out = [0u8; 24];
+            let n = digits_at(&mut out, 0, v);
+            self.put(&out, n);
+        }
+    }
+
+    /// Appends `out[..n]`. The whole array goes in as one fixed-size copy
+    /// (a few vector moves, where a variable-length copy is a `memcpy`
+    /// call), then the length is cut back.
+    #[inline]
+    fn put(&mut self, out: &[u8; 24], n: usize) {
+        let len = self.0.len();
+        self.0.extend_from_slice(out);
+        self.0.truncate(len + n);
     }
 
     pub(crate) fn bool(&mut self, v: bool) {
@@ -77,78 +136,77 @@ impl W {
             return self.raw("0.0");
         }
         // Whole numbers (counts per second, most history figures): no
-        // division needed to know the text is exact.
+        // division needed to know the text is exact. -0.0 prints "0.0".
+        let mut out = [0u8; 24];
         let t = v as i64;
         if t as f64 == v && t.unsigned_abs() < 1_000_000_000_000 {
-            if t == 0 && v.is_sign_negative() {
-                // -0.0 prints as "0.0" below too.
-                return self.raw("0.0");
-            }
-            self.0.push_str(itoa::Buffer::new().format(t));
-            return self.raw(".0");
+            let sign = usize::from(t < 0);
+            out[0] = b'-';
+            let n = digits_at(&mut out, sign, t.unsigned_abs());
+            out[n] = b'.';
+            out[n + 1] = b'0';
+            self.put(&out, n + 2);
+            return;
         }
         let x = v * 1000.0;
         if x.abs() < 1e15 {
             let m = round_i64(x);
             if m.unsigned_abs() < 1_000_000_000_000_000 && m as f64 / 1000.0 == v {
+                // Sign, integer part, point, 1–3 decimals.
                 let a = m.unsigned_abs();
                 let (int, frac) = (a / 1000, (a % 1000) as u32);
-                if m < 0 {
-                    self.0.push('-');
-                }
-                self.0.push_str(itoa::Buffer::new().format(int));
-                self.0.push('.');
-                let d = [frac / 100, frac / 10 % 10, frac % 10];
-                let keep = if d[2] != 0 { 3 } else if d[1] != 0 { 2 } else { 1 };
-                for &x in &d[..keep] {
-                    self.0.push(char::from(b'0' + x as u8));
-                }
+                let sign = usize::from(m < 0);
+                out[0] = b'-';
+                let n = digits_at(&mut out, sign, int);
+                out[n] = b'.';
+                out[n + 1] = b'0' + (frac / 100) as u8;
+                out[n + 2] = b'0' + (frac / 10 % 10) as u8;
+                out[n + 3] = b'0' + (frac % 10) as u8;
+                let keep = if frac % 10 != 0 { 3 } else if frac % 100 != 0 { 2 } else { 1 };
+                self.put(&out, n + 1 + keep);
                 return;
             }
         }
-        use std::fmt::Write;
+        use std::io::Write;
         let _ = write!(self.0, "{v:?}");
     }
 
     /// A quoted, escaped string (the escapes serde_json uses).
     pub(crate) fn str(&mut self, s: &str) {
+        self.str_bytes(s.as_bytes());
+    }
+
+    /// [`Self::str`] for the bytes of a `&str` (callers pass whole strings
+    /// or prefixes cut at an ASCII byte, so the output stays UTF-8).
+    pub(crate) fn str_bytes(&mut self, bytes: &[u8]) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let bytes = s.as_bytes();
         // Nearly every string (addresses, names, paths) needs no escape.
         if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
-            self.0.reserve(s.len() + 2);
-            self.0.push('"');
-            self.0.push_str(s);
-            self.0.push('"');
+            self.0.reserve(bytes.len() + 2);
+            self.0.push(b'"');
+            self.0.extend_from_slice(bytes);
+            self.0.push(b'"');
             return;
         }
-        self.0.push('"');
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let esc: &str = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0x08 => "\\b",
-                0x0c => "\\f",
-                0..=0x1f => "",
-                _ => continue,
+        self.0.push(b'"');
+        for &b in bytes {
+            let esc: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0..=0x1f => &[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]],
+                _ => {
+                    self.0.push(b);
+                    continue;
+                }
             };
-            // Escapes only ever sit on ASCII bytes, so these are char boundaries.
-            self.0.push_str(&s[start..i]);
-            if esc.is_empty() {
-                self.0.push_str("\\u00");
-                self.0.push(HEX[(b >> 4) as usize] as char);
-                self.0.push(HEX[(b & 0xf) as usize] as char);
-            } else {
-                self.0.push_str(esc);
-            }
-            start = i + 1;
+            self.0.extend_from_slice(esc);
         }
-        self.0.push_str(&s[start..]);
-        self.0.push('"');
+        self.0.push(b'"');
     }
 
     pub(crate) fn list<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Self, &T)) {
@@ -472,9 +530,9 @@ mod tests {
     #[test]
     fn fixed_point_floats() {
         let f = |v: f64| {
-            let mut w = W(String::new());
+            let mut w = W(Vec::new());
             w.f64(v);
-            w.0
+            w.into_string()
         };
         assert_eq!(f(4.0), "4.0");
         assert_eq!(f(0.6), "0.6");
@@ -509,9 +567,9 @@ mod tests {
     #[test]
     fn fast_floats_match_the_reference() {
         let f = |v: f64| {
-            let mut w = W(String::new());
+            let mut w = W(Vec::new());
             w.f64(v);
-            w.0
+            w.into_string()
         };
         let mut vals = vec![0.0, -0.0, 0.5, -0.5, 1e12, 1e12 - 1.0, -1e12, 999_999_999_999.999, 1e15, 1e20, 0.1 + 0.2, 2.0005, -2.0005];
         let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -522,6 +580,18 @@ mod tests {
             let scale = [1.0, 1e-3, 1e3, 1e6, 1e-6, 1e9][(x % 6) as usize];
             let v = (x >> 11) as f64 / (1u64 << 53) as f64 * scale * if x & 1 == 0 { 1.0 } else { -1.0 };
             vals.extend([v, crate::peer::round3(v), (v * 1000.0).round() / 1000.0, v.trunc()]);
+        }
+        let u = |v: u64| {
+            let mut w = W(Vec::new());
+            w.u64(v);
+            w.into_string()
+        };
+        for v in [0, 9, 10, 99, 100, 101, 999, 1000, 12345, u64::from(u32::MAX), u64::MAX - 1, u64::MAX]
+            .into_iter()
+            .chain((0..64).map(|b| 1u64 << b))
+            .chain((1..20).map(|e| 10u64.pow(e) - 1))
+        {
+            assert_eq!(u(v), v.to_string());
         }
         for v in vals {
             assert_eq!(f(v), reference(v), "{v:?}");

@@ -412,23 +412,24 @@ fn same_as_report(t: &mut Table, s: &Snapshot, conf: &NginxConfig, q: &Query, no
     let view = t.reader.view_unless(None).unwrap().unwrap();
     let direct = render_view_json(&view, conf, q, now);
     let via_report = render_json(&build_report(&view.to_snapshot(), conf, q, now));
-    if direct.body != via_report {
-        let at = direct.body.bytes().zip(via_report.bytes()).position(|(a, b)| a != b).unwrap_or(0);
+    let text = std::str::from_utf8(&direct.body).expect("the direct body is UTF-8");
+    if text != via_report {
+        let at = text.bytes().zip(via_report.bytes()).position(|(a, b)| a != b).unwrap_or(0);
         panic!(
             "direct and report JSON differ at byte {at} for {q:?}:\n direct …{}\n report …{}",
-            &direct.body[at.saturating_sub(80)..(at + 80).min(direct.body.len())],
+            String::from_utf8_lossy(&direct.body[at.saturating_sub(80)..(at + 80).min(direct.body.len())]),
             &via_report[at.saturating_sub(80)..(at + 80).min(via_report.len())]
         );
     }
     direct
 }
 
-fn restamp(j: &ViewJson, now: u64) -> String {
+fn restamp(j: &ViewJson, now: u64) -> Vec<u8> {
     j.restamped(now)
         .iter()
-        .map(|p| match p {
-            Piece::Str(s) => s.to_string(),
-            Piece::Num(n) => n.to_string(),
+        .flat_map(|p| match p {
+            Piece::Bytes(b) => b.to_vec(),
+            Piece::Num(n) => n.to_string().into_bytes(),
         })
         .collect()
 }
@@ -499,7 +500,7 @@ fn synthetic_snapshot_renders_the_same_both_ways() {
     assert_eq!((s.peers.len(), s.routes.len(), s.recent.len()), (50, 800, 100));
     let now = s.meta.published_unix_ns + 1000;
     let j = same_as_report(&mut t, &s, &NginxConfig::default(), &Query { routes: 16, ..Query::default() }, now);
-    let v: Report = serde_json::from_str(&j.body).unwrap();
+    let v: Report = serde_json::from_slice(&j.body).unwrap();
     assert_eq!(v.unlisted.peers.len(), 50);
     assert_eq!(v.totals.requests, s.peers.iter().map(|p| p.requests).sum::<u64>());
 }

@@ -23,13 +23,15 @@ use crate::config::{NginxConfig, Query, ServerConf};
 use crate::join::{key, show, AddrKey, ConfigIndex, Listeners};
 use crate::json::W;
 use crate::model::{Connections, Percentiles, Route, Totals};
-use crate::peer::{self, add_table_parts, clean_path_str, ms, percentiles, round3, state_of, PeerCtx, StateInput};
+use crate::peer::{self, add_table_parts, ms, percentiles, round3, state_of, PeerCtx, StateInput};
 
 /// A rendered JSON answer, and what a cache needs to serve it again later
 /// in the same publish interval.
 #[derive(Debug, Clone)]
 pub struct ViewJson {
-    pub body: String,
+    /// The JSON text (UTF-8; bytes because the module sends bytes and a
+    /// `String` would cost a validation pass over megabytes).
+    pub body: Vec<u8>,
     /// Where the values of `"timestamp"` and `"probe"."age_ms"` sit in
     /// `body`: the only figures that change with the reader's clock
     /// (unless [`Self::clock_dependent`]).
@@ -51,11 +53,11 @@ impl ViewJson {
     pub fn restamped(&self, now_unix_ns: u64) -> [Piece<'_>; 5] {
         let b = &self.body;
         [
-            Piece::Str(&b[..self.timestamp_at.start]),
+            Piece::Bytes(&b[..self.timestamp_at.start]),
             Piece::Num(now_unix_ns / 1_000_000),
-            Piece::Str(&b[self.timestamp_at.end..self.age_at.start]),
+            Piece::Bytes(&b[self.timestamp_at.end..self.age_at.start]),
             Piece::Num(now_unix_ns.saturating_sub(self.published_unix_ns) / 1_000_000),
-            Piece::Str(&b[self.age_at.end..]),
+            Piece::Bytes(&b[self.age_at.end..]),
         ]
     }
 }
@@ -63,7 +65,7 @@ impl ViewJson {
 /// A part of a restamped body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Piece<'a> {
-    Str(&'a str),
+    Bytes(&'a [u8]),
     Num(u64),
 }
 
@@ -118,7 +120,7 @@ pub fn render_view_json(view: &SnapshotView, conf: &NginxConfig, query: &Query, 
 
     let shown = view.route_count().min(peers.len().saturating_mul(query.routes.saturating_add(1)));
     let listed: usize = conf.upstreams.iter().map(|u| u.servers.len()).sum();
-    let mut w = W(String::with_capacity(2048 + (peers.len() + listed) * 1600 + shown * 320 + query.recent.min(1000) * 160));
+    let mut w = W(Vec::with_capacity(2048 + (peers.len() + listed) * 1600 + shown * 320 + query.recent.min(1000) * 160));
     let mut pw = PeerWriter { cx: &cx, clock_dependent: false, scratch: Vec::new() };
 
     w.raw("{\"version\":");
@@ -135,8 +137,11 @@ pub fn render_view_json(view: &SnapshotView, conf: &NginxConfig, query: &Query, 
     // The probe object's age_ms value, found in what was just written.
     let age_at = {
         let key = "\"age_ms\":";
-        let from = w.0[probe_at..].find(key).map_or(w.0.len(), |i| probe_at + i + key.len());
-        let len = w.0[from..].bytes().take_while(u8::is_ascii_digit).count();
+        let from = w.0[probe_at..]
+            .windows(key.len())
+            .position(|k| k == key.as_bytes())
+            .map_or(w.0.len(), |i| probe_at + i + key.len());
+        let len = w.0[from..].iter().take_while(|b| b.is_ascii_digit()).count();
         from..from + len
     };
     w.raw(",\"totals\":");
@@ -385,9 +390,15 @@ impl<'v> PeerWriter<'_, '_, 'v> {
 fn route(w: &mut W, r: &RouteView) {
     let other = r.is_other();
     w.raw("{\"method\":");
-    w.str(if other { "" } else { r.method() });
+    w.str_bytes(if other { b"" } else { r.method_bytes() });
     w.raw(",\"path\":");
-    w.str(if other { "(other)" } else { clean_path_str(r.path()) });
+    if other {
+        w.str("(other)");
+    } else {
+        // As clean_path: cut at '?' (ASCII, so still whole UTF-8).
+        let p = r.path_bytes();
+        w.str_bytes(p.iter().position(|&b| b == b'?').map_or(p, |i| &p[..i]));
+    }
     w.raw(",\"other\":");
     w.bool(other);
     w.raw(",\"requests\":");
@@ -427,37 +438,34 @@ fn responses(w: &mut W, r: ResponsesView) {
     w.raw(",\"codes\":{");
     // The report keys codes by their decimal text (a BTreeMap, so text
     // order, duplicates summed). Three-digit codes in ascending order, as
-    // the probe writes them, are already in that order.
+    // the probe writes them, are already in that order: write them as they
+    // come, and start over through a map should one break the pattern.
+    let at = w.0.len();
     let mut last = 0u16;
-    let plain = r.codes().all(|(c, _)| {
-        let ok = (100..=999).contains(&c) && c > last;
+    for (c, count) in r.codes() {
+        if !(100..=999).contains(&c) || c <= last {
+            w.0.truncate(at);
+            let mut m: BTreeMap<String, u64> = BTreeMap::new();
+            for (c, n) in r.codes() {
+                *m.entry(c.to_string()).or_insert(0) += n;
+            }
+            for (n, (c, count)) in m.iter().enumerate() {
+                if n > 0 {
+                    w.raw(",");
+                }
+                w.str(c);
+                w.raw(":");
+                w.u64(*count);
+            }
+            break;
+        }
+        if last != 0 {
+            w.0.push(b',');
+        }
         last = c;
-        ok
-    });
-    if plain {
-        for (n, (c, count)) in r.codes().enumerate() {
-            if n > 0 {
-                w.raw(",\"");
-            } else {
-                w.raw("\"");
-            }
-            w.u64(c.into());
-            w.raw("\":");
-            w.u64(count);
-        }
-    } else {
-        let mut m: BTreeMap<String, u64> = BTreeMap::new();
-        for (c, n) in r.codes() {
-            *m.entry(c.to_string()).or_insert(0) += n;
-        }
-        for (n, (c, count)) in m.iter().enumerate() {
-            if n > 0 {
-                w.raw(",");
-            }
-            w.str(c);
-            w.raw(":");
-            w.u64(*count);
-        }
+        let d = [b'"', b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8, b'"', b':'];
+        w.0.extend_from_slice(&d);
+        w.u64(count);
     }
     w.raw("}");
     let other = r.codes_other();
