@@ -95,6 +95,21 @@ fn parse(json: &[u8], ids: &BTreeSet<u64>) -> Result<BTreeMap<String, ProgStats>
     Ok(by_name)
 }
 
+/// Wait until none of `ids` is loaded any more (detached and unpinned).
+pub fn wait_unloaded(ids: &BTreeSet<u64>, timeout: std::time::Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = read(ids)?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("probe programs still loaded {timeout:?} after the probe stopped: {left:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// `after - before` per name.
 pub fn delta(before: &BTreeMap<String, ProgStats>, after: &BTreeMap<String, ProgStats>) -> BTreeMap<String, ProgStats> {
     after

@@ -103,6 +103,10 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
             let bpf1 = bpf_stats::read(&ids)?;
             let mem = procfs::memory(pid)?;
             probe.stop()?;
+            // SIGTERM keeps the probe's pinned links; dropping the fixture
+            // detaches them. The next detached run must really be detached.
+            drop(probe);
+            bpf_stats::wait_unloaded(&ids, Duration::from_secs(5))?;
             on.push(checked(r?)?);
             for (name, d) in bpf_stats::delta(&bpf0, &bpf1) {
                 let t = cost.bpf.entry(name).or_default();

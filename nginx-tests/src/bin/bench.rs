@@ -82,6 +82,7 @@ fn run() -> Result<()> {
     let out = args.out.unwrap_or_else(|| artifacts::target_dir().join("bench").join("latest.json"));
 
     let started = Instant::now();
+    let load_before = loadavg();
     let mut figs = Vec::new();
     if wanted.iter().any(|p| [1, 2, 5].contains(p)) {
         eprintln!("bench: [{:5.1} s] parts 1, 2, 5 — proxy overhead, BPF cost, probe cost", started.elapsed().as_secs_f64());
@@ -111,6 +112,9 @@ fn run() -> Result<()> {
         "wrk_connections": s.connections,
         "elapsed_s": started.elapsed().as_secs_f64(),
         "machine": machine(),
+        // Other work on the machine skews every figure: say how busy it was.
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
         "git": git_head(),
         "artifacts": used,
     });
@@ -120,7 +124,12 @@ fn run() -> Result<()> {
     }
     std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("write {}", out.display()))?;
     print!("{}", figures::table(&figs));
-    println!("written to {} ({:.0} s)", out.display(), started.elapsed().as_secs_f64());
+    println!(
+        "written to {} ({:.0} s; load average before {load_before}, after {})",
+        out.display(),
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
     Ok(())
 }
 
@@ -172,6 +181,14 @@ fn machine() -> serde_json::Value {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": kernel.trim(),
     })
+}
+
+/// The 1-minute load average ("" when unknown).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn git_head() -> String {
