@@ -25,6 +25,27 @@ pub struct Probe {
     reader: TableReader,
 }
 
+/// Detach what test processes that died without their Drop (killed by a
+/// timeout, SIGKILL) left pinned: their programs would go on running on
+/// every packet of the interface.
+fn reap_dead_test_pins(bin: &Path) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") else { return };
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("upstreamtop-test-")
+            .or_else(|| name.strip_prefix("upstreamtop-unit-test-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new(bin).arg("detach").arg("--state-dir").arg(ent.path()).output();
+        }
+    }
+}
+
 /// A state directory under /sys/fs/bpf no other probe uses.
 fn private_state_dir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,7 +63,8 @@ impl Probe {
     /// first publish.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Result<Probe> {
         // A missing binary fails before anything is created.
-        crate::artifacts::probe_bin()?;
+        let bin = crate::artifacts::probe_bin()?;
+        reap_dead_test_pins(&bin);
         let dir = tempfile::Builder::new()
             .prefix("nginx-tests-probe-")
             .tempdir()

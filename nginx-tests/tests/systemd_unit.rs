@@ -506,3 +506,114 @@ fn build_sh_install_into_a_destdir() {
     tops.sort();
     assert!(tops.iter().all(|t| [OsStr::new("etc"), OsStr::new("opt"), OsStr::new("usr")].contains(&t.as_os_str())), "{tops:?}");
 }
+
+/// The unit's pinning setup, reproduced: the ExecStartPre=+ step makes a
+/// bpffs directory owned by the service user, BindPaths= puts it at the
+/// --state-dir of ExecStart (here with `unshare -m` + `mount --bind`), and
+/// the probe as nobody with exactly the unit's capabilities pins into it.
+/// Traffic while the probe is stopped is counted: the restarted probe's
+/// table equals what the backend served.
+#[test]
+fn probe_as_nobody_pins_in_the_units_state_dir_and_a_restart_loses_nothing() {
+    let test = "probe_as_nobody_pins_in_the_units_state_dir_and_a_restart_loses_nothing";
+    if !prerequisites(test, &["setpriv", "unshare", "mount"]) {
+        return;
+    }
+    let unit = Unit::load();
+    let exec = unit.service("ExecStart").unwrap();
+    let bind = unit.service("BindPaths").expect("BindPaths= for the state dir");
+    let (_, target) = bind.trim_start_matches('-').split_once(':').expect("BindPaths=SRC:DST");
+    assert!(exec.contains(&format!("--state-dir {target} ")), "ExecStart passes the bind target: {exec}");
+
+    let bpffs_dir = PathBuf::from(format!("/sys/fs/bpf/upstreamtop-unit-test-{}", std::process::id()));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf")
+        .status()
+        .expect("mount bpffs");
+    assert!(status.success(), "bpffs at /sys/fs/bpf");
+    std::fs::create_dir_all(&bpffs_dir).expect("state dir in bpffs");
+    std::os::unix::fs::chown(&bpffs_dir, Some(NOBODY), None).expect("chown state dir");
+    std::fs::set_permissions(&bpffs_dir, std::fs::Permissions::from_mode(0o700)).expect("chmod state dir");
+    // Whatever happens, no pinned program outlives the test.
+    struct Detach(PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            if self.0.exists() {
+                let _ = Command::new(artifacts::probe_bin().unwrap()).arg("detach").arg("--state-dir").arg(&self.0).output();
+            }
+        }
+    }
+    let _detach = Detach(bpffs_dir.clone());
+
+    let backend = Backend::loopback(Profile::fast().statuses(&[(200, 8), (404, 1), (503, 1)])).unwrap();
+    let run = RunDir::new();
+    let state = run.dir.path().join("bpf");
+    std::fs::create_dir(&state).unwrap();
+    let caps = unit.capabilities();
+    let spawn = || {
+        let nobody = as_nobody_with(&caps);
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" "$1" && shift && exec "$@""#])
+            .arg(&bpffs_dir)
+            .arg(&state)
+            .arg("setpriv")
+            .args(nobody.get_args());
+        let state_arg = state.display().to_string();
+        let mut child = run.spawn(cmd, &["--iface", "lo", "--interval", "200ms", "--state-dir", &state_arg]);
+        if let Err(e) = run.wait_ready(&mut child) {
+            let _ = child.kill();
+            panic!("{e}");
+        }
+        child
+    };
+    let load = |n: u64| {
+        let spec = LoadSpec::new(backend.addr(), vec![Route::get("/api/orders", 3), Route::get("/api/users/42", 1)])
+            .requests(n)
+            .concurrency(2);
+        let got = load::run(&spec).unwrap();
+        assert_eq!(got.errors, 0, "{:?}", got.error_samples);
+    };
+    let settle = || {
+        let mut reader = TableReader::new(&run.table());
+        let want = Some((backend.total(), backend.by_status().into_iter().collect::<Vec<_>>()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = reader.snapshot().ok().and_then(|s| {
+                s.peers.iter().find(|p| p.addr == backend.addr()).map(|p| (p.requests, p.responses.codes.clone()))
+            });
+            if got == want || Instant::now() > deadline {
+                return (got, want);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let mut child = spawn();
+    load(200);
+    let (got, want) = settle();
+    // unshare's sh exec'd setpriv, which exec'd the probe: same pid.
+    let pid = child.id();
+    let exit = stop(&mut child, pid);
+    assert_eq!(got, want, "first run; log:\n{}", run.log());
+    assert!(exit.success(), "{}", run.log());
+    assert!(run.log().contains("programs stay attached"), "{}", run.log());
+    // Nobody runs now; the pinned programs count this.
+    load(100);
+    let mut child = spawn();
+    let (got, want) = settle();
+    let pid = child.id();
+    let exit = stop(&mut child, pid);
+    let log = run.log();
+    let detach = Command::new(artifacts::probe_bin().unwrap())
+        .args(["detach", "--state-dir"])
+        .arg(&bpffs_dir)
+        .output()
+        .expect("detach");
+    assert_eq!(got, want, "after the restart; log:\n{log}");
+    assert_eq!(want.map(|w| w.0), Some(300));
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("pinned maps reused"), "{log}");
+    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
+    assert!(!bpffs_dir.exists());
+}
