@@ -70,6 +70,11 @@ struct Args {
     /// the default ports can run alongside).
     #[arg(long, value_name = "APP1,APP2,CHECKOUT", default_value = "9001,9002,9003", value_parser = parse_ports)]
     backend_ports: [u16; 3],
+    /// Loopback address the backends listen on (without --netns). Another
+    /// 127.0.0.0/8 address lets a probe watch only them (`--only IP/32`)
+    /// on a host where other programs use 127.0.0.1.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1", conflicts_with = "netns")]
+    backend_ip: Ipv4Addr,
 }
 
 fn parse_ports(text: &str) -> Result<[u16; 3], String> {
@@ -98,7 +103,7 @@ fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
     let ns = if args.netns { Some(Netns::create().context("--netns")?) } else { None };
     let backend_ip: IpAddr = match &ns {
         Some(ns) => ns.ns_v4().into(),
-        None => Ipv4Addr::LOCALHOST.into(),
+        None => args.backend_ip.into(),
     };
     let start_backend = |port: u16, builder: BackendBuilder| -> Result<Backend> {
         let backend = match &ns {
