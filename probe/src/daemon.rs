@@ -231,6 +231,13 @@ pub fn run(cli: Cli) -> Result<()> {
 /// line saying why.
 fn state_dir(cli: &Cli) -> Result<(Option<StateDir>, Option<std::fs::File>)> {
     if cli.no_pin {
+        if StateDir::at(&cli.state_dir).links().is_ok_and(|l| !l.is_empty()) {
+            log(&format!(
+                "an earlier probe's programs are still attached (pinned in {0}); \
+                 `upstreamtop-probe detach --state-dir {0}` removes them",
+                cli.state_dir.display()
+            ));
+        }
         return Ok((None, None));
     }
     let sd = match StateDir::prepare(&cli.state_dir) {
