@@ -1,5 +1,6 @@
-//! The BPF side seen from userspace: load the skeleton, attach the two tcx
-//! programs per interface, read the maps. All libbpf FFI lives here.
+//! The BPF side seen from userspace: load the skeleton (on pinned maps when
+//! resuming), attach or adopt the two tcx programs per interface, read the
+//! maps. All libbpf FFI lives here.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -1,4 +1,6 @@
-//! The daemon: attach, fold, publish every interval, detach on a signal.
+//! The daemon: attach (or take over pinned links, see pins.rs), fold,
+//! publish every interval; on a signal publish once more and exit, leaving
+//! pinned programs counting for the next run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
