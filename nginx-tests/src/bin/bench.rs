@@ -29,7 +29,8 @@ struct Args {
     /// exactness, 4 endpoint, 5 probe cost, 6 scale (1, 2 and 5 share runs).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
-    /// Where to write the JSON [default: <target>/bench/latest.json].
+    /// Where to write the JSON [default: <target>/bench/latest.json, with
+    /// --quick <target>/bench/quick.json].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Override the number of interleaved pairs (parts 1 and 4).
@@ -79,7 +80,9 @@ fn run() -> Result<()> {
     if let Some(secs) = args.run_secs.filter(|s| *s > 0) {
         s.run = std::time::Duration::from_secs(secs);
     }
-    let out = args.out.unwrap_or_else(|| artifacts::target_dir().join("bench").join("latest.json"));
+    // A smoke run must not overwrite the figures of the last full run.
+    let file = if s.quick { "quick.json" } else { "latest.json" };
+    let out = args.out.unwrap_or_else(|| artifacts::target_dir().join("bench").join(file));
 
     let started = Instant::now();
     let load_before = loadavg();
