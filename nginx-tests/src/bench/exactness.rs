@@ -151,6 +151,11 @@ fn difference(client: &mut http::Client, want: &[(String, u64, BTreeMap<u16, u64
         bail!("/upstreamtop answered {}: {}", resp.status, resp.text());
     }
     let doc: serde_json::Value = serde_json::from_slice(&resp.body).context("endpoint JSON")?;
+    compare(&doc, want)
+}
+
+/// [`difference`] on an already parsed answer.
+fn compare(doc: &serde_json::Value, want: &[(String, u64, BTreeMap<u16, u64>)]) -> Result<(u64, String)> {
     let peers = doc["upstreams"]["app"]["peers"].as_array().context("no upstreams.app.peers")?;
     let mut diff = 0;
     let mut detail = Vec::new();
@@ -182,4 +187,47 @@ fn difference(client: &mut http::Client, want: &[(String, u64, BTreeMap<u16, u64
         }
     }
     Ok((diff, detail.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn want() -> Vec<(String, u64, BTreeMap<u16, u64>)> {
+        vec![
+            ("127.0.0.1:1".into(), 10, BTreeMap::from([(200, 9), (503, 1)])),
+            ("127.0.0.1:2".into(), 5, BTreeMap::from([(200, 5)])),
+        ]
+    }
+
+    #[test]
+    fn equal_counts_give_zero() {
+        let doc = json!({"upstreams": {"app": {"peers": [
+            {"server": "127.0.0.1:1", "requests": 10, "responses": {"codes": {"200": 9, "503": 1}}},
+            {"server": "127.0.0.1:2", "requests": 5, "responses": {"codes": {"200": 5}}},
+        ]}}});
+        assert_eq!(compare(&doc, &want()).unwrap(), (0, String::new()));
+    }
+
+    #[test]
+    fn every_difference_counts_both_ways_and_is_spelled_out() {
+        // Peer 1: one request too many, a 503 seen as 502. Peer 2 missing.
+        let doc = json!({"upstreams": {"app": {"peers": [
+            {"server": "127.0.0.1:1", "requests": 11, "no_response": 1,
+             "responses": {"codes": {"200": 9, "502": 1}}},
+        ]}}});
+        let (diff, detail) = compare(&doc, &want()).unwrap();
+        // 1 (requests) + 1 (502) + 1 (503) for peer 1; 5 + 5 for peer 2.
+        assert_eq!(diff, 13, "{detail}");
+        assert!(detail.contains("127.0.0.1:1 requests +1"), "{detail}");
+        assert!(detail.contains("127.0.0.1:1 503: -1") && detail.contains("127.0.0.1:1 502: +1"), "{detail}");
+        assert!(detail.contains("127.0.0.1:1 no_response 1"), "{detail}");
+        assert!(detail.contains("127.0.0.1:2 requests -5"), "{detail}");
+    }
+
+    #[test]
+    fn an_answer_without_the_group_is_an_error() {
+        assert!(compare(&json!({"upstreams": {}}), &want()).is_err());
+    }
 }
