@@ -591,83 +591,6 @@ static __always_inline __u32 headers_end(__u32 from, __u32 n)
 	return c.found;
 }
 
-/* One status line counted on a connection awaiting its response. */
-static __always_inline void count_status(struct conn_state *cs, struct peer_counters *pc,
-					 __u16 code, __u64 now)
-{
-	__u32 cls = (__u32)code / 100u - 1u;
-
-	if (pc && cls < 5)
-		pc->responses[cls] += 1;
-	count_code(cs->peer_idx, code, pc);
-	cs->last_ts = now;
-}
-
-/* The final status ends the exchange: IN_RESPONSE until the next request. */
-static __always_inline void final_status(const struct conn_key *k, struct conn_state *cs,
-					 __u16 code, __u64 now)
-{
-	cs->phase = PHASE_IN_RESPONSE;
-	emit(k, cs, code, now - cs->req_ts);
-}
-
-/* A 1xx was first in the segment: look for more status lines after it (e.g.
- * 100 then 200, or 103 then 200, in one segment). Rare, so the 256-byte copy
- * and the scan live here, in a subprogram out of the common path's code. */
-static __noinline void after_interim(struct __sk_buff *skb, const struct conn_key *k,
-				     struct conn_state *cs, const struct seg *s, __u64 now)
-{
-	struct peer_counters *pc = peer_at(cs->peer_idx);
-	struct scratch *sc = scratch_get();
-	__u32 n = clamp_len(s->payload_len, SCAN);
-	__u32 at = 0, i;
-
-	if (!sc || bpf_skb_load_bytes(skb, s->payload_off, sc->buf, n))
-		return;
-	for (i = 1; i < MAX_STATUS_LINES; i++) {
-		at = headers_end(at, n);
-		if (!at)
-			return;
-		/* Headers of a 1xx spilling over into the next segment, or
-		 * not a status line: the exchange goes on. */
-		__u16 code = status_at(sc->buf, at, n);
-		if (!code)
-			return;
-		count_status(cs, pc, code, now);
-		if (code >= 200) {
-			final_status(k, cs, code, now);
-			return;
-		}
-	}
-}
-
-/* A segment from the backend while a request awaits its answer: its first
- * bytes are the status line. Only those 12 bytes are copied. */
-static __always_inline void on_response(struct __sk_buff *skb, const struct conn_key *k,
-					struct conn_state *cs, struct peer_counters *pc,
-					const struct seg *s)
-{
-	__u8 head[12];
-
-	if (s->payload_len < sizeof(head) ||
-	    bpf_skb_load_bytes(skb, s->payload_off, head, sizeof(head))) {
-		stat_inc(STAT_PARSE_ERRORS);
-		return;
-	}
-	__u16 code = status_code(head);
-	if (!code) {
-		/* Not HTTP, or a body the exchange did not expect. */
-		stat_inc(STAT_PARSE_ERRORS);
-		return;
-	}
-	__u64 now = bpf_ktime_get_ns();
-	count_status(cs, pc, code, now);
-	if (code >= 200)
-		final_status(k, cs, code, now);
-	else
-		after_interim(skb, k, cs, s, now);
-}
-
 /* A request starts on a tracked connection: its first bytes are in
  * cs->req already (req_len = m). */
 static __always_inline void request_starts(struct conn_state *cs, __u32 m, __u32 payload_len)
@@ -838,10 +761,13 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 	if (!s.payload_len && !(s.flags & (TH_SYN | TH_FIN | TH_RST)))
 		return TCX_NEXT;
 
-	if (!maybe_tracked_key(&k))
+	if (!maybe_tracked(filter_slot(&k)))
 		return TCX_NEXT;
 	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
 	if (!cs)
+		return TCX_NEXT;
+	struct scratch *sc = scratch_get();
+	if (!sc)
 		return TCX_NEXT;
 	struct peer_counters *pc = peer_at(cs->peer_idx);
 
@@ -860,9 +786,41 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 	if (s.payload_len) {
 		if (pc)
 			pc->received_bytes += s.payload_len;
-		if (cs->phase == PHASE_AWAIT_RESPONSE)
-			on_response(skb, &k, cs, pc, &s);
+		if (cs->phase == PHASE_AWAIT_RESPONSE) {
+			__u32 n = clamp_len(s.payload_len, SCAN);
+			if (n < 12 || bpf_skb_load_bytes(skb, s.payload_off, sc->buf, n)) {
+				stat_inc(STAT_PARSE_ERRORS);
+				goto end;
+			}
+			__u64 now = bpf_ktime_get_ns();
+			__u32 at = 0, i;
+			for (i = 0; i < MAX_STATUS_LINES; i++) {
+				__u16 code = status_at(sc->buf, at, n);
+				if (!code) {
+					/* Headers of a 1xx spilling over, or
+					 * not HTTP at all. */
+					if (i == 0)
+						stat_inc(STAT_PARSE_ERRORS);
+					break;
+				}
+				__u32 cls = (__u32)code / 100u - 1u;
+				if (pc && cls < 5)
+					pc->responses[cls] += 1;
+				count_code(cs->peer_idx, code, pc);
+				cs->last_ts = now;
+				if (code >= 200) {
+					cs->phase = PHASE_IN_RESPONSE;
+					emit(&k, cs, code, now - cs->req_ts);
+					break;
+				}
+				/* Interim: the exchange goes on. */
+				at = headers_end(at, n);
+				if (!at)
+					break;
+			}
+		}
 	}
+end:
 	if (s.flags & (TH_FIN | TH_RST))
 		conn_end(&k, cs, s.flags);
 	return TCX_NEXT;
