@@ -161,6 +161,7 @@ fn polling(s: &Settings, table: &Path) -> Result<Vec<Figure>> {
             for pair in 0..s.pairs {
                 let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
                 for polled in order {
+                    super::check_interrupt()?;
                     if !polled {
                         without.push(wrk::run(&spec)?.requests_per_sec);
                         continue;

@@ -64,6 +64,7 @@ fn profile() -> Profile {
 
 /// Returns (sum of absolute differences, note).
 fn scenario(s: &Settings, topo: Topology, realistic: bool) -> Result<(u64, String)> {
+    super::check_interrupt()?;
     let ns = match topo {
         Topology::Netns => Some(Netns::create().context("create netns")?),
         Topology::Loopback => None,

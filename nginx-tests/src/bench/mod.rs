@@ -16,7 +16,33 @@ pub mod scale;
 pub mod synthetic;
 pub mod wrk;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// Set by SIGINT/SIGTERM (see [`catch_interrupts`]).
+static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// Turn Ctrl-C / SIGTERM into a flag the parts check between runs, so the
+/// fixtures' Drop still stops nginx, deletes namespaces and detaches the
+/// probe's pinned programs instead of leaving them on `lo`.
+pub fn catch_interrupts() -> Result<()> {
+    let flag = STOP.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(flag)).context("install signal handler")?;
+    }
+    Ok(())
+}
+
+/// An error once an interrupt arrived.
+pub fn check_interrupt() -> Result<()> {
+    if STOP.get().is_some_and(|f| f.load(Ordering::Relaxed)) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
 
 /// How long and how big each part runs.
 #[derive(Debug, Clone)]

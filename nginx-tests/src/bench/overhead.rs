@@ -83,6 +83,7 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         // A B, B A, …: neither side always runs first.
         let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
         for attached in order {
+            super::check_interrupt()?;
             if !attached {
                 let (c0, t0) = (procfs::cpu_seconds(worker)?, Instant::now());
                 off.push(checked(wrk::run(&spec)?)?);

@@ -42,6 +42,7 @@ pub fn run(s: &Settings) -> Vec<Figure> {
 }
 
 fn measure(s: &Settings) -> Result<Vec<Figure>> {
+    super::check_interrupt()?;
     let n = s.scale_peers;
     let mut backends = Vec::with_capacity(n);
     for i in 0..n {
@@ -84,6 +85,7 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         }
     });
     let load_s = t0.elapsed().as_secs_f64();
+    super::check_interrupt()?;
     let sent = (s.scale_routes as u64) * u64::from(s.scale_repeat);
 
     let want: Vec<(SocketAddr, u64)> = backends.iter().map(|b| (b.addr(), b.total())).collect();

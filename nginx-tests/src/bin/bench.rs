@@ -84,6 +84,7 @@ fn run() -> Result<()> {
     let file = if s.quick { "quick.json" } else { "latest.json" };
     let out = args.out.unwrap_or_else(|| artifacts::target_dir().join("bench").join(file));
 
+    bench::catch_interrupts()?;
     let started = Instant::now();
     let load_before = loadavg();
     let mut figs = Vec::new();
@@ -91,18 +92,22 @@ fn run() -> Result<()> {
         eprintln!("bench: [{:5.1} s] parts 1, 2, 5 — proxy overhead, BPF cost, probe cost", started.elapsed().as_secs_f64());
         figs.extend(bench::overhead::run(&s).into_iter().filter(|f| wanted.contains(&f.section)));
     }
+    bench::check_interrupt()?;
     if wanted.contains(&3) {
         eprintln!("bench: [{:5.1} s] part 3 — exactness at peak", started.elapsed().as_secs_f64());
         figs.extend(bench::exactness::run(&s));
     }
+    bench::check_interrupt()?;
     if wanted.contains(&4) {
         eprintln!("bench: [{:5.1} s] part 4 — endpoint cost", started.elapsed().as_secs_f64());
         figs.extend(bench::endpoint::run(&s));
     }
+    bench::check_interrupt()?;
     if wanted.contains(&6) {
         eprintln!("bench: [{:5.1} s] part 6 — scale", started.elapsed().as_secs_f64());
         figs.extend(bench::scale::run(&s));
     }
+    bench::check_interrupt()?;
     figs.sort_by_key(|f| f.section);
 
     let meta = serde_json::json!({
