@@ -220,14 +220,16 @@ impl StateDir {
             std::fs::remove_file(&l.path).with_context(|| format!("removing {}", l.path.display()))?;
         }
         // The fingerprint goes first: maps without it are never reused.
-        for name in std::iter::once(META.to_string()).chain(
-            std::fs::read_dir(&self.path)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| n.starts_with("map_")),
-        ) {
+        // Names are collected before removing (a directory read while its
+        // entries go away may skip some).
+        let maps: Vec<String> = std::fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| n.starts_with("map_"))
+            .collect();
+        for name in std::iter::once(META.to_string()).chain(maps) {
             match std::fs::remove_file(self.path.join(&name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
