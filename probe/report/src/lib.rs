@@ -6,6 +6,11 @@
 //! FFI and calls in here, the dashboard parses the JSON back into
 //! [`model::Report`], and `upstreamtop-probe dump` renders a snapshot with an
 //! empty config.
+//!
+//! Two ways to the same JSON: [`build_report`] + [`render_json`] (the model,
+//! for serde users and Prometheus) and [`render_view_json`], which writes it
+//! straight from a table view without a `Snapshot` or `Report` in between
+//! (the module's path; byte-identical, see `tests.rs`).
 
 pub mod bench;
 mod build;

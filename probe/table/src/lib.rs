@@ -9,6 +9,9 @@
 //! The writer maps the file and double-buffers with per-slot sequence
 //! numbers; readers `pread` (never map) so a file truncated under them
 //! cannot SIGBUS an nginx worker. The byte layout lives in [`layout`].
+//! Readers that only turn figures into text can skip decoding with
+//! [`TableReader::view_unless`] ([`SnapshotView`]: the same checks, fields
+//! read in place).
 
 pub mod histogram;
 pub mod layout;

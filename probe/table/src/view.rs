@@ -6,7 +6,7 @@
 //! peer), which costs more than copying and checksumming the whole slot.
 //! The nginx module only turns the figures into text, so it borrows them
 //! from the reader's verified slot copy instead. Every record is validated
-//! once in [`SnapshotView::new`] (the same checks [`crate::TableReader::snapshot`]
+//! once when the view is made (the same checks [`crate::TableReader::snapshot`]
 //! makes), so the accessors are plain fixed-offset loads that cannot fail.
 //!
 //! Field offsets below mirror `records.rs` (the encoder); a test decodes
