@@ -171,6 +171,21 @@ impl W {
         let _ = write!(self.0, "{v:?}");
     }
 
+    /// `n / 1000` as [`Self::f64`] prints `round3(n as f64 / 1000.0)`, for
+    /// `n < 2^32`: that float is the double nearest `n / 1000`, whose
+    /// three-decimal text is exactly the integer's digits (no float work).
+    pub(crate) fn thousandths(&mut self, n: u32) {
+        let (int, frac) = (n / 1000, n % 1000);
+        let mut out = [0u8; 24];
+        let end = digits_at(&mut out, 0, int.into());
+        out[end] = b'.';
+        out[end + 1] = b'0' + (frac / 100) as u8;
+        out[end + 2] = b'0' + (frac / 10 % 10) as u8;
+        out[end + 3] = b'0' + (frac % 10) as u8;
+        let keep = if frac % 10 != 0 { 3 } else if frac % 100 != 0 { 2 } else { 1 };
+        self.put(&out, end + 1 + keep);
+    }
+
     /// A quoted, escaped string (the escapes serde_json uses).
     pub(crate) fn str(&mut self, s: &str) {
         self.str_bytes(s.as_bytes());
@@ -592,6 +607,14 @@ mod tests {
             .chain((1..20).map(|e| 10u64.pow(e) - 1))
         {
             assert_eq!(u(v), v.to_string());
+        }
+        let th = |n: u32| {
+            let mut w = W(Vec::new());
+            w.thousandths(n);
+            w.into_string()
+        };
+        for n in (0..200_000u32).chain([u32::MAX, u32::MAX - 1, 4_294_967_000, 1 << 31]) {
+            assert_eq!(th(n), f(crate::peer::round3(f64::from(n) / 1000.0)), "{n}");
         }
         for v in vals {
             assert_eq!(f(v), reference(v), "{v:?}");

@@ -468,7 +468,11 @@ fn view_json_matches_the_report_path() {
         Query { upstream: Some(UNLISTED.into()), ..Query::default() },
         Query { upstream: Some("nope".into()), ..Query::default() },
     ];
-    for s in [snapshot(), odd, big_snapshot()] {
+    // A publish interval other than 1 s: history rates go through floats.
+    let mut quarter = snapshot();
+    quarter.meta.interval_ns = 250_000_000;
+    quarter.peers[0].history.push(HistorySample { requests: 7, errors_5xx: 3, conn_failed: 0, latency_p99_us: 1234 });
+    for s in [snapshot(), odd, quarter, big_snapshot()] {
         for conf in [config(), NginxConfig::default(), dup_group.clone()] {
             for q in &queries {
                 same_as_report(&mut t, &s, &conf, q, NOW);

@@ -310,27 +310,40 @@ impl<'v> PeerWriter<'_, '_, 'v> {
         w.raw(",\"errors_rps\":");
         w.f64(round3(win.errors_5xx_per_sec));
         if cx.query.history {
+            // 60 samples × 3 figures per peer: the bulk of the numbers.
+            // With the usual 1 s interval a count per second is the count
+            // itself (`N.0`), and µs → ms is exact in integers; the text is
+            // what `round3` + `f64` give (json.rs tests both ways).
             let secs = (cx.interval_ns as f64 / 1e9).max(1e-9);
+            let whole_seconds = cx.interval_ns == 1_000_000_000;
+            let per_sec = |w: &mut W, n: u32| {
+                if whole_seconds {
+                    w.u64(n.into());
+                    w.raw(".0");
+                } else {
+                    w.f64(round3(f64::from(n) / secs));
+                }
+            };
             w.raw(",\"history\":{\"rps\":[");
             for (n, h) in p.history().enumerate() {
                 if n > 0 {
                     w.raw(",");
                 }
-                w.f64(round3(f64::from(h.requests) / secs));
+                per_sec(w, h.requests);
             }
             w.raw("],\"5xx\":[");
             for (n, h) in p.history().enumerate() {
                 if n > 0 {
                     w.raw(",");
                 }
-                w.f64(round3(f64::from(h.errors_5xx) / secs));
+                per_sec(w, h.errors_5xx);
             }
             w.raw("],\"p99\":[");
             for (n, h) in p.history().enumerate() {
                 if n > 0 {
                     w.raw(",");
                 }
-                w.f64(round3(f64::from(h.latency_p99_us) / 1000.0));
+                w.thousandths(h.latency_p99_us);
             }
             w.raw("]}");
         }
