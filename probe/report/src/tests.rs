@@ -358,10 +358,21 @@ fn cpu_us() -> u128 {
 #[ignore]
 fn timing() {
     let s = big_snapshot();
+    let mut t = Table::new("timing");
+    t.writer.publish(&s).unwrap();
     for routes in [10, 16] {
         let q = Query { routes, ..Query::default() };
         let (mut b, mut j, mut p, mut len) = (u128::MAX, u128::MAX, u128::MAX, 0);
+        let (mut view_us, mut direct_us) = (u128::MAX, u128::MAX);
         for _ in 0..30 {
+            // The module's path: read the publish in place, render directly.
+            let t0 = cpu_us();
+            let view = t.reader.view_unless(None).unwrap().unwrap();
+            let t1 = cpu_us();
+            std::hint::black_box(render_view_json(&view, &config(), &q, NOW));
+            view_us = view_us.min(t1 - t0);
+            direct_us = direct_us.min(cpu_us() - t1);
+
             let t = cpu_us();
             let r = build_report(&s, &config(), &q, NOW);
             let t1 = cpu_us();
@@ -376,7 +387,10 @@ fn timing() {
             len = json.len();
             std::hint::black_box((json, prom));
         }
-        eprintln!("1000 peers, routes={routes}: CPU min of 30: build {b} µs, json {j} µs ({len} bytes), prometheus {p} µs");
+        eprintln!(
+            "1000 peers, routes={routes}: CPU min of 30: build {b} µs, json {j} µs ({len} bytes), prometheus {p} µs; \
+             module path: view {view_us} µs + render_view_json {direct_us} µs"
+        );
     }
 }
 
