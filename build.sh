@@ -119,12 +119,14 @@ cmd_build() {
 
 DEMO_PIDS=()
 DEMO_DIR=""
+# The demo probe's pins (maps, tcx links), apart from an installed probe's.
+DEMO_STATE=/sys/fs/bpf/upstreamtop-demo
 demo_cleanup() {
     trap - EXIT INT TERM
     local pid
     # The simulator removes its namespace and stops nginx on SIGTERM; the
-    # probe's tcx links die with the probe. (Background jobs of a script
-    # ignore SIGINT, so TERM it is.)
+    # probe keeps its tcx links pinned on SIGTERM, so detach removes them.
+    # (Background jobs of a script ignore SIGINT, so TERM it is.)
     for pid in "${DEMO_PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -133,6 +135,7 @@ demo_cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
+    "$REL/upstreamtop-probe" detach --state-dir "$DEMO_STATE" >&2 || true
     [ -n "$DEMO_DIR" ] && echo "demo logs kept in $DEMO_DIR" >&2
     return 0
 }
@@ -161,7 +164,7 @@ cmd_demo() {
     done
 
     say "demo: probe (--table $table --ignore-port $port), log $DEMO_DIR/probe.log"
-    "$REL/upstreamtop-probe" --table "$table" --ignore-port "$port" >"$DEMO_DIR/probe.log" 2>&1 &
+    "$REL/upstreamtop-probe" --table "$table" --ignore-port "$port" --state-dir "$DEMO_STATE" >"$DEMO_DIR/probe.log" 2>&1 &
     DEMO_PIDS+=($!)
     sleep 2
     kill -0 "${DEMO_PIDS[1]}" 2>/dev/null || { cat "$DEMO_DIR/probe.log" >&2; die "probe exited"; }
