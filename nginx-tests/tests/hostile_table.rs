@@ -120,7 +120,7 @@ fn rewrite(table: &Path, writer: &mut Option<TableWriter>, rng: &mut Rng, n: u64
         }
         3 => {
             let mut b: Vec<u8> = (0..rng.next() % 30_000).map(|_| rng.next() as u8).collect();
-            if b.len() >= 12 && rng.next() % 2 == 0 {
+            if b.len() >= 12 && rng.next().is_multiple_of(2) {
                 b[..8].copy_from_slice(b"UPTOPTBL");
                 b[8..12].copy_from_slice(&1u32.to_le_bytes());
             }
@@ -234,7 +234,7 @@ fn random_table_rewrites_under_polling_keep_workers_alive() {
             *kinds.entry(rewrite(&table, &mut writer, &mut rng, n)).or_insert(0) += 1;
             n += 1;
             // Let the pollers see each state now and then.
-            if n % 16 == 0 {
+            if n.is_multiple_of(16) {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }

@@ -457,11 +457,11 @@ fn hostile_writer_racing_the_reader() {
         let path = path.clone();
         let path_lock = path_lock.clone();
         std::thread::spawn(move || {
-            let mut n = 2;
+            let mut n: u64 = 2;
             while !stop.load(Ordering::Relaxed) {
                 // The file may have been replaced by the scribbler: start a
                 // fresh generation now and then, as a restarted probe does.
-                if n % 500 == 0 {
+                if n.is_multiple_of(500) {
                     let _held = path_lock.lock().unwrap();
                     writer = TableWriter::create(&path, CAPS).unwrap();
                 }
