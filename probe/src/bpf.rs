@@ -160,6 +160,23 @@ pub fn socket_addr(addr: [u8; 16], port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// Adds every counter of `b` into `a`: one place that knows all the fields,
+/// for summing per-CPU values and for carrying counts over a restart.
+pub fn add_peer_counters(a: &mut types::peer_counters, b: &types::peer_counters) {
+    a.requests += b.requests;
+    for (x, y) in a.responses.iter_mut().zip(b.responses) {
+        *x += y;
+    }
+    a.no_response += b.no_response;
+    a.sent_bytes += b.sent_bytes;
+    a.received_bytes += b.received_bytes;
+    a.conn_opened += b.conn_opened;
+    a.conn_closed += b.conn_closed;
+    a.conn_failed += b.conn_failed;
+    a.conn_reset += b.conn_reset;
+    a.codes_other += b.codes_other;
+}
+
 /// The map form of a peer address.
 pub fn peer_key_of(addr: SocketAddr) -> types::peer_key {
     let v6 = match addr.ip() {
@@ -440,18 +457,7 @@ impl Programs {
             };
             let mut sum = types::peer_counters::default();
             for v in per_cpu.iter().filter_map(|b| from_bytes::<types::peer_counters>(b)) {
-                sum.requests += v.requests;
-                for i in 0..5 {
-                    sum.responses[i] += v.responses[i];
-                }
-                sum.no_response += v.no_response;
-                sum.sent_bytes += v.sent_bytes;
-                sum.received_bytes += v.received_bytes;
-                sum.conn_opened += v.conn_opened;
-                sum.conn_closed += v.conn_closed;
-                sum.conn_failed += v.conn_failed;
-                sum.conn_reset += v.conn_reset;
-                sum.codes_other += v.codes_other;
+                add_peer_counters(&mut sum, &v);
             }
             out.push((addr, sum));
         }

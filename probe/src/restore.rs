@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use upstreamtop_table::{Responses, Snapshot};
 
 use crate::aggregate::{monotonic_ns, unix_ns, Aggregator, BpfTotals, Hist, RouteState};
-use crate::bpf::{types, BpfStats};
+use crate::bpf::{add_peer_counters, types, BpfStats};
 
 /// How the previous run's state comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,19 +56,7 @@ impl Base {
                     out.peers.len() - 1
                 }
             };
-            let c = &mut out.peers[i].1;
-            c.requests += b.requests;
-            for k in 0..5 {
-                c.responses[k] += b.responses[k];
-            }
-            c.no_response += b.no_response;
-            c.sent_bytes += b.sent_bytes;
-            c.received_bytes += b.received_bytes;
-            c.conn_opened += b.conn_opened;
-            c.conn_closed += b.conn_closed;
-            c.conn_failed += b.conn_failed;
-            c.conn_reset += b.conn_reset;
-            c.codes_other += b.codes_other;
+            add_peer_counters(&mut out.peers[i].1, b);
         }
         for (addr, codes) in &self.codes {
             for (code, n) in codes {
