@@ -227,19 +227,9 @@ impl Nginx {
     }
 
     fn start_on(conf: NginxConf, port: u16) -> Result<Nginx> {
-        let prefix = make_prefix()?;
-        let conf_path = prefix.path().join("conf/nginx.conf");
-        std::fs::write(&conf_path, conf.render(prefix.path(), port))
-            .with_context(|| format!("write {}", conf_path.display()))?;
+        let (prefix, mut command) = prepare(&conf, port)?;
         let stderr = std::fs::File::create(prefix.path().join("logs/stderr.log")).context("create stderr log")?;
-        let child = Command::new(&conf.binary)
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.path().join("logs/error.log"))
-            .stdin(Stdio::null())
+        let child = command
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -438,24 +428,35 @@ impl Drop for Nginx {
 /// `nginx -t` on the rendered config: `(ok, stderr)`.
 pub fn check_config(conf: &NginxConf) -> (bool, String) {
     let run = || -> Result<(bool, String)> {
-        let prefix = make_prefix()?;
         let port = if conf.port == 0 { free_port(conf.listen_ip)? } else { conf.port };
-        let conf_path = prefix.path().join("conf/nginx.conf");
-        std::fs::write(&conf_path, conf.render(prefix.path(), port)).context("write config")?;
-        let out = Command::new(&conf.binary)
+        // The prefix must outlive the run: nginx -t reads the config from it.
+        let (_prefix, mut command) = prepare(conf, port)?;
+        let out = command
             .arg("-t")
-            .arg("-p")
-            .arg(prefix.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.path().join("logs/error.log"))
-            .stdin(Stdio::null())
             .output()
             .with_context(|| format!("run {} -t", conf.binary.display()))?;
         Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
     };
     run().unwrap_or_else(|e| (false, format!("{e:#}")))
+}
+
+/// A fresh prefix holding `conf` rendered for `port`, and the command that
+/// runs nginx on it (`-p`, `-c`, `-e` all inside the prefix, stdin closed).
+fn prepare(conf: &NginxConf, port: u16) -> Result<(tempfile::TempDir, Command)> {
+    let prefix = make_prefix()?;
+    let conf_path = prefix.path().join("conf/nginx.conf");
+    std::fs::write(&conf_path, conf.render(prefix.path(), port))
+        .with_context(|| format!("write {}", conf_path.display()))?;
+    let mut command = Command::new(&conf.binary);
+    command
+        .arg("-p")
+        .arg(prefix.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(prefix.path().join("logs/error.log"))
+        .stdin(Stdio::null());
+    Ok((prefix, command))
 }
 
 /// A temp prefix with `conf/`, `logs/`, `tmp/`, readable by workers.
