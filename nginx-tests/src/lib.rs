@@ -14,5 +14,7 @@ pub mod http;
 pub mod load;
 pub mod netns;
 pub mod nginx;
+pub mod prereq;
 pub mod probe;
+pub mod promtool;
 mod rng;

@@ -16,19 +16,11 @@ use nginx_tests::load::{self, Headers, LoadSpec, Route};
 use nginx_tests::netns::Netns;
 use nginx_tests::nginx::{free_port, Nginx, NginxConf};
 use nginx_tests::probe::Probe;
-use nginx_tests::{artifacts, http};
+use nginx_tests::{http, prereq};
 use upstreamtop_table::Snapshot;
 
 /// How long the probe may take to account for traffic that already ended.
 const SETTLE: Duration = Duration::from_secs(20);
-
-fn root_or_skip(test: &str) -> bool {
-    if artifacts::is_root() {
-        return true;
-    }
-    eprintln!("skipping {test}: needs root (tcx programs, network namespaces); run with sudo");
-    false
-}
 
 /// Folding the probe applies to paths: numeric segments become `:id`.
 /// (Test paths use only numeric ids, so this is the whole rule here.)
@@ -214,14 +206,14 @@ fn run_loopback(headers: Headers, client_keepalive: bool, backend_keepalive: boo
 
 #[test]
 fn loopback_minimal_headers_keepalive_counts_equal_backends() {
-    if root_or_skip("loopback_minimal_headers_keepalive_counts_equal_backends") {
+    if prereq::root_or_skip("loopback_minimal_headers_keepalive_counts_equal_backends", "tcx programs, network namespaces") {
         run_loopback(Headers::Minimal, true, true);
     }
 }
 
 #[test]
 fn loopback_realistic_headers_new_connections_counts_equal_backends() {
-    if root_or_skip("loopback_realistic_headers_new_connections_counts_equal_backends") {
+    if prereq::root_or_skip("loopback_realistic_headers_new_connections_counts_equal_backends", "tcx programs, network namespaces") {
         // Client without keepalive, backends closing after every response:
         // a new upstream connection per exchange.
         run_loopback(Headers::Realistic, false, false);
@@ -230,7 +222,7 @@ fn loopback_realistic_headers_new_connections_counts_equal_backends() {
 
 #[test]
 fn netns_veth_v4_and_v6_counts_equal_backends() {
-    if !root_or_skip("netns_veth_v4_and_v6_counts_equal_backends") {
+    if !prereq::root_or_skip("netns_veth_v4_and_v6_counts_equal_backends", "tcx programs, network namespaces") {
         return;
     }
     let ns = Netns::create().unwrap();

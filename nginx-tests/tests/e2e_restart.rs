@@ -17,18 +17,10 @@ use nginx_tests::backend::{Backend, Profile};
 use nginx_tests::load::{self, LoadResult, LoadSpec, Route};
 use nginx_tests::nginx::{free_port, Nginx, NginxConf};
 use nginx_tests::probe::Probe;
-use nginx_tests::{artifacts, http};
+use nginx_tests::{http, prereq};
 use upstreamtop_table::Snapshot;
 
 const SETTLE: Duration = Duration::from_secs(20);
-
-fn root_or_skip(test: &str) -> bool {
-    if artifacts::is_root() {
-        return true;
-    }
-    eprintln!("skipping {test}: needs root (tcx programs, bpffs); run with sudo");
-    false
-}
 
 fn fold(path: &str) -> String {
     let path = path.split('?').next().unwrap_or("");
@@ -130,7 +122,7 @@ fn under_load(nginx: &Nginx, during: impl FnOnce()) -> LoadResult {
 
 #[test]
 fn sigterm_restart_under_load_loses_nothing() {
-    if !root_or_skip("sigterm_restart_under_load_loses_nothing") {
+    if !prereq::root_or_skip("sigterm_restart_under_load_loses_nothing", "tcx programs, bpffs") {
         return;
     }
     let Setup { app1, app2, mut probe, nginx } = setup(Ipv4Addr::new(127, 0, 0, 71));
@@ -159,7 +151,7 @@ fn sigterm_restart_under_load_loses_nothing() {
 
 #[test]
 fn kill9_under_load_nginx_serves_endpoint_says_stale_restart_resumes() {
-    if !root_or_skip("kill9_under_load_nginx_serves_endpoint_says_stale_restart_resumes") {
+    if !prereq::root_or_skip("kill9_under_load_nginx_serves_endpoint_says_stale_restart_resumes", "tcx programs, bpffs") {
         return;
     }
     let Setup { app1, app2, mut probe, nginx } = setup(Ipv4Addr::new(127, 0, 0, 72));
@@ -213,7 +205,7 @@ fn bpftool_ids(what: &str) -> Vec<u32> {
 
 #[test]
 fn detach_removes_the_programs_a_stopped_probe_left_attached() {
-    if !root_or_skip("detach_removes_the_programs_a_stopped_probe_left_attached") {
+    if !prereq::root_or_skip("detach_removes_the_programs_a_stopped_probe_left_attached", "tcx programs, bpffs") {
         return;
     }
     let mut probe = Probe::start(&["--iface", "lo", "--interval", "250ms"]).unwrap();

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nginx_tests::nginx::{Nginx, NginxConf};
 use nginx_tests::probe::Probe;
-use nginx_tests::{artifacts, http};
+use nginx_tests::{http, prereq};
 use serde_json::Value;
 use upstreamtop_table::histogram::BUCKETS;
 use upstreamtop_table::{
@@ -38,14 +38,6 @@ use upstreamtop_table::{
 const REWRITE_FOR: Duration = Duration::from_secs(6);
 const CAPS: Capacities = Capacities { max_peers: 8, max_routes: 16, max_recent: 8, history_len: 4 };
 const NOBODY: u32 = 65534;
-
-fn root_or_skip(test: &str) -> bool {
-    if artifacts::is_root() {
-        return true;
-    }
-    eprintln!("skipping {test}: needs root; run with sudo");
-    false
-}
 
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -160,7 +152,7 @@ fn rewrite(table: &Path, writer: &mut Option<TableWriter>, rng: &mut Rng, n: u64
 
 #[test]
 fn random_table_rewrites_under_polling_keep_workers_alive() {
-    if !root_or_skip("random_table_rewrites_under_polling_keep_workers_alive") {
+    if !prereq::root_or_skip("random_table_rewrites_under_polling_keep_workers_alive", "tcx programs, setpriv to nobody") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -275,7 +267,7 @@ fn as_nobody(script: &str, arg: &Path) -> std::process::ExitStatus {
 
 #[test]
 fn table_is_root_owned_read_only_to_nginx_workers() {
-    if !root_or_skip("table_is_root_owned_read_only_to_nginx_workers") {
+    if !prereq::root_or_skip("table_is_root_owned_read_only_to_nginx_workers", "tcx programs, setpriv to nobody") {
         return;
     }
     // The probe ignores nothing here and sees no traffic of interest: what

@@ -26,12 +26,12 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nginx_tests::backend::{Backend, Profile};
 use nginx_tests::load::{self, LoadSpec, Route};
 use nginx_tests::nginx::{free_port, Nginx, NginxConf};
 use nginx_tests::probe::Probe;
-use nginx_tests::{artifacts, http};
+use nginx_tests::{artifacts, http, prereq, promtool};
 use serde_json::Value;
 use upstreamtop_table::Snapshot;
 
@@ -56,15 +56,7 @@ const RSS_CEILING_KB: u64 = 64 * 1024;
 const RSS_GROWTH_KB: u64 = 6 * 1024;
 
 fn prerequisites(test: &str) -> bool {
-    if !artifacts::is_root() {
-        eprintln!("skipping {test}: needs root (tcx programs); run with sudo");
-        return false;
-    }
-    if Command::new("promtool").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-        eprintln!("skipping {test}: promtool not found (Debian package prometheus; ./build.sh deps installs it)");
-        return false;
-    }
-    true
+    prereq::root_or_skip(test, "tcx programs") && prereq::tool_or_skip(test, "promtool", "prometheus")
 }
 
 /// The hostile request targets (all with the secret in the query string).
@@ -246,25 +238,6 @@ fn rss_kb(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn promtool_check(text: &str) -> Result<()> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawn promtool")?;
-    child.stdin.take().context("promtool stdin")?.write_all(text.as_bytes()).context("feed promtool")?;
-    let out = child.wait_with_output().context("wait for promtool")?;
-    if !out.status.success() {
-        bail!(
-            "promtool check metrics failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
 
 /// Control characters other than `\n` in terminal output: C0, DEL and C1
 /// (U+0080..U+009F), plus bidi overrides that reorder what a terminal shows.
@@ -443,7 +416,7 @@ fn hostile_paths_cardinality_garbage_and_aborts_keep_outputs_clean_and_counts_ex
     // Prometheus: promtool accepts it, no secret.
     let prom = http::get(&nginx.url("/upstreamtop?format=prometheus")).unwrap();
     assert_eq!(prom.status, 200);
-    promtool_check(&prom.text()).unwrap_or_else(|e| panic!("{e:#}"));
+    promtool::check_metrics(&prom.text()).unwrap_or_else(|e| panic!("{e:#}"));
     assert_no_secret("Prometheus", &prom.body);
 
     // Dashboard: no escape sequences, no secret.

@@ -24,20 +24,12 @@ use nginx_tests::backend::{Backend, Profile};
 use nginx_tests::load::{self, LoadSpec, Route};
 use nginx_tests::nginx::{free_port, NginxConf};
 use nginx_tests::probe::Probe;
-use nginx_tests::{artifacts, http};
+use nginx_tests::{http, prereq};
 use serde_json::Value;
 use upstreamtop_table::Snapshot;
 
 const SETTLE: Duration = Duration::from_secs(20);
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn root_or_skip(test: &str) -> bool {
-    if artifacts::is_root() {
-        return true;
-    }
-    eprintln!("skipping {test}: needs root (tcx programs); run with sudo");
-    false
-}
 
 /// Live (non-zombie) direct children of `pid`, from /proc.
 fn children_of(pid: u32) -> Vec<u32> {
@@ -207,7 +199,7 @@ fn peer_codes(snap: &Snapshot, addr: SocketAddr) -> Option<(u64, BTreeMap<u16, u
 
 #[test]
 fn reloads_and_binary_upgrade_under_load_lose_no_request() {
-    if !root_or_skip("reloads_and_binary_upgrade_under_load_lose_no_request") {
+    if !prereq::root_or_skip("reloads_and_binary_upgrade_under_load_lose_no_request", "tcx programs") {
         return;
     }
     let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));

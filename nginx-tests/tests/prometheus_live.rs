@@ -20,7 +20,6 @@
 //! says so and passes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +29,7 @@ use nginx_tests::backend::{Backend, Profile};
 use nginx_tests::load::{self, LoadSpec, Route};
 use nginx_tests::nginx::{free_port, Nginx, NginxConf};
 use nginx_tests::probe::Probe;
-use nginx_tests::{artifacts, http};
+use nginx_tests::{artifacts, http, prereq, promtool};
 use serde_json::Value;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -42,17 +41,8 @@ const REQUESTS: u64 = 2000;
 const RATE: f64 = 500.0;
 
 fn prerequisites(test: &str) -> bool {
-    if !artifacts::is_root() {
-        eprintln!("skipping {test}: needs root (tcx programs); run with sudo");
-        return false;
-    }
-    for tool in [PROMETHEUS, "promtool"] {
-        if Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            eprintln!("skipping {test}: {tool} not found (Debian package prometheus; ./build.sh deps installs it)");
-            return false;
-        }
-    }
-    true
+    prereq::root_or_skip(test, "tcx programs")
+        && [PROMETHEUS, "promtool"].iter().all(|tool| prereq::tool_or_skip(test, tool, "prometheus"))
 }
 
 fn config_file(name: &str) -> String {
@@ -64,26 +54,6 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64()
 }
 
-/// `promtool check metrics` on `text`: Ok, or promtool's complaint.
-fn promtool_check(text: &str) -> Result<()> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawn promtool")?;
-    child.stdin.take().context("promtool stdin")?.write_all(text.as_bytes()).context("feed promtool")?;
-    let out = child.wait_with_output().context("wait for promtool")?;
-    if !out.status.success() {
-        bail!(
-            "promtool check metrics failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
 
 /// Sample lines of an exposition as (name, labels text, value).
 fn samples(text: &str) -> Vec<(String, String, f64)> {
@@ -392,7 +362,7 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     let scrape = http::get(&nginx.url("/upstreamtop?format=prometheus")).unwrap();
     assert_eq!(scrape.status, 200, "{}", scrape.text());
     let text = scrape.text();
-    promtool_check(&text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+    promtool::check_metrics(&text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
     for label in [
         "route=\"/q\\\"uo\\\\te/it's\"",
         "route=\"/raw/ctl%01%1B%7F/x\"",
@@ -425,7 +395,7 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
         assert!(longest < 300, "route labels are bounded: {longest} bytes");
     }
     let lean = http::get(&nginx.url("/upstreamtop?format=prometheus&route_labels=0")).unwrap();
-    promtool_check(&lean.text()).unwrap();
+    promtool::check_metrics(&lean.text()).unwrap();
     assert!(!lean.text().contains("upstreamtop_route_requests_total{"), "{}", lean.text());
     assert!(lean.text().contains("upstreamtop_requests_total{"), "{}", lean.text());
 
@@ -485,7 +455,7 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     assert_eq!(up.get("upstreamtop-no-probe"), Some(&0.0), "missing table still scrapes as probe_up 0: {up:?}");
     let direct = http::get(&no_probe.url("/upstreamtop?format=prometheus")).unwrap();
     assert_eq!(direct.status, 200);
-    promtool_check(&direct.text()).unwrap();
+    promtool::check_metrics(&direct.text()).unwrap();
     assert!(direct.text().contains("table unavailable"), "{}", direct.text());
     assert_eq!(http::get(&no_probe.url("/upstreamtop")).unwrap().status, 503, "JSON keeps its 503");
 
