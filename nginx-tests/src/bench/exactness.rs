@@ -156,7 +156,7 @@ fn difference(client: &mut http::Client, want: &[(String, u64, BTreeMap<u16, u64
 }
 
 /// [`difference`] on an already parsed answer.
-fn compare(doc: &serde_json::Value, want: &[(String, u64, BTreeMap<u16, u64>)]) -> Result<(u64, String)> {
+pub(super) fn compare(doc: &serde_json::Value, want: &[(String, u64, BTreeMap<u16, u64>)]) -> Result<(u64, String)> {
     let peers = doc["upstreams"]["app"]["peers"].as_array().context("no upstreams.app.peers")?;
     let mut diff = 0;
     let mut detail = Vec::new();

@@ -13,6 +13,7 @@ pub mod figures;
 pub mod overhead;
 pub mod procfs;
 pub mod scale;
+pub mod soak;
 pub mod synthetic;
 pub mod wrk;
 

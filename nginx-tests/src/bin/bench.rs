@@ -39,6 +39,24 @@ struct Args {
     /// Override the length of one run of a pair, in seconds.
     #[arg(long)]
     run_secs: Option<u64>,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// Soak: mixed load through nginx (2 workers) for a long time, sampling
+    /// the workers' and the probe's RSS; reports start/end/max and the slope
+    /// after a 1-minute warm-up (`target/bench/soak.json`). Never part of the
+    /// default suite or CI.
+    Soak {
+        /// Length of the run in minutes (more than the 1-minute warm-up).
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Where to write the JSON [default: <target>/bench/soak.json].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +86,11 @@ fn run() -> Result<()> {
         if !on_path(tool) {
             bail!("{tool} not found: apt-get install {pkg}");
         }
+    }
+    if let Some(Mode::Soak { minutes, out }) = &args.mode {
+        bench::catch_interrupts()?;
+        let out = out.clone().unwrap_or_else(|| artifacts::target_dir().join("bench").join("soak.json"));
+        return bench::soak::run(*minutes, &out);
     }
     let wanted: BTreeSet<u8> = if args.only.is_empty() { (1..=6).collect() } else { args.only.iter().copied().collect() };
     if let Some(bad) = wanted.iter().find(|p| !(1..=6).contains(*p)) {
