@@ -277,7 +277,9 @@ pub fn run_until(spec: &LoadSpec, stop: &AtomicBool) -> Result<LoadResult> {
     Ok(result)
 }
 
-fn realistic_headers() -> Vec<(String, String)> {
+/// Headers a browser sends (user agent, accept-*, a long cookie): what
+/// `Headers::Realistic` adds to every request.
+pub fn realistic_headers() -> Vec<(String, String)> {
     let cookie: String = (0..12).map(|i| format!("c{i}=v{:08x}{:08x}; ", i * 7919, i * 104_729)).collect();
     [
         ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36"),

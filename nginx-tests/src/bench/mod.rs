@@ -118,22 +118,12 @@ impl Settings {
     }
 }
 
-/// Headers a browser sends (user agent, accept-*, a long cookie): request
-/// heads of ~1 KB, as `load::Headers::Realistic` sends them.
+/// Headers a browser sends, as `load::Headers::Realistic` sends them, plus a
+/// request id: request heads of ~1 KB for wrk.
 pub fn realistic_headers() -> Vec<(String, String)> {
-    let cookie: String = (0..12).map(|i| format!("c{i}=v{:08x}{:08x}; ", i * 7919, i * 104_729)).collect();
-    [
-        ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36"),
-        ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
-        ("Accept-Language", "en-US,en;q=0.9,de;q=0.8"),
-        ("Accept-Encoding", "gzip, deflate, br"),
-        ("Referer", "http://shop.example/catalog/items?page=3&sort=price"),
-        ("Cookie", cookie.trim_end_matches("; ")),
-        ("X-Request-Id", "5f0c9a1e-7d2b-4c1a-9e4f-0b8a6d3c2e1f"),
-    ]
-    .iter()
-    .map(|(n, v)| (n.to_string(), v.to_string()))
-    .collect()
+    let mut headers = crate::load::realistic_headers();
+    headers.push(("X-Request-Id".to_string(), "5f0c9a1e-7d2b-4c1a-9e4f-0b8a6d3c2e1f".to_string()));
+    headers
 }
 
 /// Median (mean of the middle two for an even count); NaN when empty.
