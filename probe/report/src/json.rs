@@ -85,6 +85,21 @@ fn digits_at(out: &mut [u8; 24], start: usize, mut v: u64) -> usize {
     end
 }
 
+/// The eight decimal digits of `v < 10^8` (leading zeros included) as
+/// ASCII in the bytes of a little-endian word, most significant first:
+/// split into 4-digit halves, then pairs, then digits, all lanes at once
+/// (the multiply-shift pairs divide exactly by 100 below 43,699 and by 10
+/// below 179, and no lane carries into its neighbour).
+#[inline(always)]
+fn swar8(v: u32) -> u64 {
+    let x = u64::from(v / 10_000) | (u64::from(v % 10_000) << 32);
+    let q = ((x * 10_486) >> 20) & 0x0000_007F_0000_007F;
+    let y = q | ((x - q * 100) << 16);
+    let q = ((y * 103) >> 10) & 0x000F_000F_000F_000F;
+    let z = q | ((y - q * 10) << 8);
+    z + 0x3030_3030_3030_3030
+}
+
 /// The output buffer, with one method per JSON shape. Bytes rather than a
 /// `String` so numbers go in with one copy from a stack buffer; everything
 /// written is ASCII or comes from a `&str`, so it stays UTF-8.
@@ -101,16 +116,56 @@ impl W {
         self.0.extend_from_slice(s.as_bytes());
     }
 
+    /// Decimal digits of `v`. Below 10^16 (every counter in practice) the
+    /// digits are computed in registers and stored as whole words:
+    /// building them byte by byte in a stack array and copying that out
+    /// made the CPU wait on store forwarding for every number.
     #[inline]
     pub(crate) fn u64(&mut self, v: u64) {
         if v < 10 {
             // Most counters in a quiet table: zero.
             self.0.push(b'0' + v as u8);
+        } else if v < 100_000_000 {
+            self.digits8(v as u32);
+        } else if v < 10_000_000_000_000_000 {
+            self.digits8((v / 100_000_000) as u32);
+            self.put_word(swar8((v % 100_000_000) as u32), 8);
         } else {
             let mut out = [0u8; 24];
             let n = digits_at(&mut out, 0, v);
             self.put(&out, n);
         }
+    }
+
+    /// `v < 10^8` without leading zeros.
+    #[inline(always)]
+    fn digits8(&mut self, v: u32) {
+        let n = v.checked_ilog10().map_or(1, |l| l as usize + 1);
+        self.put_word(swar8(v) >> ((8 - n) * 8), n);
+    }
+
+    /// Appends the first `n` (≤ 8) bytes of `word` (little-endian): one
+    /// 8-byte store, then the length is cut back.
+    #[inline(always)]
+    fn put_word(&mut self, word: u64, n: usize) {
+        let len = self.0.len();
+        self.0.extend_from_slice(&word.to_le_bytes());
+        self.0.truncate(len + n);
+    }
+
+    /// `.d`, `.dd` or `.ddd` for `frac < 1000` thousandths, trailing zeros
+    /// dropped but one digit always kept (`.0`, `.5`, `.25`, `.125`).
+    #[inline(always)]
+    fn frac3(&mut self, frac: u32) {
+        let keep = if !frac.is_multiple_of(10) {
+            3
+        } else if !frac.is_multiple_of(100) {
+            2
+        } else {
+            1
+        };
+        // swar8 puts the three digits in bytes 5..8.
+        self.put_word(u64::from(b'.') | ((swar8(frac) >> 40) << 8), 1 + keep);
     }
 
     /// Appends `out[..n]`. The whole array goes in as one fixed-size copy
@@ -137,15 +192,13 @@ impl W {
         }
         // Whole numbers (counts per second, most history figures): no
         // division needed to know the text is exact. -0.0 prints "0.0".
-        let mut out = [0u8; 24];
         let t = v as i64;
         if t as f64 == v && t.unsigned_abs() < 1_000_000_000_000 {
-            let sign = usize::from(t < 0);
-            out[0] = b'-';
-            let n = digits_at(&mut out, sign, t.unsigned_abs());
-            out[n] = b'.';
-            out[n + 1] = b'0';
-            self.put(&out, n + 2);
+            if t < 0 {
+                self.0.push(b'-');
+            }
+            self.u64(t.unsigned_abs());
+            self.raw(".0");
             return;
         }
         let x = v * 1000.0;
@@ -153,17 +206,12 @@ impl W {
             let m = round_i64(x);
             if m.unsigned_abs() < 1_000_000_000_000_000 && m as f64 / 1000.0 == v {
                 // Sign, integer part, point, 1–3 decimals.
+                if m < 0 {
+                    self.0.push(b'-');
+                }
                 let a = m.unsigned_abs();
-                let (int, frac) = (a / 1000, (a % 1000) as u32);
-                let sign = usize::from(m < 0);
-                out[0] = b'-';
-                let n = digits_at(&mut out, sign, int);
-                out[n] = b'.';
-                out[n + 1] = b'0' + (frac / 100) as u8;
-                out[n + 2] = b'0' + (frac / 10 % 10) as u8;
-                out[n + 3] = b'0' + (frac % 10) as u8;
-                let keep = if frac % 10 != 0 { 3 } else if frac % 100 != 0 { 2 } else { 1 };
-                self.put(&out, n + 1 + keep);
+                self.u64(a / 1000);
+                self.frac3((a % 1000) as u32);
                 return;
             }
         }
@@ -174,16 +222,40 @@ impl W {
     /// `n / 1000` as [`Self::f64`] prints `round3(n as f64 / 1000.0)`, for
     /// `n < 2^32`: that float is the double nearest `n / 1000`, whose
     /// three-decimal text is exactly the integer's digits (no float work).
+    #[inline]
     pub(crate) fn thousandths(&mut self, n: u32) {
-        let (int, frac) = (n / 1000, n % 1000);
-        let mut out = [0u8; 24];
-        let end = digits_at(&mut out, 0, int.into());
-        out[end] = b'.';
-        out[end + 1] = b'0' + (frac / 100) as u8;
-        out[end + 2] = b'0' + (frac / 10 % 10) as u8;
-        out[end + 3] = b'0' + (frac % 10) as u8;
-        let keep = if frac % 10 != 0 { 3 } else if frac % 100 != 0 { 2 } else { 1 };
-        self.put(&out, end + 1 + keep);
+        self.u64((n / 1000).into());
+        self.frac3(n % 1000);
+    }
+
+    /// What [`Self::f64`] prints for [`crate::peer::ms`]`(ns)`, in
+    /// integers when that is provably the same text: below 2^50 ns the two
+    /// float roundings in `ms` move `ns / 1000` by less than 0.0003, so
+    /// rounding to whole µs can only differ from integer rounding at an
+    /// exact half (`ns % 1000 == 500`), which takes the float path.
+    #[inline]
+    pub(crate) fn ms(&mut self, ns: u64) {
+        if ns < 1 << 50 && ns % 1000 != 500 {
+            let us = (ns + 500) / 1000;
+            self.u64(us / 1000);
+            self.frac3((us % 1000) as u32);
+        } else {
+            self.f64(crate::peer::ms(ns));
+        }
+    }
+
+    /// `{"avg":…,"p50":…,"p90":…,"p99":…}` of nanosecond figures in ms, as
+    /// [`Self::percentiles`] prints [`crate::peer::percentiles`].
+    pub(crate) fn ms_percentiles(&mut self, avg: u64, p50: u64, p90: u64, p99: u64) {
+        self.raw("{\"avg\":");
+        self.ms(avg);
+        self.raw(",\"p50\":");
+        self.ms(p50);
+        self.raw(",\"p90\":");
+        self.ms(p90);
+        self.raw(",\"p99\":");
+        self.ms(p99);
+        self.raw("}");
     }
 
     /// A quoted, escaped string (the escapes serde_json uses).
@@ -613,6 +685,29 @@ mod tests {
             w.thousandths(n);
             w.into_string()
         };
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..300_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Every digit count, and every value up to 10^5.
+            let v = [i, x, x >> (x % 64), 99_999_990 + i % 20, 9_999_999_999_999_990 + i % 20][(i % 5) as usize];
+            assert_eq!(u(v), v.to_string());
+        }
+        let ms = |ns: u64| {
+            let mut w = W(Vec::new());
+            w.ms(ns);
+            w.into_string()
+        };
+        for i in 0..400_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let around = |c: u64| c.saturating_sub(3) + x % 7;
+            let ns = [i, x, x >> (x % 64), around((x >> 20) / 1000 * 1000 + 500), around(1 << 50), around((x >> 14) * 1000)]
+                [(i % 6) as usize];
+            assert_eq!(ms(ns), f(crate::peer::ms(ns)), "{ns}");
+        }
         for n in (0..200_000u32).chain([u32::MAX, u32::MAX - 1, 4_294_967_000, 1 << 31]) {
             assert_eq!(th(n), f(crate::peer::round3(f64::from(n) / 1000.0)), "{n}");
         }

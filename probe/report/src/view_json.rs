@@ -22,8 +22,8 @@ use crate::build::{probe, recent_list, SCHEMA_VERSION, UNLISTED};
 use crate::config::{NginxConfig, Query, ServerConf};
 use crate::join::{key, show, AddrKey, ConfigIndex, Listeners};
 use crate::json::W;
-use crate::model::{Connections, Percentiles, Route, Totals};
-use crate::peer::{self, add_table_parts, ms, percentiles, round3, state_of, PeerCtx, StateInput};
+use crate::model::{Connections, Route, Totals};
+use crate::peer::{self, add_table_parts, round3, state_of, PeerCtx, StateInput};
 
 /// A rendered JSON answer, and what a cache needs to serve it again later
 /// in the same publish interval.
@@ -290,14 +290,14 @@ impl<'v> PeerWriter<'_, '_, 'v> {
         w.raw(",\"no_response\":");
         w.u64(p.no_response());
         w.raw(",\"header_time\":");
-        w.f64(ms(win.latency_avg_ns));
+        w.ms(win.latency_avg_ns);
         w.raw(",\"header_time_window\":");
-        w.percentiles(&percentiles(win.latency_avg_ns, win.latency_p50_ns, win.latency_p90_ns, win.latency_p99_ns));
+        w.ms_percentiles(win.latency_avg_ns, win.latency_p50_ns, win.latency_p90_ns, win.latency_p99_ns);
         w.raw(",\"header_time_total\":");
         let buckets = p.buckets();
         let [p50, p90, p99] = quantiles_ns(&buckets, [0.5, 0.9, 0.99]).map(|q| q.unwrap_or(0));
         let avg = p.latency_sum_ns().checked_div(p.latency_count()).unwrap_or(0);
-        w.percentiles(&percentiles(avg, p50, p90, p99));
+        w.ms_percentiles(avg, p50, p90, p99);
         w.raw(",\"sent\":");
         w.u64(p.sent_bytes());
         w.raw(",\"received\":");
@@ -426,12 +426,7 @@ fn route(w: &mut W, r: &RouteView) {
     w.u64(r.no_response());
     w.raw(",\"header_time\":");
     let avg = r.latency_sum_ns().checked_div(r.latency_count()).unwrap_or(0);
-    w.percentiles(&Percentiles {
-        avg: ms(avg),
-        p50: ms(r.latency_p50_ns()),
-        p90: ms(r.latency_p90_ns()),
-        p99: ms(r.latency_p99_ns()),
-    });
+    w.ms_percentiles(avg, r.latency_p50_ns(), r.latency_p90_ns(), r.latency_p99_ns());
     w.raw("}");
 }
 

@@ -204,33 +204,56 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Appends little-endian fields to a buffer.
-pub struct Enc<'a>(pub &'a mut Vec<u8>);
+/// Writes little-endian fields into a byte slice from a cursor on. The
+/// writer encodes straight into the table's inactive slot (no second
+/// slot-sized buffer), so this writes in place rather than appending; the
+/// capacities bound what is encoded, and a write past the end panics.
+pub struct Enc<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
 
-impl Enc<'_> {
+impl<'a> Enc<'a> {
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        Enc { buf, pos: 0 }
+    }
+    /// Bytes written so far.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    /// Everything written so far.
+    pub fn written(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.pos]
+    }
+    #[inline]
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
     pub fn u8(&mut self, v: u8) {
-        self.0.push(v);
+        self.bytes(&[v]);
     }
     pub fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.bytes(&v.to_le_bytes());
     }
     pub fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.bytes(&v.to_le_bytes());
     }
     pub fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.bytes(&v.to_le_bytes());
     }
     pub fn f64(&mut self, v: f64) {
         self.u64(v.to_bits());
     }
     pub fn zeros(&mut self, n: usize) {
-        self.0.resize(self.0.len() + n, 0);
+        self.buf[self.pos..self.pos + n].fill(0);
+        self.pos += n;
     }
     /// `bytes` (already bounded by the caller) padded with zeros to `width`.
     pub fn padded(&mut self, bytes: &[u8], width: usize) {
         debug_assert!(bytes.len() <= width);
         let n = bytes.len().min(width);
-        self.0.extend_from_slice(&bytes[..n]);
+        self.bytes(&bytes[..n]);
         self.zeros(width - n);
     }
     pub fn addr(&mut self, a: &SocketAddr) {

@@ -68,9 +68,8 @@ fn dec_responses(d: &mut Dec, cap: usize) -> DecResult<(Responses, u32)> {
 /// Encodes one peer record (exactly `PEER_REC_SIZE` bytes); its history goes
 /// to the history array separately. Returns how many exact codes were folded
 /// into `codes_other`.
-pub fn enc_peer(out: &mut Vec<u8>, p: &PeerStats, history_count: u32) -> u64 {
-    let start = out.len();
-    let mut e = Enc(out);
+pub fn enc_peer(e: &mut Enc, p: &PeerStats, history_count: u32) -> u64 {
+    let start = e.pos();
     e.addr(&p.addr);
     e.u64(p.requests);
     e.u64(p.no_response);
@@ -78,9 +77,9 @@ pub fn enc_peer(out: &mut Vec<u8>, p: &PeerStats, history_count: u32) -> u64 {
     e.u64(p.received_bytes);
     // enc_responses writes a zero pad word where the decoder finds the
     // history count; patch it below.
-    let pad_at = e.0.len() + 5 * 8 + 8 + 4;
-    let folded = enc_responses(&mut e, &p.responses, PEER_CODES);
-    e.0[pad_at..pad_at + 4].copy_from_slice(&history_count.to_le_bytes());
+    let pad_at = e.pos() + 5 * 8 + 8 + 4;
+    let folded = enc_responses(e, &p.responses, PEER_CODES);
+    e.written()[pad_at..pad_at + 4].copy_from_slice(&history_count.to_le_bytes());
     let c = &p.conns;
     for v in [c.opened, c.closed, c.failed, c.reset, c.active] {
         e.u64(v);
@@ -101,7 +100,7 @@ pub fn enc_peer(out: &mut Vec<u8>, p: &PeerStats, history_count: u32) -> u64 {
     e.u64(w.latency_p99_ns);
     e.u64(p.first_seen_unix_ns);
     e.u64(p.last_seen_unix_ns);
-    debug_assert_eq!(out.len() - start, PEER_REC_SIZE);
+    debug_assert_eq!(e.pos() - start, PEER_REC_SIZE);
     folded
 }
 
@@ -151,8 +150,7 @@ pub fn dec_peer(rec: &[u8]) -> DecResult<(PeerStats, u32)> {
     Ok((peer, history_count))
 }
 
-pub fn enc_history(out: &mut Vec<u8>, h: &HistorySample) {
-    let mut e = Enc(out);
+pub fn enc_history(e: &mut Enc, h: &HistorySample) {
     e.u32(h.requests);
     e.u32(h.errors_5xx);
     e.u32(h.conn_failed);
@@ -166,11 +164,10 @@ pub fn dec_history(rec: &[u8]) -> DecResult<HistorySample> {
 
 /// Encodes one route record (exactly `ROUTE_REC_SIZE` bytes); returns how
 /// many exact codes were folded into `codes_other`.
-pub fn enc_route(out: &mut Vec<u8>, r: &RouteStats) -> u64 {
-    let start = out.len();
+pub fn enc_route(e: &mut Enc, r: &RouteStats) -> u64 {
+    let start = e.pos();
     let method = truncate_utf8(&r.method, METHOD_LEN);
     let path = truncate_utf8(&r.path, PATH_LEN);
-    let mut e = Enc(out);
     e.u32(r.peer);
     e.u8(r.is_other as u8);
     e.u8(method.len() as u8);
@@ -180,13 +177,13 @@ pub fn enc_route(out: &mut Vec<u8>, r: &RouteStats) -> u64 {
     e.padded(path.as_bytes(), PATH_LEN);
     e.u64(r.requests);
     e.u64(r.no_response);
-    let folded = enc_responses(&mut e, &r.responses, ROUTE_CODES);
+    let folded = enc_responses(e, &r.responses, ROUTE_CODES);
     for v in [r.latency_sum_ns, r.latency_count, r.latency_p50_ns, r.latency_p90_ns, r.latency_p99_ns] {
         e.u64(v);
     }
     e.f64(r.requests_per_sec);
     e.f64(r.errors_5xx_per_sec);
-    debug_assert_eq!(out.len() - start, ROUTE_REC_SIZE);
+    debug_assert_eq!(e.pos() - start, ROUTE_REC_SIZE);
     folded
 }
 
@@ -224,11 +221,10 @@ pub fn dec_route(rec: &[u8]) -> DecResult<RouteStats> {
     })
 }
 
-pub fn enc_recent(out: &mut Vec<u8>, r: &RecentRequest) {
-    let start = out.len();
+pub fn enc_recent(e: &mut Enc, r: &RecentRequest) {
+    let start = e.pos();
     let method = truncate_utf8(&r.method, METHOD_LEN);
     let path = truncate_utf8(&r.path, PATH_LEN);
-    let mut e = Enc(out);
     e.u64(r.unix_ns);
     e.addr(&r.peer);
     e.u8(method.len() as u8);
@@ -238,7 +234,7 @@ pub fn enc_recent(out: &mut Vec<u8>, r: &RecentRequest) {
     e.padded(method.as_bytes(), METHOD_LEN);
     e.padded(path.as_bytes(), PATH_LEN);
     e.u64(r.latency_ns);
-    debug_assert_eq!(out.len() - start, RECENT_REC_SIZE);
+    debug_assert_eq!(e.pos() - start, RECENT_REC_SIZE);
 }
 
 pub fn dec_recent(rec: &[u8]) -> DecResult<RecentRequest> {

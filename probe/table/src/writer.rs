@@ -51,8 +51,7 @@ pub struct TableWriter {
     map: MmapMut,
     caps: Capacities,
     slot_off: [usize; 2],
-    /// Reused encode buffer (slot header + body).
-    buf: Vec<u8>,
+    slot_size: usize,
     generation: u64,
 }
 
@@ -115,8 +114,7 @@ impl TableWriter {
             // writable; readers use pread and never map it.
             let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| err_at(&tmp, "mapping", e))?;
             let generation = random_u64();
-            let mut h = Vec::with_capacity(HEADER_READ);
-            let mut e = Enc(&mut h);
+            let mut e = Enc::new(&mut map[..HEADER_READ]);
             e.padded(&MAGIC, 8);
             e.u32(ABI_VERSION);
             e.u32(HEADER_SIZE as u32);
@@ -137,9 +135,8 @@ impl TableWriter {
             e.u64(HEADER_SIZE);
             e.u64(HEADER_SIZE + slot_size);
             e.u64(slot_size);
-            debug_assert_eq!(h.len(), H_SLOT_SIZE + 8);
+            debug_assert_eq!(e.pos(), H_SLOT_SIZE + 8);
             // active = 0, seq = [0, 0]: "never published" (the file is zeroed).
-            map[..h.len()].copy_from_slice(&h);
             map.flush().map_err(|e| err_at(&tmp, "flushing", e))?;
             Ok((map, generation))
         };
@@ -159,7 +156,7 @@ impl TableWriter {
             map,
             caps,
             slot_off: [HEADER_SIZE as usize, (HEADER_SIZE + slot_size) as usize],
-            buf: Vec::new(),
+            slot_size: slot_size as usize,
             generation,
         })
     }
@@ -190,9 +187,11 @@ impl TableWriter {
 
     /// Publish one snapshot (seqlock-protected; never waits for readers).
     /// Lists beyond the capacities are truncated and counted in the report.
+    ///
+    /// The snapshot is encoded straight into the inactive slot of the
+    /// mapping: no slot-sized buffer beside the file (megabytes of the
+    /// probe's RSS at large capacities).
     pub fn publish(&mut self, snap: &Snapshot) -> io::Result<PublishReport> {
-        let mut buf = std::mem::take(&mut self.buf);
-        let report = self.encode(snap, &mut buf);
         let active = Self::atomic(&mut self.map, H_ACTIVE).load(Ordering::Relaxed) as usize & 1;
         let target = 1 - active;
         let seq = Self::atomic(&mut self.map, H_SEQ[target]).load(Ordering::Relaxed);
@@ -201,16 +200,14 @@ impl TableWriter {
         Self::atomic(&mut self.map, H_SEQ[target]).store(seq | 1, Ordering::Relaxed);
         fence(Ordering::Release);
         let off = self.slot_off[target];
-        self.map[off..off + buf.len()].copy_from_slice(&buf);
+        let report = Self::encode(self.caps, snap, &mut self.map[off..off + self.slot_size]);
         Self::atomic(&mut self.map, H_SEQ[target]).store((seq | 1) + 1, Ordering::Release);
         Self::atomic(&mut self.map, H_ACTIVE).store(target as u64, Ordering::Release);
-        self.buf = buf;
         Ok(report)
     }
 
-    /// Encodes `snap` (bounded by the capacities) into `buf`: slot header + body.
-    fn encode(&self, snap: &Snapshot, buf: &mut Vec<u8>) -> PublishReport {
-        let caps = self.caps;
+    /// Encodes `snap` (bounded by `caps`) into `slot`: slot header + body.
+    fn encode(caps: Capacities, snap: &Snapshot, slot: &mut [u8]) -> PublishReport {
         let mut rep = PublishReport::default();
         let n_peers = snap.peers.len().min(caps.max_peers as usize);
         rep.peers_truncated = (snap.peers.len() - n_peers) as u64;
@@ -227,10 +224,8 @@ impl TableWriter {
         let n_ifaces = snap.meta.interfaces.len().min(MAX_IFACES);
         rep.interfaces_truncated = (snap.meta.interfaces.len() - n_ifaces) as u64;
 
-        buf.clear();
-        buf.reserve(SLOT_HEADER_SIZE as usize + n_peers * PEER_REC_SIZE + routes.len() * ROUTE_REC_SIZE);
         let m = &snap.meta;
-        let mut e = Enc(buf);
+        let mut e = Enc::new(slot);
         e.u64(0); // used, patched below
         e.u64(0); // checksum, patched below
         e.u32(m.pid);
@@ -244,39 +239,40 @@ impl TableWriter {
         e.u32(n_peers as u32);
         e.u32(routes.len() as u32);
         e.u32(n_recent as u32);
-        debug_assert_eq!(e.0.len(), S_IFACES);
+        debug_assert_eq!(e.pos(), S_IFACES);
         for name in &m.interfaces[..n_ifaces] {
             let name = truncate_utf8(name, IFACE_LEN - 1);
             e.u8(name.len() as u8);
             e.padded(name.as_bytes(), IFACE_LEN - 1);
         }
-        e.zeros(SLOT_HEADER_SIZE as usize - e.0.len());
+        e.zeros(SLOT_HEADER_SIZE as usize - e.pos());
 
         let hist_len = caps.history_len as usize;
         for p in &snap.peers[..n_peers] {
             let h = p.history.len().min(hist_len);
-            rep.codes_folded += records::enc_peer(buf, p, h as u32);
+            rep.codes_folded += records::enc_peer(&mut e, p, h as u32);
         }
         for p in &snap.peers[..n_peers] {
             // Oldest first: keep the newest `history_len` samples.
             let keep = &p.history[p.history.len() - p.history.len().min(hist_len)..];
             rep.history_truncated += (p.history.len() - keep.len()) as u64;
             for s in keep {
-                records::enc_history(buf, s);
+                records::enc_history(&mut e, s);
             }
-            buf.resize(buf.len() + (hist_len - keep.len()) * HISTORY_REC_SIZE, 0);
+            e.zeros((hist_len - keep.len()) * HISTORY_REC_SIZE);
         }
         for r in &routes {
-            rep.codes_folded += records::enc_route(buf, r);
+            rep.codes_folded += records::enc_route(&mut e, r);
         }
         for r in recent {
-            records::enc_recent(buf, r);
+            records::enc_recent(&mut e, r);
         }
-        let used = (buf.len() - SLOT_HEADER_SIZE as usize) as u64;
+        let used = (e.pos() - SLOT_HEADER_SIZE as usize) as u64;
         debug_assert_eq!(
             Some(used),
             body_len(n_peers as u64, caps.history_len as u64, routes.len() as u64, n_recent as u64)
         );
+        let buf = e.written();
         buf[S_USED..S_USED + 8].copy_from_slice(&used.to_le_bytes());
         let sum = checksum(&[&buf[S_CHECKSUMMED_FROM..]]);
         buf[S_CHECKSUM..S_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
