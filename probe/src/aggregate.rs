@@ -1,16 +1,23 @@
 //! Folds what the BPF side reports (per-CPU counters, ring-buffer events,
 //! sweeper findings) into [`Snapshot`]s.
+//!
+//! Memory is what the daemon keeps between publishes plus one [`Snapshot`]:
+//! the snapshot is kept and rewritten in place by each publish (its vectors
+//! and strings reused), not built afresh, so a publish allocates next to
+//! nothing and the peak is the steady state. Route latency histograms are
+//! sparse until busy (see hist.rs), route keys are stored once.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
-use upstreamtop_table::histogram::{bucket_of, quantile_ns, BUCKETS};
 use upstreamtop_table::{
     Connections, HistorySample, Latency, PeerStats, ProbeCounters, ProbeMeta, RecentRequest,
     Responses, RouteStats, Snapshot, Window,
 };
 
 use crate::bpf::{socket_addr, types, BpfStats};
+use crate::hist::Hist;
 use crate::http;
 
 /// Limits of the userspace side.
@@ -36,31 +43,6 @@ pub struct BpfTotals {
 }
 
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Hist {
-    pub(crate) buckets: Vec<u64>,
-    pub(crate) sum_ns: u64,
-    pub(crate) count: u64,
-}
-
-impl Hist {
-    fn add(&mut self, ns: u64) {
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; BUCKETS];
-        }
-        self.buckets[bucket_of(ns)] += 1;
-        self.sum_ns += ns;
-        self.count += 1;
-    }
-    fn q(&self, q: f64) -> u64 {
-        if self.buckets.is_empty() {
-            0
-        } else {
-            quantile_ns(&self.buckets, q).unwrap_or(0)
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default)]
 pub(crate) struct PeerState {
     pub(crate) latency: Hist,
     pub(crate) interval_latency: Hist,
@@ -72,17 +54,40 @@ pub(crate) struct PeerState {
     pub(crate) history: VecDeque<HistorySample>,
     pub(crate) first_seen_unix_ns: u64,
     pub(crate) last_seen_unix_ns: u64,
+    /// This peer's named routes: `METHOD path` → index into
+    /// [`Aggregator::routes`]. Looked up with the event's borrowed key, so
+    /// folding an event on a known route allocates nothing.
+    routes: HashMap<Rc<str>, u32>,
+    /// Index of this peer's "other" route, once it has one.
+    other: Option<u32>,
+    /// Position in the snapshot being published (None: not in it).
+    index: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RouteState {
     pub(crate) requests: u64,
     pub(crate) class: [u64; 5],
-    pub(crate) codes: BTreeMap<u16, u64>,
+    /// Exact codes, ascending (at most the 500 codes 100..=599).
+    pub(crate) codes: Vec<(u16, u64)>,
     pub(crate) no_response: u64,
     pub(crate) latency: Hist,
     pub(crate) prev_requests: u64,
     pub(crate) prev_5xx: u64,
+    /// p50/p90/p99 as of `percentiles_at` latencies: only routes that saw
+    /// new ones are recomputed at a publish. (Zero latencies, zero
+    /// percentiles: the default is consistent.)
+    pub(crate) percentiles: [u64; 3],
+    pub(crate) percentiles_at: u64,
+}
+
+/// One route of one peer: a named one or the peer's "other".
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    peer: SocketAddr,
+    /// `METHOD path` (shared with the peer's index); None for "other".
+    key: Option<Rc<str>>,
+    state: RouteState,
 }
 
 /// The userspace state between publishes.
@@ -93,8 +98,16 @@ pub struct Aggregator {
     pub(crate) publish_seq: u64,
     pub(crate) last_publish_mono_ns: Option<u64>,
     pub(crate) peers: HashMap<SocketAddr, PeerState>,
-    pub(crate) routes: BTreeMap<(SocketAddr, String, String), RouteState>,
-    pub(crate) others: BTreeMap<SocketAddr, RouteState>,
+    /// Every route, named and "other", in order of first sight (routes are
+    /// never dropped, so indexes stay valid).
+    pub(crate) routes: Vec<Route>,
+    /// Named routes in `routes` (bounded by `limits.max_routes`).
+    named_routes: usize,
+    /// `routes` indexes in publish order: named routes by (peer, method,
+    /// path), then the "other" routes by peer. Sorted again only after a
+    /// route was added.
+    order: Vec<u32>,
+    order_stale: bool,
     pub(crate) recent: VecDeque<RecentRequest>,
     pub(crate) recent_this_interval: usize,
     pub(crate) route_overflow: u64,
@@ -104,6 +117,12 @@ pub struct Aggregator {
     /// Totals of a previous run whose BPF maps are gone (see restore.rs),
     /// added to what the fresh maps count.
     pub(crate) base: crate::restore::Base,
+    /// The route key of the event being folded (one buffer for all).
+    key: String,
+    /// Per-peer status code counts of a publish, sorted (reused).
+    codes: Vec<(SocketAddr, u16, u64)>,
+    /// The last publish, rewritten in place by the next one.
+    out: Snapshot,
 }
 
 /// CLOCK_MONOTONIC (what bpf_ktime_get_ns reads) in ns.
@@ -129,6 +148,40 @@ pub(crate) fn to_unix(mono_ns: u64) -> u64 {
     now_unix.saturating_sub(now_mono.saturating_sub(mono_ns))
 }
 
+/// Method and path of a route key (`METHOD path`; empty for "other").
+fn split_key(key: Option<&str>) -> (&str, &str) {
+    key.and_then(|k| k.split_once(' ')).unwrap_or(("", ""))
+}
+
+/// `s = v`, keeping `s`'s allocation.
+fn set_string(s: &mut String, v: &str) {
+    if s != v {
+        s.clear();
+        s.push_str(v);
+    }
+}
+
+fn empty_peer(addr: SocketAddr) -> PeerStats {
+    PeerStats {
+        addr,
+        requests: 0,
+        responses: Responses::default(),
+        no_response: 0,
+        sent_bytes: 0,
+        received_bytes: 0,
+        conns: Connections::default(),
+        latency: Latency::default(),
+        window: Window::default(),
+        history: Vec::new(),
+        first_seen_unix_ns: 0,
+        last_seen_unix_ns: 0,
+    }
+}
+
+fn saturate_u32(v: u64) -> u32 {
+    v.min(u64::from(u32::MAX)) as u32
+}
+
 impl Aggregator {
     pub fn new(limits: AggLimits) -> Self {
         Aggregator {
@@ -138,8 +191,10 @@ impl Aggregator {
             publish_seq: 0,
             last_publish_mono_ns: None,
             peers: HashMap::new(),
-            routes: BTreeMap::new(),
-            others: BTreeMap::new(),
+            routes: Vec::new(),
+            named_routes: 0,
+            order: Vec::new(),
+            order_stale: false,
             recent: VecDeque::new(),
             recent_this_interval: 0,
             route_overflow: 0,
@@ -147,6 +202,9 @@ impl Aggregator {
             conn_evicted: 0,
             parse_errors: 0,
             base: Default::default(),
+            key: String::new(),
+            codes: Vec::new(),
+            out: Snapshot::default(),
         }
     }
 
@@ -154,42 +212,54 @@ impl Aggregator {
     pub fn on_event(&mut self, ev: &types::exchange_event) {
         let peer = socket_addr(ev.peer.addr, ev.peer.port);
         let len = usize::from(ev.req_len).min(ev.req.len());
-        let parsed = http::parse_request(&ev.req[..len]);
-        if parsed.is_none() {
+        let mut key = std::mem::take(&mut self.key);
+        let parsed = http::route_key(&ev.req[..len], &mut key);
+        if !parsed {
             self.parse_errors += 1;
         }
         let latency = (ev.status != 0).then_some(ev.latency_ns);
-        let (method, path) = match parsed {
-            Some((m, t)) => (m, http::fold_path(&t)),
-            None => (String::new(), String::new()),
-        };
-        self.exchange(peer, &method, &path, ev.status, latency, ev.req_ts);
+        self.exchange(peer, parsed.then_some(key.as_str()), ev.status, latency, ev.req_ts);
+        self.key = key;
     }
 
-    fn exchange(
-        &mut self,
-        peer: SocketAddr,
-        method: &str,
-        path: &str,
-        status: u16,
-        latency: Option<u64>,
-        req_ts_mono: u64,
-    ) {
+    /// Fold one exchange; `key` is its route (`METHOD path`), None when
+    /// the request did not parse.
+    fn exchange(&mut self, peer: SocketAddr, key: Option<&str>, status: u16, latency: Option<u64>, req_ts_mono: u64) {
         let ps = self.peers.entry(peer).or_default();
         if let Some(ns) = latency {
             ps.latency.add(ns);
             ps.interval_latency.add(ns);
         }
-        let route_key = (peer, method.to_string(), path.to_string());
-        let regular = self.routes.len() < self.limits.max_routes || self.routes.contains_key(&route_key);
-        let route = if !method.is_empty() && regular {
-            self.routes.entry(route_key).or_default()
-        } else {
-            if !method.is_empty() {
-                self.route_overflow += 1;
-            }
-            self.others.entry(peer).or_default()
+        let named = match key {
+            Some(k) => match ps.routes.get(k) {
+                Some(&i) => Some(i),
+                None if self.named_routes < self.limits.max_routes => {
+                    let k: Rc<str> = Rc::from(k);
+                    let i = self.routes.len() as u32;
+                    self.routes.push(Route { peer, key: Some(k.clone()), state: RouteState::default() });
+                    ps.routes.insert(k, i);
+                    self.named_routes += 1;
+                    self.order_stale = true;
+                    Some(i)
+                }
+                None => {
+                    self.route_overflow += 1;
+                    None
+                }
+            },
+            None => None,
         };
+        let i = match named.or(ps.other) {
+            Some(i) => i,
+            None => {
+                let i = self.routes.len() as u32;
+                self.routes.push(Route { peer, key: None, state: RouteState::default() });
+                ps.other = Some(i);
+                self.order_stale = true;
+                i
+            }
+        };
+        let route = &mut self.routes[i as usize].state;
         route.requests += 1;
         if status == 0 {
             route.no_response += 1;
@@ -197,7 +267,10 @@ impl Aggregator {
             if let Some(c) = route.class.get_mut(usize::from(status / 100).saturating_sub(1)) {
                 *c += 1;
             }
-            *route.codes.entry(status).or_default() += 1;
+            match route.codes.binary_search_by_key(&status, |&(c, _)| c) {
+                Ok(j) => route.codes[j].1 += 1,
+                Err(j) => route.codes.insert(j, (status, 1)),
+            }
         }
         if let Some(ns) = latency {
             route.latency.add(ns);
@@ -205,11 +278,12 @@ impl Aggregator {
 
         if self.recent_this_interval < self.limits.recent_per_interval {
             self.recent_this_interval += 1;
+            let (method, path) = split_key(key);
             self.recent.push_back(RecentRequest {
                 unix_ns: to_unix(req_ts_mono),
                 peer,
-                method: method.to_string(),
-                path: path.to_string(),
+                method: method.to_owned(),
+                path: path.to_owned(),
                 status,
                 latency_ns: latency.unwrap_or(0),
             });
@@ -221,17 +295,42 @@ impl Aggregator {
         }
     }
 
+    /// Put back a route of an earlier run (restore.rs): `key` is
+    /// `METHOD path`, None for the peer's "other" route. Restored routes
+    /// are kept even beyond `max_routes` (a restart with a smaller limit).
+    pub(crate) fn restore_route(&mut self, peer: SocketAddr, key: Option<&str>, state: RouteState) {
+        let ps = self.peers.entry(peer).or_default();
+        let known = match key {
+            Some(k) => ps.routes.get(k).copied(),
+            None => ps.other,
+        };
+        if let Some(i) = known {
+            self.routes[i as usize].state = state;
+            return;
+        }
+        let i = self.routes.len() as u32;
+        let key: Option<Rc<str>> = key.map(Rc::from);
+        match &key {
+            Some(k) => {
+                ps.routes.insert(k.clone(), i);
+                self.named_routes += 1;
+            }
+            None => ps.other = Some(i),
+        }
+        self.routes.push(Route { peer, key, state });
+        self.order_stale = true;
+    }
+
     /// The sweeper evicted an idle connection; `awaiting` when a request on
     /// it never got an answer (raw first bytes of that request given).
     pub fn on_evicted(&mut self, peer: SocketAddr, awaiting: Option<(&[u8], u64)>) {
         self.conn_evicted += 1;
         if let Some((raw, req_ts)) = awaiting {
             self.peers.entry(peer).or_default().extra_no_response += 1;
-            let (m, p) = match http::parse_request(raw) {
-                Some((m, t)) => (m, http::fold_path(&t)),
-                None => (String::new(), String::new()),
-            };
-            self.exchange(peer, &m, &p, 0, None, req_ts);
+            let mut key = std::mem::take(&mut self.key);
+            let parsed = http::route_key(raw, &mut key);
+            self.exchange(peer, parsed.then_some(key.as_str()), 0, None, req_ts);
+            self.key = key;
         }
     }
 
@@ -240,8 +339,9 @@ impl Aggregator {
         self.peers.entry(peer).or_default().extra_failed += 1;
     }
 
-    /// Build the snapshot for this publish and start a new interval.
-    pub fn snapshot(&mut self, totals: &BpfTotals, interval_ns: u64, interfaces: Vec<String>) -> Snapshot {
+    /// Build the snapshot for this publish and start a new interval. The
+    /// snapshot is the previous one rewritten in place.
+    pub fn snapshot(&mut self, totals: &BpfTotals, interval_ns: u64, interfaces: Vec<String>) -> &Snapshot {
         let with_base;
         let totals = if self.base.is_empty() {
             totals
@@ -259,17 +359,21 @@ impl Aggregator {
         self.last_publish_mono_ns = Some(now_mono);
         self.publish_seq += 1;
 
-        let mut codes: HashMap<SocketAddr, BTreeMap<u16, u64>> = HashMap::new();
-        for (peer, code, n) in &totals.codes {
-            *codes.entry(*peer).or_default().entry(*code).or_default() += n;
-        }
+        // Codes sorted like the peers, walked alongside them.
+        self.codes.clear();
+        self.codes.extend_from_slice(&totals.codes);
+        self.codes.sort_unstable_by_key(|&(a, c, _)| (a, c));
+        let mut codes = self.codes.iter().peekable();
 
         let mut peers_sorted: Vec<&(SocketAddr, types::peer_counters)> = totals.peers.iter().collect();
         peers_sorted.sort_by_key(|(a, _)| *a);
-        let mut index: HashMap<SocketAddr, u32> = HashMap::new();
-        let mut peers = Vec::with_capacity(peers_sorted.len());
-        for (addr, c) in peers_sorted {
+        for ps in self.peers.values_mut() {
+            ps.index = None;
+        }
+        let out = &mut self.out;
+        for (i, (addr, c)) in peers_sorted.iter().enumerate() {
             let ps = self.peers.entry(*addr).or_default();
+            ps.index = Some(i as u32);
             let failed = c.conn_failed + ps.extra_failed;
             let no_response = c.no_response + ps.extra_no_response;
             let d_req = c.requests.saturating_sub(ps.prev.requests);
@@ -280,7 +384,8 @@ impl Aggregator {
                     ps.first_seen_unix_ns = now_unix;
                 }
             }
-            let il = std::mem::take(&mut ps.interval_latency);
+            let il = &ps.interval_latency;
+            let [p50, p90, p99] = il.percentiles();
             let window = Window {
                 requests_per_sec: d_req as f64 / secs,
                 errors_5xx_per_sec: d_5xx as f64 / secs,
@@ -288,15 +393,16 @@ impl Aggregator {
                 received_bytes_per_sec: c.received_bytes.saturating_sub(ps.prev.received_bytes) as f64
                     / secs,
                 latency_avg_ns: il.sum_ns.checked_div(il.count).unwrap_or(0),
-                latency_p50_ns: il.q(0.5),
-                latency_p90_ns: il.q(0.9),
-                latency_p99_ns: il.q(0.99),
+                latency_p50_ns: p50,
+                latency_p90_ns: p90,
+                latency_p99_ns: p99,
             };
+            ps.interval_latency.clear();
             ps.history.push_back(HistorySample {
-                requests: d_req.min(u64::from(u32::MAX)) as u32,
-                errors_5xx: d_5xx.min(u64::from(u32::MAX)) as u32,
-                conn_failed: failed.saturating_sub(ps.prev_failed).min(u64::from(u32::MAX)) as u32,
-                latency_p99_us: (il.q(0.99) / 1000).min(u64::from(u32::MAX)) as u32,
+                requests: saturate_u32(d_req),
+                errors_5xx: saturate_u32(d_5xx),
+                conn_failed: saturate_u32(failed.saturating_sub(ps.prev_failed)),
+                latency_p99_us: saturate_u32(p99 / 1000),
             });
             while ps.history.len() > self.limits.history_len {
                 ps.history.pop_front();
@@ -304,97 +410,125 @@ impl Aggregator {
             ps.prev = *c;
             ps.prev_failed = failed;
 
-            let peer_codes = codes.remove(addr).unwrap_or_default();
-            index.insert(*addr, peers.len() as u32);
-            peers.push(PeerStats {
-                addr: *addr,
-                requests: c.requests,
-                responses: Responses {
-                    class: c.responses,
-                    codes: peer_codes.into_iter().collect(),
-                    codes_other: c.codes_other,
-                },
-                no_response,
-                sent_bytes: c.sent_bytes,
-                received_bytes: c.received_bytes,
-                conns: Connections {
-                    opened: c.conn_opened,
-                    closed: c.conn_closed,
-                    failed,
-                    reset: c.conn_reset,
-                    active: totals.active.get(addr).copied().unwrap_or(0),
-                },
-                latency: Latency {
-                    buckets: if ps.latency.buckets.is_empty() {
-                        vec![0; BUCKETS]
-                    } else {
-                        ps.latency.buckets.clone()
-                    },
-                    sum_ns: ps.latency.sum_ns,
-                    count: ps.latency.count,
-                },
-                window,
-                history: ps.history.iter().copied().collect(),
-                first_seen_unix_ns: ps.first_seen_unix_ns,
-                last_seen_unix_ns: ps.last_seen_unix_ns,
-            });
+            if i == out.peers.len() {
+                out.peers.push(empty_peer(*addr));
+            }
+            let p = &mut out.peers[i];
+            p.addr = *addr;
+            p.requests = c.requests;
+            p.responses.class = c.responses;
+            p.responses.codes.clear();
+            while codes.next_if(|(a, _, _)| a < addr).is_some() {}
+            while let Some(&(_, code, n)) = codes.next_if(|(a, _, _)| a == addr) {
+                match p.responses.codes.last_mut() {
+                    Some(last) if last.0 == code => last.1 += n,
+                    _ => p.responses.codes.push((code, n)),
+                }
+            }
+            p.responses.codes_other = c.codes_other;
+            p.no_response = no_response;
+            p.sent_bytes = c.sent_bytes;
+            p.received_bytes = c.received_bytes;
+            p.conns = Connections {
+                opened: c.conn_opened,
+                closed: c.conn_closed,
+                failed,
+                reset: c.conn_reset,
+                active: totals.active.get(addr).copied().unwrap_or(0),
+            };
+            ps.latency.write_dense(&mut p.latency.buckets);
+            p.latency.sum_ns = ps.latency.sum_ns;
+            p.latency.count = ps.latency.count;
+            p.window = window;
+            p.history.clear();
+            p.history.extend(ps.history.iter().copied());
+            p.first_seen_unix_ns = ps.first_seen_unix_ns;
+            p.last_seen_unix_ns = ps.last_seen_unix_ns;
         }
+        out.peers.truncate(peers_sorted.len());
 
-        let mut routes = Vec::new();
-        let regular = self.routes.iter_mut().map(|((p, m, path), r)| (*p, false, m.clone(), path.clone(), r));
-        let other = self.others.iter_mut().map(|(p, r)| (*p, true, String::new(), String::new(), r));
-        for (peer, is_other, method, path, r) in regular.chain(other) {
-            let Some(&pi) = index.get(&peer) else { continue };
-            let d_req = r.requests - r.prev_requests;
-            let d_5xx = r.class[4] - r.prev_5xx;
-            r.prev_requests = r.requests;
-            r.prev_5xx = r.class[4];
-            routes.push(RouteStats {
-                peer: pi,
-                is_other,
-                method,
-                path,
-                requests: r.requests,
-                responses: Responses {
-                    class: r.class,
-                    codes: r.codes.iter().map(|(c, n)| (*c, *n)).collect(),
-                    codes_other: 0,
-                },
-                no_response: r.no_response,
-                latency_sum_ns: r.latency.sum_ns,
-                latency_count: r.latency.count,
-                latency_p50_ns: r.latency.q(0.5),
-                latency_p90_ns: r.latency.q(0.9),
-                latency_p99_ns: r.latency.q(0.99),
-                requests_per_sec: d_req as f64 / secs,
-                errors_5xx_per_sec: d_5xx as f64 / secs,
+        if self.order_stale {
+            let routes = &self.routes;
+            self.order.clear();
+            self.order.extend(0..routes.len() as u32);
+            self.order.sort_unstable_by(|&a, &b| {
+                let (a, b) = (&routes[a as usize], &routes[b as usize]);
+                // "METHOD path" sorts like (method, path): the space is
+                // below every byte a method or path holds.
+                (a.key.is_none(), a.peer, a.key.as_deref()).cmp(&(b.key.is_none(), b.peer, b.key.as_deref()))
             });
+            self.order_stale = false;
         }
+        let mut n = 0;
+        for &ri in &self.order {
+            let r = &mut self.routes[ri as usize];
+            let Some(pi) = self.peers.get(&r.peer).and_then(|ps| ps.index) else { continue };
+            let st = &mut r.state;
+            let d_req = st.requests - st.prev_requests;
+            let d_5xx = st.class[4] - st.prev_5xx;
+            st.prev_requests = st.requests;
+            st.prev_5xx = st.class[4];
+            if st.percentiles_at != st.latency.count {
+                st.percentiles = st.latency.percentiles();
+                st.percentiles_at = st.latency.count;
+            }
+            if n == out.routes.len() {
+                out.routes.push(RouteStats::default());
+            }
+            let o = &mut out.routes[n];
+            n += 1;
+            let (method, path) = split_key(r.key.as_deref());
+            o.peer = pi;
+            o.is_other = r.key.is_none();
+            set_string(&mut o.method, method);
+            set_string(&mut o.path, path);
+            o.requests = st.requests;
+            o.responses.class = st.class;
+            o.responses.codes.clone_from(&st.codes);
+            o.responses.codes_other = 0;
+            o.no_response = st.no_response;
+            o.latency_sum_ns = st.latency.sum_ns;
+            o.latency_count = st.latency.count;
+            [o.latency_p50_ns, o.latency_p90_ns, o.latency_p99_ns] = st.percentiles;
+            o.requests_per_sec = d_req as f64 / secs;
+            o.errors_5xx_per_sec = d_5xx as f64 / secs;
+        }
+        out.routes.truncate(n);
         self.recent_this_interval = 0;
 
-        Snapshot {
-            meta: ProbeMeta {
-                pid: self.pid,
-                started_unix_ns: self.started_unix_ns,
-                published_unix_ns: now_unix,
-                interval_ns,
-                publish_seq: self.publish_seq,
-                history_len: self.limits.history_len as u32,
-                interfaces,
-                counters: ProbeCounters {
-                    events_dropped: totals.stats.events_dropped,
-                    conn_table_full: totals.stats.conn_table_full,
-                    conn_evicted: self.conn_evicted,
-                    peer_table_full: totals.stats.peer_table_full,
-                    route_overflow: self.route_overflow,
-                    recent_sampled_out: self.recent_sampled_out,
-                    parse_errors: totals.stats.parse_errors + self.parse_errors,
-                },
-            },
-            peers,
-            routes,
-            recent: self.recent.iter().cloned().collect(),
+        out.recent.truncate(self.recent.len());
+        for (i, r) in self.recent.iter().enumerate() {
+            match out.recent.get_mut(i) {
+                Some(o) => {
+                    o.unix_ns = r.unix_ns;
+                    o.peer = r.peer;
+                    set_string(&mut o.method, &r.method);
+                    set_string(&mut o.path, &r.path);
+                    o.status = r.status;
+                    o.latency_ns = r.latency_ns;
+                }
+                None => out.recent.push(r.clone()),
+            }
         }
+        out.meta = ProbeMeta {
+            pid: self.pid,
+            started_unix_ns: self.started_unix_ns,
+            published_unix_ns: now_unix,
+            interval_ns,
+            publish_seq: self.publish_seq,
+            history_len: self.limits.history_len as u32,
+            interfaces,
+            counters: ProbeCounters {
+                events_dropped: totals.stats.events_dropped,
+                conn_table_full: totals.stats.conn_table_full,
+                conn_evicted: self.conn_evicted,
+                peer_table_full: totals.stats.peer_table_full,
+                route_overflow: self.route_overflow,
+                recent_sampled_out: self.recent_sampled_out,
+                parse_errors: totals.stats.parse_errors + self.parse_errors,
+            },
+        };
+        &self.out
     }
 }
 

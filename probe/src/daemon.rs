@@ -182,9 +182,10 @@ pub fn run(cli: Cli) -> Result<()> {
         let totals = collect(progs, &mut agg.borrow_mut(), sweep)?;
         ring.consume().context("draining the events ring buffer")?;
         let names = progs.attached().into_iter().map(|(_, n)| n).collect();
-        let snap = agg.borrow_mut().snapshot(&totals, interval.as_nanos() as u64, names);
+        let mut agg = agg.borrow_mut();
+        let snap = agg.snapshot(&totals, interval.as_nanos() as u64, names);
         let report = writer
-            .publish(&snap)
+            .publish(snap)
             .with_context(|| format!("publishing to {}", cli.table.display()))?;
         if report.peers_truncated + report.routes_truncated + report.recent_truncated > 0 {
             log(&format!("table full: {report:?}"));

@@ -28,14 +28,34 @@ pub fn looks_like_request(seg: &[u8]) -> bool {
 /// target may be cut short when the request line spans segments or is
 /// longer than what the probe keeps).
 pub fn parse_request(raw: &[u8]) -> Option<(String, Vec<u8>)> {
+    let (method, target) = split_request(raw)?;
+    Some((method.to_owned(), target.to_vec()))
+}
+
+/// [`parse_request`] without copying: the method (an ASCII token, checked
+/// by [`looks_like_request`]) and the raw target, borrowed from `raw`.
+pub fn split_request(raw: &[u8]) -> Option<(&str, &[u8])> {
     if !looks_like_request(raw) {
         return None;
     }
     let sp = raw.iter().position(|&c| c == b' ')?;
-    let method = String::from_utf8_lossy(&raw[..sp]).into_owned();
+    let method = std::str::from_utf8(&raw[..sp]).ok()?;
     let rest = &raw[sp + 1..];
     let end = rest.iter().position(|&c| c == b' ' || c == b'\r' || c == b'\n').unwrap_or(rest.len());
-    Some((method, rest[..end].to_vec()))
+    Some((method, &rest[..end]))
+}
+
+/// The route key of a request, `METHOD folded-path`, written into `out`
+/// (cleared first) so the per-event path reuses one buffer. False when
+/// `raw` is not a request. Neither part holds a space (methods are tokens,
+/// paths escape it), so the first space splits the key again.
+pub fn route_key(raw: &[u8], out: &mut String) -> bool {
+    out.clear();
+    let Some((method, target)) = split_request(raw) else { return false };
+    out.push_str(method);
+    out.push(' ');
+    fold_path_into(target, out);
+    true
 }
 
 /// Status code of a status line at the start of `b` (`HTTP/1.1 200 OK`,
@@ -88,6 +108,14 @@ pub fn status_codes(seg: &[u8]) -> Vec<u16> {
 /// long-hex segments folded to `:id`, other bytes outside printable ASCII
 /// escaped, bounded to [`MAX_PATH`] bytes.
 pub fn fold_path(target: &[u8]) -> String {
+    let mut out = String::new();
+    fold_path_into(target, &mut out);
+    out
+}
+
+/// [`fold_path`], appended to `out`.
+pub fn fold_path_into(target: &[u8], out: &mut String) {
+    let start = out.len();
     let mut t = target;
     if let Some(p) = find(t, b"://") {
         // absolute-form: keep what follows the authority
@@ -102,35 +130,25 @@ pub fn fold_path(target: &[u8]) -> String {
     }
     if t.first() != Some(&b'/') {
         // asterisk- or authority-form (OPTIONS *, CONNECT host:port): keep as is
-        return clean(t);
-    }
-    let mut out = String::new();
-    for seg in t.split(|&c| c == b'/').skip(1) {
-        out.push('/');
-        if is_id(seg) {
-            out.push_str(":id");
-        } else {
-            out.push_str(&clean(seg));
+        clean_into(t, out, start);
+    } else {
+        for seg in t.split(|&c| c == b'/').skip(1) {
+            out.push('/');
+            if is_id(seg) {
+                out.push_str(":id");
+            } else {
+                clean_into(seg, out, start);
+            }
+            if out.len() - start > MAX_PATH {
+                break;
+            }
         }
-        if out.len() > MAX_PATH {
-            break;
+        if out.len() == start {
+            out.push('/');
         }
     }
-    if out.is_empty() {
-        out.push('/');
-    }
-    truncate(out)
-}
-
-fn truncate(mut s: String) -> String {
-    if s.len() > MAX_PATH {
-        let mut cut = MAX_PATH;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-    s
+    // Everything pushed is ASCII, so any cut is a char boundary.
+    out.truncate(start + (out.len() - start).min(MAX_PATH));
 }
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
@@ -138,20 +156,23 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 }
 
 /// Printable ASCII kept; anything else (control bytes, non-ASCII, hostile
-/// input) percent-escaped so routes are always valid, safe UTF-8.
-fn clean(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len());
+/// input) percent-escaped so routes are always valid, safe UTF-8. Appends
+/// to `out` and stops once the path (from `start`) is past [`MAX_PATH`]:
+/// the caller cuts it there.
+fn clean_into(b: &[u8], out: &mut String, start: usize) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &c in b {
         if (0x21..0x7f).contains(&c) && c != b'%' {
-            s.push(c as char);
+            out.push(c as char);
         } else {
-            s.push_str(&format!("%{c:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(c >> 4)] as char);
+            out.push(HEX[usize::from(c & 15)] as char);
         }
-        if s.len() > MAX_PATH {
+        if out.len() - start > MAX_PATH {
             break;
         }
     }
-    truncate(s)
 }
 
 /// High-cardinality segment: all digits, a UUID, or long hex (>= 16 hex

@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod bpf;
 pub mod cli;
 pub mod daemon;
+pub mod hist;
 pub mod http;
 pub mod ifaces;
 pub mod notify;

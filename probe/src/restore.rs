@@ -20,7 +20,8 @@ use std::net::SocketAddr;
 
 use upstreamtop_table::{Responses, Snapshot};
 
-use crate::aggregate::{monotonic_ns, unix_ns, Aggregator, BpfTotals, Hist, RouteState};
+use crate::aggregate::{monotonic_ns, unix_ns, Aggregator, BpfTotals, RouteState};
+use crate::hist::Hist;
 use crate::bpf::{add_peer_counters, types, BpfStats};
 
 /// How the previous run's state comes back.
@@ -95,12 +96,14 @@ fn route_state(requests: u64, r: &Responses, no_response: u64, sum_ns: u64, coun
     RouteState {
         requests,
         class: r.class,
-        codes: r.codes.iter().copied().collect(),
+        // Sorted: the fold looks codes up by binary search.
+        codes: { let mut c = r.codes.clone(); c.sort_unstable(); c },
         no_response,
         // Buckets are not in the table: percentiles restart from new data.
-        latency: Hist { buckets: Vec::new(), sum_ns, count },
+        latency: Hist::with_totals(sum_ns, count),
         prev_requests: requests,
         prev_5xx: r.class[4],
+        ..Default::default()
     }
 }
 
@@ -121,7 +124,7 @@ impl Aggregator {
         for p in &last.peers {
             let published = counters_of(p);
             let ps = self.peers.entry(p.addr).or_default();
-            ps.latency = Hist { buckets: p.latency.buckets.clone(), sum_ns: p.latency.sum_ns, count: p.latency.count };
+            ps.latency = Hist::from_buckets(&p.latency.buckets, p.latency.sum_ns, p.latency.count);
             ps.history = p.history.iter().copied().collect();
             ps.first_seen_unix_ns = p.first_seen_unix_ns;
             ps.last_seen_unix_ns = p.last_seen_unix_ns;
@@ -148,9 +151,9 @@ impl Aggregator {
             let Some(peer) = last.peers.get(r.peer as usize).map(|p| p.addr) else { continue };
             let st = route_state(r.requests, &r.responses, r.no_response, r.latency_sum_ns, r.latency_count);
             if r.is_other {
-                self.others.insert(peer, st);
+                self.restore_route(peer, None, st);
             } else {
-                self.routes.insert((peer, r.method.clone(), r.path.clone()), st);
+                self.restore_route(peer, Some(&format!("{} {}", r.method, r.path)), st);
             }
         }
         self.recent = last.recent.iter().cloned().collect();
@@ -212,7 +215,7 @@ mod tests {
             a.on_event(&event(peer, r, 200));
         }
         a.on_unanswered_syn(peer);
-        a.snapshot(&totals(peer, 3, 3, 0), 1_000_000_000, vec!["lo".into()])
+        a.snapshot(&totals(peer, 3, 3, 0), 1_000_000_000, vec!["lo".into()]).clone()
     }
 
     fn route(s: &Snapshot, path: &str) -> u64 {
@@ -234,7 +237,7 @@ mod tests {
         let s = a.snapshot(&now, 1_000_000_000, vec!["lo".into()]);
         assert_eq!(s.peers[0].requests, 5);
         assert_eq!(s.peers[0].conns.failed, 1, "the sweeper's count survives");
-        assert_eq!((route(&s, "/a/:id"), route(&s, "/b"), route(&s, "/c")), (3, 1, 1));
+        assert_eq!((route(s, "/a/:id"), route(s, "/b"), route(s, "/c")), (3, 1, 1));
         assert_eq!(s.meta.publish_seq, last.meta.publish_seq + 1);
         assert_eq!(s.meta.started_unix_ns, last.meta.started_unix_ns);
         assert_eq!(s.peers[0].latency.count, 5);
@@ -258,7 +261,7 @@ mod tests {
         assert_eq!(p.requests, 4);
         assert_eq!(p.responses.codes, vec![(200, 4)]);
         assert_eq!(p.conns.failed, 1);
-        assert_eq!(route(&s, "/a/:id"), 3);
+        assert_eq!(route(s, "/a/:id"), 3);
         assert_eq!(s.peers.iter().find(|p| p.addr == other).unwrap().requests, 3);
     }
 }

@@ -271,7 +271,7 @@ impl Harness {
         let sweep = SweepConfig { syn_timeout_ns: 3_000_000_000, idle_timeout_ns: 600_000_000_000 };
         let mut agg = self.agg.borrow_mut();
         let totals = collect(&self.progs, &mut agg, sweep).expect("collect");
-        agg.snapshot(&totals, 1_000_000_000, vec![])
+        agg.snapshot(&totals, 1_000_000_000, vec![]).clone()
     }
 
     /// Snapshot once `done` holds for it (packets are processed
