@@ -150,6 +150,21 @@ pub fn from_bytes<T: Copy>(b: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
 
+/// An event from a ring-buffer record. The programs send only the used part
+/// of `req` (up to `req_len`); the rest reads as zeros. `None` for a record
+/// shorter than the fixed fields.
+pub fn event_from_record(data: &[u8]) -> Option<types::exchange_event> {
+    const SIZE: usize = size_of::<types::exchange_event>();
+    let fixed = std::mem::offset_of!(types::exchange_event, req);
+    if data.len() < fixed {
+        return None;
+    }
+    let mut full = [0u8; SIZE];
+    let n = data.len().min(SIZE);
+    full[..n].copy_from_slice(&data[..n]);
+    from_bytes(&full)
+}
+
 /// A 16-byte map address (IPv4 as v4-mapped) and a port as a socket address.
 pub fn socket_addr(addr: [u8; 16], port: u16) -> SocketAddr {
     let v6 = Ipv6Addr::from(addr);
@@ -420,7 +435,7 @@ impl Programs {
         let mut builder = libbpf_rs::RingBufferBuilder::new();
         builder
             .add(&self.skel.maps.events, move |data: &[u8]| {
-                if let Some(ev) = from_bytes::<types::exchange_event>(data) {
+                if let Some(ev) = event_from_record(data) {
                     on_event(&ev);
                 }
                 0
@@ -724,5 +739,25 @@ fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, ifindex: u32) -> Result<Link> {
             };
             Err(anyhow::anyhow!("bpf_program__attach_tcx: {err}{hint}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ring_records_read_as_zero_filled_events() {
+        let mut ev = types::exchange_event { req_ts: 7, latency_ns: 9, status: 404, req_len: 4, ..Default::default() };
+        ev.req[..4].copy_from_slice(b"GET ");
+        let fixed = std::mem::offset_of!(types::exchange_event, req);
+        let record = &bytes_of(&ev)[..fixed + 4];
+        let got = event_from_record(record).expect("a record with the fixed fields");
+        assert_eq!((got.req_ts, got.latency_ns, got.status, got.req_len), (7, 9, 404, 4));
+        assert_eq!(&got.req[..4], b"GET ");
+        assert!(got.req[4..].iter().all(|&b| b == 0));
+        // A full-size record (older programs, or a 128-byte target).
+        assert_eq!(event_from_record(bytes_of(&ev)).map(|e| e.req), Some(ev.req));
+        assert!(event_from_record(&record[..fixed - 1]).is_none());
     }
 }

@@ -30,6 +30,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Bytes peeked to recognise a request line: longest method token we accept
  * (18) + SP + first byte of the target. */
 #define PEEK 20
+/* Request bytes read first: the method and target of most routes fit, so
+ * the rest of the 128 are read (and written into the entry) only when the
+ * target goes on past them. */
+#define REQ_FIRST 32
+/* Response bytes read first: a whole status line ("HTTP/1.1 200"); the
+ * rest of the segment is scanned only after an interim 1xx. */
+#define STATUS_FIRST 16
 /* Bytes of a response segment scanned for status lines (a 1xx interim
  * response may be followed by the final one in the same segment). */
 #define SCAN 256
@@ -63,6 +70,14 @@ volatile __u32 eph_hi = 0; /* 0: not set yet */
  * side) leaves on this one word, sitting in the cache line of the globals
  * above, without touching the filter below (a likely cache miss). */
 __u64 local_port_blocks = 0;
+/* Which peer (backend) ports any tracked connection ever had, hashed to one
+ * bit of 512 (set before each insert, never cleared). Backends listen on a
+ * handful of ports, while the other side of a segment that belongs to no
+ * tracked connection is usually an ephemeral port (a client's, or nginx's
+ * own seen from its backend's side): most of them leave on this one
+ * read-mostly cache line, before the counting filter and before the
+ * --ignore-port/--only checks. */
+__u64 peer_ports[8] __attribute__((aligned(64))) = {};
 
 /* Counting filter in front of the `conns` hash: tracked[slot] counts the
  * tracked connections whose key hashes to slot. Most segments (nginx's
@@ -122,6 +137,7 @@ struct {
 /* Per-CPU scratch space: keeps big records off the 512-byte stack. */
 struct scratch {
 	struct conn_state conn;
+	struct exchange_event ev;
 	__u8 buf[SCAN + 16];
 };
 
@@ -162,6 +178,17 @@ static __always_inline __u32 filter_slot(const struct conn_key *k)
 	return (h * 0x9E3779B1u) >> (32 - 14); /* log2(FILTER_SLOTS) */
 }
 
+static __always_inline __u32 peer_port_bit(__u16 port)
+{
+	return ((__u32)port * 0x9E3779B1u) >> (32 - 9); /* 512 bits */
+}
+
+static __always_inline bool peer_port_seen(__u16 port)
+{
+	__u32 bit = peer_port_bit(port);
+	return peer_ports[(bit >> 6) & 7] & (1ull << (bit & 63));
+}
+
 static __always_inline bool maybe_tracked(__u32 slot)
 {
 	return tracked[slot & (FILTER_SLOTS - 1)] != 0;
@@ -179,6 +206,10 @@ static __always_inline long conn_insert(const struct conn_key *k, struct conn_st
 	/* Written once per block: every segment reads this line. */
 	if (!(local_port_blocks & block))
 		__sync_fetch_and_or(&local_port_blocks, block);
+	if (!peer_port_seen(k->peer_port)) {
+		__u32 bit = peer_port_bit(k->peer_port);
+		__sync_fetch_and_or(&peer_ports[(bit >> 6) & 7], 1ull << (bit & 63));
+	}
 	__sync_fetch_and_add(&tracked[slot], 1);
 	err = bpf_map_update_elem(&conns, k, v, BPF_NOEXIST);
 	if (err)
@@ -365,12 +396,14 @@ static __always_inline bool port_block_seen(__u16 local_port)
 	return local_port_blocks & (1ull << (local_port >> 10));
 }
 
-/* Could `k` be a tracked connection? Cheapest tests first: the port blocks
- * (one global word), the filters (constants, and a connection is only ever
- * tracked when wanted), then the counting filter (a random cache line). */
+/* Could `k` be a tracked connection? Cheapest tests first: the peer ports
+ * and the local port blocks (read-mostly lines), then the counting filter
+ * (a random cache line). --ignore-port and --only need no test here: a
+ * connection is only ever tracked when wanted. */
 static __always_inline bool maybe_tracked_key(const struct conn_key *k)
 {
-	return port_block_seen(k->local_port) && wanted(k) && maybe_tracked(filter_slot(k));
+	return peer_port_seen(k->peer_port) && port_block_seen(k->local_port) &&
+	       maybe_tracked(filter_slot(k));
 }
 
 /* Is this a local port the kernel hands out for connections this host
@@ -450,22 +483,35 @@ static __always_inline void count_code(__u32 peer_idx, __u16 code, struct peer_c
 	stat_inc(STAT_CODES_FULL);
 }
 
+/* Send one finished exchange to the daemon. The record is built in the
+ * per-CPU scratch space and only its used part is copied into the ring:
+ * the ring's memory was last touched a whole drain ago (cold), so every
+ * cache line a record spans costs a miss, and req_len is most often under
+ * REQ_FIRST (see route_len). The daemon zero-fills the rest. */
 static __always_inline void emit(const struct conn_key *k, struct conn_state *cs, __u16 status,
 				 __u64 latency)
 {
-	struct exchange_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		stat_inc(STAT_EVENTS_DROPPED);
+	struct scratch *sc = scratch_get();
+	if (!sc)
 		return;
-	}
+	struct exchange_event *ev = &sc->ev;
+	__u32 len = cs->req_len;
+
 	ev->req_ts = cs->req_ts;
 	ev->latency_ns = latency;
 	peer_of(k, &ev->peer);
 	ev->status = status;
-	ev->req_len = cs->req_len;
+	ev->req_len = len;
 	ev->_pad = 0;
-	__builtin_memcpy(ev->req, cs->req, REQ_BYTES);
-	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	/* Only the entry's lines that hold request bytes are read. */
+	__builtin_memcpy(ev->req, cs->req, REQ_FIRST);
+	if (len > REQ_FIRST)
+		__builtin_memcpy(ev->req + REQ_FIRST, cs->req + REQ_FIRST, REQ_BYTES - REQ_FIRST);
+	if (len > REQ_BYTES)
+		len = REQ_BYTES;
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct exchange_event, req) + len,
+			       BPF_RB_NO_WAKEUP))
+		stat_inc(STAT_EVENTS_DROPPED);
 }
 
 /* FIN or RST on a tracked connection. */
@@ -491,25 +537,54 @@ static __always_inline void conn_end(const struct conn_key *k, struct conn_state
 }
 
 /* Does `b` (n bytes) start like a request line: an uppercase method token,
- * one space, and the first byte of a target? */
-static __always_inline bool looks_like_request(const __u8 *b, __u32 n)
+ * one space, and the first byte of a target? Returns the target's index
+ * (> 1), or 0 when not. */
+static __always_inline __u32 request_target(const __u8 *b, __u32 n)
 {
 	__u32 i;
 
 	for (i = 0; i < PEEK - 1; i++) {
 		if (i >= n)
-			return false;
+			return 0;
 		__u8 c = b[i];
 		if (c == ' ')
 			break;
 		if (!((c >= 'A' && c <= 'Z') || c == '-' || c == '_'))
-			return false;
+			return 0;
 	}
 	if (i == 0 || i >= PEEK - 1 || i + 1 >= n)
-		return false;
+		return 0;
 	__u8 t = b[i + 1];
-	return t == '/' || t == '*' || t == '[' || (t >= 'a' && t <= 'z') ||
-	       (t >= 'A' && t <= 'Z') || (t >= '0' && t <= '9');
+	if (t == '/' || t == '*' || t == '[' || (t >= 'a' && t <= 'z') || (t >= 'A' && t <= 'Z') ||
+	    (t >= '0' && t <= '9'))
+		return i + 1;
+	return 0;
+}
+
+/* How many of the n request bytes in b the daemon needs: up to and
+ * including the first byte after the target's start `from` that ends the
+ * route part of it (space, '?', '#', CR, LF), else all n. The route drops
+ * the query anyway (it never leaves the kernel), and the event and the
+ * entry then carry a few dozen bytes instead of 128. */
+#define ROUTE_END (1ull << ' ' | 1ull << '?' | 1ull << '#' | 1ull << '\r' | 1ull << '\n')
+
+static __always_inline __u32 route_len(const __u8 *b, __u32 from, __u32 n)
+{
+	__u32 i;
+
+	/* from < PEEK (request_target): a known start keeps the loop's
+	 * bounds plain for the verifier. */
+	for (i = (from & 31) + 1; i < REQ_BYTES; i++) {
+		if (i >= n)
+			break;
+		__u64 c = b[i];
+		/* The bit test written out: clang's own version of it (from
+		 * the five compares) read a register the verifier saw unset. */
+		asm volatile("" : "+r"(c));
+		if (c < 64 && ((1ull << c) & ROUTE_END))
+			return i + 1;
+	}
+	return n;
 }
 
 static __always_inline bool is_digit(__u8 c)
@@ -591,8 +666,8 @@ static __always_inline __u32 headers_end(__u32 from, __u32 n)
 	return c.found;
 }
 
-/* A request starts on a tracked connection: its first bytes are in
- * cs->req already (req_len = m). */
+/* A request starts on a tracked connection: the bytes the daemon needs
+ * are in cs->req already (req_len = m). */
 static __always_inline void request_starts(struct conn_state *cs, __u32 m, __u32 payload_len)
 {
 	__u64 now = bpf_ktime_get_ns();
@@ -617,12 +692,21 @@ static __always_inline void request_starts(struct conn_state *cs, __u32 m, __u32
 static __always_inline void on_tracked_payload(struct __sk_buff *skb, struct conn_state *cs,
 					       const struct seg *s)
 {
-	__u32 m = clamp_len(s->payload_len, REQ_BYTES);
+	__u32 m = clamp_len(s->payload_len, REQ_FIRST);
 
 	if (bpf_skb_load_bytes(skb, s->payload_off, cs->req, m))
 		return;
-	if (looks_like_request(cs->req, m)) {
-		request_starts(cs, m, s->payload_len);
+	__u32 t = request_target(cs->req, m);
+	if (t) {
+		__u32 len = route_len(cs->req, t, m);
+		if (len == m && s->payload_len > REQ_FIRST) {
+			/* The target goes on: read up to all 128. */
+			m = clamp_len(s->payload_len, REQ_BYTES);
+			if (bpf_skb_load_bytes(skb, s->payload_off, cs->req, m))
+				return;
+			len = route_len(cs->req, t, m);
+		}
+		request_starts(cs, len, s->payload_len);
 		return;
 	}
 	struct peer_counters *pc = peer_at(cs->peer_idx);
@@ -643,7 +727,10 @@ static __noinline struct conn_state *on_untracked_payload(struct __sk_buff *skb,
 	__u8 peek[PEEK] = {};
 	__u32 m = clamp_len(s->payload_len, PEEK);
 
-	if (bpf_skb_load_bytes(skb, s->payload_off, peek, m) || !looks_like_request(peek, m))
+	if (bpf_skb_load_bytes(skb, s->payload_off, peek, m))
+		return NULL;
+	__u32 t = request_target(peek, m);
+	if (!t)
 		return NULL;
 	struct scratch *sc = scratch_get();
 	if (!sc)
@@ -651,6 +738,7 @@ static __noinline struct conn_state *on_untracked_payload(struct __sk_buff *skb,
 	m = clamp_len(s->payload_len, REQ_BYTES);
 	if (bpf_skb_load_bytes(skb, s->payload_off, sc->conn.req, m))
 		return NULL;
+	m = route_len(sc->conn.req, t, m);
 	__u64 now = bpf_ktime_get_ns();
 	__u32 peer_idx = peer_idx_get(k);
 	sc->conn.phase = PHASE_AWAIT_RESPONSE;
@@ -761,7 +849,7 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 	if (!s.payload_len && !(s.flags & (TH_SYN | TH_FIN | TH_RST)))
 		return TCX_NEXT;
 
-	if (!maybe_tracked(filter_slot(&k)))
+	if (!maybe_tracked_key(&k))
 		return TCX_NEXT;
 	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
 	if (!cs)
@@ -787,15 +875,24 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 		if (pc)
 			pc->received_bytes += s.payload_len;
 		if (cs->phase == PHASE_AWAIT_RESPONSE) {
-			__u32 n = clamp_len(s.payload_len, SCAN);
+			__u32 n = clamp_len(s.payload_len, STATUS_FIRST);
 			if (n < 12 || bpf_skb_load_bytes(skb, s.payload_off, sc->buf, n)) {
 				stat_inc(STAT_PARSE_ERRORS);
 				goto end;
 			}
+			__u16 code = status_at(sc->buf, 0, n);
+			if (code && code < 200 && s.payload_len > n) {
+				/* Interim: the final status line may follow
+				 * in this segment. */
+				n = clamp_len(s.payload_len, SCAN);
+				if (bpf_skb_load_bytes(skb, s.payload_off, sc->buf, n)) {
+					stat_inc(STAT_PARSE_ERRORS);
+					goto end;
+				}
+			}
 			__u64 now = bpf_ktime_get_ns();
 			__u32 at = 0, i;
 			for (i = 0; i < MAX_STATUS_LINES; i++) {
-				__u16 code = status_at(sc->buf, at, n);
 				if (!code) {
 					/* Headers of a 1xx spilling over, or
 					 * not HTTP at all. */
@@ -817,6 +914,7 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 				at = headers_end(at, n);
 				if (!at)
 					break;
+				code = status_at(sc->buf, at, n);
 			}
 		}
 	}
