@@ -1,5 +1,5 @@
 //! What a process costs, from /proc: CPU time (utime + stime over all its
-//! threads) and memory (VmRSS, VmHWM).
+//! threads) and memory (VmRSS, VmHWM, and VmRSS split by kind).
 
 use anyhow::{bail, Context, Result};
 
@@ -27,11 +27,19 @@ fn parse_stat_ticks(stat: &str) -> Result<u64> {
     Ok(get(11)? + get(12)?)
 }
 
-/// Resident memory now and its high-water mark, in MiB.
+/// Resident memory now and its high-water mark, in MiB, and what the
+/// resident pages are (VmRSS = anon + file + shmem).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Memory {
     pub rss_mib: f64,
     pub hwm_mib: f64,
+    /// `RssAnon`: heap, stacks, private buffers — what a leak grows.
+    pub anon_mib: f64,
+    /// `RssFile`: pages of mapped files (the binary, the module, libc) as
+    /// they are first executed or read; bounded by the files' sizes.
+    pub file_mib: f64,
+    /// `RssShmem`: shared anonymous/tmpfs mappings (nginx's shared zones).
+    pub shmem_mib: f64,
 }
 
 pub fn memory(pid: u32) -> Result<Memory> {
@@ -51,7 +59,14 @@ fn parse_status(status: &str) -> Result<Memory> {
             .with_context(|| format!("bad {key}"))?;
         Ok(v / 1024.0)
     };
-    Ok(Memory { rss_mib: kib("VmRSS:")?, hwm_mib: kib("VmHWM:")? })
+    Ok(Memory {
+        rss_mib: kib("VmRSS:")?,
+        hwm_mib: kib("VmHWM:")?,
+        // Split since Linux 4.5; older kernels fail here with the key named.
+        anon_mib: kib("RssAnon:")?,
+        file_mib: kib("RssFile:")?,
+        shmem_mib: kib("RssShmem:")?,
+    })
 }
 
 #[cfg(test)]
@@ -65,15 +80,22 @@ mod tests {
     }
 
     #[test]
-    fn status_gives_rss_and_hwm() {
-        let m = parse_status("Name:\tx\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n").unwrap();
-        assert_eq!(m, Memory { rss_mib: 10.0, hwm_mib: 20.0 });
+    fn status_gives_rss_hwm_and_kinds() {
+        let status = "Name:\tx\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n\
+                      RssAnon:\t    6144 kB\nRssFile:\t    3072 kB\nRssShmem:\t    1024 kB\n";
+        let m = parse_status(status).unwrap();
+        assert_eq!(m, Memory { rss_mib: 10.0, hwm_mib: 20.0, anon_mib: 6.0, file_mib: 3.0, shmem_mib: 1.0 });
+        let e = parse_status("VmHWM:\t1 kB\nVmRSS:\t1 kB\n").unwrap_err();
+        assert!(e.to_string().contains("RssAnon"), "{e}");
     }
 
     #[test]
     fn this_process_has_cpu_and_memory() {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
-        assert!(memory(pid).unwrap().rss_mib > 0.0);
+        let m = memory(pid).unwrap();
+        assert!(m.rss_mib > 0.0 && m.anon_mib > 0.0 && m.file_mib > 0.0);
+        // The kinds add up to VmRSS (the two reads are one /proc read).
+        assert!((m.anon_mib + m.file_mib + m.shmem_mib - m.rss_mib).abs() < 1e-9, "{m:?}");
     }
 }

@@ -56,6 +56,10 @@ enum Mode {
         /// Where to write the JSON [default: <target>/bench/soak.json].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Do not poll the status endpoint (to tell nginx's own memory
+        /// behaviour from the module's).
+        #[arg(long)]
+        no_poll: bool,
     },
 }
 
@@ -87,10 +91,10 @@ fn run() -> Result<()> {
             bail!("{tool} not found: apt-get install {pkg}");
         }
     }
-    if let Some(Mode::Soak { minutes, out }) = &args.mode {
+    if let Some(Mode::Soak { minutes, out, no_poll }) = &args.mode {
         bench::catch_interrupts()?;
         let out = out.clone().unwrap_or_else(|| artifacts::target_dir().join("bench").join("soak.json"));
-        return bench::soak::run(*minutes, &out);
+        return bench::soak::run(*minutes, !*no_poll, &out);
     }
     let wanted: BTreeSet<u8> = if args.only.is_empty() { (1..=6).collect() } else { args.only.iter().copied().collect() };
     if let Some(bad) = wanted.iter().find(|p| !(1..=6).contains(*p)) {
