@@ -17,7 +17,7 @@ use upstreamtop_table::{
 };
 
 use crate::bpf::{socket_addr, types, BpfStats};
-use crate::hist::Hist;
+use crate::hist::{self, Hist};
 use crate::http;
 
 /// Limits of the userspace side.
@@ -226,9 +226,11 @@ impl Aggregator {
     /// the request did not parse.
     fn exchange(&mut self, peer: SocketAddr, key: Option<&str>, status: u16, latency: Option<u64>, req_ts_mono: u64) {
         let ps = self.peers.entry(peer).or_default();
-        if let Some(ns) = latency {
-            ps.latency.add(ns);
-            ps.interval_latency.add(ns);
+        // One bucket lookup for the three histograms the latency goes to.
+        let latency = latency.map(|ns| (hist::bucket(ns), ns));
+        if let Some((b, ns)) = latency {
+            ps.latency.add_in(b, ns);
+            ps.interval_latency.add_in(b, ns);
         }
         let named = match key {
             Some(k) => match ps.routes.get(k) {
@@ -272,8 +274,8 @@ impl Aggregator {
                 Err(j) => route.codes.insert(j, (status, 1)),
             }
         }
-        if let Some(ns) = latency {
-            route.latency.add(ns);
+        if let Some((b, ns)) = latency {
+            route.latency.add_in(b, ns);
         }
 
         if self.recent_this_interval < self.limits.recent_per_interval {
@@ -285,7 +287,7 @@ impl Aggregator {
                 method: method.to_owned(),
                 path: path.to_owned(),
                 status,
-                latency_ns: latency.unwrap_or(0),
+                latency_ns: latency.map_or(0, |(_, ns)| ns),
             });
             while self.recent.len() > self.limits.recent_len {
                 self.recent.pop_front();

@@ -10,7 +10,9 @@
 //! the dense array is worth its size). Counts, sums and percentiles are the
 //! same in both forms.
 
-use upstreamtop_table::histogram::{bucket_of, quantiles_ns, BUCKETS};
+use std::sync::OnceLock;
+
+use upstreamtop_table::histogram::{quantiles_ns, upper_bound_ns, BUCKETS};
 
 /// Beyond this many used buckets (256 bytes), the dense array.
 const SPARSE_MAX: usize = 32;
@@ -18,6 +20,17 @@ const COUNT_BITS: u32 = 56;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 // Bucket indexes must fit the top byte of a sparse cell.
 const _: () = assert!(BUCKETS <= 256);
+
+/// The bucket of a latency: what `histogram::bucket_of` answers, from the
+/// bounds computed once. `bucket_of` recomputes a bound (a power of ten and
+/// a division) at each step of its search, which made it the most expensive
+/// part of folding an event.
+pub fn bucket(ns: u64) -> usize {
+    static BOUNDS: OnceLock<[u64; BUCKETS]> = OnceLock::new();
+    let bounds = BOUNDS.get_or_init(|| std::array::from_fn(upper_bound_ns));
+    // The last bound is u64::MAX, so this is always a bucket.
+    bounds.partition_point(|&ub| ub < ns)
+}
 
 #[derive(Debug, Clone)]
 enum Cells {
@@ -58,7 +71,13 @@ impl Hist {
     }
 
     pub fn add(&mut self, ns: u64) {
-        self.add_to_bucket(bucket_of(ns), 1);
+        self.add_in(bucket(ns), ns);
+    }
+
+    /// [`Hist::add`] when the caller knows the bucket (one event lands in
+    /// several histograms).
+    pub fn add_in(&mut self, bucket: usize, ns: u64) {
+        self.add_to_bucket(bucket, 1);
         self.sum_ns = self.sum_ns.wrapping_add(ns);
         self.count += 1;
     }
@@ -148,7 +167,28 @@ impl Hist {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use upstreamtop_table::histogram::quantile_ns;
+    use upstreamtop_table::histogram::{bucket_of, quantile_ns};
+
+    #[test]
+    fn bucket_is_bucket_of() {
+        for i in 0..BUCKETS - 1 {
+            let ub = upper_bound_ns(i);
+            for ns in [ub - 1, ub, ub + 1, ub / 2 + 3] {
+                assert_eq!(bucket(ns), bucket_of(ns), "{ns}");
+            }
+        }
+        for ns in [0, 1, 999, 1_000, 1_001, u64::MAX - 1, u64::MAX] {
+            assert_eq!(bucket(ns), bucket_of(ns), "{ns}");
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ns = x >> (x % 64);
+            assert_eq!(bucket(ns), bucket_of(ns), "{ns}");
+        }
+    }
 
     /// The dense reference: what the daemon kept before.
     fn dense_of(samples: &[u64]) -> Vec<u64> {
@@ -188,10 +228,10 @@ mod tests {
         let h = check_same(&spread);
         assert_eq!(h.heap_bytes(), BUCKETS * 8);
         // Exactly SPARSE_MAX buckets, then one more.
-        let edge: Vec<u64> = (0..SPARSE_MAX).map(upstreamtop_table::histogram::upper_bound_ns).collect();
+        let edge: Vec<u64> = (0..SPARSE_MAX).map(upper_bound_ns).collect();
         assert!(check_same(&edge).heap_bytes() <= SPARSE_MAX * 8);
         let mut more = edge.clone();
-        more.push(upstreamtop_table::histogram::upper_bound_ns(SPARSE_MAX + 5));
+        more.push(upper_bound_ns(SPARSE_MAX + 5));
         assert_eq!(check_same(&more).heap_bytes(), BUCKETS * 8);
     }
 
