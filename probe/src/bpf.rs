@@ -150,6 +150,12 @@ pub fn from_bytes<T: Copy>(b: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
 
+/// A port's bit in the programs' 512-bit port sets (`port_bit` in
+/// upstreamtop.bpf.c).
+fn port_bit(port: u16) -> usize {
+    (u32::from(port).wrapping_mul(0x9E37_79B1) >> (32 - 9)) as usize
+}
+
 /// An event from a ring-buffer record. The programs send only the used part
 /// of `req` (up to `req_len`); the rest reads as zeros. `None` for a record
 /// shorter than the fixed fields.
@@ -248,6 +254,10 @@ impl Programs {
             rodata.ignore_ports[i] = *p;
         }
         rodata.n_ignore_ports = cfg.ignore_ports.len() as u32;
+        for p in &cfg.ignore_ports {
+            let bit = port_bit(*p);
+            rodata.ignore_port_bits[bit / 64] |= 1 << (bit % 64);
+        }
         for (i, (addr, prefix)) in cfg.only.iter().enumerate() {
             rodata.only_cidrs[i] = types::cidr { addr: addr.octets(), prefix_len: u32::from(*prefix) };
         }

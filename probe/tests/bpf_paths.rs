@@ -303,3 +303,78 @@ fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
     assert!(p.conns().unwrap().is_empty());
     assert_eq!(p.filter_total(), 0);
 }
+
+#[test]
+fn ignore_port_without_only() {
+    require_root!();
+    let cfg = BpfConfig {
+        ignore_ports: vec![8081, 41000, 41001],
+        only: vec![],
+        max_conns: 64,
+        max_peers: 8,
+        max_codes: 64,
+        ring_bytes: 1 << 16,
+    };
+    let p = Programs::load(&cfg, None).expect("load");
+    let req = b"GET / HTTP/1.1\r\n\r\n";
+    // Wanted; ignored peer port; ignored local port: by SYN and by a request
+    // on a connection the programs never saw open.
+    for (lport, port) in [(LPORT, 8080u16), (LPORT, 8081), (41000, 8080)] {
+        run(&p, true, &frame4(LOCAL, lport, PEER, port, SYN, b""));
+        run(&p, true, &frame4(LOCAL, lport + 1, PEER, port, ACK | PSH, req));
+    }
+    let peers: Vec<(SocketAddr, u64)> =
+        p.peer_counters().unwrap().into_iter().map(|(a, c)| (a, c.requests)).collect();
+    assert_eq!(peers, vec![(peer_addr(), 1)]);
+    assert_eq!(p.conns().unwrap().len(), 2, "the SYN and the request connection on the wanted ports");
+}
+
+/// What reaches the daemon through the ring: the request bytes up to the
+/// end of the route part of the target (a space, '?', '#', CR or LF),
+/// whether the target ends within the first 32 bytes, after them, or not
+/// within the 128 kept; a 1xx and the final status in one segment.
+#[test]
+fn ring_events_carry_the_route_part_of_the_request() {
+    require_root!();
+    let p = load();
+    let long = format!("/{}", "a".repeat(60));
+    let huge = format!("/{}", "b".repeat(300));
+    let cases: Vec<(String, &[u8], String)> = vec![
+        ("GET /a/1 HTTP/1.1\r\nHost: b\r\n\r\n".into(), b"HTTP/1.1 200 OK\r\n\r\n", "GET /a/1 ".into()),
+        ("GET /q?token=SECRET123 HTTP/1.1\r\n\r\n".into(), b"HTTP/1.1 404 Not Found\r\n\r\n", "GET /q?".into()),
+        (format!("POST {long} HTTP/1.1\r\n\r\n"), b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n\r\n", format!("POST {long} ")),
+        (format!("GET {huge} HTTP/1.1\r\n\r\n"), b"HTTP/1.1 503 Busy\r\n\r\n", format!("GET {huge}")[..128].to_string()),
+        // A request line cut short by its segment.
+        ("PUT /x/y".into(), b"HTTP/1.0 204 No Content\r\n\r\n", "PUT /x/y".into()),
+    ];
+    run(&p, true, &out(SYN, b""));
+    run(&p, false, &back(SYN | ACK, b""));
+    for (req, resp, _) in &cases {
+        run(&p, true, &out(ACK | PSH, req.as_bytes()));
+        run(&p, false, &back(ACK | PSH, resp));
+    }
+    let got = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let sink = got.clone();
+    let ring = p
+        .ring_buffer(move |ev| {
+            let req = String::from_utf8_lossy(&ev.req[..usize::from(ev.req_len)]).into_owned();
+            sink.borrow_mut().push((req, ev.status, ev.req[usize::from(ev.req_len).min(127)..].iter().all(|&b| b == 0)));
+        })
+        .unwrap();
+    ring.consume().unwrap();
+    let got = got.borrow();
+    let want: Vec<(String, u16)> = cases
+        .iter()
+        .zip([200u16, 404, 201, 503, 204])
+        .map(|((_, _, route), code)| (route.clone(), code))
+        .collect();
+    assert_eq!(got.iter().map(|(r, c, _)| (r.clone(), *c)).collect::<Vec<_>>(), want);
+    // Nothing past req_len crossed (the query above included).
+    assert!(got.iter().take(3).all(|(_, _, zeros)| *zeros), "{got:?}");
+    let codes: Vec<(u16, u64)> = {
+        let mut c: Vec<_> = p.code_counters().unwrap().into_iter().map(|(_, c, n)| (c, n)).collect();
+        c.sort();
+        c
+    };
+    assert_eq!(codes, vec![(100, 1), (200, 1), (201, 1), (204, 1), (404, 1), (503, 1)]);
+}

@@ -5,8 +5,14 @@
 //! Other probes may run on the same machine (other tests), so the programs
 //! are picked by name *and* by id: the ids whose file descriptors the probe
 //! process under test holds (`/proc/<pid>/fdinfo`, `prog_id:`).
+//!
+//! bpf_stats' own bookkeeping (two clock reads per run) is part of every
+//! figure it gives, and on a VM it is a large part. [`EmptyTcx`] measures
+//! it: a program that only returns TCX_NEXT, attached to the same hook
+//! next to the probe's, sees exactly the same packets.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -84,7 +90,7 @@ fn parse(json: &[u8], ids: &BTreeSet<u64>) -> Result<BTreeMap<String, ProgStats>
         let (Some(id), Some(name)) = (p["id"].as_u64(), p["name"].as_str()) else {
             continue;
         };
-        if !ids.contains(&id) || !name.starts_with("upstreamtop_") {
+        if !ids.contains(&id) || !(name.starts_with("upstreamtop_") || name.starts_with(EMPTY_PREFIX)) {
             continue;
         }
         let s = by_name.entry(name.to_owned()).or_default();
@@ -93,6 +99,90 @@ fn parse(json: &[u8], ids: &BTreeSet<u64>) -> Result<BTreeMap<String, ProgStats>
         s.run_cnt += p["run_cnt"].as_u64().unwrap_or(0);
     }
     Ok(by_name)
+}
+
+/// Names of the empty programs: `empty_egress`, `empty_ingress`.
+pub const EMPTY_PREFIX: &str = "empty_";
+
+// Kernel ABI numbers (include/uapi/linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+/// Room for `union bpf_attr` as these commands use it; the kernel wants
+/// every byte past the fields it knows to be zero.
+const ATTR_LEN: usize = 128;
+
+/// A two-instruction tcx program (`r0 = TCX_NEXT; exit`) attached to one
+/// hook of one interface, after the programs already there. Detached when
+/// dropped (its link is not pinned).
+pub struct EmptyTcx {
+    _prog: OwnedFd,
+    _link: OwnedFd,
+    /// Program id, for [`read`].
+    pub id: u64,
+}
+
+impl EmptyTcx {
+    pub fn attach(ifindex: u32, egress: bool) -> Result<Self> {
+        // struct bpf_insn: code, dst/src registers, off, imm.
+        let mut insns = [0u8; 16];
+        insns[0] = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
+        insns[4..8].copy_from_slice(&(-1i32).to_le_bytes()); // TCX_NEXT
+        insns[8] = 0x95; // BPF_JMP | BPF_EXIT
+        let license = c"GPL";
+        let name: &[u8] = if egress { b"empty_egress" } else { b"empty_ingress" };
+        let mut attr = [0u8; ATTR_LEN];
+        attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+        attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        attr[48..48 + name.len()].copy_from_slice(name);
+        let prog = bpf(BPF_PROG_LOAD, &attr).context("loading an empty tcx program (BPF_PROG_LOAD)")?;
+
+        let mut attr = [0u8; ATTR_LEN];
+        attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        let hook = if egress { BPF_TCX_EGRESS } else { BPF_TCX_INGRESS };
+        attr[8..12].copy_from_slice(&hook.to_ne_bytes());
+        // flags 0, no relative program: appended after the probe's.
+        let link = bpf(BPF_LINK_CREATE, &attr)
+            .with_context(|| format!("attaching an empty tcx program to ifindex {ifindex} (BPF_LINK_CREATE)"))?;
+        let id = prog_ids_of_fd(&prog)?;
+        Ok(EmptyTcx { _prog: prog, _link: link, id })
+    }
+}
+
+/// One bpf(2) command that returns a new file descriptor.
+fn bpf(cmd: libc::c_long, attr: &[u8; ATTR_LEN]) -> Result<OwnedFd> {
+    // SAFETY: `attr` is a zero-padded `union bpf_attr` image of ATTR_LEN
+    // bytes for `cmd`; the pointers it holds (instructions, license) point
+    // at buffers that outlive this call; the kernel only reads it.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), ATTR_LEN as libc::c_uint) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("bpf(2) (needs root)");
+    }
+    // SAFETY: on success these commands return a new file descriptor that
+    // nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The id of the program behind `fd` (its fdinfo's `prog_id:`).
+fn prog_ids_of_fd(fd: &OwnedFd) -> Result<u64> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("prog_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no prog_id in {path}"))
+}
+
+/// The index of a network interface.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let path = format!("/sys/class/net/{name}/ifindex");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    text.trim().parse().with_context(|| format!("parse {path}"))
 }
 
 /// Wait until none of `ids` is loaded any more (detached and unpinned).

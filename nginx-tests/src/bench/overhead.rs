@@ -1,7 +1,8 @@
 //! Parts 1, 2 and 5, measured in the same runs: nginx (1 worker) proxying
 //! to two keepalive backends on loopback under wrk, with the probe attached
 //! vs detached in interleaved pairs; during the attached runs, the BPF
-//! programs' run time per invocation and the probe's own CPU and memory.
+//! programs' run time per invocation (next to an empty program's on the
+//! same hooks: bpf_stats' own share) and the probe's own CPU and memory.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::bpf_stats::{self, ProgStats};
+use super::bpf_stats::{self, EmptyTcx, ProgStats};
 use super::figures::{num, Figure, Target};
 use super::wrk::{self, WrkResult, WrkSpec};
 use super::{median, procfs, Settings};
@@ -94,14 +95,21 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
             let mut probe = Probe::start(&probe_args).context("start probe")?;
             let pid = probe.pid();
             let ids = bpf_stats::prog_ids_of(pid)?;
+            // Attached after the probe's programs, so they run after them
+            // on every packet: the same packets, the same hooks.
+            let lo = bpf_stats::ifindex("lo")?;
+            let empty = [EmptyTcx::attach(lo, true)?, EmptyTcx::attach(lo, false)?];
+            let mut measured = ids.clone();
+            measured.extend(empty.iter().map(|e| e.id));
             std::thread::sleep(SETTLE);
-            let bpf0 = bpf_stats::read(&ids)?;
+            let bpf0 = bpf_stats::read(&measured)?;
             let cpu0 = procfs::cpu_seconds(pid)?;
             let t0 = Instant::now();
             let r = wrk::run(&spec);
             let wall = t0.elapsed().as_secs_f64();
             let cpu1 = procfs::cpu_seconds(pid)?;
-            let bpf1 = bpf_stats::read(&ids)?;
+            let bpf1 = bpf_stats::read(&measured)?;
+            drop(empty);
             let mem = procfs::memory(pid)?;
             probe.stop()?;
             // SIGTERM keeps the probe's pinned links; dropping the fixture
@@ -175,26 +183,50 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         let name = format!("upstreamtop_{hook}");
         let id = format!("bpf.{hook}_ns");
         let label = format!("BPF {hook} program, per run");
-        match cost.bpf.get(&name).filter(|d| d.run_cnt > 0) {
-            Some(d) => f.push(
-                Figure::new(2, &id, &label, d.run_time_ns as f64 / d.run_cnt as f64, "ns", Target::AtMost(40.0))
-                    .note(format!("{} runs over the attached runs", d.run_cnt)),
-            ),
-            None => f.push(Figure::failed(
+        let per_run = |d: &ProgStats| d.run_time_ns as f64 / d.run_cnt as f64;
+        let Some(d) = cost.bpf.get(&name).filter(|d| d.run_cnt > 0) else {
+            f.push(Figure::failed(
                 2,
                 &id,
                 &label,
                 "ns",
                 Target::AtMost(40.0),
                 &format!("no runs of {name} counted {stats_note}"),
+            ));
+            continue;
+        };
+        f.push(
+            Figure::new(2, &id, &label, per_run(d), "ns", Target::AtMost(40.0))
+                .note(format!("{} runs over the attached runs; raw bpf_stats figure, its own bookkeeping included", d.run_cnt)),
+        );
+        let empty_name = format!("{}{hook}", bpf_stats::EMPTY_PREFIX);
+        match cost.bpf.get(&empty_name).filter(|e| e.run_cnt > 0) {
+            Some(e) => {
+                f.push(
+                    Figure::new(2, &format!("bpf.{hook}_empty_ns"), &format!("empty tcx program on {hook}, per run"), per_run(e), "ns", Target::None)
+                        .note(format!("returns TCX_NEXT, attached next to the probe's during the same runs ({} runs): bpf_stats' own cost", e.run_cnt)),
+                );
+                f.push(
+                    Figure::new(2, &format!("bpf.{hook}_net_ns"), &format!("BPF {hook} program, net of the empty one"), per_run(d) - per_run(e), "ns", Target::None)
+                        .note("probe minus empty program, same packets"),
+                );
+            }
+            None => f.push(Figure::failed(
+                2,
+                &format!("bpf.{hook}_empty_ns"),
+                &format!("empty tcx program on {hook}, per run"),
+                "ns",
+                Target::None,
+                &format!("no runs of {empty_name} counted {stats_note}"),
             )),
         }
     }
     // Both hooks together per proxied request: what the probe adds to the
     // CPU time a request costs (all CPUs / throughput).
     let attached_requests: u64 = on.iter().map(|r| r.requests).sum();
-    let bpf_ns: u64 = cost.bpf.values().map(|d| d.run_time_ns).sum();
-    let bpf_runs: u64 = cost.bpf.values().map(|d| d.run_cnt).sum();
+    let probe_progs = || cost.bpf.iter().filter(|(n, _)| n.starts_with("upstreamtop_")).map(|(_, d)| d);
+    let bpf_ns: u64 = probe_progs().map(|d| d.run_time_ns).sum();
+    let bpf_runs: u64 = probe_progs().map(|d| d.run_cnt).sum();
     if attached_requests > 0 && bpf_runs > 0 {
         let per_req_us = bpf_ns as f64 / attached_requests as f64 / 1000.0;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;

@@ -46,6 +46,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Filters, set by the daemon before load. */
 const volatile __u16 ignore_ports[MAX_IGNORE_PORTS] = {};
 const volatile __u32 n_ignore_ports = 0;
+/* The --ignore-port values hashed into 512 bits (port_bit): most ports
+ * miss, and then wanted() need not run. */
+const volatile __u64 ignore_port_bits[8] = {};
 const volatile struct cidr only_cidrs[MAX_ONLY_CIDRS] = {};
 const volatile __u32 n_only_cidrs = 0;
 const volatile __u32 max_peers = 1024;
@@ -178,15 +181,23 @@ static __always_inline __u32 filter_slot(const struct conn_key *k)
 	return (h * 0x9E3779B1u) >> (32 - 14); /* log2(FILTER_SLOTS) */
 }
 
-static __always_inline __u32 peer_port_bit(__u16 port)
+/* A port's bit in the 512-bit port sets (peer_ports, ignore_port_bits;
+ * bpf.rs computes the same for the latter). */
+static __always_inline __u32 port_bit(__u16 port)
 {
-	return ((__u32)port * 0x9E3779B1u) >> (32 - 9); /* 512 bits */
+	return ((__u32)port * 0x9E3779B1u) >> (32 - 9);
 }
 
 static __always_inline bool peer_port_seen(__u16 port)
 {
-	__u32 bit = peer_port_bit(port);
+	__u32 bit = port_bit(port);
 	return peer_ports[(bit >> 6) & 7] & (1ull << (bit & 63));
+}
+
+static __always_inline bool maybe_ignored_port(__u16 port)
+{
+	__u32 bit = port_bit(port);
+	return ignore_port_bits[(bit >> 6) & 7] & (1ull << (bit & 63));
 }
 
 static __always_inline bool maybe_tracked(__u32 slot)
@@ -207,7 +218,7 @@ static __always_inline long conn_insert(const struct conn_key *k, struct conn_st
 	if (!(local_port_blocks & block))
 		__sync_fetch_and_or(&local_port_blocks, block);
 	if (!peer_port_seen(k->peer_port)) {
-		__u32 bit = peer_port_bit(k->peer_port);
+		__u32 bit = port_bit(k->peer_port);
 		__sync_fetch_and_or(&peer_ports[(bit >> 6) & 7], 1ull << (bit & 63));
 	}
 	__sync_fetch_and_add(&tracked[slot], 1);
@@ -388,6 +399,15 @@ static __noinline bool wanted(const struct conn_key *k)
 			return true;
 	}
 	return false;
+}
+
+/* wanted(), without its call when neither port can be ignored and there
+ * is no --only. */
+static __always_inline bool wanted_quick(const struct conn_key *k)
+{
+	if (!n_only_cidrs && !maybe_ignored_port(k->local_port) && !maybe_ignored_port(k->peer_port))
+		return true;
+	return wanted(k);
 }
 
 /* Was any connection with this local port's block ever tracked? */
@@ -773,7 +793,7 @@ static __noinline struct conn_state *on_untracked_payload(struct __sk_buff *skb,
  * subprogram, out of the hot path's code). */
 static __noinline void on_syn(const struct conn_key *k)
 {
-	if (!wanted(k))
+	if (!wanted_quick(k))
 		return;
 	struct scratch *sc = scratch_get();
 	if (!sc)
@@ -827,7 +847,7 @@ int upstreamtop_egress(struct __sk_buff *skb)
 			} else {
 				on_tracked_payload(skb, cs, &s);
 			}
-		} else if (ephemeral(k.local_port) && wanted(&k)) {
+		} else if (ephemeral(k.local_port) && wanted_quick(&k)) {
 			cs = on_untracked_payload(skb, &k, &s);
 		}
 		/* Otherwise untracked, and not a connection this host opened
