@@ -37,6 +37,10 @@ struct Worker {
     /// The publish the cached bodies come from.
     publish: Option<(PublishId, ProbeMeta)>,
     cached: Vec<(Key, Body)>,
+    /// A JSON body no request sends any more, kept as the buffer of the
+    /// next render (megabytes at a thousand peers: writing into mapped
+    /// memory spares the page faults of a fresh allocation).
+    spare: Vec<u8>,
 }
 
 /// What a body depends on besides the publish and the clock.
@@ -72,7 +76,13 @@ pub(crate) fn answer(path: &Path, conf: NginxConfig, query: Query, prometheus: b
     let slot = WORKER.with(|cell| cell.borrow_mut().take());
     let mut worker = match slot {
         Some(w) if w.path == path => w,
-        _ => Worker { path: path.to_owned(), reader: TableReader::new(path), publish: None, cached: Vec::new() },
+        _ => Worker {
+            path: path.to_owned(),
+            reader: TableReader::new(path),
+            publish: None,
+            cached: Vec::new(),
+            spare: Vec::new(),
+        },
     };
     let outcome = worker.answer(Key { prometheus, query, conf }, now_unix_ns);
     WORKER.with(|cell| *cell.borrow_mut() = Some(worker));
@@ -82,7 +92,7 @@ pub(crate) fn answer(path: &Path, conf: NginxConfig, query: Query, prometheus: b
 impl Worker {
     fn answer(&mut self, key: Key, now: u64) -> Outcome {
         let known = self.publish.as_ref().map(|(id, _)| *id);
-        let Worker { reader, publish, cached, .. } = self;
+        let Worker { reader, publish, cached, spare, .. } = self;
         let view = match reader.view_unless(known) {
             Err(e) => {
                 *publish = None;
@@ -115,15 +125,18 @@ impl Worker {
         };
         if known != Some(view.id()) {
             *publish = Some((view.id(), view.meta().clone()));
-            cached.clear();
+            for (_, body) in cached.drain(..) {
+                recycle(spare, body);
+            }
         }
         if let Some(stale) = stale(view.meta(), now) {
             return stale;
         }
-        let (body, reusable) = render(&view, &key, now);
+        let (body, reusable) = render(&view, &key, now, spare);
         if reusable {
             if cached.len() >= MAX_CACHED {
-                cached.remove(0);
+                let (_, old) = cached.remove(0);
+                recycle(spare, old);
             }
             cached.push((key, body.clone()));
         }
@@ -136,10 +149,22 @@ fn stale(meta: &ProbeMeta, now: u64) -> Option<Outcome> {
         .map(|age_s| Outcome::Stale { age_s, published_unix_ns: meta.published_unix_ns })
 }
 
-/// Renders `view` for `key`; also says whether the body may be served
-/// again later in this publish (not when a peer's state was judged against
-/// the clock because it has no history samples).
-fn render(view: &SnapshotView, key: &Key, now: u64) -> (Body, bool) {
+/// Keeps the larger of `spare` and `body`'s buffer when no request still
+/// sends `body` (a body in flight stays with its request's pool).
+fn recycle(spare: &mut Vec<u8>, body: Body) {
+    if let Body::Json(json) = body {
+        if let Ok(json) = Rc::try_unwrap(json) {
+            if json.body.capacity() > spare.capacity() {
+                *spare = json.body;
+            }
+        }
+    }
+}
+
+/// Renders `view` for `key` (JSON into the `spare` buffer); also says whether the body
+/// may be served again later in this publish (not when a peer's state was
+/// judged against the clock because it has no history samples).
+fn render(view: &SnapshotView, key: &Key, now: u64, spare: &mut Vec<u8>) -> (Body, bool) {
     if key.prometheus {
         // Prometheus scrapes are rare next to dashboard polls: the report
         // path is fast enough, and render_prometheus works on a Report.
@@ -148,7 +173,7 @@ fn render(view: &SnapshotView, key: &Key, now: u64) -> (Body, bool) {
         let text = upstreamtop_report::render_prometheus(&report, &key.query);
         (Body::Prometheus(Rc::new(text)), reusable)
     } else {
-        let json = upstreamtop_report::render_view_json(view, &key.conf, &key.query, now);
+        let json = upstreamtop_report::render_view_json_into(view, &key.conf, &key.query, now, std::mem::take(spare));
         let reusable = !json.clock_dependent;
         (Body::Json(Rc::new(json)), reusable)
     }

@@ -29,7 +29,7 @@ pub use json::{render_json, unavailable_json};
 pub use model::Report;
 pub use prometheus::{render_prometheus, unavailable_prometheus};
 pub use query::parse_query;
-pub use view_json::{render_view_json, Piece, ViewJson};
+pub use view_json::{render_view_json, render_view_json_into, Piece, ViewJson};
 
 #[cfg(test)]
 mod tests;

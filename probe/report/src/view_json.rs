@@ -21,7 +21,7 @@ use upstreamtop_table::{PeerView, ResponsesView, RouteView, SnapshotView};
 use crate::build::{probe, recent_list, SCHEMA_VERSION, UNLISTED};
 use crate::config::{NginxConfig, Query, ServerConf};
 use crate::join::{key, show, AddrKey, ConfigIndex, Listeners};
-use crate::json::W;
+use crate::json::{plain, W};
 use crate::model::{Connections, Route, Totals};
 use crate::peer::{self, add_table_parts, round3, state_of, PeerCtx, StateInput};
 
@@ -72,6 +72,21 @@ pub enum Piece<'a> {
 /// `render_json(&build_report(&view.to_snapshot(), conf, query, now))`,
 /// without the intermediate snapshot and report.
 pub fn render_view_json(view: &SnapshotView, conf: &NginxConfig, query: &Query, now_unix_ns: u64) -> ViewJson {
+    render_view_json_into(view, conf, query, now_unix_ns, Vec::new())
+}
+
+/// [`render_view_json`] into `buf` (cleared first): a caller that renders
+/// every publish hands back the body it no longer serves, so megabytes of
+/// output land in memory that is already mapped instead of fresh pages
+/// the kernel must fault in and zero (a millisecond per render at a
+/// thousand peers).
+pub fn render_view_json_into(
+    view: &SnapshotView,
+    conf: &NginxConfig,
+    query: &Query,
+    now_unix_ns: u64,
+    mut buf: Vec<u8>,
+) -> ViewJson {
     let listeners = Listeners::new(&conf.listen);
     let index = ConfigIndex::new(conf);
     let peers: Vec<PeerView> = view.peers().collect();
@@ -120,7 +135,9 @@ pub fn render_view_json(view: &SnapshotView, conf: &NginxConfig, query: &Query, 
 
     let shown = view.route_count().min(peers.len().saturating_mul(query.routes.saturating_add(1)));
     let listed: usize = conf.upstreams.iter().map(|u| u.servers.len()).sum();
-    let mut w = W(Vec::with_capacity(2048 + (peers.len() + listed) * 1600 + shown * 320 + query.recent.min(1000) * 160));
+    buf.clear();
+    buf.reserve(2048 + (peers.len() + listed) * 1600 + shown * 320 + query.recent.min(1000) * 160);
+    let mut w = W(buf);
     let mut pw = PeerWriter { cx: &cx, clock_dependent: false, scratch: Vec::new() };
 
     w.raw("{\"version\":");
@@ -410,7 +427,11 @@ fn route(w: &mut W, r: &RouteView) {
     } else {
         // As clean_path: cut at '?' (ASCII, so still whole UTF-8).
         let p = r.path_bytes();
-        w.str_bytes(p.iter().position(|&b| b == b'?').map_or(p, |i| &p[..i]));
+        if plain(p) {
+            w.quoted(p);
+        } else {
+            w.str_bytes(p.iter().position(|&b| b == b'?').map_or(p, |i| &p[..i]));
+        }
     }
     w.raw(",\"other\":");
     w.bool(other);

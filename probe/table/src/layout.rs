@@ -160,36 +160,82 @@ pub fn body_len(n_peers: u64, history_len: u64, n_routes: u64, n_recent: u64) ->
 /// torn by a concurrent publish, on top of the sequence numbers. Changing
 /// any single byte always changes the plain sums.
 pub fn checksum(parts: &[&[u8]]) -> u64 {
-    let mut a = [0u64; 4];
-    let mut b = [0u64; 4];
-    let mut total = 0u64;
-    let mut step = |c: &[u8]| {
+    let mut c = Checksum::default();
+    for part in parts {
+        c.update(part);
+        c.end_part();
+    }
+    c.finish()
+}
+
+/// [`checksum`] fed piece by piece: the reader sums each chunk of the slot
+/// right after `pread` put it in the cache, instead of walking megabytes a
+/// second time from memory.
+#[derive(Debug, Clone, Default)]
+pub struct Checksum {
+    a: [u64; 4],
+    b: [u64; 4],
+    total: u64,
+    /// Bytes of an unfinished 32-byte block.
+    tail: [u8; 32],
+    tail_len: usize,
+}
+
+impl Checksum {
+    #[inline(always)]
+    fn block(&mut self, c: &[u8]) {
         for l in 0..4 {
             let w = u64::from_le_bytes(c[l * 8..l * 8 + 8].try_into().expect("8-byte word"));
-            a[l] = a[l].wrapping_add(w);
-            b[l] = b[l].wrapping_add(a[l]);
+            self.a[l] = self.a[l].wrapping_add(w);
+            self.b[l] = self.b[l].wrapping_add(self.a[l]);
         }
-    };
-    for part in parts {
-        total = total.wrapping_add(part.len() as u64);
-        let mut chunks = part.chunks_exact(32);
+    }
+
+    /// Adds `data` to the current part (pieces of one part concatenate).
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.total = self.total.wrapping_add(data.len() as u64);
+        if self.tail_len > 0 {
+            let n = (32 - self.tail_len).min(data.len());
+            self.tail[self.tail_len..self.tail_len + n].copy_from_slice(&data[..n]);
+            self.tail_len += n;
+            data = &data[n..];
+            if self.tail_len < 32 {
+                return;
+            }
+            let t = self.tail;
+            self.block(&t);
+            self.tail_len = 0;
+        }
+        let mut chunks = data.chunks_exact(32);
         for c in &mut chunks {
-            step(c);
+            self.block(c);
         }
         let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut tail = [0u8; 32];
-            tail[..rest.len()].copy_from_slice(rest);
-            step(&tail);
+        self.tail[..rest.len()].copy_from_slice(rest);
+        self.tail_len = rest.len();
+    }
+
+    /// Ends a part: its last block is padded with zeros.
+    fn end_part(&mut self) {
+        if self.tail_len > 0 {
+            let mut t = [0u8; 32];
+            t[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            self.block(&t);
+            self.tail_len = 0;
         }
     }
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = total.wrapping_mul(K);
-    for v in a.into_iter().chain(b) {
-        h = (h ^ v).wrapping_mul(K);
-        h ^= h >> 31;
+
+    /// The checksum of everything added, as one part.
+    pub fn finish(mut self) -> u64 {
+        self.end_part();
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut h = self.total.wrapping_mul(K);
+        for v in self.a.into_iter().chain(self.b) {
+            h = (h ^ v).wrapping_mul(K);
+            h ^= h >> 31;
+        }
+        h
     }
-    h
 }
 
 /// Longest prefix of `s` of at most `max` bytes that ends on a char boundary.
@@ -363,6 +409,18 @@ mod tests {
             assert_ne!(checksum(&[&m]), h, "byte {i}");
         }
         assert_ne!(checksum(&[&base[..300]]), h);
+    }
+
+    #[test]
+    fn checksum_in_pieces_is_the_checksum_of_the_whole() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for cut in [1usize, 7, 31, 32, 33, 100, 999, 4096] {
+            let mut c = Checksum::default();
+            for piece in data.chunks(cut) {
+                c.update(piece);
+            }
+            assert_eq!(c.finish(), checksum(&[&data]), "pieces of {cut}");
+        }
     }
 
     #[test]
