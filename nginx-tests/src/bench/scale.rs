@@ -100,6 +100,7 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     let snap = probe.wait_until(SETTLE, |snap| diff_of(snap) == 0)?;
     let diff = diff_of(&snap);
     let mem = procfs::memory(probe.pid())?;
+    let parts = resident_parts(probe.pid(), probe.table_path())?;
     let named_routes = snap.routes.iter().filter(|r| !r.is_other).count();
     let c = snap.meta.counters;
 
@@ -139,9 +140,60 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         )
         .note(format!("{} distinct routes sent", s.scale_routes)),
         Figure::new(6, "scale.probe_hwm_mib", &format!("probe VmHWM, {shape}"), mem.hwm_mib, "MiB", Target::AtMost(50.0))
-            .note(format!("--max-peers {max_peers} --max-routes {max_routes}; target as in part 5")),
+            .note(format!(
+                "--max-peers {max_peers} --max-routes {max_routes}; target as in part 5; resident now: {:.1} MiB BPF map mappings \
+                 (the events ring's data pages are mapped twice and count twice), {:.1} MiB table file (both slots), {:.1} MiB the rest \
+                 (heap, binary, libraries)",
+                parts.bpf_maps_mib, parts.table_mib, parts.rest_mib
+            )),
         Figure::new(6, "scale.render_p99_ms", &format!("render p99 of that table ({} KiB JSON)", bytes / 1024), percentile(&times, 0.99), "ms", Target::None),
     ])
+}
+
+/// Where the probe's resident pages are, from its smaps: most of its
+/// footprint is fixed by configuration (ring size, table capacities), the
+/// rest is what the daemon holds per peer and route.
+struct ResidentParts {
+    bpf_maps_mib: f64,
+    table_mib: f64,
+    rest_mib: f64,
+}
+
+fn resident_parts(pid: u32, table: &std::path::Path) -> Result<ResidentParts> {
+    let path = format!("/proc/{pid}/smaps");
+    let smaps = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    let table = table.to_string_lossy();
+    let mut parts = ResidentParts { bpf_maps_mib: 0.0, table_mib: 0.0, rest_mib: 0.0 };
+    enum Part {
+        BpfMaps,
+        Table,
+        Rest,
+    }
+    let mut current = Part::Rest;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping header: range perms offset dev inode [name]
+            let name = words.nth(4).unwrap_or("");
+            current = if name.starts_with("anon_inode:bpf-map") {
+                Part::BpfMaps
+            } else if name == table {
+                Part::Table
+            } else {
+                Part::Rest
+            };
+        } else if first == "Rss:" {
+            let kib: f64 = words.next().context("Rss without a value")?.parse().context("Rss value")?;
+            let mib = kib / 1024.0;
+            match current {
+                Part::BpfMaps => parts.bpf_maps_mib += mib,
+                Part::Table => parts.table_mib += mib,
+                Part::Rest => parts.rest_mib += mib,
+            }
+        }
+    }
+    Ok(parts)
 }
 
 /// Each backend's stop waits up to one accept-poll period; stopping a
