@@ -93,6 +93,7 @@ macro_rules! state_maps {
             ("peer_ids", &mut $maps.peer_ids),
             ("peers", &mut $maps.peers),
             ("codes", &mut $maps.codes),
+            ("common_codes", &mut $maps.common_codes),
             ("stats", &mut $maps.stats),
             ("events", &mut $maps.events),
             ("bss", &mut $maps.bss),
@@ -118,6 +119,7 @@ fn fingerprint(open: &skel::OpenUpstreamtopSkel<'_>) -> u64 {
         &open.maps.peer_ids,
         &open.maps.peers,
         &open.maps.codes,
+        &open.maps.common_codes,
         &open.maps.stats,
         &open.maps.events,
         &open.maps.bss,
@@ -148,6 +150,12 @@ pub fn from_bytes<T: Copy>(b: &[u8]) -> Option<T> {
     // every bit pattern is valid; the length was checked above and
     // read_unaligned copes with the Vec's alignment.
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+}
+
+/// The status code counted in slot `slot` of `struct code_slots` (see
+/// upstreamtop.h: the first ten codes of classes 2xx to 5xx).
+fn common_code(slot: usize) -> u16 {
+    (200 + slot / 10 * 100 + slot % 10) as u16
 }
 
 /// A port's bit in the programs' 512-bit port sets (`port_bit` in
@@ -245,6 +253,10 @@ impl Programs {
         open.maps.peers.set_max_entries(cfg.max_peers).context("sizing the peers map")?;
         open.maps.peer_ids.set_max_entries(cfg.max_peers).context("sizing the peer_ids map")?;
         open.maps.codes.set_max_entries(cfg.max_codes).context("sizing the codes map")?;
+        open.maps
+            .common_codes
+            .set_max_entries(cfg.max_peers)
+            .context("sizing the common_codes map")?;
         open.maps
             .events
             .set_max_entries(cfg.ring_bytes.next_power_of_two().max(4096))
@@ -489,12 +501,26 @@ impl Programs {
         Ok(out)
     }
 
-    /// Exact status-code counters: (peer, code, count).
+    /// Exact status-code counters: (peer, code, count), one entry per pair
+    /// (the common codes' array slots and the `codes` hash summed).
     pub fn code_counters(&self) -> Result<Vec<(SocketAddr, u16, u64)>> {
-        let by_idx: std::collections::HashMap<u32, SocketAddr> =
-            self.peer_index()?.into_iter().map(|(a, i)| (i, a)).collect();
+        let peers = self.peer_index()?;
+        let by_idx: std::collections::HashMap<u32, SocketAddr> = peers.iter().map(|(a, i)| (*i, *a)).collect();
+        let mut sums: BTreeMap<(SocketAddr, u16), u64> = BTreeMap::new();
+        let slots = &self.skel.maps.common_codes;
+        for (addr, idx) in &peers {
+            let Some(per_cpu) =
+                slots.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY).context("reading common_codes")?
+            else {
+                continue;
+            };
+            for cs in per_cpu.iter().filter_map(|b| from_bytes::<types::code_slots>(b)) {
+                for (slot, n) in cs.n.iter().enumerate().filter(|(_, n)| **n > 0) {
+                    *sums.entry((*addr, common_code(slot))).or_default() += n;
+                }
+            }
+        }
         let map = &self.skel.maps.codes;
-        let mut out = Vec::new();
         for key in map.keys() {
             let Some(ck) = from_bytes::<types::code_key>(&key) else { continue };
             let Some(&addr) = by_idx.get(&ck.peer_idx) else { continue };
@@ -503,9 +529,9 @@ impl Programs {
                 continue;
             };
             let n: u64 = per_cpu.iter().filter_map(|b| from_bytes::<u64>(b)).sum();
-            out.push((addr, ck.code, n));
+            *sums.entry((addr, ck.code)).or_default() += n;
         }
-        Ok(out)
+        Ok(sums.into_iter().map(|((a, c), n)| (a, c, n)).collect())
     }
 
     pub fn stats(&self) -> Result<BpfStats> {
@@ -755,6 +781,18 @@ fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, ifindex: u32) -> Result<Link> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_code_slots_name_their_codes() {
+        let codes: Vec<u16> = (0..types::code_slots::default().n.len()).map(common_code).collect();
+        assert_eq!(&codes[..3], &[200, 201, 202]);
+        assert_eq!(codes[10..12], [300, 301]);
+        assert_eq!(codes[codes.len() - 1], 509);
+        // The programs' slot: (class - 2) * 10 + code % 100.
+        for (slot, c) in codes.iter().enumerate() {
+            assert_eq!(usize::from((c / 100 - 2) * 10 + c % 100), slot);
+        }
+    }
 
     #[test]
     fn short_ring_records_read_as_zero_filled_events() {

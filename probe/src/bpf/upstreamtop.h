@@ -85,6 +85,15 @@ struct peer_counters {
 	__u64 codes_other; /* exact code did not fit the `codes` map */
 };
 
+/* Exact counters of the common status codes, one slot per code that is
+ * the first ten of its class (200-209, 300-309, 400-409, 500-509: slot
+ * (class - 2) * 10 + code % 100), per peer index and CPU: counted with an
+ * array access, not a hash lookup. Every other code goes to `codes`. */
+#define CODE_SLOTS 40
+struct code_slots {
+	__u64 n[CODE_SLOTS];
+};
+
 /* Key of the exact status-code counters. */
 struct code_key {
 	__u32 peer_idx;
