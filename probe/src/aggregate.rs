@@ -603,6 +603,69 @@ mod tests {
         assert_eq!(s.peers[0].history.len(), 2);
     }
 
+    /// Figures that depend on how often a snapshot was taken (rates,
+    /// windows, history, publish counters, the per-interval recent feed)
+    /// cleared, to compare what is cumulative.
+    fn cumulative(s: &Snapshot) -> Snapshot {
+        let mut s = s.clone();
+        s.meta = ProbeMeta::default();
+        s.recent.clear();
+        for p in &mut s.peers {
+            (p.window, p.first_seen_unix_ns, p.last_seen_unix_ns) = (Window::default(), 0, 0);
+            p.history.clear();
+        }
+        for r in &mut s.routes {
+            (r.requests_per_sec, r.errors_5xx_per_sec) = (0.0, 0.0);
+        }
+        s
+    }
+
+    #[test]
+    fn a_snapshot_rewritten_in_place_equals_a_fresh_one() {
+        let peers: Vec<SocketAddr> = ["10.0.0.9:80", "10.0.0.1:80", "[fd00::1]:8080", "10.0.0.5:81"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        // One aggregator publishes after every round, the other only at the end.
+        let (mut often, mut once) = (Aggregator::new(limits(6)), Aggregator::new(limits(6)));
+        let mut counts = [0u64; 4];
+        let totals_of = |counts: &[u64; 4], leave_out: usize| BpfTotals {
+            peers: (0..4)
+                .filter(|&i| i != leave_out)
+                .map(|i| (peers[i], types::peer_counters { requests: counts[i], ..Default::default() }))
+                .collect(),
+            codes: (0..4).filter(|&i| i != leave_out).map(|i| (peers[i], 200, counts[i] + i as u64)).collect(),
+            ..Default::default()
+        };
+        for round in 0..6usize {
+            for k in 0..40usize {
+                // Later rounds bring routes that sort before earlier ones,
+                // more codes, and (round 3) a peer's first traffic.
+                let i = (k * 7 + round) % if round < 3 { 3 } else { 4 };
+                let req = format!("{} /r{}/{} HTTP/1.1\r\n", ["GET", "DELETE"][k % 2], 9 - round, k % 3);
+                let status = [200, 404, 503, 0, 201][(k + round) % 5];
+                let ev = event(peers[i], req.as_bytes(), status, 1_000 * (1 + k as u64 * round as u64));
+                often.on_event(&ev);
+                once.on_event(&ev);
+                counts[i] += 1;
+            }
+            // A peer missing from most publishes (round 4 has all four, the
+            // final one three): fewer peers and routes than the one before.
+            let _ = often.snapshot(&totals_of(&counts, round % 5), 1_000_000_000, vec!["lo".into()]);
+        }
+        let last = totals_of(&counts, 1);
+        let fresh = cumulative(once.snapshot(&last, 1_000_000_000, vec![]));
+        let reused = cumulative(often.snapshot(&last, 1_000_000_000, vec![]));
+        assert_eq!(reused, fresh);
+        assert_eq!(fresh.peers.len(), 3);
+        assert!(fresh.routes.iter().all(|r| fresh.peers[r.peer as usize].addr != peers[1]));
+        // Named routes by (peer, method, path), then the "other" ones.
+        let keys: Vec<_> =
+            fresh.routes.iter().map(|r| (r.is_other, fresh.peers[r.peer as usize].addr, &r.method, &r.path)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        assert!(fresh.routes.iter().any(|r| r.is_other), "the route table overflowed");
+    }
+
     #[test]
     fn unparseable_request_bytes_count_as_parse_errors_in_other() {
         let peer: SocketAddr = "10.0.0.3:80".parse().unwrap();
