@@ -115,16 +115,21 @@ pub(crate) fn plain(bytes: &[u8]) -> bool {
         (control | zero(w ^ (u64::from(b'"') * ONES)) | zero(w ^ (u64::from(b'\\') * ONES)) | zero(w ^ (u64::from(b'?') * ONES)))
             == 0
     }
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
+    if bytes.len() < 8 {
+        // Assembled in a register: a padded stack copy read back as a word
+        // would stall on store forwarding.
+        let w = bytes.iter().rev().fold(0u64, |w, &b| w << 8 | u64::from(b));
+        return word_plain(w | (u64::from(b'a') * ONES) << (bytes.len() * 8));
+    }
     let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
-        if !word_plain(u64::from_le_bytes(c.try_into().expect("8 bytes"))) {
+        if !word_plain(word(c)) {
             return false;
         }
     }
-    let rest = chunks.remainder();
-    let mut last = [b'a'; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    word_plain(u64::from_le_bytes(last))
+    // The last 8 bytes again, overlapping what was checked.
+    chunks.remainder().is_empty() || word_plain(word(&bytes[bytes.len() - 8..]))
 }
 
 /// The output buffer, with one method per JSON shape. Bytes rather than a
@@ -185,6 +190,32 @@ impl W {
         self.0.truncate(len + n);
     }
 
+    /// `a / 1000` as `int.frac` with 1–3 decimals (what [`Self::f64`]
+    /// prints for a float with at most three): below 10^8 the integer and
+    /// the fraction come from one SWAR conversion of `a`.
+    #[inline(always)]
+    fn milli(&mut self, a: u64) {
+        if a < 100_000_000 {
+            let a = a as u32;
+            let digits = swar8(a);
+            // Integer digits: those above the last three, at least one.
+            let n_int = a.checked_ilog10().map_or(1, |l| (l as usize + 1).saturating_sub(3).max(1));
+            self.put_word(digits >> ((5 - n_int) * 8), n_int);
+            let frac = a % 1000;
+            let keep = if !frac.is_multiple_of(10) {
+                3
+            } else if !frac.is_multiple_of(100) {
+                2
+            } else {
+                1
+            };
+            self.put_word(u64::from(b'.') | ((digits >> 40) << 8), 1 + keep);
+        } else {
+            self.u64(a / 1000);
+            self.frac3((a % 1000) as u32);
+        }
+    }
+
     /// `.d`, `.dd` or `.ddd` for `frac < 1000` thousandths, trailing zeros
     /// dropped but one digit always kept (`.0`, `.5`, `.25`, `.125`).
     #[inline(always)]
@@ -241,9 +272,7 @@ impl W {
                 if m < 0 {
                     self.0.push(b'-');
                 }
-                let a = m.unsigned_abs();
-                self.u64(a / 1000);
-                self.frac3((a % 1000) as u32);
+                self.milli(m.unsigned_abs());
                 return;
             }
         }
@@ -256,8 +285,7 @@ impl W {
     /// three-decimal text is exactly the integer's digits (no float work).
     #[inline]
     pub(crate) fn thousandths(&mut self, n: u32) {
-        self.u64((n / 1000).into());
-        self.frac3(n % 1000);
+        self.milli(n.into());
     }
 
     /// What [`Self::f64`] prints for [`crate::peer::ms`]`(ns)`, in
@@ -268,9 +296,7 @@ impl W {
     #[inline]
     pub(crate) fn ms(&mut self, ns: u64) {
         if ns < 1 << 50 && ns % 1000 != 500 {
-            let us = (ns + 500) / 1000;
-            self.u64(us / 1000);
-            self.frac3((us % 1000) as u32);
+            self.milli((ns + 500) / 1000);
         } else {
             self.f64(crate::peer::ms(ns));
         }
@@ -295,8 +321,36 @@ impl W {
     pub(crate) fn quoted(&mut self, bytes: &[u8]) {
         self.0.reserve(bytes.len() + 2);
         self.0.push(b'"');
-        self.0.extend_from_slice(bytes);
+        self.short(bytes);
         self.0.push(b'"');
+    }
+
+    /// Appends `b`; strings up to 64 bytes (methods, paths, addresses) as
+    /// fixed-size 8- or 16-byte copies, the last one overlapping, instead
+    /// of a `memcpy` call each.
+    #[inline(always)]
+    fn short(&mut self, b: &[u8]) {
+        fn at<const N: usize>(b: &[u8], i: usize) -> &[u8; N] {
+            b[i..i + N].try_into().expect("N bytes")
+        }
+        let (n, start) = (b.len(), self.0.len());
+        if (16..=64).contains(&n) {
+            let mut i = 0;
+            while i + 16 <= n {
+                self.0.extend_from_slice(at::<16>(b, i));
+                i += 16;
+            }
+            if i < n {
+                self.0.truncate(start + n - 16);
+                self.0.extend_from_slice(at::<16>(b, n - 16));
+            }
+        } else if (8..16).contains(&n) {
+            self.0.extend_from_slice(at::<8>(b, 0));
+            self.0.truncate(start + n - 8);
+            self.0.extend_from_slice(at::<8>(b, n - 8));
+        } else {
+            self.0.extend_from_slice(b);
+        }
     }
 
     /// A quoted, escaped string (the escapes serde_json uses).
@@ -668,6 +722,16 @@ mod tests {
                     assert_eq!(plain(&v), !special, "len {len} at {at} byte {b}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn short_copies_any_length() {
+        let src: Vec<u8> = (0..200u8).map(|i| b'a' + i % 26).collect();
+        for n in 0..200 {
+            let mut w = W(b"xy".to_vec());
+            w.quoted(&src[..n]);
+            assert_eq!(w.0, [&b"xy\""[..], &src[..n], b"\""].concat(), "{n}");
         }
     }
 
