@@ -142,6 +142,8 @@ struct PollRuns {
     bad: u64,
     /// Duration of every poll, ms.
     poll_ms: Vec<f64>,
+    /// Why the first few failed polls failed.
+    failures: Vec<String>,
 }
 
 impl PollRuns {
@@ -151,11 +153,12 @@ impl PollRuns {
 
     fn note(&self, pairs: usize, body: &str) -> String {
         format!(
-            "median of {pairs} pairs; {:.0} vs {:.0} req/s; {} polls answered 200, {} not; poll p50 {:.1} ms; {body}",
+            "median of {pairs} pairs; {:.0} vs {:.0} req/s; {} polls answered 200, {} not{}; poll p50 {:.1} ms; {body}",
             median(&self.with),
             median(&self.without),
             self.ok,
             self.bad,
+            if self.failures.is_empty() { String::new() } else { format!(" ({})", self.failures.join("; ")) },
             median(&self.poll_ms)
         )
     }
@@ -176,16 +179,26 @@ fn poll_pairs(s: &Settings, nginx: &Nginx, spec: &WrkSpec) -> Result<PollRuns> {
                 continue;
             }
             let done = AtomicBool::new(false);
-            let (r, ok, bad, times) = std::thread::scope(|inner| {
+            let (r, ok, bad, times, failures) = std::thread::scope(|inner| {
                 let poller = inner.spawn(|| {
-                    let (mut ok, mut bad, mut times) = (0u64, 0u64, Vec::new());
+                    let (mut ok, mut bad, mut times, mut failures) = (0u64, 0u64, Vec::new(), Vec::new());
                     let mut client = nginx.client();
                     let mut due = Instant::now();
                     while !done.load(Ordering::Relaxed) {
                         let t = Instant::now();
-                        match client.get("/upstreamtop") {
-                            Ok(r) if r.status == 200 => ok += 1,
-                            _ => bad += 1,
+                        let failure = match client.get("/upstreamtop") {
+                            Ok(r) if r.status == 200 => None,
+                            Ok(r) => Some(format!("{} {}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(160)]))),
+                            Err(e) => Some(format!("{e:#}")),
+                        };
+                        match failure {
+                            None => ok += 1,
+                            Some(why) => {
+                                bad += 1;
+                                if failures.len() < 3 {
+                                    failures.push(why);
+                                }
+                            }
                         }
                         times.push(t.elapsed().as_secs_f64() * 1000.0);
                         due += POLL_EVERY;
@@ -193,17 +206,19 @@ fn poll_pairs(s: &Settings, nginx: &Nginx, spec: &WrkSpec) -> Result<PollRuns> {
                             std::thread::sleep(wait);
                         }
                     }
-                    (ok, bad, times)
+                    (ok, bad, times, failures)
                 });
                 let r = wrk::run(spec);
                 done.store(true, Ordering::Relaxed);
-                let (ok, bad, times) = poller.join().unwrap_or((0, 1, Vec::new()));
-                (r, ok, bad, times)
+                let (ok, bad, times, failures) =
+                    poller.join().unwrap_or_else(|_| (0, 1, Vec::new(), vec!["poller panicked".into()]));
+                (r, ok, bad, times, failures)
             });
             runs.with.push(r?.requests_per_sec);
             runs.ok += ok;
             runs.bad += bad;
             runs.poll_ms.extend(times);
+            runs.failures.extend(failures.into_iter().take(3usize.saturating_sub(runs.failures.len())));
         }
     }
     Ok(runs)
