@@ -378,3 +378,33 @@ fn ring_events_carry_the_route_part_of_the_request() {
     };
     assert_eq!(codes, vec![(100, 1), (200, 1), (201, 1), (204, 1), (404, 1), (503, 1)]);
 }
+
+/// A backend on this host, listening on a port in the ephemeral range: its
+/// replies leave from that port, like a connection this host opened. The
+/// far side of a tracked connection is never taken for one of its own,
+/// even when its bytes look like a request line.
+#[test]
+fn local_backend_replies_are_not_new_connections() {
+    require_root!();
+    let p = load();
+    let (nginx, backend) = (([127, 0, 0, 1], 40001u16), ([127, 0, 0, 1], 40999u16));
+    let to = |flags, payload: &[u8]| frame4(nginx.0, nginx.1, backend.0, backend.1, flags, payload);
+    let from = |flags, payload: &[u8]| frame4(backend.0, backend.1, nginx.0, nginx.1, flags, payload);
+    run(&p, true, &to(SYN, b""));
+    run(&p, false, &from(SYN | ACK, b""));
+    for _ in 0..2 {
+        run(&p, true, &to(ACK | PSH, b"GET /a HTTP/1.1\r\n\r\n"));
+        // On loopback each segment passes egress, then ingress.
+        run(&p, false, &to(ACK | PSH, b"GET /a HTTP/1.1\r\n\r\n"));
+        run(&p, true, &from(ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
+        run(&p, false, &from(ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
+    }
+    // A body from the backend that starts like a request.
+    run(&p, true, &from(ACK | PSH, b"GET /not-a-request HTTP/1.1\r\n\r\n"));
+    let conns = p.conns().unwrap();
+    assert_eq!(conns.len(), 1, "only nginx's connection is tracked");
+    assert_eq!(conns[0].key.local_port, nginx.1);
+    let peers: Vec<(SocketAddr, u64, [u64; 5])> =
+        p.peer_counters().unwrap().into_iter().map(|(a, c)| (a, c.requests, c.responses)).collect();
+    assert_eq!(peers, vec![(SocketAddr::from(backend), 2, [0, 2, 0, 0, 0])]);
+}

@@ -433,6 +433,26 @@ static __always_inline bool maybe_tracked_key(const struct conn_key *k)
 	       maybe_tracked(filter_slot(k));
 }
 
+/* Is `k` the far side of a tracked connection whose both ends are on this
+ * host (a local backend's reply to nginx on loopback)? Such a segment can
+ * belong to no connection of its own (same four-tuple), so it needs no
+ * peek for a request line. Only looked up when the local port is a known
+ * backend port: elsewhere one bit test. The lookup also brings the entry
+ * into this CPU's cache for the ingress program that sees the segment
+ * next. */
+static __always_inline bool far_side_of_tracked(const struct conn_key *k)
+{
+	struct conn_key f;
+
+	if (!peer_port_seen(k->local_port))
+		return false;
+	__builtin_memcpy(f.local_addr, k->peer_addr, 16);
+	__builtin_memcpy(f.peer_addr, k->local_addr, 16);
+	f.local_port = k->peer_port;
+	f.peer_port = k->local_port;
+	return maybe_tracked_key(&f) && bpf_map_lookup_elem(&conns, &f);
+}
+
 /* Is this a local port the kernel hands out for connections this host
  * opens? (Every port until the daemon has said.) */
 static __always_inline bool ephemeral(__u16 local_port)
@@ -867,7 +887,7 @@ int upstreamtop_egress(struct __sk_buff *skb)
 			} else {
 				on_tracked_payload(skb, cs, &s);
 			}
-		} else if (ephemeral(k.local_port) && wanted_quick(&k)) {
+		} else if (ephemeral(k.local_port) && wanted_quick(&k) && !far_side_of_tracked(&k)) {
 			cs = on_untracked_payload(skb, &k, &s);
 		}
 		/* Otherwise untracked, and not a connection this host opened
