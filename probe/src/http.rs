@@ -10,7 +10,7 @@ pub const MAX_PATH: usize = 64;
 /// Does a segment start like a request line: an uppercase method token
 /// (A-Z, '-', '_'), one space, and the first byte of a target (origin-form
 /// `/`, asterisk-form `*`, absolute- or authority-form)? Mirrors
-/// `looks_like_request` in upstreamtop.bpf.c.
+/// `request_target` in upstreamtop.bpf.c.
 pub fn looks_like_request(seg: &[u8]) -> bool {
     let Some(sp) = seg.iter().take(MAX_METHOD + 1).position(|&c| c == b' ') else {
         return false;
@@ -117,6 +117,11 @@ pub fn fold_path(target: &[u8]) -> String {
 pub fn fold_path_into(target: &[u8], out: &mut String) {
     let start = out.len();
     let mut t = target;
+    // The query goes first: a URL inside it (`/r?next=http://x/y`) is not
+    // the request's own absolute-form target.
+    if let Some(q) = t.iter().position(|&c| c == b'?' || c == b'#') {
+        t = &t[..q];
+    }
     if let Some(p) = find(t, b"://") {
         // absolute-form: keep what follows the authority
         let after = &t[p + 3..];
@@ -124,9 +129,6 @@ pub fn fold_path_into(target: &[u8], out: &mut String) {
             Some(s) => &after[s..],
             None => b"/",
         };
-    }
-    if let Some(q) = t.iter().position(|&c| c == b'?' || c == b'#') {
-        t = &t[..q];
     }
     if t.first() != Some(&b'/') {
         // asterisk- or authority-form (OPTIONS *, CONNECT host:port): keep as is
@@ -289,6 +291,8 @@ mod tests {
         assert_eq!(fold_path(b"/v2/items#frag"), "/v2/items");
         assert_eq!(fold_path(b"http://backend:8080/a/42?q"), "/a/:id");
         assert_eq!(fold_path(b"http://backend:8080"), "/");
+        assert_eq!(fold_path(b"/r?next=http://x/y/1"), "/r");
+        assert_eq!(fold_path(b"http://h?x/y"), "/");
         assert_eq!(fold_path(b"/a//b/"), "/a//b/");
         let long = format!("/{}", "x".repeat(300));
         assert_eq!(fold_path(long.as_bytes()).len(), MAX_PATH);
