@@ -89,7 +89,15 @@ fn scenario(s: &Settings, topo: Topology, realistic: bool) -> Result<(u64, Strin
         .workers(1)
         .table(probe.table_path())
         .extra_main(s.nginx_main())
-        .upstream_servers("app", &addrs);
+        .upstream_servers("app", &addrs)
+        // wrk drops its connections with requests in flight when it stops.
+        // By default nginx then abandons those upstream exchanges (499) and
+        // closes the connection before the backend's answer arrives: the
+        // backend has counted a 200 that nginx never read, and the probe
+        // rightly sees an exchange that ended without a response. Letting
+        // nginx finish them keeps "what the backend served" the ground
+        // truth for every request.
+        .extra_http("proxy_ignore_client_abort on;");
     let nginx = Nginx::start(conf).context("start nginx")?;
 
     let mut spec = WrkSpec::new(&nginx.url("/p/app/api/orders"), s.exact_run);
