@@ -254,28 +254,37 @@ fn peers_beyond_max_peers_are_counted_not_lost() {
     assert_eq!(p.stats().unwrap().peer_table_full, 1);
 }
 
+/// Loads the programs with these filters, then for each (local port, peer,
+/// peer port) opens a connection with a SYN and sends a request on a
+/// second one the programs never saw open; returns requests per peer and
+/// the number of tracked connections.
+fn through_filters(
+    ignore_ports: Vec<u16>,
+    only: Vec<(std::net::Ipv6Addr, u8)>,
+    cases: &[(u16, [u8; 4], u16)],
+) -> (Vec<(SocketAddr, u64)>, usize) {
+    let cfg = BpfConfig { ignore_ports, only, max_conns: 64, max_peers: 8, max_codes: 64, ring_bytes: 1 << 16 };
+    let p = Programs::load(&cfg, None).expect("load");
+    let req = b"GET / HTTP/1.1\r\n\r\n";
+    for &(lport, peer, port) in cases {
+        run(&p, true, &frame4(LOCAL, lport, peer, port, SYN, b""));
+        run(&p, true, &frame4(LOCAL, lport + 1, peer, port, ACK | PSH, req));
+    }
+    let peers = p.peer_counters().unwrap().into_iter().map(|(a, c)| (a, c.requests)).collect();
+    (peers, p.conns().unwrap().len())
+}
+
 #[test]
 fn ignore_port_and_only_filters() {
     require_root!();
-    let cfg = BpfConfig {
-        ignore_ports: vec![8081],
-        only: vec![("::ffff:10.99.0.0".parse().unwrap(), 96 + 24)],
-        max_conns: 64,
-        max_peers: 8,
-        max_codes: 64,
-        ring_bytes: 1 << 16,
-    };
-    let p = Programs::load(&cfg, None).expect("load");
-    let req = b"GET / HTTP/1.1\r\n\r\n";
     // Inside --only, on an ignored port, outside --only.
-    for (peer, port) in [(PEER, 8080u16), (PEER, 8081), ([10, 98, 0, 2], 8080)] {
-        run(&p, true, &frame4(LOCAL, LPORT, peer, port, SYN, b""));
-        run(&p, true, &frame4(LOCAL, LPORT + 1, peer, port, ACK | PSH, req));
-    }
-    let peers: Vec<(SocketAddr, u64)> =
-        p.peer_counters().unwrap().into_iter().map(|(a, c)| (a, c.requests)).collect();
+    let (peers, conns) = through_filters(
+        vec![8081],
+        vec![("::ffff:10.99.0.0".parse().unwrap(), 96 + 24)],
+        &[(LPORT, PEER, 8080), (LPORT, PEER, 8081), (LPORT, [10, 98, 0, 2], 8080)],
+    );
     assert_eq!(peers, vec![(peer_addr(), 1)]);
-    assert_eq!(p.conns().unwrap().len(), 2, "SYN and request connections to the one wanted peer");
+    assert_eq!(conns, 2, "SYN and request connections to the one wanted peer");
 }
 
 #[test]
@@ -307,26 +316,11 @@ fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
 #[test]
 fn ignore_port_without_only() {
     require_root!();
-    let cfg = BpfConfig {
-        ignore_ports: vec![8081, 41000, 41001],
-        only: vec![],
-        max_conns: 64,
-        max_peers: 8,
-        max_codes: 64,
-        ring_bytes: 1 << 16,
-    };
-    let p = Programs::load(&cfg, None).expect("load");
-    let req = b"GET / HTTP/1.1\r\n\r\n";
-    // Wanted; ignored peer port; ignored local port: by SYN and by a request
-    // on a connection the programs never saw open.
-    for (lport, port) in [(LPORT, 8080u16), (LPORT, 8081), (41000, 8080)] {
-        run(&p, true, &frame4(LOCAL, lport, PEER, port, SYN, b""));
-        run(&p, true, &frame4(LOCAL, lport + 1, PEER, port, ACK | PSH, req));
-    }
-    let peers: Vec<(SocketAddr, u64)> =
-        p.peer_counters().unwrap().into_iter().map(|(a, c)| (a, c.requests)).collect();
+    // Wanted; ignored peer port; ignored local port.
+    let (peers, conns) =
+        through_filters(vec![8081, 41000, 41001], vec![], &[(LPORT, PEER, 8080), (LPORT, PEER, 8081), (41000, PEER, 8080)]);
     assert_eq!(peers, vec![(peer_addr(), 1)]);
-    assert_eq!(p.conns().unwrap().len(), 2, "the SYN and the request connection on the wanted ports");
+    assert_eq!(conns, 2, "the SYN and the request connection on the wanted ports");
 }
 
 /// What reaches the daemon through the ring: the request bytes up to the
