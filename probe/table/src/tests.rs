@@ -4,34 +4,13 @@
 use std::fs;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::histogram::{bucket_of, BUCKETS};
 use crate::layout::*;
 use crate::*;
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("upstreamtop-table-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 const CAPS: Capacities = Capacities { max_peers: 4, max_routes: 6, max_recent: 3, history_len: 5 };
 
@@ -154,8 +133,8 @@ fn full_snapshot() -> Snapshot {
 
 #[test]
 fn round_trip_at_full_capacity() {
-    let dir = TempDir::new("roundtrip");
-    let path = dir.path("run/table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run/table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     let snap = full_snapshot();
     let rep = w.publish(&snap).unwrap();
@@ -179,18 +158,18 @@ fn round_trip_at_full_capacity() {
 
 #[test]
 fn file_and_directory_modes() {
-    let dir = TempDir::new("modes");
-    let path = dir.path("a/b/table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/table");
     TableWriter::create(&path, CAPS).unwrap();
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
-    assert_eq!(fs::metadata(dir.path("a/b")).unwrap().permissions().mode() & 0o777, 0o755);
-    assert_eq!(fs::read_dir(dir.path("a/b")).unwrap().count(), 1, "no temp file left behind");
+    assert_eq!(fs::metadata(dir.path().join("a/b")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(fs::read_dir(dir.path().join("a/b")).unwrap().count(), 1, "no temp file left behind");
 }
 
 #[test]
 fn bad_capacities_are_refused_with_the_path() {
-    let dir = TempDir::new("caps");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let caps = Capacities { max_peers: u32::MAX, max_routes: 1, max_recent: 1, history_len: 1 };
     let err = TableWriter::create(&path, caps).err().unwrap();
     assert!(err.to_string().contains(&path.display().to_string()), "{err}");
@@ -200,8 +179,8 @@ fn bad_capacities_are_refused_with_the_path() {
 
 #[test]
 fn publish_truncates_and_counts() {
-    let dir = TempDir::new("truncate");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     let mut snap = full_snapshot();
     snap.peers.push(peer("127.0.0.1:9999", 9, 0, 0)); // 5th peer: dropped
@@ -245,8 +224,8 @@ fn publish_truncates_and_counts() {
 
 #[test]
 fn missing_and_unpublished() {
-    let dir = TempDir::new("missing");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let mut r = TableReader::new(&path);
     let e = r.snapshot().unwrap_err();
     assert_eq!(e, ReadError::Missing(path.clone()));
@@ -261,14 +240,14 @@ fn missing_and_unpublished() {
 
 #[test]
 fn special_files_never_block() {
-    let dir = TempDir::new("special");
-    let fifo = dir.path("fifo");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
     if made {
         let e = TableReader::new(&fifo).snapshot().unwrap_err();
         assert_eq!(e, ReadError::Corrupt(fifo.clone(), "not a regular file".into()));
     }
-    let e = TableReader::new(&dir.0).snapshot().unwrap_err();
+    let e = TableReader::new(dir.path()).snapshot().unwrap_err();
     assert!(matches!(e, ReadError::Corrupt(..)), "{e}");
 }
 
@@ -280,8 +259,8 @@ fn publish_one(path: &Path) -> Vec<u8> {
 
 #[test]
 fn wrong_magic_version_and_size() {
-    let dir = TempDir::new("bad");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let good = publish_one(&path);
     let mut r = TableReader::new(&path);
 
@@ -355,8 +334,8 @@ fn fix_checksum(b: &mut [u8], slot_size: usize) {
 
 #[test]
 fn random_and_mutated_files_never_panic() {
-    let dir = TempDir::new("fuzz");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let good = publish_one(&path);
     let slot_size = (good.len() - HEADER_SIZE as usize) / 2;
     let mut r = TableReader::new(&path);
@@ -437,8 +416,8 @@ fn derived(n: u64) -> Snapshot {
 
 #[test]
 fn concurrent_readers_see_whole_snapshots() {
-    let dir = TempDir::new("concurrent");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     w.publish(&derived(1)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -477,8 +456,8 @@ fn concurrent_readers_see_whole_snapshots() {
 
 #[test]
 fn reopens_when_the_file_is_replaced() {
-    let dir = TempDir::new("replace");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let mut w1 = TableWriter::create(&path, CAPS).unwrap();
     w1.publish(&derived(1)).unwrap();
     let mut r = TableReader::new(&path);
@@ -500,8 +479,8 @@ fn reopens_when_the_file_is_replaced() {
 #[test]
 #[ignore]
 fn read_timing() {
-    let dir = TempDir::new("timing");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let caps = Capacities { max_peers: 1000, max_routes: 16_000, max_recent: 100, history_len: 60 };
     let mut w = TableWriter::create(&path, caps).unwrap();
     let mut s = full_snapshot();
@@ -533,8 +512,8 @@ fn read_timing() {
 
 #[test]
 fn latest_shares_until_the_next_publish() {
-    let dir = TempDir::new("latest");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     let mut r = TableReader::new(&path);
     assert_eq!(r.latest().unwrap_err(), ReadError::NotPublished(path.clone()));
@@ -557,8 +536,8 @@ fn latest_shares_until_the_next_publish() {
 
 #[test]
 fn view_shows_what_snapshot_decodes() {
-    let dir = TempDir::new("view");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     let mut r = TableReader::new(&path);
     assert_eq!(r.view_unless(None).unwrap_err(), ReadError::NotPublished(path.clone()));

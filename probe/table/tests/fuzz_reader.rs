@@ -12,8 +12,8 @@
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -23,32 +23,6 @@ use upstreamtop_table::layout::*;
 use upstreamtop_table::*;
 
 const CAPS: Capacities = Capacities { max_peers: 5, max_routes: 7, max_recent: 4, history_len: 3 };
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "upstreamtop-fuzz-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `f` on a helper thread and fails if it does not finish in `limit`:
 /// a reader that loops forever on some input shows up as a failure, not a
@@ -305,8 +279,8 @@ proptest! {
     /// Noise, sometimes behind a valid magic and version.
     #[test]
     fn arbitrary_bytes_are_an_error_never_a_panic(mut bytes in prop::collection::vec(any::<u8>(), 0..12_000), prefix in any::<bool>()) {
-        let dir = TempDir::new("noise");
-        let path = dir.path("table");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table");
         if prefix && bytes.len() >= 12 {
             bytes[..8].copy_from_slice(&MAGIC);
             bytes[8..12].copy_from_slice(&ABI_VERSION.to_le_bytes());
@@ -320,8 +294,8 @@ proptest! {
     /// counters (the writer truncates lists and strings to the capacities).
     #[test]
     fn arbitrary_snapshots_round_trip(snap in arb_snapshot()) {
-        let dir = TempDir::new("roundtrip");
-        let path = dir.path("table");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table");
         publish_bytes(&path, &snap);
         let got = read_both(&mut TableReader::new(&path)).unwrap();
         let kept = snap.peers.len().min(CAPS.max_peers as usize);
@@ -345,8 +319,8 @@ proptest! {
         damage in prop::collection::vec(arb_damage(), 1..4),
         fix in any::<bool>(),
     ) {
-        let dir = TempDir::new("damage");
-        let path = dir.path("table");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table");
         let mut b = publish_bytes(&path, &snap);
         for d in &damage {
             apply(&mut b, d);
@@ -368,8 +342,8 @@ proptest! {
     /// Any ABI version but ours is refused by name.
     #[test]
     fn wrong_versions_are_refused(version in any::<u32>().prop_filter("not ours", |v| *v != ABI_VERSION)) {
-        let dir = TempDir::new("version");
-        let path = dir.path("table");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table");
         let mut b = publish_bytes(&path, &Snapshot::default());
         b[H_VERSION..H_VERSION + 4].copy_from_slice(&version.to_le_bytes());
         fs::write(&path, &b).unwrap();
@@ -381,8 +355,8 @@ proptest! {
 /// Every prefix of a valid table (cut at any byte) is refused.
 #[test]
 fn every_truncation_is_refused() {
-    let dir = TempDir::new("truncate");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let snap = Snapshot {
         peers: vec![PeerStats {
             addr: "127.0.0.1:80".parse().unwrap(),
@@ -422,8 +396,8 @@ fn every_truncation_is_refused() {
 /// never hangs; whatever it accepts is one of the legitimate publishes.
 #[test]
 fn hostile_writer_racing_the_reader() {
-    let dir = TempDir::new("race");
-    let path = dir.path("table");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
     let legit = |n: u64| Snapshot {
         meta: ProbeMeta { publish_seq: n, pid: 7, history_len: 1, ..ProbeMeta::default() },
         peers: (0..1 + n % 4)
