@@ -28,6 +28,7 @@ use serde_json::Value;
 use nginx_tests::artifacts;
 use nginx_tests::http;
 use nginx_tests::probe::Probe;
+use upstreamtop::view::format;
 
 /// Offered load of the simulator, req/s. The route weights (simulate.rs) send
 /// 90% to `app` (two peers, round robin) and 10% to `checkout`.
@@ -209,48 +210,6 @@ impl Drop for Sampler {
     }
 }
 
-/// The dashboard's number formats (probe/dashboard/src/view/format.rs), so
-/// a JSON figure can be compared with what the screen prints.
-fn fmt_rps(v: f64) -> String {
-    if !v.is_finite() || v <= 0.0 {
-        "0".into()
-    } else if v < 9.995 {
-        format!("{v:.2}")
-    } else if v < 999.95 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-fn fmt_ms(v: f64) -> String {
-    if !v.is_finite() || v <= 0.0 {
-        "-".into()
-    } else if v < 0.995 {
-        format!("{v:.2}ms")
-    } else if v < 9.95 {
-        format!("{v:.1}ms")
-    } else if v < 999.5 {
-        format!("{v:.0}ms")
-    } else {
-        format!("{:.2}s", v / 1000.0)
-    }
-}
-
-fn fmt_pct(part: u64, total: u64) -> String {
-    if total == 0 {
-        return "-".into();
-    }
-    let p = part as f64 * 100.0 / total as f64;
-    if part > 0 && p < 1.0 {
-        "<1%".into()
-    } else if part < total && p > 99.0 {
-        ">99%".into()
-    } else {
-        format!("{p:.0}%")
-    }
-}
-
 /// The peer `server` of group `group` in a JSON answer.
 fn peer<'a>(json: &'a Value, group: &str, server: &str) -> Option<&'a Value> {
     json["upstreams"][group]["peers"].as_array()?.iter().find(|p| p["server"] == server)
@@ -265,7 +224,7 @@ fn u(v: &Value) -> u64 {
 fn json_5xx_pct(p: &Value) -> String {
     let r = &p["responses"];
     let total = u(&r["2xx"]) + u(&r["3xx"]) + u(&r["4xx"]) + u(&r["5xx"]) + u(&p["no_response"]);
-    fmt_pct(u(&r["5xx"]), total)
+    format::pct(u(&r["5xx"]), total)
 }
 
 /// The backend row of `label` and the route lines under it.
@@ -478,7 +437,7 @@ fn run() -> Result<()> {
     };
     let explains = |screen: &str, json: &Value| -> Result<(), String> {
         let header = screen.lines().next().unwrap_or("");
-        let total = format!("· {} req/s ·", fmt_rps(json["totals"]["rps"].as_f64().unwrap_or(0.0)));
+        let total = format!("· {} req/s ·", format::rps(json["totals"]["rps"].as_f64().unwrap_or(0.0)));
         if !header.contains(&total) {
             return Err(format!("header lacks `{total}`"));
         }
@@ -488,7 +447,7 @@ fn run() -> Result<()> {
             let p = peer(json, group, server).ok_or_else(|| format!("{server} not in the JSON"))?;
             let (row, _) = backend_block(screen, label).ok_or_else(|| format!("no row {label}"))?;
             let r = parse_row(row, label).ok_or_else(|| format!("row unparsable: {row}"))?;
-            let want = fmt_rps(p["rps"].as_f64().unwrap_or(0.0));
+            let want = format::rps(p["rps"].as_f64().unwrap_or(0.0));
             if r.rps != want {
                 return Err(format!("{label}: req/s {} on screen, {want} in JSON", r.rps));
             }
@@ -497,7 +456,7 @@ fn run() -> Result<()> {
                 return Err(format!("{label}: share {} on screen, {want} in JSON", r.share));
             }
             let w = &p["header_time_window"];
-            let (avg, p99) = (fmt_ms(w["avg"].as_f64().unwrap_or(0.0)), fmt_ms(w["p99"].as_f64().unwrap_or(0.0)));
+            let (avg, p99) = (format::ms(w["avg"].as_f64().unwrap_or(0.0)), format::ms(w["p99"].as_f64().unwrap_or(0.0)));
             if (r.avg.as_str(), r.p99.as_str()) != (avg.as_str(), p99.as_str()) {
                 return Err(format!("{label}: avg/p99 {}/{} on screen, {avg}/{p99} in JSON", r.avg, r.p99));
             }
@@ -539,7 +498,7 @@ fn run() -> Result<()> {
     let ck = peer(&json, "checkout", &checkout_server).unwrap();
     let route_errors = ck["routes"][0]["errors_rps"].as_f64().unwrap_or(0.0);
     if route_errors > 0.0 {
-        let want = format!("5xx {}/s", fmt_rps(route_errors));
+        let want = format!("5xx {}/s", format::rps(route_errors));
         assert!(routes[0].ends_with(&want), "checkout route: want `{want}`: {}", routes[0]);
     } else {
         assert!(!routes[0].contains("5xx"), "no 5xx in the interval, yet: {}", routes[0]);
@@ -620,7 +579,7 @@ fn run() -> Result<()> {
         for (row, key) in [("last interval", "header_time_window"), ("since start", "header_time_total")] {
             let line = screen.lines().find(|l| l.starts_with(row)).ok_or_else(|| format!("no `{row}` row"))?;
             let t = &p[key];
-            let want: Vec<String> = ["avg", "p50", "p90", "p99"].iter().map(|k| fmt_ms(t[*k].as_f64().unwrap_or(0.0))).collect();
+            let want: Vec<String> = ["avg", "p50", "p90", "p99"].iter().map(|k| format::ms(t[*k].as_f64().unwrap_or(0.0))).collect();
             let got: Vec<&str> = line[row.len()..].split_whitespace().collect();
             if got != want {
                 return Err(format!("{row}: {got:?} on screen, {want:?} in JSON"));
