@@ -17,9 +17,8 @@ use upstreamtop_table::{Capacities, TableReader, TableWriter};
 
 use super::figures::{Figure, Target};
 use super::wrk::{self, WrkSpec};
-use super::{median, now_unix_ns, percentile, synthetic, Settings};
-use crate::backend::{Backend, Profile};
-use crate::nginx::{free_port, Nginx, NginxConf};
+use super::{median, now_unix_ns, percentile, proxy_setup, synthetic, Settings};
+use crate::nginx::{free_port, Nginx};
 use crate::probe::Probe;
 
 pub const PEERS: usize = 1000;
@@ -222,24 +221,6 @@ fn poll_pairs(s: &Settings, nginx: &Nginx, spec: &WrkSpec) -> Result<PollRuns> {
         }
     }
     Ok(runs)
-}
-
-/// nginx (1 worker) proxying to two loopback backends, as in part 1.
-fn proxy_setup(s: &Settings, port: u16, table: &Path) -> Result<(Backend, Backend, Nginx, WrkSpec)> {
-    let b1 = Backend::loopback(Profile::fast())?;
-    let b2 = Backend::loopback(Profile::fast())?;
-    let conf = NginxConf::vendored_with_module()?
-        .port(port)
-        .workers(1)
-        .table(table)
-        .extra_main(s.nginx_main())
-        .upstream_servers("app", &[b1.addr(), b2.addr()]);
-    let nginx = Nginx::start(conf).context("start nginx")?;
-    let mut spec = WrkSpec::new(&nginx.url("/p/app/api/orders"), s.run);
-    spec.connections = s.connections;
-    spec.cpus = s.wrk_cpus();
-    spec.headers = super::realistic_headers();
-    Ok((b1, b2, nginx, spec))
 }
 
 /// The case the target is for: part 1's setup with the real probe

@@ -17,11 +17,37 @@ pub mod soak;
 pub mod synthetic;
 pub mod wrk;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+use self::wrk::WrkSpec;
+use crate::backend::{Backend, Profile};
+use crate::nginx::{Nginx, NginxConf};
+
+/// Part 1's setup, shared by parts 1 and 4: nginx (1 worker, the vendored
+/// build with the module, reading `table`) on `port`, proxying `/p/app/` to
+/// two keepalive loopback backends, and the wrk run against it (realistic
+/// headers).
+pub(crate) fn proxy_setup(s: &Settings, port: u16, table: &Path) -> Result<(Backend, Backend, Nginx, WrkSpec)> {
+    let b1 = Backend::loopback(Profile::fast()).context("backend 1")?;
+    let b2 = Backend::loopback(Profile::fast()).context("backend 2")?;
+    let conf = NginxConf::vendored_with_module()?
+        .port(port)
+        .workers(1)
+        .table(table)
+        .extra_main(s.nginx_main())
+        .upstream_servers("app", &[b1.addr(), b2.addr()]);
+    let nginx = Nginx::start(conf).context("start nginx")?;
+    let mut spec = WrkSpec::new(&nginx.url("/p/app/api/orders"), s.run);
+    spec.connections = s.connections;
+    spec.cpus = s.wrk_cpus();
+    spec.headers = realistic_headers();
+    Ok((b1, b2, nginx, spec))
+}
 
 /// Set by SIGINT/SIGTERM (see [`catch_interrupts`]).
 static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();

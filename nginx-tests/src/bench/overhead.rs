@@ -13,9 +13,8 @@ use anyhow::{Context, Result};
 use super::bpf_stats::{self, EmptyTcx, ProgStats};
 use super::figures::{num, Figure, Target};
 use super::wrk::{self, WrkResult, WrkSpec};
-use super::{median, procfs, Settings};
-use crate::backend::{Backend, Profile};
-use crate::nginx::{free_port, Nginx, NginxConf};
+use super::{median, procfs, proxy_setup, Settings};
+use crate::nginx::free_port;
 use crate::probe::Probe;
 
 /// Time for a freshly attached probe to settle before measuring.
@@ -49,22 +48,10 @@ pub fn run(s: &Settings) -> Vec<Figure> {
 }
 
 fn measure(s: &Settings) -> Result<Vec<Figure>> {
-    let b1 = Backend::loopback(Profile::fast()).context("backend 1")?;
-    let b2 = Backend::loopback(Profile::fast()).context("backend 2")?;
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
     let scratch = tempfile::tempdir().context("temp dir")?;
     // Nobody polls the endpoint here; the table path only has to be valid.
-    let conf = NginxConf::vendored_with_module()?
-        .port(port)
-        .workers(1)
-        .table(scratch.path().join("table"))
-        .extra_main(s.nginx_main())
-        .upstream_servers("app", &[b1.addr(), b2.addr()]);
-    let nginx = Nginx::start(conf).context("start nginx")?;
-    let mut spec = WrkSpec::new(&nginx.url("/p/app/api/orders"), s.run);
-    spec.connections = s.connections;
-    spec.cpus = s.wrk_cpus();
-    spec.headers = super::realistic_headers();
+    let (b1, _b2, nginx, spec) = proxy_setup(s, port, &scratch.path().join("table"))?;
 
     let stats = bpf_stats::StatsEnabled::on();
     // Warm up nginx's keepalive pools and the backends' threads.
