@@ -11,13 +11,14 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use upstreamtop_table::histogram::bucket_of;
 use upstreamtop_table::{
     Connections, HistorySample, Latency, PeerStats, ProbeCounters, ProbeMeta, RecentRequest,
     Responses, RouteStats, Snapshot, Window,
 };
 
 use crate::bpf::{socket_addr, types, BpfStats};
-use crate::hist::{self, Hist};
+use crate::hist::Hist;
 use crate::http;
 
 /// Limits of the userspace side.
@@ -227,7 +228,7 @@ impl Aggregator {
     fn exchange(&mut self, peer: SocketAddr, key: Option<&str>, status: u16, latency: Option<u64>, req_ts_mono: u64) {
         let ps = self.peers.entry(peer).or_default();
         // One bucket lookup for the three histograms the latency goes to.
-        let latency = latency.map(|ns| (hist::bucket(ns), ns));
+        let latency = latency.map(|ns| (bucket_of(ns), ns));
         if let Some((b, ns)) = latency {
             ps.latency.add_in(b, ns);
             ps.interval_latency.add_in(b, ns);

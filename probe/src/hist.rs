@@ -10,9 +10,7 @@
 //! the dense array is worth its size). Counts, sums and percentiles are the
 //! same in both forms.
 
-use std::sync::OnceLock;
-
-use upstreamtop_table::histogram::{quantiles_ns, upper_bound_ns, BUCKETS};
+use upstreamtop_table::histogram::{bucket_of, quantiles_ns, BUCKETS};
 
 /// Beyond this many used buckets (256 bytes), the dense array.
 const SPARSE_MAX: usize = 32;
@@ -20,17 +18,6 @@ const COUNT_BITS: u32 = 56;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 // Bucket indexes must fit the top byte of a sparse cell.
 const _: () = assert!(BUCKETS <= 256);
-
-/// The bucket of a latency: what `histogram::bucket_of` answers, from the
-/// bounds computed once. `bucket_of` recomputes a bound (a power of ten and
-/// a division) at each step of its search, which made it the most expensive
-/// part of folding an event.
-pub fn bucket(ns: u64) -> usize {
-    static BOUNDS: OnceLock<[u64; BUCKETS]> = OnceLock::new();
-    let bounds = BOUNDS.get_or_init(|| std::array::from_fn(upper_bound_ns));
-    // The last bound is u64::MAX, so this is always a bucket.
-    bounds.partition_point(|&ub| ub < ns)
-}
 
 #[derive(Debug, Clone)]
 enum Cells {
@@ -71,7 +58,7 @@ impl Hist {
     }
 
     pub fn add(&mut self, ns: u64) {
-        self.add_in(bucket(ns), ns);
+        self.add_in(bucket_of(ns), ns);
     }
 
     /// [`Hist::add`] when the caller knows the bucket (one event lands in
@@ -167,28 +154,7 @@ impl Hist {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use upstreamtop_table::histogram::{bucket_of, quantile_ns};
-
-    #[test]
-    fn bucket_is_bucket_of() {
-        for i in 0..BUCKETS - 1 {
-            let ub = upper_bound_ns(i);
-            for ns in [ub - 1, ub, ub + 1, ub / 2 + 3] {
-                assert_eq!(bucket(ns), bucket_of(ns), "{ns}");
-            }
-        }
-        for ns in [0, 1, 999, 1_000, 1_001, u64::MAX - 1, u64::MAX] {
-            assert_eq!(bucket(ns), bucket_of(ns), "{ns}");
-        }
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let ns = x >> (x % 64);
-            assert_eq!(bucket(ns), bucket_of(ns), "{ns}");
-        }
-    }
+    use upstreamtop_table::histogram::{quantile_ns, upper_bound_ns};
 
     /// The dense reference: what the daemon kept before.
     fn dense_of(samples: &[u64]) -> Vec<u64> {

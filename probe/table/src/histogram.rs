@@ -19,36 +19,35 @@ const DECADES: usize = 8;
 /// Number of latency buckets (the last one is the overflow bucket, +Inf).
 pub const BUCKETS: usize = DECADES * (DECADE_STEPS.len() - 1) + 2;
 
+/// Upper bound (inclusive) of every bucket, in nanoseconds, computed at
+/// build time: bucket lookups run once per exchange in the probe and per
+/// histogram in every render, so they are table reads, not arithmetic.
+const BOUNDS: [u64; BUCKETS] = {
+    let mut b = [0u64; BUCKETS];
+    b[0] = 1_000; // everything up to 1 µs
+    let mut i = 1;
+    while i < BUCKETS - 1 {
+        let k = i - 1;
+        let decade = k / (DECADE_STEPS.len() - 1);
+        let step = k % (DECADE_STEPS.len() - 1) + 1;
+        // 1 µs × 10^decade × step/100
+        b[i] = 1_000 * 10u64.pow(decade as u32) * DECADE_STEPS[step] / 100;
+        i += 1;
+    }
+    b[BUCKETS - 1] = u64::MAX;
+    b
+};
+
 /// Upper bound (inclusive) of bucket `i`, in nanoseconds; `u64::MAX` for the
-/// overflow bucket.
+/// overflow bucket (and any index past it).
 pub fn upper_bound_ns(i: usize) -> u64 {
-    if i == 0 {
-        return 1_000; // everything up to 1 µs
-    }
-    if i >= BUCKETS - 1 {
-        return u64::MAX;
-    }
-    let k = i - 1;
-    let decade = k / (DECADE_STEPS.len() - 1);
-    let step = k % (DECADE_STEPS.len() - 1) + 1;
-    // 1 µs × 10^decade × step/100
-    1_000 * 10u64.pow(decade as u32) * DECADE_STEPS[step] / 100
+    BOUNDS.get(i).copied().unwrap_or(u64::MAX)
 }
 
-/// Bucket index for a latency in nanoseconds.
+/// Bucket index for a latency in nanoseconds: the first bucket whose bound
+/// holds it (the last bound is `u64::MAX`, so there always is one).
 pub fn bucket_of(ns: u64) -> usize {
-    // Binary search over the bounds: the table is small and this runs in the
-    // probe's userspace, never in BPF.
-    let (mut lo, mut hi) = (0usize, BUCKETS - 1);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if ns <= upper_bound_ns(mid) {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    lo
+    BOUNDS.partition_point(|&ub| ub < ns)
 }
 
 /// The `q`-quantile (0.0..=1.0) of a histogram, interpolated linearly inside
@@ -153,6 +152,25 @@ mod tests {
             }
         }
         assert_eq!(upper_bound_ns(BUCKETS - 2), 100_000_000_000);
+    }
+
+    #[test]
+    fn bucket_of_is_the_first_bound_that_holds() {
+        let linear = |ns: u64| (0..BUCKETS).find(|&i| ns <= upper_bound_ns(i)).unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ns = x >> (x % 64);
+            assert_eq!(bucket_of(ns), linear(ns), "{ns}");
+        }
+        for i in 0..BUCKETS - 1 {
+            let ub = upper_bound_ns(i);
+            for ns in [ub - 1, ub, ub + 1, ub / 2 + 3] {
+                assert_eq!(bucket_of(ns), linear(ns), "{ns}");
+            }
+        }
     }
 
     #[test]
