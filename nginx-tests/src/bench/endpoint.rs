@@ -1,10 +1,11 @@
 //! Part 4: what the endpoint costs. In-process: read a table of 1,000 peers
 //! × 16 routes, build the report and render JSON, timed over many renders.
 //! In nginx: throughput under wrk while a client polls `/upstreamtop` ten
-//! times a second, interleaved with runs without polling — once with the
-//! real probe's table (part 1's setup: the target), once with the synthetic
-//! 1,000-peer table republished every second, so each poll gets the big
-//! answer (the worst case, reported beside it).
+//! times a second vs not — with the real probe's table (part 1's setup: the
+//! target), the poller switched on and off in blocks within one wrk run;
+//! and with the synthetic 1,000-peer table republished every second, so
+//! each poll gets the big answer (the worst case, reported beside it), in
+//! interleaved wrk runs.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -17,6 +18,7 @@ use upstreamtop_table::{Capacities, TableReader, TableWriter};
 
 use super::figures::{Figure, Target};
 use super::wrk::{self, WrkSpec};
+use super::alternate::alternate;
 use super::{median, now_unix_ns, percentile, proxy_setup, synthetic, Settings};
 use crate::nginx::{free_port, Nginx};
 use crate::probe::Probe;
@@ -150,9 +152,9 @@ impl PollRuns {
         median(&self.with.iter().zip(&self.without).map(|(w, o)| w / o).collect::<Vec<_>>())
     }
 
-    fn note(&self, pairs: usize, body: &str) -> String {
+    fn note(&self, pairs: &str, body: &str) -> String {
         format!(
-            "median of {pairs} pairs; {:.0} vs {:.0} req/s; {} polls answered 200, {} not{}; poll p50 {:.1} ms; {body}",
+            "median of {pairs}; {:.0} vs {:.0} req/s; {} polls answered 200, {} not{}; poll p50 {:.1} ms; {body}",
             median(&self.with),
             median(&self.without),
             self.ok,
@@ -163,63 +165,88 @@ impl PollRuns {
     }
 }
 
-/// `s.pairs` interleaved pairs of wrk runs (A B, B A, …) against `spec`,
-/// one of each pair with a client GETting `/upstreamtop` every
-/// [`POLL_EVERY`] (the default query: what the dashboard asks for).
-fn poll_pairs(s: &Settings, nginx: &Nginx, spec: &WrkSpec) -> Result<PollRuns> {
+/// What the poller thread does: GET `/upstreamtop` every [`POLL_EVERY`]
+/// (the default query: what the dashboard asks for) while `polling` is
+/// set, until `done`.
+fn poller(nginx: &Nginx, polling: &AtomicBool, done: &AtomicBool) -> PollRuns {
     let mut runs = PollRuns::default();
-    wrk::run(&WrkSpec { duration: Duration::from_secs(1), ..spec.clone() }).context("warm-up wrk")?;
-    for pair in 0..s.pairs {
-        let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
-        for polled in order {
-            super::check_interrupt()?;
-            if !polled {
-                runs.without.push(wrk::run(spec)?.requests_per_sec);
-                continue;
+    let mut client = nginx.client();
+    let mut due = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        if !polling.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+            due = Instant::now();
+            continue;
+        }
+        let t = Instant::now();
+        let failure = match client.get("/upstreamtop") {
+            Ok(r) if r.status == 200 => None,
+            Ok(r) => Some(format!("{} {}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(160)]))),
+            Err(e) => Some(format!("{e:#}")),
+        };
+        match failure {
+            None => runs.ok += 1,
+            Some(why) => {
+                runs.bad += 1;
+                if runs.failures.len() < 3 {
+                    runs.failures.push(why);
+                }
             }
-            let done = AtomicBool::new(false);
-            let (r, ok, bad, times, failures) = std::thread::scope(|inner| {
-                let poller = inner.spawn(|| {
-                    let (mut ok, mut bad, mut times, mut failures) = (0u64, 0u64, Vec::new(), Vec::new());
-                    let mut client = nginx.client();
-                    let mut due = Instant::now();
-                    while !done.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        let failure = match client.get("/upstreamtop") {
-                            Ok(r) if r.status == 200 => None,
-                            Ok(r) => Some(format!("{} {}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(160)]))),
-                            Err(e) => Some(format!("{e:#}")),
-                        };
-                        match failure {
-                            None => ok += 1,
-                            Some(why) => {
-                                bad += 1;
-                                if failures.len() < 3 {
-                                    failures.push(why);
-                                }
-                            }
-                        }
-                        times.push(t.elapsed().as_secs_f64() * 1000.0);
-                        due += POLL_EVERY;
-                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(wait);
-                        }
-                    }
-                    (ok, bad, times, failures)
-                });
-                let r = wrk::run(spec);
-                done.store(true, Ordering::Relaxed);
-                let (ok, bad, times, failures) =
-                    poller.join().unwrap_or_else(|_| (0, 1, Vec::new(), vec!["poller panicked".into()]));
-                (r, ok, bad, times, failures)
-            });
-            runs.with.push(r?.requests_per_sec);
-            runs.ok += ok;
-            runs.bad += bad;
-            runs.poll_ms.extend(times);
-            runs.failures.extend(failures.into_iter().take(3usize.saturating_sub(runs.failures.len())));
+        }
+        runs.poll_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        due += POLL_EVERY;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
         }
     }
+    runs
+}
+
+/// The polled / not-polled comparison of the target figure: one wrk run,
+/// the poller switched on and off in blocks ([`alternate`]), rates from
+/// what the backends served.
+fn poll_blocks(s: &Settings, nginx: &Nginx, spec: &WrkSpec, served: &(dyn Fn() -> u64 + Sync)) -> Result<PollRuns> {
+    let (polling, done) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        let client = scope.spawn(|| poller(nginx, &polling, &done));
+        let set = |on: bool| polling.store(on, Ordering::Relaxed);
+        let blocks = alternate(spec, s.poll_blocks, s.poll_block, served, &set);
+        done.store(true, Ordering::Relaxed);
+        let mut runs = client.join().map_err(|_| anyhow::anyhow!("poller panicked"))?;
+        let blocks = blocks?;
+        runs.with = blocks.on;
+        runs.without = blocks.off;
+        Ok(runs)
+    })
+}
+
+/// `s.pairs` interleaved pairs of wrk runs (A B, B A, …) against `spec`,
+/// one of each pair with the poller on.
+fn poll_pairs(s: &Settings, nginx: &Nginx, spec: &WrkSpec) -> Result<PollRuns> {
+    wrk::run(&WrkSpec { duration: Duration::from_secs(1), ..spec.clone() }).context("warm-up wrk")?;
+    let (polling, done) = (AtomicBool::new(true), AtomicBool::new(false));
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let mut runs = std::thread::scope(|scope| -> Result<PollRuns> {
+        let client = scope.spawn(|| poller(nginx, &polling, &done));
+        let measured = (|| -> Result<()> {
+            for pair in 0..s.pairs {
+                let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+                for polled in order {
+                    super::check_interrupt()?;
+                    polling.store(polled, Ordering::Relaxed);
+                    let r = wrk::run(spec)?.requests_per_sec;
+                    if polled { &mut with } else { &mut without }.push(r);
+                }
+            }
+            Ok(())
+        })();
+        done.store(true, Ordering::Relaxed);
+        let runs = client.join().map_err(|_| anyhow::anyhow!("poller panicked"))?;
+        measured?;
+        Ok(runs)
+    })?;
+    runs.with = with;
+    runs.without = without;
     Ok(runs)
 }
 
@@ -231,8 +258,8 @@ fn polling_probe(s: &Settings) -> Result<Figure> {
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
     let probe = Probe::start(&["--iface", "lo", "--ignore-port", &port.to_string(), "--interval", "1s"])
         .context("start probe")?;
-    let (_b1, _b2, nginx, spec) = proxy_setup(s, port, probe.table_path())?;
-    let runs = poll_pairs(s, &nginx, &spec)?;
+    let (b1, b2, nginx, spec) = proxy_setup(s, port, probe.table_path())?;
+    let runs = poll_blocks(s, &nginx, &spec, &|| b1.total() + b2.total())?;
     let body = match nginx.client().get("/upstreamtop") {
         Ok(r) => format!("{} B JSON", r.body.len()),
         Err(e) => format!("last GET failed: {e:#}"),
@@ -240,7 +267,10 @@ fn polling_probe(s: &Settings) -> Result<Figure> {
     drop(nginx);
     drop(probe);
     Ok(Figure::new(4, "endpoint.poll_ratio", "proxy throughput polled 10/s / not polled (probe's table)", runs.ratio(), "", Target::AtLeast(0.99))
-        .note(runs.note(s.pairs, &format!("probe attached throughout; {body}"))))
+        .note(runs.note(
+            &format!("{} pairs of {} s blocks in one wrk run, rates from what the backends served", s.poll_blocks, s.poll_block.as_secs()),
+            &format!("probe attached throughout; {body}"),
+        )))
 }
 
 /// The worst case beside it: the synthetic 1,000-peer table (republished
@@ -284,7 +314,7 @@ fn polling_synthetic(s: &Settings, table: &Path) -> Result<Vec<Figure>> {
             "",
             Target::None,
         )
-        .note(runs.note(s.pairs, &format!("worst case: synthetic 1,000 peers × 16 routes republished every second; {body}"))),
+        .note(runs.note(&format!("{} pairs of {} s wrk runs", s.pairs, s.run.as_secs()), &format!("worst case: synthetic 1,000 peers × 16 routes republished every second; {body}"))),
         Figure::new(4, "endpoint.poll_p99_ms", "GET /upstreamtop under load, p99, 1,000-peer table", percentile(&runs.poll_ms, 0.99), "ms", Target::None),
     ])
 }

@@ -6,6 +6,7 @@
 //! (A B, B A, …), reported as the median of the per-pair ratios, so a drift
 //! of the (shared, noisy) machine hits both sides alike.
 
+pub mod alternate;
 pub mod bpf_stats;
 pub mod endpoint;
 pub mod exactness;
@@ -77,10 +78,18 @@ pub struct Settings {
     pub quick: bool,
     /// Pin nginx's worker to CPU 0 and wrk to CPU 1.
     pub pin: bool,
-    /// Interleaved attached/detached pairs (part 1) and polling pairs (part 4).
+    /// Interleaved attached/detached pairs (part 1) and not-polled/polled
+    /// runs of the worst case (part 4).
     pub pairs: usize,
+    /// Polled/not-polled block pairs within one wrk run (part 4's target
+    /// figure), and how long a block lasts.
+    pub poll_blocks: usize,
+    pub poll_block: Duration,
     /// One wrk run of a pair.
     pub run: Duration,
+    /// Runs with bpf_stats on and the empty programs attached (part 2),
+    /// after part 1's pairs.
+    pub instrumented_runs: usize,
     /// One wrk run of the exactness part.
     pub exact_run: Duration,
     /// In-process renders timed (part 4).
@@ -103,6 +112,9 @@ impl Settings {
             pin,
             pairs: 5,
             run: Duration::from_secs(10),
+            instrumented_runs: 3,
+            poll_blocks: 20,
+            poll_block: Duration::from_secs(2),
             exact_run: Duration::from_secs(5),
             renders: 200,
             connections: 64,
@@ -119,6 +131,9 @@ impl Settings {
             quick: true,
             pairs: 1,
             run: Duration::from_secs(1),
+            instrumented_runs: 1,
+            poll_blocks: 2,
+            poll_block: Duration::from_secs(1),
             exact_run: Duration::from_secs(1),
             renders: 5,
             scale_peers: 100,

@@ -1,8 +1,9 @@
-//! Parts 1, 2 and 5, measured in the same runs: nginx (1 worker) proxying
-//! to two keepalive backends on loopback under wrk, with the probe attached
-//! vs detached in interleaved pairs; during the attached runs, the BPF
-//! programs' run time per invocation (next to an empty program's on the
-//! same hooks: bpf_stats' own share) and the probe's own CPU and memory.
+//! Parts 1, 2 and 5 on one setup: nginx (1 worker) proxying to two
+//! keepalive backends on loopback under wrk. Part 1: the probe attached vs
+//! detached in interleaved pairs, as users run it (bpf_stats off). Part 2:
+//! then a few attached runs with bpf_stats on, for the programs' run time
+//! per invocation, next to an empty program's on the same hooks (bpf_stats'
+//! own share). Part 5: the probe's own CPU and memory over all attached runs.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -53,7 +54,6 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     // Nobody polls the endpoint here; the table path only has to be valid.
     let (b1, _b2, nginx, spec) = proxy_setup(s, port, &scratch.path().join("table"))?;
 
-    let stats = bpf_stats::StatsEnabled::on();
     // Warm up nginx's keepalive pools and the backends' threads.
     wrk::run(&WrkSpec { duration: Duration::from_secs(1), ..spec.clone() }).context("warm-up wrk")?;
 
@@ -67,52 +67,22 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     let probe_args = ["--iface", "lo", "--ignore-port", &port.to_string(), "--interval", "1s"];
     let (mut on, mut off) = (Vec::new(), Vec::new());
     let mut cost = ProbeCost::default();
+    // Part 1: the probe as users run it. bpf_stats stays off and no empty
+    // program is attached: its two clock reads per program run would be
+    // charged to the probe (about 1 µs per request on this VM).
     for pair in 0..s.pairs {
         // A B, B A, …: neither side always runs first.
         let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
         for attached in order {
             super::check_interrupt()?;
-            if !attached {
+            if attached {
+                on.push(attached_run(&spec, &probe_args, false, &mut cost)?);
+            } else {
                 let (c0, t0) = (procfs::cpu_seconds(worker)?, Instant::now());
                 off.push(checked(wrk::run(&spec)?)?);
                 worker_cpu_s += procfs::cpu_seconds(worker)? - c0;
                 off_wall_s += t0.elapsed().as_secs_f64();
-                continue;
             }
-            let mut probe = Probe::start(&probe_args).context("start probe")?;
-            let pid = probe.pid();
-            let ids = bpf_stats::prog_ids_of(pid)?;
-            // Attached after the probe's programs, so they run after them
-            // on every packet: the same packets, the same hooks.
-            let lo = bpf_stats::ifindex("lo")?;
-            let empty = [EmptyTcx::attach(lo, true)?, EmptyTcx::attach(lo, false)?];
-            let mut measured = ids.clone();
-            measured.extend(empty.iter().map(|e| e.id));
-            std::thread::sleep(SETTLE);
-            let bpf0 = bpf_stats::read(&measured)?;
-            let cpu0 = procfs::cpu_seconds(pid)?;
-            let t0 = Instant::now();
-            let r = wrk::run(&spec);
-            let wall = t0.elapsed().as_secs_f64();
-            let cpu1 = procfs::cpu_seconds(pid)?;
-            let bpf1 = bpf_stats::read(&measured)?;
-            drop(empty);
-            let mem = procfs::memory(pid)?;
-            probe.stop()?;
-            // SIGTERM keeps the probe's pinned links; dropping the fixture
-            // detaches them. The next detached run must really be detached.
-            drop(probe);
-            bpf_stats::wait_unloaded(&ids, Duration::from_secs(5))?;
-            on.push(checked(r?)?);
-            for (name, d) in bpf_stats::delta(&bpf0, &bpf1) {
-                let t = cost.bpf.entry(name).or_default();
-                t.run_time_ns += d.run_time_ns;
-                t.run_cnt += d.run_cnt;
-            }
-            cost.cpu_s += cpu1 - cpu0;
-            cost.wall_s += wall;
-            cost.rss_mib = cost.rss_mib.max(mem.rss_mib);
-            cost.hwm_mib = cost.hwm_mib.max(mem.hwm_mib);
         }
         eprintln!(
             "bench: pair {}/{}: attached {:.0} req/s p99 {:.2} ms, detached {:.0} req/s p99 {:.2} ms",
@@ -124,6 +94,19 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
             off[pair].p99_ms
         );
     }
+    // Part 2: separate runs with bpf_stats on and the empty program beside
+    // the probe's on both hooks.
+    let stats = bpf_stats::StatsEnabled::on();
+    let mut instrumented = Vec::new();
+    for _ in 0..s.instrumented_runs {
+        super::check_interrupt()?;
+        instrumented.push(attached_run(&spec, &probe_args, true, &mut cost)?);
+    }
+    let stats_note = match &stats {
+        Ok(_) => String::new(),
+        Err(e) => format!("bpf_stats_enabled: {e:#}"),
+    };
+    drop(stats);
     let problems = nginx.error_log_problems();
     anyhow::ensure!(problems.is_empty(), "nginx error log: {problems:?}");
 
@@ -162,10 +145,10 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     f.push(Figure::new(1, "overhead.p99_attached", "proxy p99 latency, probe attached", p99(&on), "ms", Target::None));
     f.push(Figure::new(1, "overhead.p99_ratio", "proxy p99 latency attached/detached", p99_ratio, "", Target::None));
 
-    let stats_note = match &stats {
-        Ok(_) => String::new(),
-        Err(e) => format!("bpf_stats_enabled: {e:#}"),
-    };
+    f.push(
+        Figure::new(2, "overhead.rps_instrumented", "proxy throughput, probe attached with bpf_stats on + empty programs", rps(&instrumented), "req/s", Target::None)
+            .note(format!("{} runs of {} s after the pairs, where part 2's figures come from", instrumented.len(), s.run.as_secs())),
+    );
     for hook in ["egress", "ingress"] {
         let name = format!("upstreamtop_{hook}");
         let id = format!("bpf.{hook}_ns");
@@ -184,7 +167,7 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         };
         f.push(
             Figure::new(2, &id, &label, per_run(d), "ns", Target::AtMost(40.0))
-                .note(format!("{} runs over the attached runs; raw bpf_stats figure, its own bookkeeping included", d.run_cnt)),
+                .note(format!("{} runs over the instrumented runs; raw bpf_stats figure, its own bookkeeping included", d.run_cnt)),
         );
         let empty_name = format!("{}{hook}", bpf_stats::EMPTY_PREFIX);
         match cost.bpf.get(&empty_name).filter(|e| e.run_cnt > 0) {
@@ -210,14 +193,14 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     }
     // Both hooks together per proxied request: what the probe adds to the
     // CPU time a request costs (all CPUs / throughput).
-    let attached_requests: u64 = on.iter().map(|r| r.requests).sum();
+    let attached_requests: u64 = instrumented.iter().map(|r| r.requests).sum();
     let probe_progs = || cost.bpf.iter().filter(|(n, _)| n.starts_with("upstreamtop_")).map(|(_, d)| d);
     let bpf_ns: u64 = probe_progs().map(|d| d.run_time_ns).sum();
     let bpf_runs: u64 = probe_progs().map(|d| d.run_cnt).sum();
     if attached_requests > 0 && bpf_runs > 0 {
         let per_req_us = bpf_ns as f64 / attached_requests as f64 / 1000.0;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let cpu_per_req_us = cpus * 1e6 / rps(&on);
+        let cpu_per_req_us = cpus * 1e6 / rps(&instrumented);
         f.push(
             Figure::new(2, "bpf.per_request_us", "BPF time per proxied request (both hooks)", per_req_us, "µs", Target::None).note(
                 format!(
@@ -241,6 +224,51 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     f.push(Figure::new(5, "probe.rss_mib", "probe VmRSS at peak", cost.rss_mib, "MiB", Target::AtMost(50.0)));
     f.push(Figure::new(5, "probe.hwm_mib", "probe VmHWM at peak", cost.hwm_mib, "MiB", Target::AtMost(50.0)));
     Ok(f)
+}
+
+/// One wrk run with a freshly started probe; with `instrument`, the empty
+/// programs ride along and the BPF run-time deltas are added to `cost`
+/// (bpf_stats must be on). The probe's CPU and memory count in every run.
+fn attached_run(spec: &WrkSpec, probe_args: &[&str], instrument: bool, cost: &mut ProbeCost) -> Result<WrkResult> {
+    let mut probe = Probe::start(probe_args).context("start probe")?;
+    let pid = probe.pid();
+    let ids = bpf_stats::prog_ids_of(pid)?;
+    // Attached after the probe's programs, so they run after them on every
+    // packet: the same packets, the same hooks.
+    let empty = if instrument {
+        let lo = bpf_stats::ifindex("lo")?;
+        vec![EmptyTcx::attach(lo, true)?, EmptyTcx::attach(lo, false)?]
+    } else {
+        Vec::new()
+    };
+    let mut measured = ids.clone();
+    measured.extend(empty.iter().map(|e| e.id));
+    std::thread::sleep(SETTLE);
+    let bpf0 = if instrument { bpf_stats::read(&measured)? } else { BTreeMap::new() };
+    let cpu0 = procfs::cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    let r = wrk::run(spec);
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu1 = procfs::cpu_seconds(pid)?;
+    let bpf1 = if instrument { bpf_stats::read(&measured)? } else { BTreeMap::new() };
+    drop(empty);
+    let mem = procfs::memory(pid)?;
+    probe.stop()?;
+    // SIGTERM keeps the probe's pinned links; dropping the fixture detaches
+    // them. The next detached run must really be detached.
+    drop(probe);
+    bpf_stats::wait_unloaded(&ids, Duration::from_secs(5))?;
+    let r = checked(r?)?;
+    for (name, d) in bpf_stats::delta(&bpf0, &bpf1) {
+        let t = cost.bpf.entry(name).or_default();
+        t.run_time_ns += d.run_time_ns;
+        t.run_cnt += d.run_cnt;
+    }
+    cost.cpu_s += cpu1 - cpu0;
+    cost.wall_s += wall;
+    cost.rss_mib = cost.rss_mib.max(mem.rss_mib);
+    cost.hwm_mib = cost.hwm_mib.max(mem.hwm_mib);
+    Ok(r)
 }
 
 /// A run that got error answers measures something else than proxying. A
