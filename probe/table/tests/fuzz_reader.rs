@@ -425,6 +425,17 @@ fn hostile_writer_racing_the_reader() {
     // the probe's own file (0644 root), not the reader's problem; the
     // reader, which preads, is what this test is about.
     let path_lock = Arc::new(std::sync::Mutex::new(()));
+    // Held by the publisher for each publish and by the scribbler for each
+    // in-place scribble. The writer encodes into its mapping and then sums
+    // the slot from that mapping, so a scribble landing in the slot it is
+    // filling, before the sum, is published with a valid checksum: it IS
+    // what that writer published, and no reader can tell it from a legit
+    // publish (this failed the `legit` assert below, rarely: once in ten
+    // runs at UPSTREAMTOP_FUZZ_RACE_READS=1000000; only root can write the
+    // probe's file, and root can forge a checksum anyway). Scribbles still race the reader and land
+    // between publishes in both slots and the header; copies and renames
+    // still race the publish itself.
+    let publish_lock = Arc::new(std::sync::Mutex::new(()));
     let mut writer = TableWriter::create(&path, CAPS).unwrap();
     writer.publish(&legit(1)).unwrap();
 
@@ -432,6 +443,7 @@ fn hostile_writer_racing_the_reader() {
         let stop = stop.clone();
         let path = path.clone();
         let path_lock = path_lock.clone();
+        let publish_lock = publish_lock.clone();
         std::thread::spawn(move || {
             let mut n: u64 = 2;
             while !stop.load(Ordering::Relaxed) {
@@ -441,6 +453,7 @@ fn hostile_writer_racing_the_reader() {
                     let _held = path_lock.lock().unwrap();
                     writer = TableWriter::create(&path, CAPS).unwrap();
                 }
+                let _publishing = publish_lock.lock().unwrap();
                 writer.publish(&legit(n)).unwrap();
                 n += 1;
             }
@@ -451,6 +464,7 @@ fn hostile_writer_racing_the_reader() {
         let stop = stop.clone();
         let path = path.clone();
         let path_lock = path_lock.clone();
+        let publish_lock = publish_lock.clone();
         std::thread::spawn(move || {
             use std::io::{Seek, SeekFrom, Write};
             let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -466,6 +480,7 @@ fn hostile_writer_racing_the_reader() {
                 match next() % 6 {
                     // Scribble bytes into the live file in place.
                     0..=2 => {
+                        let _no_publish = publish_lock.lock().unwrap();
                         if let Ok(mut f) = fs::OpenOptions::new().write(true).open(&path) {
                             let len = f.metadata().map(|m| m.len()).unwrap_or(0).max(1);
                             let at = next() % len;
@@ -507,11 +522,16 @@ fn hostile_writer_racing_the_reader() {
         })
     };
 
+    // More reads (hence more hostile rounds) when hunting a rare race:
+    // `UPSTREAMTOP_FUZZ_RACE_READS=2000000 cargo test ...`; the watchdog
+    // grows with it.
+    let reads: u64 = std::env::var("UPSTREAMTOP_FUZZ_RACE_READS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let limit = Duration::from_secs(120 * reads.div_ceil(20_000));
     let reader_path = path.clone();
-    let (ok, errors) = watchdog("racing reader", Duration::from_secs(120), move || {
+    let (ok, errors) = watchdog("racing reader", limit, move || {
         let mut r = TableReader::new(&reader_path);
         let (mut ok, mut errors) = (0u64, 0u64);
-        for _ in 0..20_000 {
+        for _ in 0..reads {
             match r.snapshot() {
                 Ok(s) => {
                     // A scribble that lands in a slot the checksum covers is
@@ -533,6 +553,6 @@ fn hostile_writer_racing_the_reader() {
     stop.store(true, Ordering::Relaxed);
     let published = publisher.join().expect("the publisher never fails");
     let rounds = scribbler.join().unwrap();
-    eprintln!("20000 racing reads: {ok} snapshots, {errors} refusals; {published} publishes, {rounds} hostile rounds");
+    eprintln!("{reads} racing reads: {ok} snapshots, {errors} refusals; {published} publishes, {rounds} hostile rounds");
     assert!(errors > 0, "the scribbler was noticed");
 }
