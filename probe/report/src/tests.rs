@@ -579,3 +579,32 @@ fn view_timing() {
         );
     }
 }
+
+/// The module's path alone (read + render of fresh publishes), in a loop
+/// for `perf record`: `PEERS` (1000) × 16 routes, `?routes=QROUTES` (16),
+/// history unless `QHISTORY=0`, `ROUNDS` (300) renders:
+/// `cargo test --release -p upstreamtop-report view_profile -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn view_profile() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let mut t = Table::new("profile");
+    let s = bench::synthetic_snapshot(env("PEERS", 1000) as u32, 16);
+    t.writer.publish(&s).unwrap();
+    let conf = NginxConfig::default();
+    let q = Query { routes: env("QROUTES", 16), history: env("QHISTORY", 1) == 1, ..Query::default() };
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let mut spare = Vec::new();
+    let (mut v, mut r) = (u128::MAX, u128::MAX);
+    for _ in 0..rounds {
+        let a = cpu_us();
+        let view = t.reader.view_unless(None).unwrap().unwrap();
+        let b = cpu_us();
+        let j = render_view_json_into(&view, &conf, &q, s.meta.published_unix_ns, std::mem::take(&mut spare));
+        let c = cpu_us();
+        v = v.min(b - a);
+        r = r.min(c - b);
+        spare = j.body;
+    }
+    eprintln!("view {v} µs + render {r} µs, CPU min of {rounds}");
+}

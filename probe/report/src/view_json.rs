@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
-use upstreamtop_table::histogram::quantiles_ns;
 use upstreamtop_table::{PeerView, ResponsesView, RouteView, SnapshotView};
 
 use crate::build::{probe, recent_list, SCHEMA_VERSION, UNLISTED};
@@ -311,8 +310,8 @@ impl<'v> PeerWriter<'_, '_, 'v> {
         w.raw(",\"header_time_window\":");
         w.ms_percentiles(win.latency_avg_ns, win.latency_p50_ns, win.latency_p90_ns, win.latency_p99_ns);
         w.raw(",\"header_time_total\":");
-        let buckets = p.buckets();
-        let [p50, p90, p99] = quantiles_ns(&buckets, [0.5, 0.9, 0.99]).map(|q| q.unwrap_or(0));
+        // Precomputed by the probe from the buckets, as `peer::peer` does.
+        let [p50, p90, p99] = p.latency_quantiles_ns();
         let avg = p.latency_sum_ns().checked_div(p.latency_count()).unwrap_or(0);
         w.ms_percentiles(avg, p50, p90, p99);
         w.raw(",\"sent\":");

@@ -195,7 +195,7 @@ impl TableReader {
     }
 
     fn decode(&self, v: Verified) -> Result<Snapshot, ReadError> {
-        decode_slot(&self.buf[..v.len], v.stride).map_err(|e| self.corrupt(e))
+        decode_slot(&self.buf[..v.len], v.stride, v.id).map_err(|e| self.corrupt(e))
     }
 
     /// Like [`Self::snapshot`], but shares the decoded snapshot: while the
@@ -400,11 +400,14 @@ impl TableReader {
         grow(buf, head);
         file.read_exact_at(&mut buf[..head], off).map_err(|e| self.io_err(e))?;
         let used = u64_at(buf, S_USED);
+        let pool = u64_at(buf, S_POOL_LEN);
         let counts = (u32_at(buf, S_N_PEERS), u32_at(buf, S_N_ROUTES), u32_at(buf, S_N_RECENT));
-        let want = body_len(counts.0.into(), hd.history_len.into(), counts.1.into(), counts.2.into());
+        let want = body_len(counts.0.into(), hd.history_len.into(), counts.1.into(), counts.2.into())
+            .and_then(|fixed| fixed.checked_add(pool));
         let fits = counts.0 <= hd.max_peers
             && counts.1 <= hd.max_routes
             && counts.2 <= hd.max_recent
+            && pool_cap(hd.max_peers, hd.max_routes).is_some_and(|cap| pool <= cap)
             && want == Some(used)
             && used <= hd.slot_size - SLOT_HEADER_SIZE;
         if !fits {
@@ -447,14 +450,6 @@ fn read_up_to(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The next `n` records of `size` bytes of `body`.
-fn take<'a>(body: &'a [u8], pos: &mut usize, n: usize, size: usize) -> DecResult<&'a [u8]> {
-    let end = n.checked_mul(size).and_then(|len| pos.checked_add(len)).ok_or("length overflow")?;
-    let s = body.get(*pos..end).ok_or("body shorter than its counts")?;
-    *pos = end;
-    Ok(s)
-}
-
 /// The slot header's figures: the probe's meta and the record counts.
 pub(crate) struct SlotHead {
     pub meta: ProbeMeta,
@@ -490,36 +485,8 @@ pub(crate) fn decode_head(buf: &[u8]) -> DecResult<SlotHead> {
 }
 
 /// Decodes a checksummed slot copy (header + body whose length already
-/// matches its counts).
-fn decode_slot(buf: &[u8], stride: u32) -> DecResult<Snapshot> {
-    let SlotHead { meta, n_peers, n_routes, n_recent } = decode_head(buf)?;
-    let body = buf.get(SLOT_HEADER_SIZE as usize..).ok_or("slot too short")?;
-    let stride = stride as usize;
-    let mut pos = 0usize;
-    let peer_recs = take(body, &mut pos, n_peers, PEER_REC_SIZE)?;
-    let hist_recs = take(body, &mut pos, n_peers, stride.checked_mul(HISTORY_REC_SIZE).ok_or("history overflow")?)?;
-    let route_recs = take(body, &mut pos, n_routes, ROUTE_REC_SIZE)?;
-    let recent_recs = take(body, &mut pos, n_recent, RECENT_REC_SIZE)?;
-
-    let mut peers = Vec::with_capacity(n_peers);
-    for (i, rec) in peer_recs.chunks_exact(PEER_REC_SIZE).enumerate() {
-        let (mut p, hcount) = records::dec_peer(rec)?;
-        let hcount = hcount as usize;
-        if hcount > stride {
-            return Err(format!("peer {i} has {hcount} history samples (ring of {stride})"));
-        }
-        let ring = &hist_recs[i * stride * HISTORY_REC_SIZE..][..hcount * HISTORY_REC_SIZE];
-        p.history = ring.chunks_exact(HISTORY_REC_SIZE).map(records::dec_history).collect::<DecResult<_>>()?;
-        peers.push(p);
-    }
-    let mut routes = Vec::with_capacity(n_routes);
-    for rec in route_recs.chunks_exact(ROUTE_REC_SIZE) {
-        let r = records::dec_route(rec)?;
-        if r.peer as usize >= n_peers {
-            return Err(format!("route names peer {} of {n_peers}", r.peer));
-        }
-        routes.push(r);
-    }
-    let recent = recent_recs.chunks_exact(RECENT_REC_SIZE).map(records::dec_recent).collect::<DecResult<_>>()?;
-    Ok(Snapshot { meta, peers, routes, recent })
+/// matches its counts): the view's checks, then its owned copy, so both
+/// ways of reading accept and refuse exactly the same slots.
+fn decode_slot(buf: &[u8], stride: u32, id: PublishId) -> DecResult<Snapshot> {
+    SnapshotView::new(buf, stride, id).map(|v| v.to_snapshot())
 }

@@ -269,15 +269,20 @@ fn wrong_magic_version_and_size() {
     fs::write(&path, &b).unwrap();
     assert_eq!(r.snapshot().unwrap_err(), ReadError::BadMagic(path.clone()));
 
-    let mut b = good.clone();
-    b[H_VERSION..H_VERSION + 4].copy_from_slice(&3u32.to_le_bytes());
-    fs::write(&path, &b).unwrap();
-    let e = r.snapshot().unwrap_err();
-    assert_eq!(e, ReadError::WrongVersion { path: path.clone(), found: 3, expected: ABI_VERSION });
-    assert_eq!(
-        e.to_string(),
-        format!("table {} has wrong ABI version 3 (expected 1): upgrade the module or the probe", path.display())
-    );
+    // Version 1 (inline route strings and dense histograms, before
+    // 2026-11) and a future one: refused by name, by both ways of reading.
+    for version in [1u32, 3] {
+        let mut b = good.clone();
+        b[H_VERSION..H_VERSION + 4].copy_from_slice(&version.to_le_bytes());
+        fs::write(&path, &b).unwrap();
+        let e = r.snapshot().unwrap_err();
+        assert_eq!(e, ReadError::WrongVersion { path: path.clone(), found: version, expected: ABI_VERSION });
+        assert_eq!(r.view_unless(None).unwrap_err(), e);
+        assert_eq!(
+            e.to_string(),
+            format!("table {} has wrong ABI version {version} (expected 2): upgrade the module or the probe", path.display())
+        );
+    }
 
     for len in [0, 5, 100, HEADER_SIZE as usize, good.len() - 1] {
         fs::write(&path, &good[..len]).unwrap();
@@ -303,6 +308,69 @@ fn wrong_magic_version_and_size() {
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(HEADER_SIZE + 10).unwrap();
     assert_eq!(r.snapshot().unwrap_err(), ReadError::Truncated(path.clone()));
+}
+
+/// Records that point outside the pool, or at buckets out of order, or at
+/// strings that are not UTF-8, are refused by name even with a valid
+/// checksum (the pool offsets are the ABI 2 fields a hostile file would lie
+/// in); both ways of reading give the same error.
+#[test]
+fn pool_references_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let good = publish_one(&path);
+    let slot_size = (good.len() - HEADER_SIZE as usize) / 2;
+    let active = (u64::from_le_bytes(good[H_ACTIVE..H_ACTIVE + 8].try_into().unwrap()) & 1) as usize;
+    let body = HEADER_SIZE as usize + active * slot_size + SLOT_HEADER_SIZE as usize;
+    let snap = full_snapshot();
+    let n_peers = snap.peers.len().min(CAPS.max_peers as usize);
+    let routes = body + n_peers * (PEER_REC_SIZE + CAPS.history_len as usize * HISTORY_REC_SIZE);
+    let n_routes = u32::from_le_bytes(good[body - SLOT_HEADER_SIZE as usize + S_N_ROUTES..][..4].try_into().unwrap()) as usize;
+    let n_recent = u32::from_le_bytes(good[body - SLOT_HEADER_SIZE as usize + S_N_RECENT..][..4].try_into().unwrap()) as usize;
+    let pool = routes + n_routes * ROUTE_REC_SIZE + n_recent * RECENT_REC_SIZE;
+    // Peer 0's bucket offset and count; route 0's string offset.
+    let p_at = body + ADDR_SIZE + 32 + 5 * 8 + 16 + PEER_CODES * 10 + 5 * 8 + 2 * 8 + 3 * 8;
+    let t_at = routes + 8;
+    let read = |b: &[u8]| {
+        fs::write(&path, b).unwrap();
+        let mut r = TableReader::new(&path);
+        let e = r.snapshot().unwrap_err();
+        assert_eq!(r.view_unless(None).unwrap_err(), e);
+        e.to_string()
+    };
+    let put32 = |b: &mut Vec<u8>, at: usize, v: u32| {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        fix_checksum(b, slot_size);
+    };
+    let mut b = good.clone();
+    put32(&mut b, t_at, u32::MAX);
+    assert!(read(&b).ends_with("route strings past the pool"), "{}", read(&b));
+    let mut b = good.clone();
+    put32(&mut b, p_at, u32::MAX - 3);
+    assert!(read(&b).ends_with("peer 0 buckets past the pool"), "{}", read(&b));
+    let mut b = good.clone();
+    put32(&mut b, p_at + 4, BUCKETS as u32 + 1);
+    assert!(read(&b).contains("latency buckets (at most"), "{}", read(&b));
+    // Peer 0's first two buckets swapped: out of order.
+    let mut b = good.clone();
+    let at = pool + u32::from_le_bytes(good[p_at..p_at + 4].try_into().unwrap()) as usize;
+    assert!(u32::from_le_bytes(good[p_at + 4..p_at + 8].try_into().unwrap()) >= 2, "sample has two buckets");
+    b[at] = good[at + BUCKET_ENTRY_SIZE];
+    b[at + BUCKET_ENTRY_SIZE] = good[at];
+    fix_checksum(&mut b, slot_size);
+    assert!(read(&b).contains("out of order or range"), "{}", read(&b));
+    // Route 0's first string byte made a lone continuation byte.
+    let mut b = good.clone();
+    let at = pool + u32::from_le_bytes(good[t_at..t_at + 4].try_into().unwrap()) as usize;
+    b[at] = 0x80;
+    fix_checksum(&mut b, slot_size);
+    assert!(read(&b).ends_with("is not UTF-8"), "{}", read(&b));
+    // And the pool length itself.
+    let mut b = good.clone();
+    let len_at = body - SLOT_HEADER_SIZE as usize + S_POOL_LEN;
+    b[len_at..len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    fix_checksum(&mut b, slot_size);
+    assert!(read(&b).ends_with("active slot has an invalid body length"), "{}", read(&b));
 }
 
 /// Deterministic xorshift64* for the fuzz loops.
@@ -553,6 +621,8 @@ fn view_shows_what_snapshot_decodes() {
             assert_eq!(v.to_stats(), *p);
             assert_eq!(v.history_len(), p.history.len());
             assert_eq!(v.responses().codes().collect::<Vec<_>>(), p.responses.codes);
+            let q = crate::histogram::quantiles_ns(&p.latency.buckets, [0.5, 0.9, 0.99]).map(|q| q.unwrap_or(0));
+            assert_eq!(v.latency_quantiles_ns(), q, "published percentiles are the buckets'");
         }
         for (v, rt) in view.routes().zip(&decoded.routes) {
             assert_eq!((v.method(), v.path(), v.is_other()), (rt.method.as_str(), rt.path.as_str(), rt.is_other));

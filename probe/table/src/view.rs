@@ -9,8 +9,9 @@
 //! once when the view is made (the same checks [`crate::TableReader::snapshot`]
 //! makes), so the accessors are plain fixed-offset loads that cannot fail.
 //!
-//! Field offsets below mirror `records.rs` (the encoder); a test decodes
-//! every field both ways.
+//! Field offsets below mirror `records.rs` (the encoder); the reader's
+//! owned [`Snapshot`] is this view's [`SnapshotView::to_snapshot`], and the
+//! round-trip tests compare it with what was published, field by field.
 
 use std::net::SocketAddr;
 
@@ -29,8 +30,10 @@ const P_HISTORY_COUNT: usize = P_RESPONSES + R_PAD;
 const P_CONNS: usize = P_RESPONSES + responses_size(PEER_CODES);
 const P_LAT_SUM: usize = P_CONNS + 5 * 8;
 const P_LAT_COUNT: usize = P_LAT_SUM + 8;
-const P_BUCKETS: usize = P_LAT_COUNT + 8;
-const P_WINDOW: usize = P_BUCKETS + BUCKETS * 8;
+const P_QUANTILES: usize = P_LAT_COUNT + 8;
+const P_BUCKETS_AT: usize = P_QUANTILES + 3 * 8;
+const P_BUCKETS_N: usize = P_BUCKETS_AT + 4;
+const P_WINDOW: usize = P_BUCKETS_N + 4;
 const P_FIRST_SEEN: usize = P_WINDOW + 8 * 8;
 const P_LAST_SEEN: usize = P_FIRST_SEEN + 8;
 const _: () = assert!(P_LAST_SEEN + 8 == PEER_REC_SIZE);
@@ -49,9 +52,8 @@ const T_PEER: usize = 0;
 const T_OTHER: usize = 4;
 const T_METHOD_LEN: usize = 5;
 const T_PATH_LEN: usize = 6;
-const T_METHOD: usize = 8;
-const T_PATH: usize = T_METHOD + METHOD_LEN;
-const T_REQUESTS: usize = T_PATH + PATH_LEN;
+const T_STRINGS: usize = 8;
+const T_REQUESTS: usize = T_STRINGS + 8;
 const T_NO_RESPONSE: usize = T_REQUESTS + 8;
 const T_RESPONSES: usize = T_NO_RESPONSE + 8;
 const T_LAT: usize = T_RESPONSES + responses_size(ROUTE_CODES);
@@ -103,7 +105,33 @@ fn check_str(b: &[u8], off: usize, len: usize, width: usize, what: &str) -> DecR
     if len > width {
         return Err(format!("{what} length {len} exceeds {width}"));
     }
-    std::str::from_utf8(&b[off..off + len]).map(|_| ()).map_err(|_| format!("{what} is not UTF-8"))
+    check_utf8(&b[off..off + len], what)
+}
+/// `from_utf8`, after a word-at-a-time ASCII test that passes nearly every
+/// method and path without the general decoder.
+#[inline]
+fn check_utf8(b: &[u8], what: &str) -> DecResult<()> {
+    if b.is_ascii() || std::str::from_utf8(b).is_ok() {
+        Ok(())
+    } else {
+        Err(format!("{what} is not UTF-8"))
+    }
+}
+/// A route's method and path in the pool (checked in `SnapshotView::new`;
+/// empty if not, which cannot happen for a view that was made).
+#[inline]
+fn route_strings<'a>(rec: &[u8], pool: &'a [u8]) -> &'a [u8] {
+    let at = u32_at(rec, T_STRINGS) as usize;
+    let len = usize::from(rec[T_METHOD_LEN]) + usize::from(rec[T_PATH_LEN]);
+    pool.get(at..at + len).unwrap_or(&[])
+}
+/// A peer's non-zero buckets in the pool (`BUCKET_ENTRY_SIZE` bytes each;
+/// checked in `SnapshotView::new`).
+#[inline]
+fn bucket_entries<'a>(rec: &[u8], pool: &'a [u8]) -> &'a [u8] {
+    let at = u32_at(rec, P_BUCKETS_AT) as usize;
+    let n = u32_at(rec, P_BUCKETS_N) as usize;
+    pool.get(at..at + n * BUCKET_ENTRY_SIZE).unwrap_or(&[])
 }
 fn check_codes(rec: &[u8], at: usize, cap: usize) -> DecResult<()> {
     let n = u32_at(rec, at + R_N_CODES) as usize;
@@ -124,6 +152,8 @@ pub struct SnapshotView<'a> {
     history: &'a [u8],
     routes: &'a [u8],
     recent: &'a [u8],
+    /// Route strings and peer buckets, which records point into.
+    pool: &'a [u8],
 }
 
 impl<'a> SnapshotView<'a> {
@@ -143,6 +173,8 @@ impl<'a> SnapshotView<'a> {
         let history = take(n_peers, stride.checked_mul(HISTORY_REC_SIZE).ok_or("history overflow")?)?;
         let routes = take(n_routes, ROUTE_REC_SIZE)?;
         let recent = take(n_recent, RECENT_REC_SIZE)?;
+        let pool_len = usize::try_from(u64_at(slot, S_POOL_LEN)).map_err(|_| "pool length overflow")?;
+        let pool = take(1, pool_len)?;
         for (i, rec) in peers.chunks_exact(PEER_REC_SIZE).enumerate() {
             addr_at(rec, 0)?;
             check_codes(rec, P_RESPONSES, PEER_CODES)?;
@@ -150,14 +182,41 @@ impl<'a> SnapshotView<'a> {
             if hcount > stride {
                 return Err(format!("peer {i} has {hcount} history samples (ring of {stride})"));
             }
+            let at = u32_at(rec, P_BUCKETS_AT) as usize;
+            let n = u32_at(rec, P_BUCKETS_N) as usize;
+            if n > BUCKETS {
+                return Err(format!("peer {i} has {n} latency buckets (at most {BUCKETS})"));
+            }
+            let entries = pool.get(at..at + n * BUCKET_ENTRY_SIZE).ok_or_else(|| format!("peer {i} buckets past the pool"))?;
+            // Strictly ascending indices: each bucket at most once.
+            let mut next = 0usize;
+            for e in entries.chunks_exact(BUCKET_ENTRY_SIZE) {
+                let b = usize::from(e[0]);
+                if b < next || b >= BUCKETS {
+                    return Err(format!("peer {i} bucket index {b} out of order or range"));
+                }
+                next = b + 1;
+            }
         }
         for rec in routes.chunks_exact(ROUTE_REC_SIZE) {
             match rec[T_OTHER] {
                 0 | 1 => {}
                 v => return Err(format!("route flag {v}")),
             }
-            check_str(rec, T_METHOD, rec[T_METHOD_LEN].into(), METHOD_LEN, "route method")?;
-            check_str(rec, T_PATH, rec[T_PATH_LEN].into(), PATH_LEN, "route path")?;
+            let (m, p) = (usize::from(rec[T_METHOD_LEN]), usize::from(rec[T_PATH_LEN]));
+            if m > METHOD_LEN {
+                return Err(format!("route method length {m} exceeds {METHOD_LEN}"));
+            }
+            if p > PATH_LEN {
+                return Err(format!("route path length {p} exceeds {PATH_LEN}"));
+            }
+            let at = u32_at(rec, T_STRINGS) as usize;
+            let strs = pool.get(at..at + m + p).ok_or("route strings past the pool")?;
+            // Both ASCII (nearly always) in one test, else each on its own.
+            if !strs.is_ascii() {
+                check_utf8(&strs[..m], "route method")?;
+                check_utf8(&strs[m..], "route path")?;
+            }
             check_codes(rec, T_RESPONSES, ROUTE_CODES)?;
             let peer = u32_at(rec, T_PEER);
             if peer as usize >= n_peers {
@@ -169,7 +228,7 @@ impl<'a> SnapshotView<'a> {
             check_str(rec, C_METHOD, rec[C_METHOD_LEN].into(), METHOD_LEN, "recent method")?;
             check_str(rec, C_PATH, rec[C_PATH_LEN].into(), PATH_LEN, "recent path")?;
         }
-        Ok(SnapshotView { id, meta, stride, peers, history, routes, recent })
+        Ok(SnapshotView { id, meta, stride, peers, history, routes, recent, pool })
     }
 
     /// Which publish this is (for caches keyed by publish).
@@ -201,7 +260,7 @@ impl<'a> SnapshotView<'a> {
         let rec = &self.peers[i * PEER_REC_SIZE..(i + 1) * PEER_REC_SIZE];
         let hcount = u32_at(rec, P_HISTORY_COUNT) as usize;
         let ring = &self.history[i * self.stride * HISTORY_REC_SIZE..][..hcount * HISTORY_REC_SIZE];
-        PeerView { rec, history: ring }
+        PeerView { rec, history: ring, buckets: bucket_entries(rec, self.pool) }
     }
 
     #[inline]
@@ -216,8 +275,9 @@ impl<'a> SnapshotView<'a> {
 
     /// Routes in table order (grouped by peer).
     #[inline]
-    pub fn routes(&self) -> impl ExactSizeIterator<Item = RouteView<'a>> {
-        self.routes.chunks_exact(ROUTE_REC_SIZE).map(|rec| RouteView { rec })
+    pub fn routes(&self) -> impl ExactSizeIterator<Item = RouteView<'a>> + 'a {
+        let pool = self.pool;
+        self.routes.chunks_exact(ROUTE_REC_SIZE).map(move |rec| RouteView { rec, strings: route_strings(rec, pool) })
     }
 
     /// Sampled requests, oldest first.
@@ -274,6 +334,8 @@ impl ResponsesView<'_> {
 pub struct PeerView<'a> {
     rec: &'a [u8],
     history: &'a [u8],
+    /// Non-zero latency buckets: index byte, count.
+    buckets: &'a [u8],
 }
 
 impl<'a> PeerView<'a> {
@@ -318,7 +380,21 @@ impl<'a> PeerView<'a> {
     /// The cumulative latency histogram (`histogram::BUCKETS` counters).
     #[inline]
     pub fn buckets(&self) -> [u64; BUCKETS] {
-        std::array::from_fn(|i| u64_at(self.rec, P_BUCKETS + i * 8))
+        let mut b = [0u64; BUCKETS];
+        for e in self.buckets.chunks_exact(BUCKET_ENTRY_SIZE) {
+            // Index checked against BUCKETS in SnapshotView::new.
+            if let Some(slot) = b.get_mut(usize::from(e[0])) {
+                *slot = u64_at(e, 1);
+            }
+        }
+        b
+    }
+    /// `[p50, p90, p99]` of [`Self::buckets`] (0 when empty), as
+    /// `histogram::quantiles_ns` gives them: the probe computes them when
+    /// it publishes, so readers that only print them skip the histogram.
+    #[inline]
+    pub fn latency_quantiles_ns(&self) -> [u64; 3] {
+        std::array::from_fn(|i| u64_at(self.rec, P_QUANTILES + i * 8))
     }
     #[inline]
     pub fn window(&self) -> Window {
@@ -382,6 +458,8 @@ impl<'a> PeerView<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct RouteView<'a> {
     rec: &'a [u8],
+    /// Method then path, from the pool.
+    strings: &'a [u8],
 }
 
 impl<'a> RouteView<'a> {
@@ -396,22 +474,22 @@ impl<'a> RouteView<'a> {
     }
     #[inline]
     pub fn method(&self) -> &'a str {
-        str_at(self.rec, T_METHOD, self.rec[T_METHOD_LEN].into())
+        std::str::from_utf8(self.method_bytes()).unwrap_or("")
     }
     #[inline]
     pub fn path(&self) -> &'a str {
-        str_at(self.rec, T_PATH, self.rec[T_PATH_LEN].into())
+        std::str::from_utf8(self.path_bytes()).unwrap_or("")
     }
-    /// [`Self::method`] as bytes: orders the same, without the UTF-8
-    /// check (for sorting).
+    /// [`Self::method`] as bytes (UTF-8, checked when the view was made):
+    /// orders the same, without a second UTF-8 check.
     #[inline]
     pub fn method_bytes(&self) -> &'a [u8] {
-        &self.rec[T_METHOD..T_METHOD + usize::from(self.rec[T_METHOD_LEN])]
+        self.strings.get(..usize::from(self.rec[T_METHOD_LEN])).unwrap_or(&[])
     }
-    /// [`Self::path`] as bytes (for sorting).
+    /// [`Self::path`] as bytes.
     #[inline]
     pub fn path_bytes(&self) -> &'a [u8] {
-        &self.rec[T_PATH..T_PATH + usize::from(self.rec[T_PATH_LEN])]
+        self.strings.get(usize::from(self.rec[T_METHOD_LEN])..).unwrap_or(&[])
     }
     #[inline]
     pub fn requests(&self) -> u64 {

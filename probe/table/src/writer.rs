@@ -225,7 +225,13 @@ impl TableWriter {
         rep.interfaces_truncated = (snap.meta.interfaces.len() - n_ifaces) as u64;
 
         let m = &snap.meta;
-        let mut e = Enc::new(slot);
+        let hist_len = caps.history_len as usize;
+        // The fixed-size records, then the pool they point into.
+        let fixed = body_len(n_peers as u64, caps.history_len as u64, routes.len() as u64, n_recent as u64)
+            .expect("counts bounded by the capacities") as usize;
+        let (records, pool_area) = slot.split_at_mut(SLOT_HEADER_SIZE as usize + fixed);
+        let mut e = Enc::new(records);
+        let mut pool = Enc::new(pool_area);
         e.u64(0); // used, patched below
         e.u64(0); // checksum, patched below
         e.u32(m.pid);
@@ -247,10 +253,9 @@ impl TableWriter {
         }
         e.zeros(SLOT_HEADER_SIZE as usize - e.pos());
 
-        let hist_len = caps.history_len as usize;
         for p in &snap.peers[..n_peers] {
             let h = p.history.len().min(hist_len);
-            rep.codes_folded += records::enc_peer(&mut e, p, h as u32);
+            rep.codes_folded += records::enc_peer(&mut e, &mut pool, p, h as u32);
         }
         for p in &snap.peers[..n_peers] {
             // Oldest first: keep the newest `history_len` samples.
@@ -262,18 +267,17 @@ impl TableWriter {
             e.zeros((hist_len - keep.len()) * HISTORY_REC_SIZE);
         }
         for r in &routes {
-            rep.codes_folded += records::enc_route(&mut e, r);
+            rep.codes_folded += records::enc_route(&mut e, &mut pool, r);
         }
         for r in recent {
             records::enc_recent(&mut e, r);
         }
-        let used = (e.pos() - SLOT_HEADER_SIZE as usize) as u64;
-        debug_assert_eq!(
-            Some(used),
-            body_len(n_peers as u64, caps.history_len as u64, routes.len() as u64, n_recent as u64)
-        );
-        let buf = e.written();
+        debug_assert_eq!(e.pos(), SLOT_HEADER_SIZE as usize + fixed);
+        let pool_len = pool.pos();
+        let used = (fixed + pool_len) as u64;
+        let buf = &mut slot[..SLOT_HEADER_SIZE as usize + fixed + pool_len];
         buf[S_USED..S_USED + 8].copy_from_slice(&used.to_le_bytes());
+        buf[S_POOL_LEN..S_POOL_LEN + 8].copy_from_slice(&(pool_len as u64).to_le_bytes());
         let sum = checksum(&[&buf[S_CHECKSUMMED_FROM..]]);
         buf[S_CHECKSUM..S_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
         rep
