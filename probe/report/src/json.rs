@@ -100,6 +100,19 @@ fn swar8(v: u32) -> u64 {
     z + 0x3030_3030_3030_3030
 }
 
+/// Decimals printed of `frac < 1000` thousandths: trailing zeros dropped,
+/// at least one kept (`.0`, `.5`, `.25`, `.125`).
+#[inline(always)]
+fn keep_digits(frac: u32) -> usize {
+    if !frac.is_multiple_of(10) {
+        3
+    } else if !frac.is_multiple_of(100) {
+        2
+    } else {
+        1
+    }
+}
+
 /// True when `bytes` holds no control byte, `"`, `\\` or `?`: a string
 /// JSON takes as it is, and a path with no query to cut. Eight bytes per
 /// step (the exact zero-byte tests of "Bit Twiddling Hacks"); the
@@ -195,21 +208,21 @@ impl W {
     /// the fraction come from one SWAR conversion of `a`.
     #[inline(always)]
     fn milli(&mut self, a: u64) {
-        if a < 100_000_000 {
+        if a < 100_000 {
+            // Up to "99.999" (most latencies in ms, most rates): integer
+            // digits, point and decimals assembled in one word.
+            let digits = swar8(a as u32);
+            let n_int = if a >= 10_000 { 2 } else { 1 };
+            let int = (digits >> ((5 - n_int) * 8)) & ((1u64 << (8 * n_int)) - 1);
+            let word = int | (u64::from(b'.') << (8 * n_int)) | ((digits >> 40) << (8 * (n_int + 1)));
+            self.put_word(word, n_int + 1 + keep_digits((a % 1000) as u32));
+        } else if a < 100_000_000 {
             let a = a as u32;
             let digits = swar8(a);
             // Integer digits: those above the last three, at least one.
             let n_int = a.checked_ilog10().map_or(1, |l| (l as usize + 1).saturating_sub(3).max(1));
             self.put_word(digits >> ((5 - n_int) * 8), n_int);
-            let frac = a % 1000;
-            let keep = if !frac.is_multiple_of(10) {
-                3
-            } else if !frac.is_multiple_of(100) {
-                2
-            } else {
-                1
-            };
-            self.put_word(u64::from(b'.') | ((digits >> 40) << 8), 1 + keep);
+            self.put_word(u64::from(b'.') | ((digits >> 40) << 8), 1 + keep_digits(a % 1000));
         } else {
             self.u64(a / 1000);
             self.frac3((a % 1000) as u32);
@@ -220,15 +233,8 @@ impl W {
     /// dropped but one digit always kept (`.0`, `.5`, `.25`, `.125`).
     #[inline(always)]
     fn frac3(&mut self, frac: u32) {
-        let keep = if !frac.is_multiple_of(10) {
-            3
-        } else if !frac.is_multiple_of(100) {
-            2
-        } else {
-            1
-        };
         // swar8 puts the three digits in bytes 5..8.
-        self.put_word(u64::from(b'.') | ((swar8(frac) >> 40) << 8), 1 + keep);
+        self.put_word(u64::from(b'.') | ((swar8(frac) >> 40) << 8), 1 + keep_digits(frac));
     }
 
     /// Appends `out[..n]`. The whole array goes in as one fixed-size copy
@@ -278,6 +284,41 @@ impl W {
         }
         use std::io::Write;
         let _ = write!(self.0, "{v:?}");
+    }
+
+    /// What [`Self::f64`] prints for [`crate::peer::round3`]`(x)`, from
+    /// the rounded integer thousandths directly: below 10^15 thousandths
+    /// `round3(x)` is the double nearest `r / 1000` for the integer
+    /// `r = round(x × 1000)`, and `f64` finds that same `r` again (the
+    /// double's error, times 1000, is far below one half) and prints its
+    /// digits. This skips the division and the second rounding.
+    #[inline]
+    pub(crate) fn round3(&mut self, x: f64) {
+        let y = x * 1000.0;
+        // False for NaN and infinities too.
+        if y.abs() < 1e15 {
+            let r = round_i64(y);
+            if r < 0 {
+                self.0.push(b'-');
+            }
+            self.milli(r.unsigned_abs());
+        } else {
+            self.f64(crate::peer::round3(x));
+        }
+    }
+
+    /// `n` then `.0`: a whole count as [`Self::f64`] prints it, in one
+    /// word below 10^6.
+    #[inline]
+    pub(crate) fn whole(&mut self, n: u32) {
+        if n < 1_000_000 {
+            let d = n.checked_ilog10().map_or(1, |l| l as usize + 1);
+            let word = (swar8(n) >> ((8 - d) * 8)) | (u64::from(u16::from_le_bytes(*b".0")) << (d * 8));
+            self.put_word(word, d + 2);
+        } else {
+            self.u64(n.into());
+            self.raw(".0");
+        }
     }
 
     /// `n / 1000` as [`Self::f64`] prints `round3(n as f64 / 1000.0)`, for
@@ -828,6 +869,34 @@ mod tests {
             let ns = [i, x, x >> (x % 64), around((x >> 20) / 1000 * 1000 + 500), around(1 << 50), around((x >> 14) * 1000)]
                 [(i % 6) as usize];
             assert_eq!(ms(ns), f(crate::peer::ms(ns)), "{ns}");
+        }
+        let r3 = |x: f64| {
+            let mut w = W(Vec::new());
+            w.round3(x);
+            w.into_string()
+        };
+        let wh = |n: u32| {
+            let mut w = W(Vec::new());
+            w.whole(n);
+            w.into_string()
+        };
+        for i in 0..400_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+            let scale = [1.0, 1e-3, 1e3, 1e6, 1e-6, 1e9, 1e12, 1e15][(x % 8) as usize];
+            let sign = if x & 1 == 0 { 1.0 } else { -1.0 };
+            // Random magnitudes, exact halves of a thousandth, integers.
+            let v = [unit * scale * sign, ((x >> 20) as f64 + 0.5) / 1000.0 * sign, (x >> (x % 64)) as f64 * sign][(i % 3) as usize];
+            assert_eq!(r3(v), f(crate::peer::round3(v)), "{v:?}");
+            assert_eq!(wh(x as u32), f(f64::from(x as u32)), "{}", x as u32);
+        }
+        for v in [0.0, -0.0, 0.0004, -0.0004, 0.0005, -0.0005, 1e12, 999_999_999_999.999_5, f64::NAN, f64::INFINITY, -f64::INFINITY, 1e300] {
+            assert_eq!(r3(v), f(crate::peer::round3(v)), "{v:?}");
+        }
+        for n in [0, 9, 10, 99_999, 999_999, 1_000_000, u32::MAX] {
+            assert_eq!(wh(n), f(f64::from(n)), "{n}");
         }
         for n in (0..200_000u32).chain([u32::MAX, u32::MAX - 1, 4_294_967_000, 1 << 31]) {
             assert_eq!(th(n), f(crate::peer::round3(f64::from(n) / 1000.0)), "{n}");

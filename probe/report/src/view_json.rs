@@ -298,9 +298,9 @@ impl<'v> PeerWriter<'_, '_, 'v> {
         w.raw(",\"requests\":");
         w.u64(p.requests());
         w.raw(",\"rps\":");
-        w.f64(round3(win.requests_per_sec));
+        w.round3(win.requests_per_sec);
         w.raw(",\"share\":");
-        w.f64(if cx.total_rps > 0.0 { round3(win.requests_per_sec / cx.total_rps * 100.0) } else { 0.0 });
+        w.round3(if cx.total_rps > 0.0 { win.requests_per_sec / cx.total_rps * 100.0 } else { 0.0 });
         w.raw(",\"responses\":");
         responses(w, p.responses());
         w.raw(",\"no_response\":");
@@ -324,7 +324,7 @@ impl<'v> PeerWriter<'_, '_, 'v> {
         w.raw(",\"connections\":");
         w.connections(&Connections { opened: c.opened, closed: c.closed, failed: c.failed, reset: c.reset });
         w.raw(",\"errors_rps\":");
-        w.f64(round3(win.errors_5xx_per_sec));
+        w.round3(win.errors_5xx_per_sec);
         if cx.query.history {
             // 60 samples × 3 figures per peer: the bulk of the numbers.
             // With the usual 1 s interval a count per second is the count
@@ -334,10 +334,9 @@ impl<'v> PeerWriter<'_, '_, 'v> {
             let whole_seconds = cx.interval_ns == 1_000_000_000;
             let per_sec = |w: &mut W, n: u32| {
                 if whole_seconds {
-                    w.u64(n.into());
-                    w.raw(".0");
+                    w.whole(n);
                 } else {
-                    w.f64(round3(f64::from(n) / secs));
+                    w.round3(f64::from(n) / secs);
                 }
             };
             w.raw(",\"history\":{\"rps\":[");
@@ -437,9 +436,9 @@ fn route(w: &mut W, r: &RouteView) {
     w.raw(",\"requests\":");
     w.u64(r.requests());
     w.raw(",\"rps\":");
-    w.f64(round3(r.requests_per_sec()));
+    w.round3(r.requests_per_sec());
     w.raw(",\"errors_rps\":");
-    w.f64(round3(r.errors_5xx_per_sec()));
+    w.round3(r.errors_5xx_per_sec());
     w.raw(",\"responses\":");
     responses(w, r.responses());
     w.raw(",\"no_response\":");
