@@ -273,6 +273,13 @@ impl<'a> SnapshotView<'a> {
         self.routes.len() / ROUTE_REC_SIZE
     }
 
+    /// Route `j` in table order; `None` past the end.
+    #[inline]
+    pub fn route(&self, j: usize) -> Option<RouteView<'a>> {
+        let rec = self.routes.get(j * ROUTE_REC_SIZE..(j + 1) * ROUTE_REC_SIZE)?;
+        Some(RouteView { rec, strings: route_strings(rec, self.pool) })
+    }
+
     /// Routes in table order (grouped by peer).
     #[inline]
     pub fn routes(&self) -> impl ExactSizeIterator<Item = RouteView<'a>> + 'a {
