@@ -190,7 +190,13 @@ impl W {
     /// `v < 10^8` without leading zeros.
     #[inline(always)]
     fn digits8(&mut self, v: u32) {
-        let n = v.checked_ilog10().map_or(1, |l| l as usize + 1);
+        if v < 10 {
+            // Zeros and single digits: most class and code counts of a
+            // route, no conversion needed.
+            self.0.push(b'0' + v as u8);
+            return;
+        }
+        let n = v.ilog10() as usize + 1;
         self.put_word(swar8(v) >> ((8 - n) * 8), n);
     }
 

@@ -375,13 +375,16 @@ impl<'v> PeerWriter<'_, '_, 'v> {
 
     /// Same selection as [`peer::top_routes`]: the top `?routes=` named
     /// routes by requests (ties by path, then method), then "other".
-    fn routes(&mut self, w: &mut W, routes: &[u32]) {
+    fn routes(&mut self, w: &mut W, indices: &[u32]) {
         let limit = self.cx.query.routes;
         let view = self.view;
-        let routes = || routes.iter().filter_map(|&j| view.route(j as usize));
+        let routes = || indices.iter().filter_map(|&j| view.route(j as usize));
         let named = &mut self.scratch;
         named.clear();
-        named.extend(routes().filter(|r| !r.is_other()));
+        named.reserve(indices.len());
+        for r in routes().filter(|r| !r.is_other()) {
+            named.push(r);
+        }
         let cmp = |a: &RouteView, b: &RouteView| {
             // Byte order is str order.
             b.requests()
@@ -458,12 +461,21 @@ fn route(w: &mut W, r: &RouteView) {
 /// A responses block as `W::responses` writes the report's `Responses`.
 fn responses(w: &mut W, r: ResponsesView) {
     let class = r.class();
-    w.raw("{\"1xx\":");
-    w.u64(class[0]);
-    w.raw(",\"2xx\":");
+    // 1xx and 3xx are nearly always 0 for a backend: one literal then.
+    if class[0] == 0 {
+        w.raw("{\"1xx\":0,\"2xx\":");
+    } else {
+        w.raw("{\"1xx\":");
+        w.u64(class[0]);
+        w.raw(",\"2xx\":");
+    }
     w.u64(class[1]);
-    w.raw(",\"3xx\":");
-    w.u64(class[2]);
+    if class[2] == 0 {
+        w.raw(",\"3xx\":0");
+    } else {
+        w.raw(",\"3xx\":");
+        w.u64(class[2]);
+    }
     w.raw(",\"4xx\":");
     w.u64(class[3]);
     w.raw(",\"5xx\":");
