@@ -196,6 +196,11 @@ impl W {
             self.0.push(b'0' + v as u8);
             return;
         }
+        if v < 100 {
+            let p = v as usize * 2;
+            self.0.extend_from_slice(&[PAIRS[p], PAIRS[p + 1]]);
+            return;
+        }
         let n = v.ilog10() as usize + 1;
         self.put_word(swar8(v) >> ((8 - n) * 8), n);
     }

@@ -460,6 +460,12 @@ fn view_json_matches_the_report_path() {
     odd.peers[0].responses.codes = vec![(502, 1), (200, 3), (1000, 2), (99, 1), (200, 1)];
     odd.peers[0].responses.codes_other = 4;
     odd.routes[1].responses.codes = vec![(404, 1), (201, 1)];
+    // Every class, rate and count away from the zeros the renderer
+    // writes as literals.
+    odd.routes[1].responses.class = [2, 0, 7, 1, 1];
+    odd.routes[1].errors_5xx_per_sec = 0.3333;
+    odd.routes[1].no_response = 12;
+    odd.routes[1].requests_per_sec = -0.0;
     let mut other2 = route(0, "", "", 3);
     other2.is_other = true;
     other2.responses.codes = vec![(503, 3)];

@@ -440,19 +440,28 @@ fn route(w: &mut W, r: &RouteView) {
             w.str_bytes(p.iter().position(|&b| b == b'?').map_or(p, |i| &p[..i]));
         }
     }
-    w.raw(",\"other\":");
-    w.bool(other);
-    w.raw(",\"requests\":");
+    // Keys with the values they nearly always have as single literals.
+    w.raw(if other { ",\"other\":true,\"requests\":" } else { ",\"other\":false,\"requests\":" });
     w.u64(r.requests());
     w.raw(",\"rps\":");
     w.round3(r.requests_per_sec());
-    w.raw(",\"errors_rps\":");
-    w.round3(r.errors_5xx_per_sec());
-    w.raw(",\"responses\":");
+    let errors = r.errors_5xx_per_sec();
+    if errors == 0.0 {
+        w.raw(",\"errors_rps\":0.0,\"responses\":");
+    } else {
+        w.raw(",\"errors_rps\":");
+        w.round3(errors);
+        w.raw(",\"responses\":");
+    }
     responses(w, r.responses());
-    w.raw(",\"no_response\":");
-    w.u64(r.no_response());
-    w.raw(",\"header_time\":");
+    let no_response = r.no_response();
+    if no_response == 0 {
+        w.raw(",\"no_response\":0,\"header_time\":");
+    } else {
+        w.raw(",\"no_response\":");
+        w.u64(no_response);
+        w.raw(",\"header_time\":");
+    }
     let avg = r.latency_sum_ns().checked_div(r.latency_count()).unwrap_or(0);
     w.ms_percentiles(avg, r.latency_p50_ns(), r.latency_p90_ns(), r.latency_p99_ns());
     w.raw("}");
