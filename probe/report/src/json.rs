@@ -322,7 +322,14 @@ impl W {
     /// word below 10^6.
     #[inline]
     pub(crate) fn whole(&mut self, n: u32) {
-        if n < 1_000_000 {
+        const POINT_ZERO: u64 = 0x302e; // ".0"
+        if n < 10 {
+            // Most 5xx counts of a history (and quiet peers' requests).
+            self.put_word(u64::from(b'0' + n as u8) | POINT_ZERO << 8, 3);
+        } else if n < 100 {
+            let p = n as usize * 2;
+            self.put_word(u64::from(PAIRS[p]) | u64::from(PAIRS[p + 1]) << 8 | POINT_ZERO << 16, 4);
+        } else if n < 1_000_000 {
             let d = n.checked_ilog10().map_or(1, |l| l as usize + 1);
             let word = (swar8(n) >> ((8 - d) * 8)) | (u64::from(u16::from_le_bytes(*b".0")) << (d * 8));
             self.put_word(word, d + 2);
@@ -907,6 +914,9 @@ mod tests {
             assert_eq!(r3(v), f(crate::peer::round3(v)), "{v:?}");
         }
         for n in [0, 9, 10, 99_999, 999_999, 1_000_000, u32::MAX] {
+            assert_eq!(wh(n), f(f64::from(n)), "{n}");
+        }
+        for n in 0..200_000u32 {
             assert_eq!(wh(n), f(f64::from(n)), "{n}");
         }
         for n in (0..200_000u32).chain([u32::MAX, u32::MAX - 1, 4_294_967_000, 1 << 31]) {
