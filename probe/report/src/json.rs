@@ -221,12 +221,31 @@ impl W {
     fn milli(&mut self, a: u64) {
         if a < 100_000 {
             // Up to "99.999" (most latencies in ms, most rates): integer
-            // digits, point and decimals assembled in one word.
-            let digits = swar8(a as u32);
-            let n_int = if a >= 10_000 { 2 } else { 1 };
-            let int = (digits >> ((5 - n_int) * 8)) & ((1u64 << (8 * n_int)) - 1);
-            let word = int | (u64::from(b'.') << (8 * n_int)) | ((digits >> 40) << (8 * (n_int + 1)));
-            self.put_word(word, n_int + 1 + keep_digits((a % 1000) as u32));
+            // digits, point and decimals assembled in one word from the
+            // pairs table (cheaper than a full SWAR conversion for five
+            // digits).
+            let a = a as u32;
+            let int = a / 1000;
+            let frac = a - int * 1000;
+            let hundreds = frac / 100;
+            let p = (frac - hundreds * 100) as usize * 2;
+            let (tens, ones) = (PAIRS[p], PAIRS[p + 1]);
+            let decimals = u64::from(b'0' + hundreds as u8) | u64::from(tens) << 8 | u64::from(ones) << 16;
+            let (int_word, n_int) = if int < 10 {
+                (u64::from(b'0' + int as u8), 1)
+            } else {
+                let q = int as usize * 2;
+                (u64::from(PAIRS[q]) | u64::from(PAIRS[q + 1]) << 8, 2)
+            };
+            // Trailing zeros dropped, one decimal always kept.
+            let keep = if ones != b'0' {
+                3
+            } else if tens != b'0' {
+                2
+            } else {
+                1
+            };
+            self.put_word(int_word | u64::from(b'.') << (8 * n_int) | decimals << (8 * (n_int + 1)), n_int + 1 + keep);
         } else if a < 100_000_000 {
             let a = a as u32;
             let digits = swar8(a);
@@ -320,7 +339,7 @@ impl W {
 
     /// `n` then `.0`: a whole count as [`Self::f64`] prints it, in one
     /// word below 10^6.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn whole(&mut self, n: u32) {
         const POINT_ZERO: u64 = 0x302e; // ".0"
         if n < 10 {
@@ -352,7 +371,7 @@ impl W {
     /// float roundings in `ms` move `ns / 1000` by less than 0.0003, so
     /// rounding to whole µs can only differ from integer rounding at an
     /// exact half (`ns % 1000 == 500`), which takes the float path.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn ms(&mut self, ns: u64) {
         if ns < 1 << 50 && ns % 1000 != 500 {
             self.milli((ns + 500) / 1000);
