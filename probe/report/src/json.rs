@@ -201,6 +201,18 @@ impl W {
             self.0.extend_from_slice(&[PAIRS[p], PAIRS[p + 1]]);
             return;
         }
+        if v < 10_000 {
+            // Three or four digits: two pairs.
+            let (hi, lo) = (v / 100, v % 100);
+            let (h, l) = (hi as usize * 2, lo as usize * 2);
+            let word = if hi < 10 {
+                u64::from(b'0' + hi as u8) | u64::from(PAIRS[l]) << 8 | u64::from(PAIRS[l + 1]) << 16
+            } else {
+                u64::from(PAIRS[h]) | u64::from(PAIRS[h + 1]) << 8 | u64::from(PAIRS[l]) << 16 | u64::from(PAIRS[l + 1]) << 24
+            };
+            self.put_word(word, if hi < 10 { 3 } else { 4 });
+            return;
+        }
         let n = v.ilog10() as usize + 1;
         self.put_word(swar8(v) >> ((8 - n) * 8), n);
     }
@@ -937,6 +949,7 @@ mod tests {
         }
         for n in 0..200_000u32 {
             assert_eq!(wh(n), f(f64::from(n)), "{n}");
+            assert_eq!(u(n.into()), n.to_string());
         }
         for n in (0..200_000u32).chain([u32::MAX, u32::MAX - 1, 4_294_967_000, 1 << 31]) {
             assert_eq!(th(n), f(crate::peer::round3(f64::from(n) / 1000.0)), "{n}");
