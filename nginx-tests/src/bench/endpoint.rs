@@ -28,7 +28,8 @@ pub const ROUTES_PER_PEER: usize = 16;
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
 pub fn run(s: &Settings) -> Vec<Figure> {
-    let dir = match tempfile::tempdir() {
+    // On tmpfs where there is one, as /run/upstreamtop is (see table_dir).
+    let dir = match tempfile::tempdir_in(upstreamtop_report::bench::table_dir()) {
         Ok(d) => d,
         Err(e) => return vec![fail_render(&format!("temp dir: {e}"))],
     };

@@ -537,7 +537,7 @@ fn synthetic_snapshot_renders_the_same_both_ways() {
 #[test]
 #[ignore]
 fn endpoint_timing() {
-    let dir = std::env::temp_dir().join(format!("upstreamtop-endpoint-timing-{}", std::process::id()));
+    let dir = bench::table_dir().join(format!("upstreamtop-endpoint-timing-{}", std::process::id()));
     for routes in [10, 16] {
         let c = bench::endpoint_cost(&dir.join("table"), 1000, routes, 200).unwrap();
         let ((f50, f99), (c50, c99)) = (c.fresh_p50_p99(), c.cached_p50_p99());
