@@ -622,5 +622,11 @@ fn view_profile() {
     }
     walls.sort_unstable();
     let wall = |q: f64| walls[((walls.len() - 1) as f64 * q) as usize];
-    eprintln!("view {v} µs + render {r} µs, CPU min of {rounds}; wall p50 {} µs p99 {} µs", wall(0.5), wall(0.99));
+    eprintln!(
+        "view {v} µs + render {r} µs, CPU min of {rounds}; wall p10 {} p50 {} p90 {} p99 {} µs",
+        wall(0.1),
+        wall(0.5),
+        wall(0.9),
+        wall(0.99)
+    );
 }
