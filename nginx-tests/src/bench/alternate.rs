@@ -11,14 +11,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::median;
+use super::{median, procfs};
 use super::wrk::{self, WrkResult, WrkSpec};
 
-/// Requests per second served in each block, pair by pair.
+/// Requests per second served in each block, pair by pair, and what each
+/// request cost the whole machine.
 #[derive(Debug, Default, Clone)]
 pub struct Alternation {
     pub on: Vec<f64>,
     pub off: Vec<f64>,
+    /// Busy CPU time of all CPUs (/proc/stat) per request served, µs:
+    /// steadier than the rates when the machine is not saturated, or when
+    /// the host slows it down for a while.
+    pub cpu_us_on: Vec<f64>,
+    pub cpu_us_off: Vec<f64>,
     /// The whole wrk run, both conditions together.
     pub wrk: WrkResult,
 }
@@ -28,55 +34,62 @@ impl Alternation {
     pub fn ratio(&self) -> f64 {
         median(&self.on.iter().zip(&self.off).map(|(a, b)| a / b).collect::<Vec<_>>())
     }
+
+    /// Median of the per-pair ratios of CPU per request, on / off.
+    pub fn cpu_ratio(&self) -> f64 {
+        median(&self.cpu_us_on.iter().zip(&self.cpu_us_off).map(|(a, b)| a / b).collect::<Vec<_>>())
+    }
 }
 
 /// Settle time at the start of the wrk run (connections opened, pools warm).
 const WARM_UP: Duration = Duration::from_secs(1);
 
-/// One wrk run of `spec` long enough for `pairs` pairs of `block`s; before
-/// each block `set(on)` switches the condition (it must take effect at
-/// once), and `served()` (the backends' total) is read at both ends of the
-/// block. Pairs go on-off, off-on, … so that a drift within a pair falls on
-/// both sides alike.
+/// One wrk run of `spec` (its duration ignored) for `pairs` pairs of
+/// `block`s; before each block `set(on)` switches the condition and returns
+/// once it is in effect (the switch itself is not measured), and `served()`
+/// (the backends' total) is read at both ends of the block. Pairs go
+/// on-off, off-on, … so that a drift within a pair falls on both sides
+/// alike. The condition is off again at the end.
 pub fn alternate(
     spec: &WrkSpec,
     pairs: usize,
     block: Duration,
-    served: &(dyn Fn() -> u64 + Sync),
-    set: &(dyn Fn(bool) + Sync),
+    served: &dyn Fn() -> u64,
+    set: &mut dyn FnMut(bool) -> Result<()>,
 ) -> Result<Alternation> {
     anyhow::ensure!(pairs > 0 && !block.is_zero(), "no blocks to measure");
-    // Whole seconds for wrk, and a second to spare at the end so that the
-    // last block ends before wrk stops.
-    let total = WARM_UP + block * (2 * pairs as u32) + Duration::from_secs(2);
-    let long = WrkSpec { duration: Duration::from_secs(total.as_secs_f64().ceil() as u64), ..spec.clone() };
     let mut out = Alternation::default();
-    let result = std::thread::scope(|scope| -> Result<WrkResult> {
-        let load = scope.spawn(|| wrk::run(&long));
-        let measured = (|| -> Result<()> {
-            set(false);
-            std::thread::sleep(WARM_UP);
-            for pair in 0..pairs {
-                let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
-                for on in order {
-                    super::check_interrupt()?;
-                    set(on);
-                    let (n0, t0) = (served(), Instant::now());
-                    std::thread::sleep(block);
-                    let rate = served().saturating_sub(n0) as f64 / t0.elapsed().as_secs_f64();
-                    if on { &mut out.on } else { &mut out.off }.push(rate);
+    set(false)?;
+    let mut load = wrk::start(spec)?;
+    let measured = (|| -> Result<()> {
+        std::thread::sleep(WARM_UP);
+        for pair in 0..pairs {
+            let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
+            for on in order {
+                super::check_interrupt()?;
+                set(on)?;
+                let (n0, t0, c0) = (served(), Instant::now(), procfs::busy_seconds()?);
+                std::thread::sleep(block);
+                let (n, c) = (served().saturating_sub(n0), procfs::busy_seconds()? - c0);
+                let rate = n as f64 / t0.elapsed().as_secs_f64();
+                let cpu_us = c * 1e6 / n.max(1) as f64;
+                if on {
+                    out.on.push(rate);
+                    out.cpu_us_on.push(cpu_us);
+                } else {
+                    out.off.push(rate);
+                    out.cpu_us_off.push(cpu_us);
                 }
             }
-            set(false);
-            // Every block must have had wrk's load all through.
-            anyhow::ensure!(!load.is_finished(), "wrk ended before the last block");
-            Ok(())
-        })();
-        let r = load.join().map_err(|_| anyhow::anyhow!("wrk thread panicked"))?.context("wrk")?;
-        measured?;
-        Ok(r)
-    })?;
-    out.wrk = result;
+        }
+        // Every block must have had wrk's load all through.
+        anyhow::ensure!(!load.exited(), "wrk ended before the last block");
+        Ok(())
+    })();
+    let off = set(false);
+    out.wrk = load.stop().context("wrk")?;
+    measured?;
+    off?;
     Ok(out)
 }
 
@@ -86,7 +99,14 @@ mod tests {
 
     #[test]
     fn ratio_is_the_median_of_pair_ratios() {
-        let a = Alternation { on: vec![99.0, 50.0, 98.0], off: vec![100.0, 100.0, 100.0], wrk: WrkResult::default() };
+        let a = Alternation {
+            on: vec![99.0, 50.0, 98.0],
+            off: vec![100.0, 100.0, 100.0],
+            cpu_us_on: vec![51.0, 60.0],
+            cpu_us_off: vec![50.0, 50.0],
+            wrk: WrkResult::default(),
+        };
         assert_eq!(a.ratio(), 0.98);
+        assert!((a.cpu_ratio() - 1.11).abs() < 1e-9, "{}", a.cpu_ratio());
     }
 }

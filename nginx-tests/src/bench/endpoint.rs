@@ -206,12 +206,15 @@ fn poller(nginx: &Nginx, polling: &AtomicBool, done: &AtomicBool) -> PollRuns {
 /// The polled / not-polled comparison of the target figure: one wrk run,
 /// the poller switched on and off in blocks ([`alternate`]), rates from
 /// what the backends served.
-fn poll_blocks(s: &Settings, nginx: &Nginx, spec: &WrkSpec, served: &(dyn Fn() -> u64 + Sync)) -> Result<PollRuns> {
+fn poll_blocks(s: &Settings, nginx: &Nginx, spec: &WrkSpec, served: &dyn Fn() -> u64) -> Result<PollRuns> {
     let (polling, done) = (AtomicBool::new(false), AtomicBool::new(false));
     std::thread::scope(|scope| {
         let client = scope.spawn(|| poller(nginx, &polling, &done));
-        let set = |on: bool| polling.store(on, Ordering::Relaxed);
-        let blocks = alternate(spec, s.poll_blocks, s.poll_block, served, &set);
+        let mut set = |on: bool| {
+            polling.store(on, Ordering::Relaxed);
+            Ok(())
+        };
+        let blocks = alternate(spec, s.poll_blocks, s.poll_block, served, &mut set);
         done.store(true, Ordering::Relaxed);
         let mut runs = client.join().map_err(|_| anyhow::anyhow!("poller panicked"))?;
         let blocks = blocks?;

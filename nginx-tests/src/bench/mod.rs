@@ -81,6 +81,10 @@ pub struct Settings {
     /// Interleaved attached/detached pairs (part 1) and not-polled/polled
     /// runs of the worst case (part 4).
     pub pairs: usize,
+    /// Attached/detached block pairs within one wrk run (part 1's target
+    /// figure), and how long a block lasts.
+    pub overhead_blocks: usize,
+    pub overhead_block: Duration,
     /// Polled/not-polled block pairs within one wrk run (part 4's target
     /// figure), and how long a block lasts.
     pub poll_blocks: usize,
@@ -113,6 +117,8 @@ impl Settings {
             pairs: 5,
             run: Duration::from_secs(10),
             instrumented_runs: 3,
+            overhead_blocks: 12,
+            overhead_block: Duration::from_secs(4),
             poll_blocks: 20,
             poll_block: Duration::from_secs(2),
             exact_run: Duration::from_secs(5),
@@ -132,6 +138,8 @@ impl Settings {
             pairs: 1,
             run: Duration::from_secs(1),
             instrumented_runs: 1,
+            overhead_blocks: 1,
+            overhead_block: Duration::from_secs(1),
             poll_blocks: 2,
             poll_block: Duration::from_secs(1),
             exact_run: Duration::from_secs(1),

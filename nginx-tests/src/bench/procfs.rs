@@ -15,6 +15,29 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / hz as f64)
 }
 
+/// CPU seconds all CPUs spent busy since boot (the `cpu` line of
+/// /proc/stat minus idle and iowait): what the whole machine worked.
+pub fn busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let ticks = parse_busy_ticks(&stat)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok(ticks as f64 / hz as f64)
+}
+
+/// user nice system idle iowait irq softirq steal …: all but idle (4th)
+/// and iowait (5th), and not steal (8th: time the host took, not spent
+/// here).
+fn parse_busy_ticks(stat: &str) -> Result<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().context("bad tick count")).collect::<Result<_>>()?;
+    anyhow::ensure!(v.len() >= 8, "short cpu line in /proc/stat");
+    Ok(v[0] + v[1] + v[2] + v[5] + v[6])
+}
+
 /// utime (field 14) + stime (field 15). The command name (field 2) may hold
 /// spaces and parentheses, so fields are counted after its last `)`.
 fn parse_stat_ticks(stat: &str) -> Result<u64> {
@@ -72,6 +95,13 @@ fn parse_status(status: &str) -> Result<Memory> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_ticks_leave_out_idle_iowait_and_steal() {
+        let stat = "cpu  100 2 30 5000 7 1 20 9 0 0\ncpu0 50 1 15 2500 3 0 10 4 0 0\n";
+        assert_eq!(parse_busy_ticks(stat).unwrap(), 100 + 2 + 30 + 1 + 20);
+        assert!(parse_busy_ticks("cpu0 1 2 3\n").is_err());
+    }
 
     #[test]
     fn stat_ticks_skip_a_command_with_spaces_and_parens() {

@@ -37,11 +37,11 @@ pub struct WrkResult {
     pub socket_errors: u64,
 }
 
-/// Run wrk to completion.
-pub fn run(spec: &WrkSpec) -> Result<WrkResult> {
-    let secs = spec.duration.as_secs_f64().ceil().max(1.0) as u64;
+/// The wrk command line for `spec`, running for `secs` seconds.
+fn command(spec: &WrkSpec, secs: u64) -> Command {
     let mut cmd = match &spec.cpus {
         Some(cpus) => {
+            // taskset execs wrk: the pid stays wrk's (see Running::stop).
             let mut c = Command::new("taskset");
             c.args(["-c", cpus, "wrk"]);
             c
@@ -54,12 +54,63 @@ pub fn run(spec: &WrkSpec) -> Result<WrkResult> {
         cmd.arg("-H").arg(format!("{name}: {value}"));
     }
     cmd.arg(&spec.url);
-    let out = cmd.output().context("run wrk (apt-get install wrk)")?;
+    cmd
+}
+
+fn result(out: std::process::Output) -> Result<WrkResult> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("wrk exited with {}: {}{}", out.status, stdout, String::from_utf8_lossy(&out.stderr));
     }
     parse(&stdout).with_context(|| format!("unexpected wrk output:\n{stdout}"))
+}
+
+/// Run wrk to completion.
+pub fn run(spec: &WrkSpec) -> Result<WrkResult> {
+    let secs = spec.duration.as_secs_f64().ceil().max(1.0) as u64;
+    result(command(spec, secs).output().context("run wrk (apt-get install wrk)")?)
+}
+
+/// A wrk run in the background, for as long as the caller needs load.
+pub struct Running {
+    child: Option<std::process::Child>,
+}
+
+/// Start wrk with no end of its own (an hour at most): [`Running::stop`]
+/// ends it.
+pub fn start(spec: &WrkSpec) -> Result<Running> {
+    let child = command(spec, 3600)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("start wrk (apt-get install wrk)")?;
+    Ok(Running { child: Some(child) })
+}
+
+impl Running {
+    /// Has wrk exited (it should not before [`Running::stop`])?
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGINT: wrk stops its threads and prints its summary as at the end
+    /// of a timed run.
+    pub fn stop(mut self) -> Result<WrkResult> {
+        let child = self.child.take().context("wrk already stopped")?;
+        let pid = libc::pid_t::try_from(child.id()).context("wrk pid")?;
+        // SAFETY: kill(2) with our own child's pid and a valid signal.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        result(child.wait_with_output().context("wait for wrk")?)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// Parse wrk's text summary.
