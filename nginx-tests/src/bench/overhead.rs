@@ -37,13 +37,37 @@ impl ProbeCost {
         self.rss_mib = self.rss_mib.max(mem.rss_mib);
         self.hwm_mib = self.hwm_mib.max(mem.hwm_mib);
     }
+}
 
-    /// A running probe's CPU since `cpu0`/`t0` and its memory now.
-    fn add_run(&mut self, probe: &Probe, cpu0: f64, t0: Instant) -> Result<()> {
-        self.cpu_s += procfs::cpu_seconds(probe.pid())? - cpu0;
-        self.wall_s += t0.elapsed().as_secs_f64();
-        self.memory(procfs::memory(probe.pid())?);
-        Ok(())
+/// A freshly started probe, settled; its CPU counts from then on.
+struct Attached {
+    probe: Probe,
+    ids: BTreeSet<u64>,
+    cpu0: f64,
+    t0: Instant,
+}
+
+impl Attached {
+    fn start(probe_args: &[&str]) -> Result<Self> {
+        let probe = Probe::start(probe_args).context("start probe")?;
+        let ids = bpf_stats::prog_ids_of(probe.pid())?;
+        std::thread::sleep(SETTLE);
+        let cpu0 = procfs::cpu_seconds(probe.pid())?;
+        Ok(Attached { probe, ids, cpu0, t0: Instant::now() })
+    }
+
+    /// Adds the probe's CPU since start and its memory now to `cost`, stops
+    /// it and waits until its programs are gone.
+    fn stop(mut self, cost: &mut ProbeCost) -> Result<()> {
+        let pid = self.probe.pid();
+        cost.cpu_s += procfs::cpu_seconds(pid)? - self.cpu0;
+        cost.wall_s += self.t0.elapsed().as_secs_f64();
+        cost.memory(procfs::memory(pid)?);
+        self.probe.stop()?;
+        // SIGTERM keeps the probe's pinned links; dropping the fixture
+        // detaches them. The next detached run must really be detached.
+        drop(self.probe);
+        bpf_stats::wait_unloaded(&self.ids, Duration::from_secs(5))
     }
 }
 
@@ -89,21 +113,14 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     // The target figure: the probe started and stopped between blocks of
     // one wrk run, rates from what the backends served.
     let blocks = {
-        let mut running: Option<(Probe, BTreeSet<u64>, f64, Instant)> = None;
+        let mut running: Option<Attached> = None;
         let cost = &mut cost;
         let mut set = |attach: bool| -> Result<()> {
             if attach && running.is_none() {
-                let probe = Probe::start(&probe_args).context("start probe")?;
-                let ids = bpf_stats::prog_ids_of(probe.pid())?;
-                std::thread::sleep(SETTLE);
-                let cpu0 = procfs::cpu_seconds(probe.pid())?;
-                running = Some((probe, ids, cpu0, Instant::now()));
+                running = Some(Attached::start(&probe_args)?);
             } else if !attach {
-                if let Some((mut probe, ids, cpu0, t0)) = running.take() {
-                    cost.add_run(&probe, cpu0, t0)?;
-                    probe.stop()?;
-                    drop(probe);
-                    bpf_stats::wait_unloaded(&ids, Duration::from_secs(5))?;
+                if let Some(a) = running.take() {
+                    a.stop(cost)?;
                 }
             }
             Ok(())
@@ -313,9 +330,7 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
 /// programs ride along and the BPF run-time deltas are added to `cost`
 /// (bpf_stats must be on). The probe's CPU and memory count in every run.
 fn attached_run(spec: &WrkSpec, probe_args: &[&str], instrument: bool, cost: &mut ProbeCost) -> Result<WrkResult> {
-    let mut probe = Probe::start(probe_args).context("start probe")?;
-    let pid = probe.pid();
-    let ids = bpf_stats::prog_ids_of(pid)?;
+    let attached = Attached::start(probe_args)?;
     // Attached after the probe's programs, so they run after them on every
     // packet: the same packets, the same hooks.
     let empty = if instrument {
@@ -324,32 +339,19 @@ fn attached_run(spec: &WrkSpec, probe_args: &[&str], instrument: bool, cost: &mu
     } else {
         Vec::new()
     };
-    let mut measured = ids.clone();
+    let mut measured = attached.ids.clone();
     measured.extend(empty.iter().map(|e| e.id));
-    std::thread::sleep(SETTLE);
     let bpf0 = if instrument { bpf_stats::read(&measured)? } else { BTreeMap::new() };
-    let cpu0 = procfs::cpu_seconds(pid)?;
-    let t0 = Instant::now();
     let r = wrk::run(spec);
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu1 = procfs::cpu_seconds(pid)?;
     let bpf1 = if instrument { bpf_stats::read(&measured)? } else { BTreeMap::new() };
     drop(empty);
-    let mem = procfs::memory(pid)?;
-    probe.stop()?;
-    // SIGTERM keeps the probe's pinned links; dropping the fixture detaches
-    // them. The next detached run must really be detached.
-    drop(probe);
-    bpf_stats::wait_unloaded(&ids, Duration::from_secs(5))?;
+    attached.stop(cost)?;
     let r = checked(r?)?;
     for (name, d) in bpf_stats::delta(&bpf0, &bpf1) {
         let t = cost.bpf.entry(name).or_default();
         t.run_time_ns += d.run_time_ns;
         t.run_cnt += d.run_cnt;
     }
-    cost.cpu_s += cpu1 - cpu0;
-    cost.wall_s += wall;
-    cost.memory(mem);
     Ok(r)
 }
 

@@ -6,7 +6,11 @@ use anyhow::{bail, Context, Result};
 /// utime + stime of the whole process, in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read /proc/{pid}/stat"))?;
-    let ticks = parse_stat_ticks(&stat)?;
+    seconds(parse_stat_ticks(&stat)?)
+}
+
+/// Clock ticks (USER_HZ) to seconds.
+fn seconds(ticks: u64) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz <= 0 {
@@ -19,13 +23,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
 /// /proc/stat minus idle and iowait): what the whole machine worked.
 pub fn busy_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
-    let ticks = parse_busy_ticks(&stat)?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz <= 0 {
-        bail!("sysconf(_SC_CLK_TCK) failed");
-    }
-    Ok(ticks as f64 / hz as f64)
+    seconds(parse_busy_ticks(&stat)?)
 }
 
 /// user nice system idle iowait irq softirq steal …: all but idle (4th)
