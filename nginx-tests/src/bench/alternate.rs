@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{median, procfs};
+use super::{median, median_interval95, procfs};
 use super::wrk::{self, WrkResult, WrkSpec};
 
 /// Requests per second served in each block, pair by pair, and what each
@@ -30,14 +30,33 @@ pub struct Alternation {
 }
 
 impl Alternation {
+    /// The per-pair ratios on / off.
+    pub fn ratios(&self) -> Vec<f64> {
+        self.on.iter().zip(&self.off).map(|(a, b)| a / b).collect()
+    }
+
     /// Median of the per-pair ratios on / off.
     pub fn ratio(&self) -> f64 {
-        median(&self.on.iter().zip(&self.off).map(|(a, b)| a / b).collect::<Vec<_>>())
+        median(&self.ratios())
+    }
+
+    /// 95% interval of that median.
+    pub fn ratio_interval(&self) -> Option<(f64, f64)> {
+        median_interval95(&self.ratios())
+    }
+
+    fn cpu_ratios(&self) -> Vec<f64> {
+        self.cpu_us_on.iter().zip(&self.cpu_us_off).map(|(a, b)| a / b).collect()
     }
 
     /// Median of the per-pair ratios of CPU per request, on / off.
     pub fn cpu_ratio(&self) -> f64 {
-        median(&self.cpu_us_on.iter().zip(&self.cpu_us_off).map(|(a, b)| a / b).collect::<Vec<_>>())
+        median(&self.cpu_ratios())
+    }
+
+    /// 95% interval of that median.
+    pub fn cpu_ratio_interval(&self) -> Option<(f64, f64)> {
+        median_interval95(&self.cpu_ratios())
     }
 }
 

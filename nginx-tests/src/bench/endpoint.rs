@@ -19,7 +19,7 @@ use upstreamtop_table::{Capacities, TableReader, TableWriter};
 use super::figures::{Figure, Target};
 use super::wrk::{self, WrkSpec};
 use super::alternate::alternate;
-use super::{median, now_unix_ns, percentile, proxy_setup, synthetic, Settings};
+use super::{median, median_interval95, now_unix_ns, percentile, proxy_setup, synthetic, Settings};
 use crate::nginx::{free_port, Nginx};
 use crate::probe::Probe;
 
@@ -149,8 +149,12 @@ struct PollRuns {
 }
 
 impl PollRuns {
+    fn ratios(&self) -> Vec<f64> {
+        self.with.iter().zip(&self.without).map(|(w, o)| w / o).collect()
+    }
+
     fn ratio(&self) -> f64 {
-        median(&self.with.iter().zip(&self.without).map(|(w, o)| w / o).collect::<Vec<_>>())
+        median(&self.ratios())
     }
 
     fn note(&self, pairs: &str, body: &str) -> String {
@@ -271,6 +275,7 @@ fn polling_probe(s: &Settings) -> Result<Figure> {
     drop(nginx);
     drop(probe);
     Ok(Figure::new(4, "endpoint.poll_ratio", "proxy throughput polled 10/s / not polled (probe's table)", runs.ratio(), "", Target::AtLeast(0.99))
+        .interval(median_interval95(&runs.ratios()))
         .note(runs.note(
             &format!("{} pairs of {} s blocks in one wrk run, rates from what the backends served", s.poll_blocks, s.poll_block.as_secs()),
             &format!("probe attached throughout; {body}"),

@@ -33,6 +33,44 @@ impl Target {
             Target::None => None,
         }
     }
+
+    /// Judged on an interval instead of a point: PASS when all of it meets
+    /// the target, MISS when none of it does, UNSURE in between.
+    fn judge_interval(&self, lo: f64, hi: f64) -> Verdict {
+        match (self.met(lo), self.met(hi)) {
+            (Some(true), Some(true)) => Verdict::Pass,
+            (Some(false), Some(false)) => Verdict::Miss,
+            (Some(_), Some(_)) => Verdict::Unsure,
+            _ => Verdict::Info,
+        }
+    }
+}
+
+/// What a figure says about its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Miss,
+    /// The figure's 95% interval holds values on both sides of the target:
+    /// this run cannot tell (the point value alone would say PASS or MISS
+    /// by the luck of the host's noise).
+    Unsure,
+    /// The measurement failed.
+    Error,
+    /// No target.
+    Info,
+}
+
+impl Verdict {
+    fn word(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => "MISS",
+            Verdict::Unsure => "UNSURE",
+            Verdict::Error => "ERROR",
+            Verdict::Info => "",
+        }
+    }
 }
 
 /// One measured figure. `value: None` means the measurement itself failed
@@ -47,6 +85,10 @@ pub struct Figure {
     pub value: Option<f64>,
     pub unit: String,
     pub target: Target,
+    /// 95% confidence interval of the value, when it is a median of
+    /// independent pairs (see `median_interval95`): the verdict is then
+    /// taken on the interval, not the point.
+    pub interval: Option<(f64, f64)>,
     pub note: String,
 }
 
@@ -59,6 +101,7 @@ impl Figure {
             value: Some(value),
             unit: unit.to_owned(),
             target,
+            interval: None,
             note: String::new(),
         }
     }
@@ -73,29 +116,32 @@ impl Figure {
         self
     }
 
-    /// `Some(true)` PASS, `Some(false)` MISS, `None` no target.
-    pub fn verdict(&self) -> Option<bool> {
-        match (self.value, self.target) {
-            (_, Target::None) => None,
-            (None, _) => Some(false),
-            (Some(v), t) => t.met(v),
-        }
+    /// The value's 95% interval (`None`: too few pairs for one); shown
+    /// in the value column and judged instead of the point.
+    pub fn interval(mut self, interval: Option<(f64, f64)>) -> Self {
+        self.interval = interval;
+        self
     }
 
-    fn verdict_text(&self) -> &'static str {
-        match (self.value, self.verdict()) {
-            (None, _) => "ERROR",
-            (_, Some(true)) => "PASS",
-            (_, Some(false)) => "MISS",
-            (_, None) => "",
+    pub fn verdict(&self) -> Verdict {
+        match (self.value, self.target, self.interval) {
+            (_, Target::None, _) => Verdict::Info,
+            (None, _, _) => Verdict::Error,
+            (Some(_), t, Some((lo, hi))) => t.judge_interval(lo, hi),
+            (Some(v), t, None) => match t.met(v) {
+                Some(true) => Verdict::Pass,
+                Some(false) => Verdict::Miss,
+                None => Verdict::Info,
+            },
         }
     }
 
     fn value_text(&self) -> String {
-        match self.value {
-            Some(v) if self.unit.is_empty() => num(v),
-            Some(v) => format!("{} {}", num(v), self.unit),
-            None => "—".to_owned(),
+        let unit = if self.unit.is_empty() { String::new() } else { format!(" {}", self.unit) };
+        match (self.value, self.interval) {
+            (Some(v), Some((lo, hi))) => format!("{} ({}–{}){unit}", num(v), num(lo), num(hi)),
+            (Some(v), None) => format!("{}{unit}", num(v)),
+            (None, _) => "—".to_owned(),
         }
     }
 }
@@ -126,7 +172,7 @@ pub fn table(figures: &[Figure]) -> String {
                 format!("{}. {}", f.section, f.label),
                 f.value_text(),
                 f.target.text(&f.unit),
-                f.verdict_text().to_owned(),
+                f.verdict().word().to_owned(),
                 f.note.clone(),
             ]
         })
@@ -161,9 +207,15 @@ pub fn table(figures: &[Figure]) -> String {
     for row in &rows {
         line(row);
     }
-    let pass = figures.iter().filter(|f| f.verdict() == Some(true)).count();
-    let miss = figures.iter().filter(|f| f.verdict() == Some(false)).count();
-    let _ = writeln!(out, "{pass} PASS, {miss} MISS/ERROR, {} informational", figures.len() - pass - miss);
+    let count = |v: &[Verdict]| figures.iter().filter(|f| v.contains(&f.verdict())).count();
+    let _ = writeln!(
+        out,
+        "{} PASS, {} MISS/ERROR, {} UNSURE, {} informational (a value in brackets is its 95% interval; UNSURE: the interval spans the target)",
+        count(&[Verdict::Pass]),
+        count(&[Verdict::Miss, Verdict::Error]),
+        count(&[Verdict::Unsure]),
+        count(&[Verdict::Info])
+    );
     out
 }
 
@@ -185,7 +237,14 @@ pub fn to_json(figures: &[Figure], meta: Value) -> Value {
                 "value": f.value,
                 "unit": f.unit,
                 "target": target.map(|v| json!({ "kind": kind, "value": v })),
-                "verdict": match f.verdict() { Some(true) => "pass", Some(false) => "miss", None => "info" },
+                "interval95": f.interval.map(|(lo, hi)| json!([lo, hi])),
+                "verdict": match f.verdict() {
+                    Verdict::Pass => "pass",
+                    Verdict::Miss => "miss",
+                    Verdict::Unsure => "unsure",
+                    Verdict::Error => "error",
+                    Verdict::Info => "info",
+                },
                 "note": f.note,
             })
         })
@@ -199,11 +258,32 @@ mod tests {
 
     #[test]
     fn verdicts_follow_targets_and_failures_miss() {
-        assert_eq!(Figure::new(1, "a", "a", 0.99, "", Target::AtLeast(0.98)).verdict(), Some(true));
-        assert_eq!(Figure::new(1, "a", "a", 41.0, "ns", Target::AtMost(40.0)).verdict(), Some(false));
-        assert_eq!(Figure::new(3, "a", "a", 0.0, "", Target::Equal(0.0)).verdict(), Some(true));
-        assert_eq!(Figure::new(1, "a", "a", 5.0, "", Target::None).verdict(), None);
-        assert_eq!(Figure::failed(1, "a", "a", "", Target::AtMost(1.0), "x").verdict(), Some(false));
+        assert_eq!(Figure::new(1, "a", "a", 0.99, "", Target::AtLeast(0.98)).verdict(), Verdict::Pass);
+        assert_eq!(Figure::new(1, "a", "a", 41.0, "ns", Target::AtMost(40.0)).verdict(), Verdict::Miss);
+        assert_eq!(Figure::new(3, "a", "a", 0.0, "", Target::Equal(0.0)).verdict(), Verdict::Pass);
+        assert_eq!(Figure::new(1, "a", "a", 5.0, "", Target::None).verdict(), Verdict::Info);
+        assert_eq!(Figure::failed(1, "a", "a", "", Target::AtMost(1.0), "x").verdict(), Verdict::Error);
+    }
+
+    #[test]
+    fn an_interval_is_judged_whole() {
+        let ratio = |v: f64, i: (f64, f64)| Figure::new(1, "r", "r", v, "", Target::AtLeast(0.98)).interval(Some(i));
+        assert_eq!(ratio(0.99, (0.981, 1.0)).verdict(), Verdict::Pass);
+        // A median above the target with an interval reaching below it is
+        // not a PASS, and one below it with the interval reaching above it
+        // not a MISS.
+        assert_eq!(ratio(0.99, (0.95, 1.02)).verdict(), Verdict::Unsure);
+        assert_eq!(ratio(0.95, (0.92, 1.01)).verdict(), Verdict::Unsure);
+        assert_eq!(ratio(0.95, (0.93, 0.97)).verdict(), Verdict::Miss);
+        let at_most = Figure::new(4, "p", "p", 4.0, "ms", Target::AtMost(5.0)).interval(Some((3.0, 6.0)));
+        assert_eq!(at_most.verdict(), Verdict::Unsure);
+        // Too few pairs for an interval: the point decides.
+        assert_eq!(ratio(0.99, (0.0, 0.0)).interval(None).verdict(), Verdict::Pass);
+        let t = table(&[ratio(0.95, (0.92, 1.01))]);
+        assert!(t.contains("0.950 (0.920–1.01)") && t.contains("UNSURE") && t.contains("0 PASS, 0 MISS/ERROR, 1 UNSURE"), "{t}");
+        let j = to_json(&[ratio(0.95, (0.92, 1.01))], json!({}));
+        assert_eq!(j["figures"][0]["verdict"], "unsure");
+        assert_eq!(j["figures"][0]["interval95"], json!([0.92, 1.01]));
     }
 
     #[test]

@@ -190,6 +190,36 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// A distribution-free 95% confidence interval for the median of what
+/// `values` were drawn from: the k-th smallest and k-th largest value, k
+/// the largest rank with P(Binomial(n, ½) < k) ≤ 2.5% (the sign test's
+/// interval). Needs no assumption about the shape of the host's noise,
+/// only independent draws. `None` below 6 values, where even the smallest
+/// and largest do not cover 95%.
+pub fn median_interval95(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
+    // ln P(B = i) built up from P(B = 0) = 2^-n, in logs so that a long
+    // run cannot underflow.
+    let mut ln_pmf = -(n as f64) * std::f64::consts::LN_2;
+    let mut below = 0.0; // P(B < k) for the k being tried
+    let mut k = 0;
+    for i in 0..n {
+        let next = below + ln_pmf.exp();
+        if next > 0.025 {
+            break;
+        }
+        below = next;
+        k = i + 1;
+        ln_pmf += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    if k == 0 || 2 * k > n {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    Some((v[k - 1], v[n - k]))
+}
+
 /// Nearest-rank percentile (`q` in 0..=1); NaN when empty.
 pub fn percentile(values: &[f64], q: f64) -> f64 {
     if values.is_empty() {
@@ -212,6 +242,24 @@ pub fn now_unix_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_interval_is_the_sign_test_one() {
+        // n = 12: P(B ≤ 2) = 79/4096 = 1.9%, P(B ≤ 3) = 7.3%: 3rd and 10th
+        // values (96.1% coverage). n = 20: 6th and 15th (95.9%).
+        let twelve: Vec<f64> = (1..=12).rev().map(f64::from).collect();
+        assert_eq!(median_interval95(&twelve), Some((3.0, 10.0)));
+        let twenty: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(median_interval95(&twenty), Some((6.0, 15.0)));
+        // n = 6: only the extremes (P(B = 0) = 1.6%); n = 5: 3.1%, none.
+        let six = [0.9, 1.0, 1.1, 0.95, 1.05, 0.97];
+        assert_eq!(median_interval95(&six), Some((0.9, 1.1)));
+        assert_eq!(median_interval95(&six[..5]), None);
+        assert_eq!(median_interval95(&[]), None);
+        // Long runs do not underflow: n = 2000 gives ranks 956 and 1045.
+        let long: Vec<f64> = (1..=2000).map(f64::from).collect();
+        assert_eq!(median_interval95(&long), Some((956.0, 1045.0)));
+    }
 
     #[test]
     fn median_and_percentile() {

@@ -169,9 +169,11 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     anyhow::ensure!(problems.is_empty(), "nginx error log: {problems:?}");
 
     let mut f = Vec::new();
-    let block_ratios: Vec<f64> = blocks.on.iter().zip(&blocks.off).map(|(a, d)| a / d).collect();
+    let block_ratios = blocks.ratios();
     f.push(
-        Figure::new(1, "overhead.throughput_ratio", "proxy throughput attached/detached", blocks.ratio(), "", Target::AtLeast(0.98)).note(
+        Figure::new(1, "overhead.throughput_ratio", "proxy throughput attached/detached", blocks.ratio(), "", Target::AtLeast(0.98))
+            .interval(blocks.ratio_interval())
+            .note(
             format!(
                 "median of {} pairs of {} s blocks in one wrk run (the probe started and stopped between blocks, not timed), rates from what the backends served; quartiles {}–{}; pair ratios {}",
                 s.overhead_blocks,
@@ -184,6 +186,7 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     );
     f.push(
         Figure::new(1, "overhead.cpu_per_request_ratio", "CPU per request (whole machine) attached/detached", blocks.cpu_ratio(), "", Target::None)
+            .interval(blocks.cpu_ratio_interval())
             .note(format!(
                 "same blocks; busy CPU of all CPUs from /proc/stat per request the backends served: {:.1} vs {:.1} µs (medians)",
                 median(&blocks.cpu_us_on),
