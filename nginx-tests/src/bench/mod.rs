@@ -72,6 +72,32 @@ pub fn check_interrupt() -> Result<()> {
     Ok(())
 }
 
+/// What part 1's "attached" blocks attach. Anything but the probe is a
+/// check of the method, reported without a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attach {
+    /// upstreamtop-probe, as users run it.
+    Probe,
+    /// A two-instruction tcx program on each of lo's hooks: what the hooks
+    /// themselves cost, whatever program runs in them.
+    Empty,
+    /// Nothing: the probe is started and stopped before each "attached"
+    /// block (untimed), as in the real case, but nothing is attached
+    /// during it. An A/A check: the ratio should come out at 1.
+    Nothing,
+}
+
+impl Attach {
+    /// How the blocks were switched, for the figure's note.
+    pub fn switch(self) -> &'static str {
+        match self {
+            Attach::Probe => "the probe started and stopped between blocks, not timed",
+            Attach::Empty => "CHECK: empty tcx programs on lo's two hooks attached and detached between blocks, no probe",
+            Attach::Nothing => "A/A CHECK: the probe started and stopped before each \"attached\" block, nothing attached during it",
+        }
+    }
+}
+
 /// How long and how big each part runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -85,6 +111,8 @@ pub struct Settings {
     /// figure), and how long a block lasts.
     pub overhead_blocks: usize,
     pub overhead_block: Duration,
+    /// What those "attached" blocks attach.
+    pub attach: Attach,
     /// Polled/not-polled block pairs within one wrk run (part 4's target
     /// figure), and how long a block lasts.
     pub poll_blocks: usize,
@@ -119,6 +147,7 @@ impl Settings {
             instrumented_runs: 3,
             overhead_blocks: 12,
             overhead_block: Duration::from_secs(4),
+            attach: Attach::Probe,
             poll_blocks: 20,
             poll_block: Duration::from_secs(2),
             exact_run: Duration::from_secs(5),

@@ -39,6 +39,16 @@ struct Args {
     /// Override the length of one run of a pair, in seconds.
     #[arg(long)]
     run_secs: Option<u64>,
+    /// Override the number of attached/detached block pairs of part 1's
+    /// target figure (12; more pairs narrow its 95% interval).
+    #[arg(long)]
+    blocks: Option<usize>,
+    /// What part 1's "attached" blocks attach: the probe, or for checking
+    /// the method, empty tcx programs (the hooks' own cost) or nothing (the
+    /// probe started and stopped before the block: an A/A check). Anything
+    /// but the probe is reported without a target.
+    #[arg(long, value_enum, default_value_t = bench::Attach::Probe)]
+    attach: bench::Attach,
     #[command(subcommand)]
     mode: Option<Mode>,
 }
@@ -107,6 +117,10 @@ fn run() -> Result<()> {
     if let Some(secs) = args.run_secs.filter(|s| *s > 0) {
         s.run = std::time::Duration::from_secs(secs);
     }
+    if let Some(blocks) = args.blocks.filter(|b| *b > 0) {
+        s.overhead_blocks = blocks;
+    }
+    s.attach = args.attach;
     // A smoke run must not overwrite the figures of the last full run.
     let file = if s.quick { "quick.json" } else { "latest.json" };
     let out = args.out.unwrap_or_else(|| artifacts::target_dir().join("bench").join(file));
