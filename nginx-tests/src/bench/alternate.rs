@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{median, median_interval95, procfs};
+use super::{median, median_interval95, pair_ratios, procfs};
 use super::wrk::{self, WrkResult, WrkSpec};
 
 /// Requests per second served in each block, pair by pair, and what each
@@ -32,7 +32,7 @@ pub struct Alternation {
 impl Alternation {
     /// The per-pair ratios on / off.
     pub fn ratios(&self) -> Vec<f64> {
-        self.on.iter().zip(&self.off).map(|(a, b)| a / b).collect()
+        pair_ratios(&self.on, &self.off)
     }
 
     /// Median of the per-pair ratios on / off.
@@ -46,7 +46,7 @@ impl Alternation {
     }
 
     fn cpu_ratios(&self) -> Vec<f64> {
-        self.cpu_us_on.iter().zip(&self.cpu_us_off).map(|(a, b)| a / b).collect()
+        pair_ratios(&self.cpu_us_on, &self.cpu_us_off)
     }
 
     /// Median of the per-pair ratios of CPU per request, on / off.

@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use upstreamtop_report::{build_report, render_json, NginxConfig, Query};
+use upstreamtop_report::{build_report, render_json, render_prometheus, NginxConfig, Query, Report};
 use upstreamtop_table::{Capacities, TableReader, TableWriter};
 
-use super::figures::{Figure, Target};
+use super::figures::{num, Figure, Target};
 use super::wrk::{self, WrkSpec};
 use super::alternate::alternate;
-use super::{median, median_interval95, now_unix_ns, percentile, proxy_setup, synthetic, Settings};
+use super::{median, median_interval95, now_unix_ns, pair_ratios, percentile, proxy_setup, synthetic, Settings};
 use crate::nginx::{free_port, Nginx};
 use crate::probe::Probe;
 
@@ -89,7 +89,7 @@ fn render_times(table: &Path, renders: usize) -> Result<Vec<Figure>> {
     anyhow::ensure!(report.peers_truncated + report.routes_truncated == 0, "synthetic table truncated: {report:?}");
     let conf = NginxConfig { nginx_version: "bench".into(), ..Default::default() };
     let mut reader = TableReader::new(table);
-    let mut timed = |query: &Query| -> Result<(Vec<f64>, usize)> {
+    let mut timed = |query: &Query, render: &dyn Fn(&Report, &Query) -> String| -> Result<(Vec<f64>, usize)> {
         let (mut times, mut bytes) = (Vec::with_capacity(renders), 0);
         for _ in 0..renders {
             let t = Instant::now();
@@ -97,15 +97,19 @@ fn render_times(table: &Path, renders: usize) -> Result<Vec<Figure>> {
             // decode, as after each publish.
             let snap = reader.snapshot().map_err(|e| anyhow::anyhow!("{e}"))?;
             let report = build_report(&snap, &conf, query, now_unix_ns());
-            let json = render_json(&report);
+            let body = render(&report, query);
             times.push(t.elapsed().as_secs_f64() * 1000.0);
-            bytes = json.len();
-            std::hint::black_box(json);
+            bytes = body.len();
+            std::hint::black_box(body);
         }
         Ok((times, bytes))
     };
-    let (times, bytes) = timed(&Query::default())?;
-    let (times16, bytes16) = timed(&all_routes())?;
+    let json = |r: &Report, _: &Query| render_json(r);
+    let (times, bytes) = timed(&Query::default(), &json)?;
+    let (times16, bytes16) = timed(&all_routes(), &json)?;
+    // ?format=prometheus takes this path in the module too (the table's
+    // view made into a snapshot, then build_report).
+    let (prom, prom_bytes) = timed(&Query::default(), &render_prometheus)?;
     let what = "TableReader::snapshot + build_report + render_json";
 
     // What the module itself does per publish (reads the table in place and
@@ -131,6 +135,12 @@ fn render_times(table: &Path, renders: usize) -> Result<Vec<Figure>> {
         Figure::new(4, "endpoint.snapshot_render_p99_ms", "render p99, snapshot path (1,000 × 16)", percentile(&times, 0.99), "ms", Target::AtMost(5.0)),
         Figure::new(4, "endpoint.snapshot_render16_p99_ms", "render p99, snapshot path, ?routes=16", percentile(&times16, 0.99), "ms", Target::None)
             .note(format!("{} KiB JSON", bytes16 / 1024)),
+        Figure::new(4, "endpoint.prometheus_p99_ms", "render p99, ?format=prometheus (1,000 × 16)", percentile(&prom, 0.99), "ms", Target::None)
+            .note(format!(
+                "{renders} renders: TableReader::snapshot + build_report + render_prometheus (the module's path for it); p50 {} ms, {} KiB of text",
+                num(percentile(&prom, 0.5)),
+                prom_bytes / 1024
+            )),
     ])
 }
 
@@ -150,7 +160,7 @@ struct PollRuns {
 
 impl PollRuns {
     fn ratios(&self) -> Vec<f64> {
-        self.with.iter().zip(&self.without).map(|(w, o)| w / o).collect()
+        pair_ratios(&self.with, &self.without)
     }
 
     fn ratio(&self) -> f64 {

@@ -219,6 +219,11 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// `on[i] / off[i]`, pair by pair.
+pub fn pair_ratios(on: &[f64], off: &[f64]) -> Vec<f64> {
+    on.iter().zip(off).map(|(a, b)| a / b).collect()
+}
+
 /// A distribution-free 95% confidence interval for the median of what
 /// `values` were drawn from: the k-th smallest and k-th largest value, k
 /// the largest rank with P(Binomial(n, ½) < k) ≤ 2.5% (the sign test's
@@ -241,7 +246,7 @@ pub fn median_interval95(values: &[f64]) -> Option<(f64, f64)> {
         k = i + 1;
         ln_pmf += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
     }
-    if k == 0 || 2 * k > n {
+    if k == 0 {
         return None;
     }
     let mut v = values.to_vec();
