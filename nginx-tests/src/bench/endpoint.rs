@@ -132,7 +132,10 @@ fn render_times(table: &Path, renders: usize) -> Result<Vec<Figure>> {
         Figure::new(4, "endpoint.cached_p99_ms", "answer p99 within a publish (module's cached body)", ms(cached99), "ms", Target::None),
         Figure::new(4, "endpoint.snapshot_render_p50_ms", "render p50, snapshot path (1,000 × 16)", percentile(&times, 0.5), "ms", Target::None)
             .note(format!("{renders} renders: {what}; default query (top 10 routes), {} KiB JSON", bytes / 1024)),
-        Figure::new(4, "endpoint.snapshot_render_p99_ms", "render p99, snapshot path (1,000 × 16)", percentile(&times, 0.99), "ms", Target::AtMost(5.0)),
+        // The target is the module path's: JSON answers render from the
+        // view. This path is the reference the view renderer is tested
+        // against, and what ?format=prometheus builds on (timed below).
+        Figure::new(4, "endpoint.snapshot_render_p99_ms", "render p99, snapshot path (1,000 × 16)", percentile(&times, 0.99), "ms", Target::None),
         Figure::new(4, "endpoint.snapshot_render16_p99_ms", "render p99, snapshot path, ?routes=16", percentile(&times16, 0.99), "ms", Target::None)
             .note(format!("{} KiB JSON", bytes16 / 1024)),
         Figure::new(4, "endpoint.prometheus_p99_ms", "render p99, ?format=prometheus (1,000 × 16)", percentile(&prom, 0.99), "ms", Target::None)
