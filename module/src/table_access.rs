@@ -168,9 +168,8 @@ fn render(view: &SnapshotView, key: &Key, now: u64, spare: &mut Vec<u8>) -> (Bod
     if key.prometheus {
         // Prometheus scrapes are rare next to dashboard polls: the report
         // path is fast enough, and render_prometheus works on a Report.
-        let report = upstreamtop_report::build_report(&view.to_snapshot(), &key.conf, &key.query, now);
         let reusable = view.peers().all(|p| p.history_len() > 0);
-        let text = upstreamtop_report::render_prometheus(&report, &key.query);
+        let text = upstreamtop_report::render_prometheus_snapshot(&view.to_snapshot(), &key.conf, &key.query, now);
         (Body::Prometheus(Rc::new(text)), reusable)
     } else {
         let json = upstreamtop_report::render_view_json_into(view, &key.conf, &key.query, now, std::mem::take(spare));

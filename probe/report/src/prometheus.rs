@@ -19,7 +19,9 @@
 use std::collections::HashSet;
 use std::fmt::Write;
 
-use crate::config::Query;
+use upstreamtop_table::Snapshot;
+
+use crate::config::{NginxConfig, Query};
 use crate::model::{Peer, Report};
 
 /// `le` labels matching [`crate::model::HEADER_TIME_LE_NS`], in seconds.
@@ -48,6 +50,15 @@ const LAST_PUBLISH_HELP: &str = "When the probe last published its table (Unix t
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// [`render_prometheus`] of [`build_report`](crate::build_report) for a
+/// snapshot: what the module answers `?format=prometheus` with. The report
+/// is built without its per-peer history arrays, which no series uses
+/// (about a seventh of `build_report`'s time at a thousand peers).
+pub fn render_prometheus_snapshot(snap: &Snapshot, conf: &NginxConfig, query: &Query, now_unix_ns: u64) -> String {
+    let lean = Query { history: false, ..query.clone() };
+    render_prometheus(&crate::build_report(snap, conf, &lean, now_unix_ns), query)
 }
 
 /// Renders the report. `query.route_labels` decides whether per-route

@@ -448,9 +448,9 @@ fn restamp(j: &ViewJson, now: u64) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn view_json_matches_the_report_path() {
-    let mut t = Table::new("viewjson");
+/// Snapshots, configurations and queries that the fast paths are held to
+/// the report path on.
+fn report_path_cases() -> (Vec<Snapshot>, Vec<NginxConfig>, Vec<Query>) {
     let mut odd = snapshot();
     // Hostile strings, codes out of order / not three digits / repeated,
     // codes_other, two "other" buckets, a peer without history, and the
@@ -492,10 +492,33 @@ fn view_json_matches_the_report_path() {
     let mut quarter = snapshot();
     quarter.meta.interval_ns = 250_000_000;
     quarter.peers[0].history.push(HistorySample { requests: 7, errors_5xx: 3, conn_failed: 0, latency_p99_us: 1234 });
-    for s in [snapshot(), odd, quarter, big_snapshot()] {
-        for conf in [config(), NginxConfig::default(), dup_group.clone()] {
+    (vec![snapshot(), odd, quarter, big_snapshot()], vec![config(), NginxConfig::default(), dup_group], queries.to_vec())
+}
+
+#[test]
+fn view_json_matches_the_report_path() {
+    let mut t = Table::new("viewjson");
+    let (snaps, confs, queries) = report_path_cases();
+    for s in &snaps {
+        for conf in &confs {
             for q in &queries {
-                same_as_report(&mut t, &s, &conf, q, NOW);
+                same_as_report(&mut t, s, conf, q, NOW);
+            }
+        }
+    }
+}
+
+#[test]
+fn prometheus_snapshot_matches_the_full_report() {
+    // Built without history arrays, and with them: the same text, for
+    // queries with and without history and route labels.
+    let (snaps, confs, mut queries) = report_path_cases();
+    queries.push(Query { route_labels: false, ..Query::default() });
+    for s in &snaps {
+        for conf in &confs {
+            for q in &queries {
+                let full = render_prometheus(&build_report(s, conf, q, NOW), q);
+                assert_eq!(render_prometheus_snapshot(s, conf, q, NOW), full, "{q:?}");
             }
         }
     }
