@@ -167,9 +167,10 @@ fn recycle(spare: &mut Vec<u8>, body: Body) {
 fn render(view: &SnapshotView, key: &Key, now: u64, spare: &mut Vec<u8>) -> (Body, bool) {
     if key.prometheus {
         // Prometheus scrapes are rare next to dashboard polls: the report
-        // path is fast enough, and render_prometheus works on a Report.
+        // path (from a snapshot of what the series read) is fast enough,
+        // and render_prometheus works on a Report.
         let reusable = view.peers().all(|p| p.history_len() > 0);
-        let text = upstreamtop_report::render_prometheus_snapshot(&view.to_snapshot(), &key.conf, &key.query, now);
+        let text = upstreamtop_report::render_prometheus_view(view, &key.conf, &key.query, now);
         (Body::Prometheus(Rc::new(text)), reusable)
     } else {
         let json = upstreamtop_report::render_view_json_into(view, &key.conf, &key.query, now, std::mem::take(spare));

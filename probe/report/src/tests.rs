@@ -509,16 +509,22 @@ fn view_json_matches_the_report_path() {
 }
 
 #[test]
-fn prometheus_snapshot_matches_the_full_report() {
-    // Built without history arrays, and with them: the same text, for
-    // queries with and without history and route labels.
+fn prometheus_lean_paths_match_the_full_report() {
+    // From a report built without history arrays, and from the view's lean
+    // snapshot: the same text as the full report of the whole snapshot, for
+    // queries with and without history, routes and route labels.
+    let mut t = Table::new("prometheus");
     let (snaps, confs, mut queries) = report_path_cases();
     queries.push(Query { route_labels: false, ..Query::default() });
     for s in &snaps {
+        t.writer.publish(s).unwrap();
+        let view = t.reader.view_unless(None).unwrap().unwrap();
+        let whole = view.to_snapshot();
         for conf in &confs {
             for q in &queries {
-                let full = render_prometheus(&build_report(s, conf, q, NOW), q);
-                assert_eq!(render_prometheus_snapshot(s, conf, q, NOW), full, "{q:?}");
+                let full = render_prometheus(&build_report(&whole, conf, q, NOW), q);
+                assert_eq!(render_prometheus_snapshot(&whole, conf, q, NOW), full, "{q:?}");
+                assert_eq!(render_prometheus_view(&view, conf, q, NOW), full, "{q:?}");
             }
         }
     }
