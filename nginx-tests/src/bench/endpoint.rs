@@ -136,8 +136,8 @@ fn render_times(table: &Path, renders: usize) -> Result<Vec<Figure>> {
         Figure::new(4, "endpoint.snapshot_render_p50_ms", "render p50, snapshot path (1,000 × 16)", percentile(&times, 0.5), "ms", Target::None)
             .note(format!("{renders} renders: {what}; default query (top 10 routes), {} KiB JSON", bytes / 1024)),
         // The target is the module path's: JSON answers render from the
-        // view. This path is the reference the view renderer is tested
-        // against, and what ?format=prometheus builds on (timed below).
+        // view. This path is the reference the view renderers (JSON, and
+        // Prometheus timed below) are tested against.
         Figure::new(4, "endpoint.snapshot_render_p99_ms", "render p99, snapshot path (1,000 × 16)", percentile(&times, 0.99), "ms", Target::None),
         Figure::new(4, "endpoint.snapshot_render16_p99_ms", "render p99, snapshot path, ?routes=16", percentile(&times16, 0.99), "ms", Target::None)
             .note(format!("{} KiB JSON", bytes16 / 1024)),
