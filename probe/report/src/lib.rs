@@ -27,7 +27,7 @@ pub use build::{build_report, stale, stale_after_ns, stale_age_s, stale_age_s_me
 pub use config::{NginxConfig, Query, ServerConf, UpstreamConf};
 pub use json::{render_json, unavailable_json};
 pub use model::Report;
-pub use prometheus::{render_prometheus, render_prometheus_snapshot, render_prometheus_view, unavailable_prometheus};
+pub use prometheus::{render_prometheus, render_prometheus_view, unavailable_prometheus};
 pub use query::parse_query;
 pub use view_json::{render_view_json, render_view_json_into, Piece, ViewJson};
 

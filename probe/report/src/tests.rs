@@ -523,7 +523,7 @@ fn prometheus_lean_paths_match_the_full_report() {
         for conf in &confs {
             for q in &queries {
                 let full = render_prometheus(&build_report(&whole, conf, q, NOW), q);
-                assert_eq!(render_prometheus_snapshot(&whole, conf, q, NOW), full, "{q:?}");
+                assert_eq!(crate::prometheus::render_prometheus_snapshot(&whole, conf, q, NOW), full, "{q:?}");
                 assert_eq!(render_prometheus_view(&view, conf, q, NOW), full, "{q:?}");
             }
         }
