@@ -142,8 +142,17 @@ pub const RECENT_REC_SIZE: usize = 8 // unix_ns
 pub const HISTORY_REC_SIZE: usize = 16;
 
 /// Largest slot we agree to create or read (guards against absurd capacities
-/// and hostile headers alike).
+/// and hostile headers alike). 65,536 peers (`--max-peers`' own limit) with
+/// the default routes and 60 history samples take ~244 MiB, so the probe's
+/// defaults fit at any peer count (a longer history at that many peers is
+/// refused at start); a reader's buffer never grows past this.
 pub const MAX_SLOT_SIZE: u64 = 256 << 20;
+
+/// Largest table file a reader accepts (header + two slots of
+/// [`MAX_SLOT_SIZE`], 512 MiB + 4 KiB). A file must also be exactly the size
+/// its header's capacities imply; this cap is checked first, on the open
+/// descriptor, before anything is read.
+pub const MAX_FILE_SIZE: u64 = HEADER_SIZE + 2 * MAX_SLOT_SIZE;
 
 /// Largest pool for these capacities: every route's longest strings and
 /// every bucket of every peer.

@@ -14,11 +14,21 @@
 //! the slot checksum. After [`MAX_ATTEMPTS`] tries the answer is
 //! [`ReadError::Busy`]. The probe replaces the file by rename when it
 //! restarts, so the reader re-opens when the path's inode changes.
+//!
+//! Whatever sits at the path is untrusted: the reader opens it
+//! `O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC` and reads it only if the
+//! open descriptor is a regular file, so a FIFO swapped in cannot block a
+//! worker and a symlink is not followed ([`ReadError::NotRegular`]). A file
+//! larger than [`MAX_FILE_SIZE`], or of another size than its header's
+//! capacities imply, is refused before anything but the header is read,
+//! so no file makes a reader allocate more than one slot of at most
+//! [`MAX_SLOT_SIZE`]; a buffer grown for a file that then turned out bad
+//! is released.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::{self, File, FileType, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -44,6 +54,9 @@ pub enum ReadError {
     Busy(PathBuf),
     /// The probe created the table but has not published into it yet.
     NotPublished(PathBuf),
+    /// Something other than a regular file is at the path (`what`: "a
+    /// FIFO", "a symbolic link", ...): refused without reading it.
+    NotRegular { path: PathBuf, what: &'static str },
 }
 
 impl fmt::Display for ReadError {
@@ -65,6 +78,9 @@ impl fmt::Display for ReadError {
                 p.display()
             ),
             ReadError::NotPublished(p) => write!(f, "probe starting: table {} not published yet", p.display()),
+            ReadError::NotRegular { path, what } => {
+                write!(f, "table {} is {what}, not a regular file: refused", path.display())
+            }
         }
     }
 }
@@ -142,6 +158,53 @@ impl From<ReadError> for Attempt {
     fn from(e: ReadError) -> Self {
         Attempt::Fail(e)
     }
+}
+
+/// What a non-regular file is, for [`ReadError::NotRegular`].
+fn file_kind(t: FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
+}
+
+fn io_error(path: &Path, e: io::Error) -> ReadError {
+    match e.kind() {
+        io::ErrorKind::NotFound => ReadError::Missing(path.to_owned()),
+        io::ErrorKind::UnexpectedEof => ReadError::Truncated(path.to_owned()),
+        _ => ReadError::Io(path.to_owned(), e.to_string()),
+    }
+}
+
+/// Opens the table at `path` for reading, and only a regular file:
+/// `O_NONBLOCK` so that a FIFO (or a device) swapped in after the caller
+/// looked cannot block the open, `O_NOFOLLOW` so that a symlink is refused
+/// (`ELOOP`) rather than followed, `O_CLOEXEC` so that no child of an nginx
+/// worker inherits it. The type is checked on the open descriptor (fstat),
+/// which is what is read from then on.
+pub(crate) fn open_table(path: &Path) -> Result<(File, fs::Metadata), ReadError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => ReadError::NotRegular { path: path.to_owned(), what: "a symbolic link" },
+            _ => io_error(path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| io_error(path, e))?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular { path: path.to_owned(), what: file_kind(meta.file_type()) });
+    }
+    Ok((file, meta))
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -234,16 +297,13 @@ impl TableReader {
     }
 
     fn io_err(&self, e: io::Error) -> ReadError {
-        match e.kind() {
-            io::ErrorKind::NotFound => ReadError::Missing(self.path.clone()),
-            io::ErrorKind::UnexpectedEof => ReadError::Truncated(self.path.clone()),
-            _ => ReadError::Io(self.path.clone(), e.to_string()),
-        }
+        io_error(&self.path, e)
     }
 
     /// Opens the file, or re-opens it when the path now names another inode.
     fn ensure_open(&mut self) -> Result<(), ReadError> {
-        let meta = match fs::metadata(&self.path) {
+        // lstat: a symlink swapped in at the path is seen as what it is.
+        let meta = match fs::symlink_metadata(&self.path) {
             Ok(m) => m,
             Err(e) => {
                 self.open = None;
@@ -256,18 +316,22 @@ impl TableReader {
             }
         }
         self.open = None;
-        // Refuse anything but a regular file before opening: opening a FIFO
-        // would block the worker.
+        // Anything but a regular file is refused without opening it
+        // (opening some devices has side effects); open_table checks again
+        // on the descriptor, in case the path changed in between.
         if !meta.is_file() {
-            return Err(self.corrupt("not a regular file"));
+            return Err(ReadError::NotRegular { path: self.path.clone(), what: file_kind(meta.file_type()) });
         }
-        let file = File::open(&self.path).map_err(|e| self.io_err(e))?;
-        let meta = file.metadata().map_err(|e| self.io_err(e))?;
-        if !meta.is_file() {
-            return Err(ReadError::Corrupt(self.path.clone(), "not a regular file".into()));
-        }
+        let (file, meta) = open_table(&self.path)?;
         self.open = Some(OpenTable { file, dev: meta.dev(), ino: meta.ino() });
         Ok(())
+    }
+
+    /// Capacity of the reused slot buffer (tests check that a hostile
+    /// file did not make it grow).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     fn file(&self) -> Result<&File, ReadError> {
@@ -280,7 +344,12 @@ impl TableReader {
 
     fn read_header(&self) -> Result<Header, ReadError> {
         let file = self.file()?;
+        // fstat of the open descriptor: the file being read, whatever the
+        // path names by now.
         let len = file.metadata().map_err(|e| self.io_err(e))?.len();
+        if len > MAX_FILE_SIZE {
+            return Err(self.corrupt(format!("file is {len} bytes, more than any table (at most {MAX_FILE_SIZE})")));
+        }
         let mut h = [0u8; HEADER_READ];
         let n = read_up_to(file, &mut h, 0).map_err(|e| self.io_err(e))?;
         if n < 8 || h[H_MAGIC..H_MAGIC + 8] != MAGIC {
@@ -324,8 +393,12 @@ impl TableReader {
             active: u64_at(&h, H_ACTIVE),
             seq: [u64_at(&h, H_SEQ[0]), u64_at(&h, H_SEQ[1])],
         };
-        let want_slot = slot_size(hd.max_peers, hd.max_routes, hd.max_recent, hd.history_len)
-            .ok_or_else(|| self.corrupt("capacities too large"))?;
+        let want_slot = slot_size(hd.max_peers, hd.max_routes, hd.max_recent, hd.history_len).ok_or_else(|| {
+            self.corrupt(format!(
+                "capacities ({} peers, {} routes, {} recent, history {}) need slots over {MAX_SLOT_SIZE} bytes",
+                hd.max_peers, hd.max_routes, hd.max_recent, hd.history_len
+            ))
+        })?;
         if hd.slot_size != want_slot
             || hd.slot_off[0] != HEADER_SIZE
             || hd.slot_off[1] != HEADER_SIZE + want_slot
@@ -380,7 +453,11 @@ impl TableReader {
             }
             Ok(Fresh::Copied(Verified { id, stride: hd.history_len, len }))
         });
-        self.buf = buf;
+        // A file refused after its slot was copied (a hostile one can claim
+        // a slot of up to MAX_SLOT_SIZE) does not keep that memory.
+        if !matches!(res, Err(Attempt::Fail(_))) {
+            self.buf = buf;
+        }
         res
     }
 

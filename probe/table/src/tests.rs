@@ -156,14 +156,29 @@ fn round_trip_at_full_capacity() {
     assert_eq!(r.snapshot().unwrap(), empty);
 }
 
+/// Names of the entries of `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn file_and_directory_modes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/table");
-    TableWriter::create(&path, CAPS).unwrap();
-    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+    let mut w = TableWriter::create(&path, CAPS).unwrap();
     assert_eq!(fs::metadata(dir.path().join("a/b")).unwrap().permissions().mode() & 0o777, 0o755);
-    assert_eq!(fs::read_dir(dir.path().join("a/b")).unwrap().count(), 1, "no temp file left behind");
+    // Built under a hidden temporary name, 0644 from the start.
+    let tmp = entries(&dir.path().join("a/b"));
+    assert_eq!(tmp.len(), 1, "{tmp:?}");
+    assert!(tmp[0].starts_with(&format!(".table.{}.", std::process::id())) && tmp[0].ends_with(".tmp"), "{tmp:?}");
+    assert_eq!(fs::metadata(dir.path().join("a/b").join(&tmp[0])).unwrap().permissions().mode() & 0o777, 0o644);
+    assert!(!path.exists() && !w.is_published());
+    w.publish(&full_snapshot()).unwrap();
+    assert!(w.is_published());
+    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(entries(&dir.path().join("a/b")), ["table"], "no temp file left behind");
 }
 
 #[test]
@@ -230,10 +245,18 @@ fn missing_and_unpublished() {
     let e = r.snapshot().unwrap_err();
     assert_eq!(e, ReadError::Missing(path.clone()));
     assert_eq!(e.to_string(), format!("probe not running: {} missing", path.display()));
+    // Nothing shows at the path before the first publish.
     let mut w = TableWriter::create(&path, CAPS).unwrap();
-    assert_eq!(r.snapshot().unwrap_err(), ReadError::NotPublished(path.clone()));
+    assert_eq!(r.snapshot().unwrap_err(), ReadError::Missing(path.clone()));
     w.publish(&full_snapshot()).unwrap();
     assert!(r.snapshot().is_ok());
+    // A table whose header says nothing was published yet.
+    let mut b = fs::read(&path).unwrap();
+    for off in [H_ACTIVE, H_SEQ[0], H_SEQ[1]] {
+        b[off..off + 8].fill(0);
+    }
+    fs::write(&path, &b).unwrap();
+    assert_eq!(r.snapshot().unwrap_err(), ReadError::NotPublished(path.clone()));
     fs::remove_file(&path).unwrap();
     assert_eq!(r.snapshot().unwrap_err(), ReadError::Missing(path.clone()));
 }
@@ -245,10 +268,10 @@ fn special_files_never_block() {
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
     if made {
         let e = TableReader::new(&fifo).snapshot().unwrap_err();
-        assert_eq!(e, ReadError::Corrupt(fifo.clone(), "not a regular file".into()));
+        assert_eq!(e, ReadError::NotRegular { path: fifo.clone(), what: "a FIFO" });
     }
     let e = TableReader::new(dir.path()).snapshot().unwrap_err();
-    assert!(matches!(e, ReadError::Corrupt(..)), "{e}");
+    assert_eq!(e, ReadError::NotRegular { path: dir.path().to_owned(), what: "a directory" });
 }
 
 fn publish_one(path: &Path) -> Vec<u8> {
@@ -534,7 +557,8 @@ fn reopens_when_the_file_is_replaced() {
     // A probe restart: new file, other capacities, renamed over the old one.
     let caps2 = Capacities { max_peers: 100, ..CAPS };
     let mut w2 = TableWriter::create(&path, caps2).unwrap();
-    assert_eq!(r.snapshot().unwrap_err(), ReadError::NotPublished(path.clone()));
+    // Until the new writer publishes, the old table is what readers see.
+    assert_eq!(r.snapshot().unwrap().meta.publish_seq, 1);
     w2.publish(&derived(2)).unwrap();
     assert_eq!(r.snapshot().unwrap().meta.publish_seq, 2);
     assert_ne!(r.generation(), g1);
@@ -584,7 +608,7 @@ fn latest_shares_until_the_next_publish() {
     let path = dir.path().join("table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     let mut r = TableReader::new(&path);
-    assert_eq!(r.latest().unwrap_err(), ReadError::NotPublished(path.clone()));
+    assert_eq!(r.latest().unwrap_err(), ReadError::Missing(path.clone()));
     w.publish(&derived(1)).unwrap();
     let a = r.latest().unwrap();
     let b = r.latest().unwrap();
@@ -608,7 +632,7 @@ fn view_shows_what_snapshot_decodes() {
     let path = dir.path().join("table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     let mut r = TableReader::new(&path);
-    assert_eq!(r.view_unless(None).unwrap_err(), ReadError::NotPublished(path.clone()));
+    assert_eq!(r.view_unless(None).unwrap_err(), ReadError::Missing(path.clone()));
     for snap in [full_snapshot(), derived(1), derived(2), derived(7), Snapshot { meta: meta(), ..Snapshot::default() }] {
         w.publish(&snap).unwrap();
         let decoded = r.snapshot().unwrap();
@@ -633,4 +657,385 @@ fn view_shows_what_snapshot_decodes() {
         w.publish(&snap).unwrap();
         assert_ne!(r.view_unless(Some(id)).unwrap().unwrap().id(), id);
     }
+}
+
+// ---- Hostile things at the table path, and a writer that trusts only itself ----
+
+/// Runs `f` on its own thread and fails the test if it takes longer than
+/// `secs` (a reader that blocks would otherwise hang the test run; the
+/// stuck thread dies with the test process).
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {secs} s (blocked?)"),
+    }
+}
+
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo {}: {}", path.display(), std::io::Error::last_os_error());
+}
+
+fn header_u64(path: &Path, off: usize) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 8];
+    fs::File::open(path).unwrap().read_exact_at(&mut b, off as u64).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Writes `v` at `off` of the file in place (same inode), as another
+/// process editing the table would.
+fn poke_u64(path: &Path, off: u64, v: u64) {
+    use std::os::unix::fs::FileExt;
+    fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(&v.to_le_bytes(), off).unwrap();
+}
+
+#[test]
+fn fifo_at_the_path_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    mkfifo(&path);
+    // No process has the FIFO open for writing: a blocking open for
+    // reading would wait forever.
+    let p = path.clone();
+    let (snap, view, opened) = within(10, "reader on a FIFO", move || {
+        let mut r = TableReader::new(&p);
+        let snap = r.snapshot().map(|_| ()).unwrap_err();
+        let view = r.view_unless(None).map(|_| ()).unwrap_err();
+        // The descriptor-level check, as when the FIFO is swapped in
+        // between the reader's lstat and its open.
+        let opened = crate::reader::open_table(&p).map(|_| ()).unwrap_err();
+        (snap, view, opened)
+    });
+    let want = ReadError::NotRegular { path: path.clone(), what: "a FIFO" };
+    assert_eq!((&snap, &view, &opened), (&want, &want, &want));
+    assert_eq!(snap.to_string(), format!("table {} is a FIFO, not a regular file: refused", path.display()));
+
+    // Swapped in by rename over a table the reader already has open.
+    fs::remove_file(&path).unwrap();
+    publish_one(&path);
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let (p, f) = (path.clone(), fifo.clone());
+    let (before, after) = within(10, "reader after a FIFO swap", move || {
+        let mut r = TableReader::new(&p);
+        let before = r.snapshot().map(|s| s.meta.publish_seq);
+        fs::rename(&f, &p).unwrap();
+        (before, r.snapshot().map(|_| ()).unwrap_err())
+    });
+    assert_eq!(before, Ok(full_snapshot().meta.publish_seq));
+    assert_eq!(after, want);
+}
+
+#[test]
+fn symlink_at_the_path_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    let good = publish_one(&real);
+    let path = dir.path().join("table");
+    std::os::unix::fs::symlink(&real, &path).unwrap();
+    let want = ReadError::NotRegular { path: path.clone(), what: "a symbolic link" };
+    let mut r = TableReader::new(&path);
+    assert_eq!(r.snapshot().unwrap_err(), want);
+    assert_eq!(r.view_unless(None).map(|_| ()).unwrap_err(), want);
+    // O_NOFOLLOW on the open itself (ELOOP), for a symlink swapped in
+    // after the lstat.
+    assert_eq!(crate::reader::open_table(&path).map(|_| ()).unwrap_err(), want);
+    assert_eq!(want.to_string(), format!("table {} is a symbolic link, not a regular file: refused", path.display()));
+
+    // A symlink renamed over the table an open reader was reading.
+    fs::remove_file(&path).unwrap();
+    fs::write(&path, &good).unwrap();
+    assert!(r.snapshot().is_ok());
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    fs::rename(&link, &path).unwrap();
+    assert_eq!(r.snapshot().unwrap_err(), want);
+    // A symlink to a FIFO is refused as a symlink, without blocking.
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&fifo, &path).unwrap();
+    let p = path.clone();
+    let e = within(10, "reader on a symlink to a FIFO", move || TableReader::new(&p).snapshot().unwrap_err());
+    assert_eq!(e, want);
+}
+
+#[test]
+fn size_caps() {
+    assert_eq!(MAX_SLOT_SIZE, 256 << 20);
+    assert_eq!(MAX_FILE_SIZE, 4096 + (512 << 20));
+    // What MAX_SLOT_SIZE's doc promises: the largest --max-peers with the
+    // default history and routes fits.
+    let big = slot_size(65_536, 1024 + 65_536, 100, 60).expect("fits");
+    assert_eq!(big >> 20, 244);
+}
+
+/// A 64 GiB sparse file (no disk used) whose header is well formed but
+/// claims capacities far beyond any table: refused on its size, before
+/// even its header is trusted; the reader allocates nothing for it.
+#[test]
+fn huge_sparse_file_is_refused_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let good = publish_one(&path);
+    let mut header = good[..HEADER_SIZE as usize].to_vec();
+    for off in [H_MAX_PEERS, H_MAX_ROUTES, H_MAX_RECENT, H_HISTORY_LEN] {
+        header[off..off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    }
+    let huge: u64 = 64 << 30;
+    let write_sparse = |len: u64| {
+        fs::write(&path, &header).unwrap();
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len).unwrap();
+    };
+    write_sparse(huge);
+    assert_eq!(fs::metadata(&path).unwrap().len(), huge);
+    let p = path.clone();
+    let (snap, view, cap) = within(10, "reader on a 64 GiB file", move || {
+        let mut r = TableReader::new(&p);
+        let snap = r.snapshot().unwrap_err();
+        let view = r.view_unless(None).map(|_| ()).unwrap_err();
+        (snap, view, r.buffer_capacity())
+    });
+    let want = ReadError::Corrupt(
+        path.clone(),
+        format!("file is {huge} bytes, more than any table (at most {})", 4096 + (512u64 << 20)),
+    );
+    assert_eq!((snap, view), (want.clone(), want));
+    assert_eq!(cap, 0, "nothing allocated for the slot");
+
+    // The same header in a file of a size a reader would accept: refused
+    // on the capacities it claims.
+    write_sparse(HEADER_SIZE + (64 << 20));
+    let mut r = TableReader::new(&path);
+    assert_eq!(
+        r.snapshot().unwrap_err(),
+        ReadError::Corrupt(
+            path.clone(),
+            format!(
+                "capacities ({0} peers, {0} routes, {0} recent, history {0}) need slots over 268435456 bytes",
+                u32::MAX
+            )
+        )
+    );
+    assert_eq!(r.buffer_capacity(), 0);
+
+    // A real table grown (sparse) past what its header implies.
+    fs::write(&path, &good).unwrap();
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(good.len() as u64 + 4096).unwrap();
+    let e = r.snapshot().unwrap_err();
+    assert_eq!(
+        e,
+        ReadError::Corrupt(path.clone(), format!("file is {} bytes, header says {}", good.len() + 4096, good.len()))
+    );
+}
+
+/// The largest slot a header may claim costs a reader that slot at most,
+/// and only while it reads it: a file refused after the copy (here a
+/// sparse file of zeros claiming full slots) leaves no buffer behind.
+#[test]
+fn a_refused_big_slot_releases_its_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    // Peers only, ~64 MiB per slot.
+    let caps = Capacities { max_peers: 30_000, max_routes: 0, max_recent: 0, history_len: 60 };
+    let slot = slot_size(caps.max_peers, 0, 0, 60).unwrap();
+    assert!(slot > 60 << 20 && slot <= MAX_SLOT_SIZE, "{slot}");
+    let mut w = TableWriter::create(&path, caps).unwrap();
+    w.publish(&Snapshot { meta: ProbeMeta { history_len: 60, ..meta() }, ..Snapshot::default() }).unwrap();
+    drop(w);
+    let mut r = TableReader::new(&path);
+    assert!(r.snapshot().is_ok());
+    let small = r.buffer_capacity();
+    assert!(small < 64 << 10, "an empty publish copies a slot header: {small}");
+    // Slot 1 (active) now claims every peer; its body is zeros.
+    let s1 = HEADER_SIZE + slot;
+    let used = body_len(caps.max_peers.into(), 60, 0, 0).unwrap();
+    poke_u64(&path, s1 + S_USED as u64, used);
+    poke_u64(&path, s1 + S_N_PEERS as u64, u64::from(caps.max_peers)); // n_peers, n_routes = 0
+    poke_u64(&path, s1 + S_POOL_LEN as u64, 0);
+    assert_eq!(r.snapshot().unwrap_err(), ReadError::Corrupt(path.clone(), "slot checksum mismatch".into()));
+    assert_eq!(r.buffer_capacity(), 0, "the slot-sized buffer was released");
+}
+
+#[test]
+fn file_truncated_or_swapped_between_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let good = publish_one(&path);
+    let mut r = TableReader::new(&path);
+    assert_eq!(r.snapshot().unwrap(), full_snapshot());
+    let g1 = r.generation();
+
+    // Truncated in place under the open reader, then restored in place.
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for len in [HEADER_SIZE + 10, 100, 0] {
+        f.set_len(len).unwrap();
+        assert_eq!(r.snapshot().unwrap_err(), ReadError::Truncated(path.clone()), "len {len}");
+    }
+    {
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&good, 0).unwrap();
+    }
+    assert_eq!(r.snapshot().unwrap(), full_snapshot());
+    assert_eq!(r.generation(), g1);
+
+    // Swapped by rename: another table, garbage, nothing, the table again.
+    let other = dir.path().join("other");
+    let mut w = TableWriter::create(&other, CAPS).unwrap();
+    w.publish(&derived(9)).unwrap();
+    fs::rename(&other, &path).unwrap();
+    assert_eq!(r.snapshot().unwrap(), derived(9));
+    assert_ne!(r.generation(), g1);
+    fs::write(&other, b"not a table at all").unwrap();
+    fs::rename(&other, &path).unwrap();
+    assert_eq!(r.snapshot().unwrap_err(), ReadError::BadMagic(path.clone()));
+    fs::remove_file(&path).unwrap();
+    assert_eq!(r.snapshot().unwrap_err(), ReadError::Missing(path.clone()));
+    fs::write(&path, &good).unwrap();
+    assert_eq!(r.snapshot().unwrap(), full_snapshot());
+
+    // Truncated and rewritten in place while the reader reads: every read
+    // is the whole snapshot or an error naming the damage.
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (path, good, stop) = (path.clone(), good.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                f.set_len((n * 7919) % good.len() as u64).unwrap();
+                f.write_all_at(&good, 0).unwrap();
+            }
+            n
+        })
+    };
+    let (mut ok, mut errors) = (0u32, std::collections::BTreeMap::<String, u32>::new());
+    for _ in 0..3000 {
+        match r.snapshot() {
+            Ok(s) => {
+                assert_eq!(s, full_snapshot());
+                ok += 1;
+            }
+            Err(e @ (ReadError::Truncated(_) | ReadError::Corrupt(..) | ReadError::Busy(_) | ReadError::BadMagic(_))) => {
+                *errors.entry(format!("{:?}", std::mem::discriminant(&e))).or_insert(0) += 1;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(churn.join().unwrap() > 0);
+    eprintln!("under in-place truncation: {ok} whole snapshots, errors {errors:?}");
+    assert!(ok + errors.values().sum::<u32>() == 3000);
+}
+
+/// The writer keeps `active` and the sequence numbers itself: values
+/// someone wrote into the file change neither which slot it fills nor the
+/// numbers it stores, and the next publishes repair what readers see.
+#[test]
+fn writer_ignores_a_tampered_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let mut w = TableWriter::create(&path, CAPS).unwrap();
+    w.publish(&derived(1)).unwrap();
+    let header = |p: &Path| (header_u64(p, H_ACTIVE), header_u64(p, H_SEQ[0]), header_u64(p, H_SEQ[1]));
+    assert_eq!(header(&path), (1, 0, 2));
+
+    // Point readers at slot 0 and make both sequence numbers odd, one
+    // about to overflow (a writer that read it back would wrap to 0, "never
+    // published", or panic in a debug build).
+    poke_u64(&path, H_ACTIVE as u64, 0);
+    poke_u64(&path, H_SEQ[0] as u64, u64::MAX);
+    poke_u64(&path, H_SEQ[1] as u64, 1_000_001);
+    let mut r = TableReader::new(&path);
+    assert_eq!(r.snapshot().unwrap_err(), ReadError::Busy(path.clone()), "readers see a slot being written");
+
+    w.publish(&derived(2)).unwrap();
+    assert_eq!(header(&path), (0, 2, 1_000_001), "slot 0, its own sequence number");
+    assert_eq!(r.snapshot().unwrap(), derived(2));
+    w.publish(&derived(3)).unwrap();
+    assert_eq!(header(&path), (1, 2, 4), "slot 1 again, 2 + 2");
+    assert_eq!(r.snapshot().unwrap(), derived(3));
+
+    // An active slot index out of range, and the slot layout itself:
+    // the writer keeps writing where it always did, and readers refuse the
+    // header someone else broke.
+    poke_u64(&path, H_ACTIVE as u64, 7);
+    w.publish(&derived(4)).unwrap();
+    assert_eq!(header(&path), (0, 4, 4));
+    assert_eq!(r.snapshot().unwrap(), derived(4));
+    poke_u64(&path, H_SLOT1 as u64, 0);
+    poke_u64(&path, H_SLOT_SIZE as u64, u64::MAX);
+    w.publish(&derived(5)).unwrap();
+    assert_eq!(header(&path), (1, 4, 6));
+    assert_eq!(
+        r.snapshot().unwrap_err(),
+        ReadError::Corrupt(path.clone(), "slot layout does not match capacities".into())
+    );
+}
+
+/// Until its first publish a writer changes nothing at the path: a writer
+/// dropped before it (a probe failing at start) leaves the previous table
+/// as it was and removes its temporary file; one killed (no destructor)
+/// leaves a temporary file the next writer removes.
+#[test]
+fn the_previous_table_stays_until_the_first_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let good = publish_one(&path);
+    let mut r = TableReader::new(&path);
+    assert_eq!(r.snapshot().unwrap(), full_snapshot());
+    let generation = r.generation();
+
+    let w = TableWriter::create(&path, Capacities { max_peers: 99, ..CAPS }).unwrap();
+    assert!(!w.is_published());
+    assert_eq!(fs::read(&path).unwrap(), good, "the path is untouched");
+    assert_eq!(r.snapshot().unwrap(), full_snapshot());
+    assert_eq!(entries(dir.path()).len(), 2);
+    drop(w);
+    assert_eq!(entries(dir.path()), ["table"], "temporary file removed");
+    assert_eq!(fs::read(&path).unwrap(), good);
+
+    // Leftovers: one of a dead writer (no such pid), ours (alive), and
+    // files that only look similar.
+    let dead = format!(".table.{}.0123456789abcdef.tmp", u32::MAX);
+    let alive = format!(".table.{}.0123456789abcdef.tmp", std::process::id());
+    for n in [dead.as_str(), alive.as_str(), ".table.1.notes.tmp", ".tables.1.0123456789abcdef.tmp"] {
+        fs::write(dir.path().join(n), b"x").unwrap();
+    }
+    let mut w = TableWriter::create(&path, CAPS).unwrap();
+    let left = entries(dir.path());
+    assert!(!left.contains(&dead), "{left:?}");
+    assert_eq!(left.len(), 5, "{left:?}");
+    assert_eq!(r.snapshot().unwrap(), full_snapshot());
+    assert_eq!(r.generation(), generation);
+    w.publish(&derived(5)).unwrap();
+    assert_eq!(r.snapshot().unwrap(), derived(5));
+    assert_eq!(r.generation(), Some(w.generation()));
+    let mut left = entries(dir.path());
+    left.retain(|n| n != "table");
+    assert_eq!(left, [".table.1.notes.tmp", alive.as_str(), ".tables.1.0123456789abcdef.tmp"]);
+}
+
+/// A temporary name is created exclusively and without following a
+/// symlink: a failed create leaves nothing behind and writes nowhere else.
+#[test]
+fn create_failure_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A "directory" that is a file: the temporary file cannot be created.
+    let blocker = dir.path().join("blocker");
+    fs::write(&blocker, b"keep").unwrap();
+    let e = TableWriter::create(&blocker.join("table"), CAPS).err().unwrap();
+    assert!(e.to_string().contains("blocker"), "{e}");
+    assert_eq!(fs::read(&blocker).unwrap(), b"keep");
+    assert_eq!(entries(dir.path()), ["blocker"]);
 }

@@ -3,11 +3,21 @@
 //! The writer maps the file read-write and double-buffers: each publish
 //! fills the slot readers are *not* told about (its sequence number odd
 //! while it is being written, even after), then flips `active` to it.
-//! Readers never take a lock, so the writer never waits for them.
+//! Readers never take a lock, so the writer never waits for them. Which
+//! slot is active and each slot's sequence number live in the writer's own
+//! memory: it stores them into the file but never reads them back, so
+//! someone else editing the file cannot steer it.
+//!
+//! A new table is built under a temporary name next to the path and renamed
+//! over it by the first publish: a probe that fails or is killed before
+//! publishing leaves the previous table (the totals the next run continues
+//! from) in place.
 
+use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -48,15 +58,65 @@ pub struct PublishReport {
 /// Writes snapshots into the table file.
 pub struct TableWriter {
     path: PathBuf,
+    /// The temporary file the table is built in until the first publish
+    /// renames it to `path` (removed if the writer is dropped before).
+    pending: Option<PathBuf>,
     map: MmapMut,
     caps: Capacities,
     slot_off: [usize; 2],
     slot_size: usize,
     generation: u64,
+    /// The slot readers are told to read (0 until the first publish).
+    active: usize,
+    /// Each slot's sequence number as this writer last stored it.
+    seq: [u64; 2],
 }
 
 fn err_at(path: &Path, what: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// `.<name>.<pid>.<16 hex digits>.tmp`: hidden, unique per attempt, and
+/// the pid says whether its writer is still alive.
+fn temp_name(file_name: &OsStr) -> std::ffi::OsString {
+    let mut n = std::ffi::OsString::from(".");
+    n.push(file_name);
+    n.push(format!(".{}.{:016x}.tmp", std::process::id(), random_u64()));
+    n
+}
+
+/// The pid in a temporary name [`temp_name`] made for `file_name`.
+fn temp_owner(candidate: &OsStr, file_name: &OsStr) -> Option<u32> {
+    let rest = candidate.as_bytes().strip_prefix(b".")?.strip_prefix(file_name.as_bytes())?;
+    let rest = std::str::from_utf8(rest).ok()?.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (pid, random) = rest.split_once('.')?;
+    (random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
+    pid.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    // EPERM: it exists, under another user.
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Removes temporary tables that writers killed before their first publish
+/// (kill -9 runs no destructor) left in `dir`. Best effort: a leftover is
+/// only disk space, and never read.
+fn remove_leftovers(dir: &Path, file_name: &OsStr) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        match temp_owner(&name, file_name) {
+            Some(pid) if !process_alive(pid) => {
+                // remove_file unlinks a symlink itself, never its target.
+                let _ = fs::remove_file(entry.path());
+            }
+            _ => {}
+        }
+    }
 }
 
 fn random_u64() -> u64 {
@@ -71,8 +131,12 @@ fn random_u64() -> u64 {
 }
 
 impl TableWriter {
-    /// Create (or replace, atomically by rename) the table at `path` with a
-    /// new generation. The directory is created 0755, the file 0644.
+    /// Prepare a table for `path` with a new generation. The directory is
+    /// created 0755 if missing; the table is built in a temporary file (0644)
+    /// next to `path` and nothing at `path` changes until the first
+    /// [`publish`](Self::publish) renames it there, atomically replacing the
+    /// previous table. Dropping the writer before that removes the temporary
+    /// file.
     pub fn create(path: &Path, caps: Capacities) -> io::Result<Self> {
         let slot_size = slot_size(caps.max_peers, caps.max_routes, caps.max_recent, caps.history_len)
             .ok_or_else(|| {
@@ -94,24 +158,30 @@ impl TableWriter {
         let file_name = path.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("table path {} has no file name", path.display()))
         })?;
-        let mut tmp_name = file_name.to_owned();
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        remove_leftovers(dir, file_name);
+        let tmp = path.with_file_name(temp_name(file_name));
 
+        // Exclusive and not following a symlink: the name is fresh, and
+        // whatever someone may have put there is refused, never truncated
+        // or written through.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(|e| err_at(&tmp, "creating", e))?;
         let build = || -> io::Result<(MmapMut, u64)> {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644)
-                .open(&tmp)
-                .map_err(|e| err_at(&tmp, "creating", e))?;
             // Readable by nginx workers whatever the probe's umask.
             file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(|e| err_at(&tmp, "setting permissions of", e))?;
             file.set_len(file_size).map_err(|e| err_at(&tmp, "sizing", e))?;
-            // SAFETY: we just created this file and only this writer maps it
-            // writable; readers use pread and never map it.
+            // SAFETY: we just created this file (O_EXCL) and only this
+            // writer maps it writable; readers use pread and never map it.
             let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| err_at(&tmp, "mapping", e))?;
             let generation = random_u64();
             let mut e = Enc::new(&mut map[..HEADER_READ]);
@@ -137,7 +207,6 @@ impl TableWriter {
             e.u64(slot_size);
             debug_assert_eq!(e.pos(), H_SLOT_SIZE + 8);
             // active = 0, seq = [0, 0]: "never published" (the file is zeroed).
-            map.flush().map_err(|e| err_at(&tmp, "flushing", e))?;
             Ok((map, generation))
         };
         let (map, generation) = match build() {
@@ -147,23 +216,28 @@ impl TableWriter {
                 return Err(e);
             }
         };
-        if let Err(e) = fs::rename(&tmp, path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(err_at(path, &format!("renaming {} to", tmp.display()), e));
-        }
         Ok(TableWriter {
             path: path.to_owned(),
+            pending: Some(tmp),
             map,
             caps,
             slot_off: [HEADER_SIZE as usize, (HEADER_SIZE + slot_size) as usize],
             slot_size: slot_size as usize,
             generation,
+            active: 0,
+            seq: [0, 0],
         })
     }
 
-    /// The path the table was created at.
+    /// The path the table is published at.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the table is at [`Self::path`] yet (after the first
+    /// successful publish).
+    pub fn is_published(&self) -> bool {
+        self.pending.is_none()
     }
 
     /// The random generation stamped into this file's header.
@@ -191,18 +265,31 @@ impl TableWriter {
     /// The snapshot is encoded straight into the inactive slot of the
     /// mapping: no slot-sized buffer beside the file (megabytes of the
     /// probe's RSS at large capacities).
+    ///
+    /// The first publish renames the table to its path; if that fails the
+    /// error is returned, nothing at the path has changed, and the next
+    /// publish tries again.
     pub fn publish(&mut self, snap: &Snapshot) -> io::Result<PublishReport> {
-        let active = Self::atomic(&mut self.map, H_ACTIVE).load(Ordering::Relaxed) as usize & 1;
-        let target = 1 - active;
-        let seq = Self::atomic(&mut self.map, H_SEQ[target]).load(Ordering::Relaxed);
+        // From our own memory, not the file: a value someone wrote there
+        // must not pick the slot or the sequence number.
+        let target = 1 - self.active;
+        let busy = self.seq[target] + 1;
+        debug_assert!(busy & 1 == 1);
         // Odd: a reader still looking at this slot (from an older `active`)
         // sees the change and retries.
-        Self::atomic(&mut self.map, H_SEQ[target]).store(seq | 1, Ordering::Relaxed);
+        Self::atomic(&mut self.map, H_SEQ[target]).store(busy, Ordering::Relaxed);
         fence(Ordering::Release);
         let off = self.slot_off[target];
         let report = Self::encode(self.caps, snap, &mut self.map[off..off + self.slot_size]);
-        Self::atomic(&mut self.map, H_SEQ[target]).store((seq | 1) + 1, Ordering::Release);
+        self.seq[target] = busy + 1;
+        Self::atomic(&mut self.map, H_SEQ[target]).store(self.seq[target], Ordering::Release);
+        self.active = target;
         Self::atomic(&mut self.map, H_ACTIVE).store(target as u64, Ordering::Release);
+        if let Some(tmp) = &self.pending {
+            // Readers see the whole file appear at once, already published.
+            fs::rename(tmp, &self.path).map_err(|e| err_at(&self.path, &format!("renaming {} to", tmp.display()), e))?;
+            self.pending = None;
+        }
         Ok(report)
     }
 
@@ -281,5 +368,14 @@ impl TableWriter {
         let sum = checksum(&[&buf[S_CHECKSUMMED_FROM..]]);
         buf[S_CHECKSUM..S_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
         rep
+    }
+}
+
+impl Drop for TableWriter {
+    /// A table never published is never shown: its temporary file goes.
+    fn drop(&mut self) {
+        if let Some(tmp) = self.pending.take() {
+            let _ = fs::remove_file(tmp);
+        }
     }
 }

@@ -449,10 +449,14 @@ fn hostile_writer_racing_the_reader() {
             while !stop.load(Ordering::Relaxed) {
                 // The file may have been replaced by the scribbler: start a
                 // fresh generation now and then, as a restarted probe does.
-                if n.is_multiple_of(500) {
-                    let _held = path_lock.lock().unwrap();
+                // Its first publish renames it to the path, so that holds
+                // the path lock too (the scribbler must not truncate the
+                // writer's own mapped file thinking it is its copy).
+                let _held = n.is_multiple_of(500).then(|| {
+                    let held = path_lock.lock().unwrap();
                     writer = TableWriter::create(&path, CAPS).unwrap();
-                }
+                    held
+                });
                 let _publishing = publish_lock.lock().unwrap();
                 writer.publish(&legit(n)).unwrap();
                 n += 1;
