@@ -113,14 +113,10 @@ pub fn run(cli: Cli) -> Result<()> {
         // daemon is starved of CPU (drops are counted; peer totals stay exact).
         ring_bytes: 1 << 23,
     };
-    // Unknown interfaces and an unwritable table fail before anything is
-    // loaded or pinned, so a failed start leaves no state behind.
+    // Unknown interfaces, an unwritable table directory and capacities too
+    // large for a table fail before anything is loaded or pinned, so a
+    // failed start leaves no state behind.
     ifaces::select(&ifaces::list()?, &cli.ifaces)?;
-    check_table_writable(&cli.table)?;
-    let (state, _lock) = state_dir(&cli)?;
-    let mut progs = Programs::load(&cfg, state)?;
-    // The previous run's last publish, read before the writer replaces it.
-    let previous = upstreamtop_table::TableReader::new(&cli.table).snapshot().ok();
     let caps = Capacities {
         max_peers: cli.max_peers,
         // Room for each peer's "other" route next to the regular ones.
@@ -128,9 +124,19 @@ pub fn run(cli: Cli) -> Result<()> {
         max_recent: RECENT_LEN as u32,
         history_len: cli.history,
     };
+    // The new table is built under a temporary name; the previous one stays
+    // at the path, untouched, until the first publish below renames the new
+    // one over it. Any exit before that (a verifier error, an interface
+    // that fails to attach, kill -9) leaves the previous run's totals,
+    // routes and history for the next start. (Dropping the writer removes
+    // its temporary file; one left by kill -9 goes at the next start.)
     let mut writer = TableWriter::create(&cli.table, caps).with_context(|| {
         format!("cannot create the table at {} (is its directory writable?)", cli.table.display())
     })?;
+    let (state, _lock) = state_dir(&cli)?;
+    let mut progs = Programs::load(&cfg, state)?;
+    // The previous run's last publish, which the first publish continues.
+    let previous = upstreamtop_table::TableReader::new(&cli.table).snapshot().ok();
     install_signal_handlers();
     set_ephemeral_ports(&mut progs);
     let live: Vec<(u32, String)> = ifaces::list()?.into_iter().map(|i| (i.index, i.name)).collect();
@@ -234,27 +240,6 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// The state directory to pin into (and its lock), or none with a log
 /// line saying why.
-/// Proves the table's directory takes a new file (what `TableWriter::create`
-/// will need) without touching an existing table, which still holds the
-/// previous run's figures to resume from.
-fn check_table_writable(table: &std::path::Path) -> Result<()> {
-    let fail = || format!("cannot create the table at {} (is its directory writable?)", table.display());
-    // The writer creates a missing directory (0755) itself; what must be
-    // writable now is the nearest directory that exists.
-    let mut dir = match table.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    while !dir.exists() {
-        dir = dir.parent().unwrap_or(std::path::Path::new("/"));
-    }
-    let probe = dir.join(format!(".upstreamtop-probe-check-{}", std::process::id()));
-    std::fs::File::create(&probe).with_context(fail)?;
-    // Best effort: a leftover empty check file is harmless.
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
-}
-
 fn state_dir(cli: &Cli) -> Result<(Option<StateDir>, Option<std::fs::File>)> {
     if cli.no_pin {
         if StateDir::at(&cli.state_dir).links().is_ok_and(|l| !l.is_empty()) {
