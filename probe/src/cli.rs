@@ -34,7 +34,9 @@ pub struct Cli {
     #[arg(long = "only", value_name = "CIDR", value_parser = parse_cidr)]
     pub only: Vec<(Ipv6Addr, u8)>,
 
-    /// Most backends (IP:port) counted; more are counted in peer_table_full.
+    /// Most HTTP backends (IP:port) counted; a peer takes a slot with its
+    /// first HTTP request (never for other TCP); more are counted in
+    /// peer_table_full.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_peers: u32,
 
@@ -47,9 +49,17 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub history: u32,
 
-    /// Most connections tracked at once (about 250 bytes each).
-    #[arg(long, value_name = "N", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16..=4_000_000))]
+    /// Most connections tracked at once (about 300 bytes each); when full,
+    /// the least recently active one makes room and is picked up again
+    /// with its next request.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..=4_000_000))]
     pub max_conns: u32,
+
+    /// Most peers whose connections carry no HTTP (TLS, databases, ...)
+    /// whose connection counts are shown; kept apart from the HTTP backends,
+    /// the least recently active forgotten first.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_tcp_peers: u32,
 
     /// Evict a tracked connection after this long without a request or
     /// response (an exchange still awaiting its response then counts as
@@ -103,15 +113,23 @@ pub enum Command {
 /// "250ms", "2s", "1m", "1h", or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (try 1s, 500ms, 2m)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (try 1s, 500ms, 2m)"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
     };
     if !(0.01..=86_400.0).contains(&secs) {
         return Err(format!("duration {s:?} out of range (10ms to 24h)"));
@@ -126,15 +144,19 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv6Addr, u8), String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let ip: IpAddr = addr.parse().map_err(|_| format!("invalid address in {s:?}"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("invalid address in {s:?}"))?;
     let (v6, max, offset) = match ip {
         IpAddr::V4(v4) => (v4.to_ipv6_mapped(), 32u8, 96u8),
         IpAddr::V6(v6) => (v6, 128u8, 0u8),
     };
     let p = match prefix {
-        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
-            format!("invalid prefix length in {s:?} (0..={max})")
-        })?,
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("invalid prefix length in {s:?} (0..={max})"))?,
         None => max,
     };
     Ok((v6, p + offset))
@@ -164,7 +186,10 @@ mod tests {
     #[test]
     fn cidrs() {
         let (a, p) = parse_cidr("10.200.0.0/16").unwrap();
-        assert_eq!((a.to_ipv4_mapped().unwrap().to_string(), p), ("10.200.0.0".into(), 112));
+        assert_eq!(
+            (a.to_ipv4_mapped().unwrap().to_string(), p),
+            ("10.200.0.0".into(), 112)
+        );
         assert_eq!(parse_cidr("fd00:200::/64").unwrap().1, 64);
         assert_eq!(parse_cidr("127.0.0.1").unwrap().1, 128);
         assert!(parse_cidr("10.0.0.0/33").is_err());

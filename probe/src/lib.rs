@@ -13,3 +13,4 @@ pub mod notify;
 pub mod pins;
 pub mod restore;
 pub mod sweep;
+pub mod tcp_peers;

@@ -29,6 +29,7 @@ fn load() -> Programs {
         only: vec![],
         max_conns: 1024,
         max_peers: 64,
+        max_tcp_peers: 64,
         max_codes: 1024,
         ring_bytes: 1 << 16,
     };
@@ -37,18 +38,184 @@ fn load() -> Programs {
     p
 }
 
+/// Ethernet + IPv4 + TCP (no options) + payload, sequence and
+/// acknowledgment numbers 1.
+fn frame4(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    frame4_seq(src, sport, dst, dport, flags, 1, 1, payload)
+}
+
 /// Ethernet + IPv4 + TCP (no options) + payload.
-fn frame4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+#[allow(clippy::too_many_arguments)]
+fn frame4_seq(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
     let tot = (20 + 20 + payload.len()) as u16;
-    f.extend_from_slice(&[0x45, 0, (tot >> 8) as u8, tot as u8, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&[
+        0x45,
+        0,
+        (tot >> 8) as u8,
+        tot as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        6,
+        0,
+        0,
+    ]);
     f.extend_from_slice(&src);
     f.extend_from_slice(&dst);
     f.extend_from_slice(&sport.to_be_bytes());
     f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&ack.to_be_bytes());
+    f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     f.extend_from_slice(payload);
     f
+}
+
+/// One TCP connection from this host (local) to a backend, as the programs
+/// see it: frames with real sequence and acknowledgment numbers.
+struct Flow {
+    local: ([u8; 4], u16),
+    peer: ([u8; 4], u16),
+    isn: u32,
+    /// Next sequence number of each side.
+    snd: u32,
+    rcv: u32,
+}
+
+impl Flow {
+    fn new(lport: u16) -> Flow {
+        Flow::to(lport, PEER, PPORT)
+    }
+
+    fn to(lport: u16, peer: [u8; 4], pport: u16) -> Flow {
+        // Initial sequence numbers near the wrap, so that it is crossed.
+        let isn = 0xffff_f000u32.wrapping_add(u32::from(lport) * 7);
+        Flow {
+            local: (LOCAL, lport),
+            peer: (peer, pport),
+            isn,
+            snd: isn,
+            rcv: 0x7fff_fff0,
+        }
+    }
+
+    fn out_at(&self, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
+        frame4_seq(
+            self.local.0,
+            self.local.1,
+            self.peer.0,
+            self.peer.1,
+            flags,
+            seq,
+            self.rcv,
+            payload,
+        )
+    }
+
+    fn back_at(&self, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
+        frame4_seq(
+            self.peer.0,
+            self.peer.1,
+            self.local.0,
+            self.local.1,
+            flags,
+            seq,
+            self.snd,
+            payload,
+        )
+    }
+
+    fn syn(&mut self) -> Vec<u8> {
+        self.snd = self.isn.wrapping_add(1);
+        frame4_seq(
+            self.local.0,
+            self.local.1,
+            self.peer.0,
+            self.peer.1,
+            SYN,
+            self.isn,
+            0,
+            b"",
+        )
+    }
+
+    fn syn_ack(&mut self) -> Vec<u8> {
+        let f = frame4_seq(
+            self.peer.0,
+            self.peer.1,
+            self.local.0,
+            self.local.1,
+            SYN | ACK,
+            self.rcv,
+            self.snd,
+            b"",
+        );
+        self.rcv = self.rcv.wrapping_add(1);
+        f
+    }
+
+    /// Bytes from this host, next in sequence.
+    fn send(&mut self, payload: &[u8]) -> Vec<u8> {
+        let f = self.out_at(ACK | PSH, self.snd, payload);
+        self.snd = self.snd.wrapping_add(payload.len() as u32);
+        f
+    }
+
+    /// Bytes from the backend, next in sequence.
+    fn recv(&mut self, payload: &[u8]) -> Vec<u8> {
+        let f = self.back_at(ACK | PSH, self.rcv, payload);
+        self.rcv = self.rcv.wrapping_add(payload.len() as u32);
+        f
+    }
+
+    /// `payload` from the backend cut into segments at `cuts`, in sequence
+    /// order (the caller may reorder or repeat them).
+    fn recv_segments(&mut self, payload: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        segments(payload, cuts)
+            .into_iter()
+            .map(|p| self.recv(p))
+            .collect()
+    }
+
+    fn send_segments(&mut self, payload: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        segments(payload, cuts)
+            .into_iter()
+            .map(|p| self.send(p))
+            .collect()
+    }
+}
+
+/// `b` cut at the given (ascending) offsets.
+fn segments<'a>(b: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &c in cuts.iter().filter(|&&c| c > 0 && c < b.len()) {
+        if c > at {
+            out.push(&b[at..c]);
+            at = c;
+        }
+    }
+    out.push(&b[at..]);
+    out
 }
 
 /// Ethernet + IPv6 + TCP + payload.
@@ -85,34 +252,50 @@ fn peer_addr() -> SocketAddr {
 fn handshake_and_exchanges_on_crafted_frames() {
     require_root!();
     let p = load();
-    run(&p, true, &out(SYN, b""));
-    run(&p, false, &back(SYN | ACK, b""));
+    let mut f = Flow::new(LPORT);
+    run(&p, true, &f.syn());
+    run(&p, false, &f.syn_ack());
     let req = b"GET /a/1 HTTP/1.1\r\nHost: b\r\n\r\n";
     let resp = b"HTTP/1.1 204 No Content\r\n\r\n";
     for _ in 0..3 {
-        run(&p, true, &out(ACK | PSH, req));
-        run(&p, false, &back(ACK | PSH, resp));
+        run(&p, true, &f.send(req));
+        run(&p, false, &f.recv(resp));
         // A pure ACK changes nothing.
-        run(&p, true, &out(ACK, b""));
+        run(&p, true, &f.out_at(ACK, f.snd, b""));
     }
     // A POST whose body segment starts like a request.
-    run(&p, true, &out(ACK | PSH, b"POST /b HTTP/1.1\r\nContent-Length: 20\r\n\r\n"));
-    run(&p, true, &out(ACK | PSH, b"GET /x HTTP/1.1\r\n\r\n!"));
-    run(&p, false, &back(ACK | PSH, b"HTTP/1.1 100 Continue\r\n\r\n"));
-    run(&p, false, &back(ACK | PSH, b"HTTP/1.1 201 Created\r\n\r\n"));
+    run(
+        &p,
+        true,
+        &f.send(b"POST /b HTTP/1.1\r\nContent-Length: 20\r\n\r\n"),
+    );
+    run(&p, true, &f.send(b"GET /x HTTP/1.1\r\n\r\n!"));
+    run(&p, false, &f.recv(b"HTTP/1.1 100 Continue\r\n\r\n"));
+    run(&p, false, &f.recv(b"HTTP/1.1 201 Created\r\n\r\n"));
     // Request, then the backend resets.
-    run(&p, true, &out(ACK | PSH, req));
-    run(&p, false, &back(RST, b""));
+    run(&p, true, &f.send(req));
+    run(&p, false, &f.back_at(RST, f.rcv, b""));
     // The duplicate close finds nothing.
-    run(&p, true, &out(FIN | ACK, b""));
+    run(&p, true, &f.out_at(FIN | ACK, f.snd, b""));
 
     let peers = p.peer_counters().unwrap();
-    let (_, c) = peers.iter().find(|(a, _)| *a == peer_addr()).expect("peer counted");
+    let (_, c) = peers
+        .iter()
+        .find(|(a, _)| *a == peer_addr())
+        .expect("peer counted");
     assert_eq!(c.requests, 5);
     assert_eq!(c.responses, [1, 4, 0, 0, 0]);
-    assert_eq!((c.no_response, c.conn_opened, c.conn_closed, c.conn_reset), (1, 1, 1, 1));
-    let mut codes: Vec<(u16, u64)> =
-        p.code_counters().unwrap().into_iter().filter(|(a, _, _)| *a == peer_addr()).map(|(_, c, n)| (c, n)).collect();
+    assert_eq!(
+        (c.no_response, c.conn_opened, c.conn_closed, c.conn_reset),
+        (1, 1, 1, 1)
+    );
+    let mut codes: Vec<(u16, u64)> = p
+        .code_counters()
+        .unwrap()
+        .into_iter()
+        .filter(|(a, _, _)| *a == peer_addr())
+        .map(|(_, c, n)| (c, n))
+        .collect();
     codes.sort();
     assert_eq!(codes, vec![(100, 1), (201, 1), (204, 3)]);
     assert!(p.conns().unwrap().is_empty());
@@ -185,7 +368,10 @@ fn hostile_frames_always_pass() {
             }
         }
     }
-    assert!(ran > frames.len(), "most frames must reach the programs ({ran})");
+    assert!(
+        ran > frames.len(),
+        "most frames must reach the programs ({ran})"
+    );
 }
 
 /// Average ns per run of `f` over `n` runs (kernel-measured).
@@ -203,25 +389,63 @@ fn cost_per_path_is_printed() {
     let mut rows = vec![
         ("egress  pure ACK", cost(&p, true, &out(ACK, b""), n)),
         ("ingress pure ACK", cost(&p, false, &back(ACK, b""), n)),
-        ("egress  payload, untracked, server port", cost(&p, true, &frame4(LOCAL, 443, PEER, 50000, ACK, &[7; 1400]), n)),
-        ("egress  payload, untracked, ephemeral port", cost(&p, true, &out(ACK, &[7; 1400]), n)),
-        ("ingress payload, untracked", cost(&p, false, &back(ACK, &[7; 1400]), n)),
+        (
+            "egress  payload, untracked, server port",
+            cost(
+                &p,
+                true,
+                &frame4(LOCAL, 443, PEER, 50000, ACK, &[7; 1400]),
+                n,
+            ),
+        ),
+        (
+            "egress  payload, untracked, ephemeral port",
+            cost(&p, true, &out(ACK, &[7; 1400]), n),
+        ),
+        (
+            "ingress payload, untracked",
+            cost(&p, false, &back(ACK, &[7; 1400]), n),
+        ),
     ];
-    // Tracked connection: alternate request and response, one run each.
-    run(&p, true, &out(SYN, b""));
-    run(&p, false, &back(SYN | ACK, b""));
-    let req = out(ACK | PSH, b"GET /api/orders/12 HTTP/1.1\r\nHost: backend\r\n\r\n");
-    let resp = back(ACK | PSH, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    // Tracked connection: alternate request and response, one run each,
+    // each next in sequence.
+    let mut f = Flow::new(LPORT);
+    run(&p, true, &f.syn());
+    run(&p, false, &f.syn_ack());
     let (mut treq, mut tresp) = (Duration::ZERO, Duration::ZERO);
     let rounds = 20_000u32;
     for _ in 0..rounds {
+        let req = f.send(b"GET /api/orders/12 HTTP/1.1\r\nHost: backend\r\n\r\n");
+        let resp = f.recv(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         treq += p.test_run(true, &req, 1).unwrap().1;
         tresp += p.test_run(false, &resp, 1).unwrap().1;
     }
-    rows.push(("egress  request on tracked conn", treq.as_nanos() as f64 / f64::from(rounds)));
-    rows.push(("ingress response on tracked conn", tresp.as_nanos() as f64 / f64::from(rounds)));
-    rows.push(("egress  body on tracked conn", cost(&p, true, &out(ACK, &[7; 1400]), n)));
-    rows.push(("ingress body on tracked conn", cost(&p, false, &back(ACK, &[7; 1400]), n)));
+    rows.push((
+        "egress  request on tracked conn",
+        treq.as_nanos() as f64 / f64::from(rounds),
+    ));
+    rows.push((
+        "ingress response on tracked conn",
+        tresp.as_nanos() as f64 / f64::from(rounds),
+    ));
+    rows.push((
+        "egress  retransmission on tracked conn",
+        cost(
+            &p,
+            true,
+            &f.out_at(ACK, f.snd.wrapping_sub(1400), &[7; 1400]),
+            n,
+        ),
+    ));
+    rows.push((
+        "ingress duplicate on tracked conn",
+        cost(
+            &p,
+            false,
+            &f.back_at(ACK, f.rcv.wrapping_sub(1400), &[7; 1400]),
+            n,
+        ),
+    ));
     eprintln!("BPF cost per path (BPF_PROG_TEST_RUN average, ns):");
     for (what, ns) in rows {
         eprintln!("  {what:<45} {ns:>7.1}");
@@ -236,6 +460,7 @@ fn peers_beyond_max_peers_are_counted_not_lost() {
         only: vec![],
         max_conns: 64,
         max_peers: 1,
+        max_tcp_peers: 64,
         max_codes: 64,
         ring_bytes: 1 << 16,
     };
@@ -243,14 +468,18 @@ fn peers_beyond_max_peers_are_counted_not_lost() {
     let req = b"GET / HTTP/1.1\r\n\r\n";
     // Two backends (ports 8080 and 8081); only one fits.
     for port in [PPORT, PPORT + 1] {
-        run(&p, true, &frame4(LOCAL, LPORT, PEER, port, SYN, b""));
-        run(&p, false, &frame4(PEER, port, LOCAL, LPORT, SYN | ACK, b""));
-        run(&p, true, &frame4(LOCAL, LPORT, PEER, port, ACK | PSH, req));
-        run(&p, false, &frame4(PEER, port, LOCAL, LPORT, ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
+        let mut f = Flow::to(LPORT, PEER, port);
+        run(&p, true, &f.syn());
+        run(&p, false, &f.syn_ack());
+        run(&p, true, &f.send(req));
+        run(&p, false, &f.recv(b"HTTP/1.1 200 OK\r\n\r\n"));
     }
     let peers = p.peer_counters().unwrap();
     assert_eq!(peers.len(), 1);
-    assert_eq!((peers[0].0, peers[0].1.requests, peers[0].1.responses[1]), (peer_addr(), 1, 1));
+    assert_eq!(
+        (peers[0].0, peers[0].1.requests, peers[0].1.responses[1]),
+        (peer_addr(), 1, 1)
+    );
     assert_eq!(p.stats().unwrap().peer_table_full, 1);
 }
 
@@ -263,14 +492,31 @@ fn through_filters(
     only: Vec<(std::net::Ipv6Addr, u8)>,
     cases: &[(u16, [u8; 4], u16)],
 ) -> (Vec<(SocketAddr, u64)>, usize) {
-    let cfg = BpfConfig { ignore_ports, only, max_conns: 64, max_peers: 8, max_codes: 64, ring_bytes: 1 << 16 };
+    let cfg = BpfConfig {
+        ignore_ports,
+        only,
+        max_conns: 64,
+        max_peers: 8,
+        max_tcp_peers: 8,
+        max_codes: 64,
+        ring_bytes: 1 << 16,
+    };
     let p = Programs::load(&cfg, None).expect("load");
     let req = b"GET / HTTP/1.1\r\n\r\n";
     for &(lport, peer, port) in cases {
         run(&p, true, &frame4(LOCAL, lport, peer, port, SYN, b""));
-        run(&p, true, &frame4(LOCAL, lport + 1, peer, port, ACK | PSH, req));
+        run(
+            &p,
+            true,
+            &frame4(LOCAL, lport + 1, peer, port, ACK | PSH, req),
+        );
     }
-    let peers = p.peer_counters().unwrap().into_iter().map(|(a, c)| (a, c.requests)).collect();
+    let peers = p
+        .peer_counters()
+        .unwrap()
+        .into_iter()
+        .map(|(a, c)| (a, c.requests))
+        .collect();
     (peers, p.conns().unwrap().len())
 }
 
@@ -281,10 +527,17 @@ fn ignore_port_and_only_filters() {
     let (peers, conns) = through_filters(
         vec![8081],
         vec![("::ffff:10.99.0.0".parse().unwrap(), 96 + 24)],
-        &[(LPORT, PEER, 8080), (LPORT, PEER, 8081), (LPORT, [10, 98, 0, 2], 8080)],
+        &[
+            (LPORT, PEER, 8080),
+            (LPORT, PEER, 8081),
+            (LPORT, [10, 98, 0, 2], 8080),
+        ],
     );
     assert_eq!(peers, vec![(peer_addr(), 1)]);
-    assert_eq!(conns, 2, "SYN and request connections to the one wanted peer");
+    assert_eq!(
+        conns, 2,
+        "SYN and request connections to the one wanted peer"
+    );
 }
 
 #[test]
@@ -293,21 +546,45 @@ fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
     use upstreamtop_probe::sweep::{collect, SweepConfig};
     require_root!();
     let p = load();
-    // One connection awaiting a response, one SYN never answered.
-    run(&p, true, &out(SYN, b""));
-    run(&p, false, &back(SYN | ACK, b""));
-    run(&p, true, &out(ACK | PSH, b"GET /slow/42 HTTP/1.1\r\n\r\n"));
-    run(&p, true, &frame4(LOCAL, LPORT + 1, PEER, PPORT, SYN, b""));
+    // One connection awaiting a response, one SYN never answered (sent
+    // twice: the kernel's retransmission is the same attempt).
+    let mut f = Flow::new(LPORT);
+    run(&p, true, &f.syn());
+    run(&p, false, &f.syn_ack());
+    run(&p, true, &f.send(b"GET /slow/42 HTTP/1.1\r\n\r\n"));
+    let mut g = Flow::new(LPORT + 1);
+    let syn = g.syn();
+    run(&p, true, &syn);
+    run(&p, true, &syn);
     assert_eq!(p.filter_total(), 2);
-    let mut agg = Aggregator::new(AggLimits { max_routes: 10, history_len: 5, recent_per_interval: 5, recent_len: 5 });
+    // The retransmission schedule: the attempt fails once its next SYN is
+    // overdue (2 s after a first SYN and one retransmission at once).
+    std::thread::sleep(Duration::from_millis(2100));
+    let mut agg = Aggregator::new(AggLimits {
+        max_routes: 10,
+        history_len: 5,
+        recent_per_interval: 5,
+        recent_len: 5,
+    });
     // Everything counts as idle.
-    let totals: BpfTotals = collect(&p, &mut agg, SweepConfig { syn_timeout_ns: 0, idle_timeout_ns: 0 }).unwrap();
+    let totals: BpfTotals = collect(&p, &mut agg, SweepConfig { idle_timeout_ns: 0 }).unwrap();
     let s = agg.snapshot(&totals, 1_000_000_000, vec![]);
     let peer = s.peers.iter().find(|q| q.addr == peer_addr()).unwrap();
-    assert_eq!((peer.requests, peer.no_response, peer.conns.failed, peer.conns.active), (1, 1, 1, 0));
+    assert_eq!(
+        (
+            peer.requests,
+            peer.no_response,
+            peer.conns.failed,
+            peer.conns.active
+        ),
+        (1, 1, 1, 0)
+    );
     assert_eq!(s.meta.counters.conn_evicted, 1);
     let route = s.routes.iter().find(|r| !r.is_other).unwrap();
-    assert_eq!((route.path.as_str(), route.requests, route.no_response), ("/slow/:id", 1, 1));
+    assert_eq!(
+        (route.path.as_str(), route.requests, route.no_response),
+        ("/slow/:id", 1, 1)
+    );
     assert_eq!(s.recent.last().map(|r| r.status), Some(0));
     assert!(p.conns().unwrap().is_empty());
     assert_eq!(p.filter_total(), 0);
@@ -317,10 +594,20 @@ fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
 fn ignore_port_without_only() {
     require_root!();
     // Wanted; ignored peer port; ignored local port.
-    let (peers, conns) =
-        through_filters(vec![8081, 41000, 41001], vec![], &[(LPORT, PEER, 8080), (LPORT, PEER, 8081), (41000, PEER, 8080)]);
+    let (peers, conns) = through_filters(
+        vec![8081, 41000, 41001],
+        vec![],
+        &[
+            (LPORT, PEER, 8080),
+            (LPORT, PEER, 8081),
+            (41000, PEER, 8080),
+        ],
+    );
     assert_eq!(peers, vec![(peer_addr(), 1)]);
-    assert_eq!(conns, 2, "the SYN and the request connection on the wanted ports");
+    assert_eq!(
+        conns, 2,
+        "the SYN and the request connection on the wanted ports"
+    );
 }
 
 /// What reaches the daemon through the ring: the request bytes up to the
@@ -334,25 +621,52 @@ fn ring_events_carry_the_route_part_of_the_request() {
     let long = format!("/{}", "a".repeat(60));
     let huge = format!("/{}", "b".repeat(300));
     let cases: Vec<(String, &[u8], String)> = vec![
-        ("GET /a/1 HTTP/1.1\r\nHost: b\r\n\r\n".into(), b"HTTP/1.1 200 OK\r\n\r\n", "GET /a/1 ".into()),
-        ("GET /q?token=SECRET123 HTTP/1.1\r\n\r\n".into(), b"HTTP/1.1 404 Not Found\r\n\r\n", "GET /q?".into()),
-        (format!("POST {long} HTTP/1.1\r\n\r\n"), b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n\r\n", format!("POST {long} ")),
-        (format!("GET {huge} HTTP/1.1\r\n\r\n"), b"HTTP/1.1 503 Busy\r\n\r\n", format!("GET {huge}")[..128].to_string()),
+        (
+            "GET /a/1 HTTP/1.1\r\nHost: b\r\n\r\n".into(),
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            "GET /a/1 ".into(),
+        ),
+        (
+            "GET /q?token=SECRET123 HTTP/1.1\r\n\r\n".into(),
+            b"HTTP/1.1 404 Not Found\r\n\r\n",
+            "GET /q?".into(),
+        ),
+        (
+            format!("POST {long} HTTP/1.1\r\n\r\n"),
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n\r\n",
+            format!("POST {long} "),
+        ),
+        (
+            format!("GET {huge} HTTP/1.1\r\n\r\n"),
+            b"HTTP/1.1 503 Busy\r\n\r\n",
+            format!("GET {huge}")[..128].to_string(),
+        ),
         // A request line cut short by its segment.
-        ("PUT /x/y".into(), b"HTTP/1.0 204 No Content\r\n\r\n", "PUT /x/y".into()),
+        (
+            "PUT /x/y".into(),
+            b"HTTP/1.0 204 No Content\r\n\r\n",
+            "PUT /x/y".into(),
+        ),
     ];
-    run(&p, true, &out(SYN, b""));
-    run(&p, false, &back(SYN | ACK, b""));
+    let mut f = Flow::new(LPORT);
+    run(&p, true, &f.syn());
+    run(&p, false, &f.syn_ack());
     for (req, resp, _) in &cases {
-        run(&p, true, &out(ACK | PSH, req.as_bytes()));
-        run(&p, false, &back(ACK | PSH, resp));
+        run(&p, true, &f.send(req.as_bytes()));
+        run(&p, false, &f.recv(resp));
     }
     let got = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let sink = got.clone();
     let ring = p
         .ring_buffer(move |ev| {
             let req = String::from_utf8_lossy(&ev.req[..usize::from(ev.req_len)]).into_owned();
-            sink.borrow_mut().push((req, ev.status, ev.req[usize::from(ev.req_len).min(127)..].iter().all(|&b| b == 0)));
+            sink.borrow_mut().push((
+                req,
+                ev.status,
+                ev.req[usize::from(ev.req_len).min(127)..]
+                    .iter()
+                    .all(|&b| b == 0),
+            ));
         })
         .unwrap();
     ring.consume().unwrap();
@@ -362,15 +676,28 @@ fn ring_events_carry_the_route_part_of_the_request() {
         .zip([200u16, 404, 201, 503, 204])
         .map(|((_, _, route), code)| (route.clone(), code))
         .collect();
-    assert_eq!(got.iter().map(|(r, c, _)| (r.clone(), *c)).collect::<Vec<_>>(), want);
+    assert_eq!(
+        got.iter()
+            .map(|(r, c, _)| (r.clone(), *c))
+            .collect::<Vec<_>>(),
+        want
+    );
     // Nothing past req_len crossed (the query above included).
     assert!(got.iter().take(3).all(|(_, _, zeros)| *zeros), "{got:?}");
     let codes: Vec<(u16, u64)> = {
-        let mut c: Vec<_> = p.code_counters().unwrap().into_iter().map(|(_, c, n)| (c, n)).collect();
+        let mut c: Vec<_> = p
+            .code_counters()
+            .unwrap()
+            .into_iter()
+            .map(|(_, c, n)| (c, n))
+            .collect();
         c.sort();
         c
     };
-    assert_eq!(codes, vec![(100, 1), (200, 1), (201, 1), (204, 1), (404, 1), (503, 1)]);
+    assert_eq!(
+        codes,
+        vec![(100, 1), (200, 1), (201, 1), (204, 1), (404, 1), (503, 1)]
+    );
 }
 
 /// A backend on this host, listening on a port in the ephemeral range: its
@@ -382,23 +709,35 @@ fn local_backend_replies_are_not_new_connections() {
     require_root!();
     let p = load();
     let (nginx, backend) = (([127, 0, 0, 1], 40001u16), ([127, 0, 0, 1], 40999u16));
-    let to = |flags, payload: &[u8]| frame4(nginx.0, nginx.1, backend.0, backend.1, flags, payload);
-    let from = |flags, payload: &[u8]| frame4(backend.0, backend.1, nginx.0, nginx.1, flags, payload);
-    run(&p, true, &to(SYN, b""));
-    run(&p, false, &from(SYN | ACK, b""));
+    let mut f = Flow::to(nginx.1, backend.0, backend.1);
+    f.local.0 = nginx.0;
+    // On loopback each segment passes egress, then ingress.
+    let syn = f.syn();
+    run(&p, true, &syn);
+    run(&p, false, &syn);
+    let syn_ack = f.syn_ack();
+    run(&p, true, &syn_ack);
+    run(&p, false, &syn_ack);
     for _ in 0..2 {
-        run(&p, true, &to(ACK | PSH, b"GET /a HTTP/1.1\r\n\r\n"));
-        // On loopback each segment passes egress, then ingress.
-        run(&p, false, &to(ACK | PSH, b"GET /a HTTP/1.1\r\n\r\n"));
-        run(&p, true, &from(ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
-        run(&p, false, &from(ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
+        let req = f.send(b"GET /a HTTP/1.1\r\n\r\n");
+        run(&p, true, &req);
+        run(&p, false, &req);
+        let resp = f.recv(b"HTTP/1.1 200 OK\r\n\r\n");
+        run(&p, true, &resp);
+        run(&p, false, &resp);
     }
     // A body from the backend that starts like a request.
-    run(&p, true, &from(ACK | PSH, b"GET /not-a-request HTTP/1.1\r\n\r\n"));
+    let body = f.recv(b"GET /not-a-request HTTP/1.1\r\n\r\n");
+    run(&p, true, &body);
+    run(&p, false, &body);
     let conns = p.conns().unwrap();
     assert_eq!(conns.len(), 1, "only nginx's connection is tracked");
     assert_eq!(conns[0].key.local_port, nginx.1);
-    let peers: Vec<(SocketAddr, u64, [u64; 5])> =
-        p.peer_counters().unwrap().into_iter().map(|(a, c)| (a, c.requests, c.responses)).collect();
+    let peers: Vec<(SocketAddr, u64, [u64; 5])> = p
+        .peer_counters()
+        .unwrap()
+        .into_iter()
+        .map(|(a, c)| (a, c.requests, c.responses))
+        .collect();
     assert_eq!(peers, vec![(SocketAddr::from(backend), 2, [0, 2, 0, 0, 0])]);
 }

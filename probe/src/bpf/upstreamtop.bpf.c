@@ -7,6 +7,14 @@
  * (saddr,sport -> daddr,dport), ingress packets flipped. On loopback each
  * packet passes lo's egress and then lo's ingress; the flipped lookup of a
  * backend's own traffic never matches the client's entry.
+ *
+ * Exactness: each direction of a tracked connection keeps the highest
+ * sequence number seen, so a retransmitted, duplicated or overlapping
+ * segment is neither counted nor parsed again. A request can start only at
+ * a message boundary on egress (the connection's first bytes, or the first
+ * new bytes after the final status line); the status line must start where
+ * we acknowledged the peer's bytes when the request went out, and is put
+ * together from whatever segments hold it. Bodies are never parsed.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -34,14 +42,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * the rest of the 128 are read (and written into the entry) only when the
  * target goes on past them. */
 #define REQ_FIRST 32
-/* Response bytes read first: a whole status line ("HTTP/1.1 200"); the
- * rest of the segment is scanned only after an interim 1xx. */
-#define STATUS_FIRST 16
-/* Bytes of a response segment scanned for status lines (a 1xx interim
- * response may be followed by the final one in the same segment). */
+/* Bytes of an interim response's headers scanned per chunk for their end. */
 #define SCAN 256
-/* Status lines looked at in one segment: e.g. 100, 103, then the final. */
-#define MAX_STATUS_LINES 3
+/* Status lines looked at in one segment: e.g. several 100s, a 103, then
+ * the final. */
+#define MAX_STATUS_LINES 8
 
 /* Filters, set by the daemon before load. */
 const volatile __u16 ignore_ports[MAX_IGNORE_PORTS] = {};
@@ -91,16 +96,31 @@ __u64 peer_ports[8] __attribute__((aligned(64))) = {};
  * updates never share a cache line with the globals above. */
 __u32 tracked[FILTER_SLOTS] __attribute__((aligned(64))) = {};
 
-/* Keeps the ring-buffer record in the object's BTF so the skeleton's
- * `types` module has it (nothing reads this variable). */
+/* Keep the ring-buffer record in the object's BTF so the skeleton's
+ * `types` module has it (nothing reads these variables). */
 struct exchange_event _event_type = {};
+/* Likewise for the enums the daemon reads connection phases and stats by. */
+enum conn_phase _phase_type = 0;
+enum stat_index _stat_type = 0;
 
+/* Tracked connections. LRU: when full, the least recently active
+ * connection (an idle keepalive one, as a rule) makes room; its next request
+ * is picked up again from its segments (see on_untracked_payload). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384); /* --max-conns */
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); /* --max-conns */
 	__type(key, struct conn_key);
 	__type(value, struct conn_state);
 } conns SEC(".maps");
+
+/* Connection counts of peers whose connections carried no HTTP: bounded
+ * apart from `peers`, the least recently active forgotten first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 4096); /* --max-tcp-peers */
+	__type(key, struct peer_key);
+	__type(value, struct tcp_counters);
+} tcp_peers SEC(".maps");
 
 /* Backend -> index into `peers`, assigned once when a connection to it is
  * first tracked: after that, counting is an array access, not a hash. */
@@ -163,6 +183,8 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 struct seg {
 	__u32 payload_off;
 	__u32 payload_len;
+	__u32 seq; /* host order */
+	__u32 ack;
 	__u8 flags;
 };
 
@@ -365,6 +387,8 @@ static __always_inline int parse(struct __sk_buff *skb, bool egress, struct conn
 	k->local_port = egress ? sport : dport;
 	k->peer_port = egress ? dport : sport;
 	s->flags = tcp[13];
+	s->seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
+	s->ack = ((__u32)tcp[8] << 24) | ((__u32)tcp[9] << 16) | ((__u32)tcp[10] << 8) | tcp[11];
 	s->payload_len = ip_len - hl - doff;
 	s->payload_off = l3 + hl + doff;
 	return 0;
@@ -467,8 +491,20 @@ static __always_inline void peer_of(const struct conn_key *k, struct peer_key *p
 	pk->_pad = 0;
 }
 
-/* The peer's index, assigned on first use; NO_PEER when `peers` is full. */
-static __always_inline __u32 peer_idx_get(const struct conn_key *k)
+/* The index of a peer that carried HTTP already, else NO_PEER. */
+static __always_inline __u32 peer_idx_find(const struct conn_key *k)
+{
+	struct peer_key pk;
+	__u32 *idx;
+
+	peer_of(k, &pk);
+	idx = bpf_map_lookup_elem(&peer_ids, &pk);
+	return idx ? *idx : NO_PEER;
+}
+
+/* The peer's index, assigned with its first request; NO_PEER when `peers`
+ * is full. A subprogram: once per new connection at most. */
+static __noinline __u32 peer_idx_claim(const struct conn_key *k)
 {
 	struct peer_key pk;
 	__u32 *idx, n;
@@ -502,6 +538,27 @@ static __always_inline struct scratch *scratch_get(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&scratch_space, &zero);
+}
+
+/* Connection counts of a connection that never carried HTTP. */
+static __noinline void count_tcp(const struct conn_key *k, __u32 opened, __u32 closed, __u32 failed,
+				 __u32 reset)
+{
+	struct tcp_counters zero = {}, *c;
+	struct peer_key pk;
+
+	peer_of(k, &pk);
+	c = bpf_map_lookup_elem(&tcp_peers, &pk);
+	if (!c) {
+		bpf_map_update_elem(&tcp_peers, &pk, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&tcp_peers, &pk);
+		if (!c)
+			return;
+	}
+	c->opened += opened;
+	c->closed += closed;
+	c->failed += failed;
+	c->reset += reset;
 }
 
 static __always_inline void count_code(__u32 peer_idx, __u16 code, struct peer_counters *pc)
@@ -547,7 +604,7 @@ static __always_inline void count_code(__u32 peer_idx, __u16 code, struct peer_c
  * per-CPU scratch space and only its used part is copied into the ring:
  * the ring's memory was last touched a whole drain ago (cold), so every
  * cache line a record spans costs a miss, and req_len is most often under
- * REQ_FIRST (see route_len). The daemon zero-fills the rest. */
+ * REQ_FIRST (see route_end). The daemon zero-fills the rest. */
 static __always_inline void emit(const struct conn_key *k, struct conn_state *cs, __u16 status,
 				 __u64 latency)
 {
@@ -574,46 +631,64 @@ static __always_inline void emit(const struct conn_key *k, struct conn_state *cs
 		stat_inc(STAT_EVENTS_DROPPED);
 }
 
-/* FIN or RST on a tracked connection. */
-static __always_inline void conn_end(const struct conn_key *k, struct conn_state *cs, __u8 flags)
+static __always_inline bool awaiting(const struct conn_state *cs)
+{
+	return cs->phase == PHASE_AWAIT_RESPONSE || cs->phase == PHASE_INTERIM;
+}
+
+/* The connection ends: our FIN or RST, the peer's RST. (The peer's FIN
+ * only marks it: segments reordered behind that FIN may still hold the
+ * response, and nginx closes its side once it has read everything.) */
+static __noinline void conn_end(const struct conn_key *k, struct conn_state *cs, __u8 flags)
 {
 	struct peer_counters *pc = peer_at(cs->peer_idx);
+	__u32 reset = (flags & TH_RST) ? 1 : 0;
 
-	if (pc) {
-		if (cs->phase == PHASE_SYN_SENT) {
-			if (flags & TH_RST)
+	if (cs->phase == PHASE_SYN_SENT) {
+		/* Refused: one failure for the attempt, however many SYNs it
+		 * took. */
+		if (reset) {
+			if (pc)
 				pc->conn_failed += 1;
-		} else {
-			pc->conn_closed += 1;
-			if (flags & TH_RST)
-				pc->conn_reset += 1;
-			if (cs->phase == PHASE_AWAIT_RESPONSE)
-				pc->no_response += 1;
+			else
+				count_tcp(k, 0, 0, 1, 0);
 		}
+	} else if (pc) {
+		pc->conn_closed += 1;
+		pc->conn_reset += reset;
+		if (awaiting(cs))
+			pc->no_response += 1;
+	} else {
+		count_tcp(k, (cs->flags & CF_OPEN_PENDING) ? 1 : 0, 1, 0, reset);
 	}
-	if (cs->phase == PHASE_AWAIT_RESPONSE)
+	if (awaiting(cs))
 		emit(k, cs, 0, 0);
 	conn_delete(k, cs->slot);
 }
 
-/* Does `b` (n bytes) start like a request line: an uppercase method token,
- * one space, and the first byte of a target? Returns the target's index
- * (> 1), or 0 when not. */
-static __always_inline __u32 request_target(const __u8 *b, __u32 n)
+/* Where b (n bytes) stands as the start of a message: a request line's
+ * target index (> 1) when it starts with an uppercase method token, one
+ * space and the first byte of a target; 0 when it cannot be a request;
+ * REQ_MORE when every byte so far fits but there are too few to tell. */
+#define REQ_MORE 0xffff
+
+static __always_inline __u32 request_start(const __u8 *b, __u32 n)
 {
 	__u32 i;
 
 	for (i = 0; i < PEEK - 1; i++) {
 		if (i >= n)
-			return 0;
+			return REQ_MORE;
 		__u8 c = b[i];
 		if (c == ' ')
 			break;
 		if (!((c >= 'A' && c <= 'Z') || c == '-' || c == '_'))
 			return 0;
 	}
-	if (i == 0 || i >= PEEK - 1 || i + 1 >= n)
+	if (i == 0 || i >= PEEK - 1)
 		return 0;
+	if (i + 1 >= n)
+		return REQ_MORE;
 	__u8 t = b[i + 1];
 	if (t == '/' || t == '*' || t == '[' || (t >= 'a' && t <= 'z') || (t >= 'A' && t <= 'Z') ||
 	    (t >= '0' && t <= '9'))
@@ -621,18 +696,18 @@ static __always_inline __u32 request_target(const __u8 *b, __u32 n)
 	return 0;
 }
 
-/* How many of the n request bytes in b the daemon needs: up to and
- * including the first byte after the target's start `from` that ends the
- * route part of it (space, '?', '#', CR, LF), else all n. The route drops
- * the query anyway (it never leaves the kernel), and the event and the
- * entry then carry a few dozen bytes instead of 128. */
+/* One past the first byte after the target's start `from` that ends the
+ * route part of it (space, '?', '#', CR, LF) among the n bytes of b, or 0
+ * when the n bytes hold no such byte. The route drops the query anyway
+ * (it never leaves the kernel), and the event and the entry then carry a
+ * few dozen bytes instead of 128. */
 #define ROUTE_END (1ull << ' ' | 1ull << '?' | 1ull << '#' | 1ull << '\r' | 1ull << '\n')
 
-static __always_inline __u32 route_len(const __u8 *b, __u32 from, __u32 n)
+static __always_inline __u32 route_end(const __u8 *b, __u32 from, __u32 n)
 {
 	__u32 i;
 
-	/* from < PEEK (request_target): a known start keeps the loop's
+	/* from < PEEK (request_start): a known start keeps the loop's
 	 * bounds plain for the verifier. */
 	for (i = (from & 31) + 1; i < REQ_BYTES; i++) {
 		if (i >= n)
@@ -644,7 +719,7 @@ static __always_inline __u32 route_len(const __u8 *b, __u32 from, __u32 n)
 		if (c < 64 && ((1ull << c) & ROUTE_END))
 			return i + 1;
 	}
-	return n;
+	return 0;
 }
 
 static __always_inline bool is_digit(__u8 c)
@@ -677,109 +752,375 @@ static __always_inline __u16 status_code(const __u8 *b)
 	return code;
 }
 
-/* Status code of a status line starting at b[i] of the scratch buffer (n
- * bytes valid), or 0. */
-static __always_inline __u16 status_at(const __u8 *b, __u32 i, __u32 n)
+/* Copy bytes [from, from + n) of the segment (skb offsets) to the end of
+ * cs->req, as many as fit. Off the usual path: only a message whose first
+ * bytes or route came in several segments needs it. */
+static __noinline void req_append(struct __sk_buff *skb, struct conn_state *cs, __u32 from, __u32 n)
 {
-	i &= SCAN - 1;
-	if (i + 12 > n)
-		return 0;
-	/* i <= SCAN-1, reads up to i + 11: inside buf (SCAN + 16). */
-	return status_code(b + i);
+	struct scratch *sc = scratch_get();
+	__u32 have = cs->req_len, i;
+
+	if (!sc || have >= REQ_BYTES || !n)
+		return;
+	__u32 take = REQ_BYTES - have;
+	if (take > n)
+		take = n;
+	take = clamp_len(take, REQ_BYTES);
+	if (bpf_skb_load_bytes(skb, from, sc->buf, take))
+		return;
+	for (i = 0; i < REQ_BYTES; i++) {
+		if (i >= take)
+			break;
+		cs->req[(have + i) & (REQ_BYTES - 1)] = sc->buf[i];
+	}
+	cs->req_len = have + take;
+}
+
+/* The route of the request in flight went on past the segments seen:
+ * take what this one adds. */
+static __noinline void route_more(struct __sk_buff *skb, struct conn_state *cs, __u32 from, __u32 n)
+{
+	req_append(skb, cs, from, n);
+	__u32 t = request_start(cs->req, cs->req_len);
+	__u32 len = t && t != REQ_MORE ? route_end(cs->req, t, cs->req_len) : 0;
+	if (len)
+		cs->req_len = len;
+	if (len || cs->req_len >= REQ_BYTES)
+		cs->flags &= ~CF_ROUTE_OPEN;
+}
+
+/* A request starts on a tracked connection: its first req_len bytes are
+ * in cs->req, `route` says whether the route part ended in them. Claims
+ * the peer's slot with the connection's first request. Returns the
+ * peer's counters. */
+static __always_inline struct peer_counters *request_starts(const struct conn_key *k,
+							     struct conn_state *cs, __u32 target)
+{
+	__u32 len = route_end(cs->req, target, cs->req_len);
+
+	if (len) {
+		cs->req_len = len;
+		cs->flags &= ~CF_ROUTE_OPEN;
+	} else if (cs->req_len < REQ_BYTES) {
+		cs->flags |= CF_ROUTE_OPEN;
+	} else {
+		cs->flags &= ~CF_ROUTE_OPEN;
+	}
+	if (cs->peer_idx == NO_PEER)
+		cs->peer_idx = peer_idx_claim(k);
+	struct peer_counters *pc = peer_at(cs->peer_idx);
+	cs->phase = PHASE_AWAIT_RESPONSE;
+	cs->win_mask = 0;
+	cs->flags &= ~CF_GARBLED;
+	if (pc) {
+		pc->requests += 1;
+		if (cs->flags & CF_OPEN_PENDING) {
+			pc->conn_opened += 1;
+			cs->flags &= ~CF_OPEN_PENDING;
+		}
+	} else {
+		stat_inc(STAT_PEER_TABLE_FULL);
+	}
+	return pc;
+}
+
+/* New egress bytes [off, off + n) of the payload where a message may
+ * start (or goes on while too short to tell). Returns the bytes the peer's
+ * `sent` gains now. */
+static __always_inline __u32 message_bytes(struct __sk_buff *skb, const struct conn_key *k,
+					   struct conn_state *cs, const struct seg *s, __u32 off,
+					   __u32 n)
+{
+	bool had_peer = cs->peer_idx != NO_PEER;
+	__u32 from = s->payload_off + off;
+
+	if (cs->phase != PHASE_REQ_PARTIAL) {
+		/* Nothing of the message yet: straight into the entry (the
+		 * usual path, one copy). The peer sends nothing before our
+		 * request, so what we acknowledge is where its response will
+		 * start. */
+		__u32 m = clamp_len(n, REQ_FIRST);
+		if (bpf_skb_load_bytes(skb, from, cs->req, m))
+			return had_peer ? n : 0;
+		cs->req_len = m;
+		cs->held = 0;
+		cs->resp_seq = s->ack;
+		cs->req_ts = bpf_ktime_get_ns();
+		if (n > REQ_FIRST) {
+			__u32 t = request_start(cs->req, m);
+			if (t && t != REQ_MORE && !route_end(cs->req, t, m)) {
+				/* The target goes on: read up to all 128. */
+				m = clamp_len(n, REQ_BYTES);
+				if (bpf_skb_load_bytes(skb, from, cs->req, m))
+					return had_peer ? n : 0;
+				cs->req_len = m;
+			}
+		}
+	} else {
+		req_append(skb, cs, from, n);
+	}
+	cs->held += n;
+
+	__u32 t = request_start(cs->req, cs->req_len);
+	if (t == REQ_MORE) {
+		cs->phase = PHASE_REQ_PARTIAL;
+		return had_peer ? n : 0;
+	}
+	if (!t) {
+		/* A connection's first message decides whether it is HTTP;
+		 * later, bytes that are no request are the rest of one (a
+		 * body still going out after an early response). */
+		if (!had_peer) {
+			cs->phase = PHASE_OPAQUE;
+			stat_inc(STAT_OPAQUE_CONNS);
+		} else {
+			cs->phase = PHASE_IN_RESPONSE;
+		}
+		return had_peer ? n : 0;
+	}
+	cs->last_ts = cs->req_ts;
+	request_starts(k, cs, t);
+	/* Bytes held while undecided count once the peer is known. */
+	return had_peer ? n : cs->held;
+}
+
+/* New payload of a tracked connection, sent by this host. */
+static __always_inline void egress_payload(struct __sk_buff *skb, const struct conn_key *k,
+					   struct conn_state *cs, const struct seg *s)
+{
+	__s32 d = (__s32)(s->seq - cs->snd_nxt);
+	__u32 off = 0, n = s->payload_len, phase = cs->phase, sent = 0;
+
+	if (d < 0) {
+		/* Sent before: a retransmission, maybe with new bytes after
+		 * what was sent. */
+		stat_inc(STAT_RETRANSMITS);
+		if ((__u32)-d >= n)
+			return;
+		off = -d;
+		n -= off;
+	}
+	cs->snd_nxt = s->seq + s->payload_len;
+	if (phase == PHASE_AWAIT_RESPONSE || phase == PHASE_INTERIM) {
+		/* The rest of the request: headers or body, never a new
+		 * message (nginx does not pipeline upstream). */
+		if (cs->flags & CF_ROUTE_OPEN)
+			route_more(skb, cs, s->payload_off + off, n);
+		sent = n;
+	} else if (phase == PHASE_IDLE || phase == PHASE_IN_RESPONSE || phase == PHASE_REQ_PARTIAL) {
+		sent = message_bytes(skb, k, cs, s, off, n);
+	}
+	struct peer_counters *pc = peer_at(cs->peer_idx);
+	if (pc)
+		pc->sent_bytes += sent;
+}
+
+/* Fill the status-line window (WIN_BYTES from resp_seq) with what this
+ * segment holds of it, whatever its order or overlap. */
+static __noinline void window_fill(struct __sk_buff *skb, struct conn_state *cs, const struct seg *s)
+{
+	struct scratch *sc = scratch_get();
+	__s32 rel = (__s32)(s->seq - cs->resp_seq);
+	__s32 lo = rel > 0 ? rel : 0, hi = rel + (__s32)s->payload_len;
+	__u32 i;
+
+	if (!sc || lo >= WIN_BYTES || hi <= 0)
+		return;
+	if (hi > WIN_BYTES)
+		hi = WIN_BYTES;
+	__u32 n = clamp_len(hi - lo, WIN_BYTES), at = lo & (WIN_BYTES - 1);
+	if (bpf_skb_load_bytes(skb, s->payload_off + (lo - rel), sc->buf, n))
+		return;
+	for (i = 0; i < WIN_BYTES; i++) {
+		if (i >= n)
+			break;
+		cs->win[(at + i) & (WIN_BYTES - 1)] = sc->buf[i];
+		cs->win_mask |= 1 << ((at + i) & (WIN_BYTES - 1));
+	}
+}
+
+/* The status line in cs->win (its first 12 bytes in): count it. Returns
+ * true when it was an interim 1xx (its headers' end is looked for next). */
+static __always_inline bool status_parsed(const struct conn_key *k, struct conn_state *cs,
+					  struct peer_counters *pc)
+{
+	__u16 code = status_code(cs->win);
+	if (!code) {
+		cs->flags |= CF_GARBLED;
+		stat_inc(STAT_PARSE_ERRORS);
+		return false;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	__u32 cls = (__u32)code / 100u - 1u;
+	if (pc && cls < 5)
+		pc->responses[cls] += 1;
+	count_code(cs->peer_idx, code, pc);
+	cs->last_ts = now;
+	if (code >= 200) {
+		cs->phase = PHASE_IN_RESPONSE;
+		emit(k, cs, code, now - cs->req_ts);
+		return false;
+	}
+	/* Interim: the exchange goes on after this response's headers. The
+	 * shortest status line ("HTTP/2 103") is 10 bytes. */
+	cs->phase = PHASE_INTERIM;
+	cs->resp_seq += 10;
+	cs->crlf = 0;
+	return true;
+}
+
+/* The status line at resp_seq from whatever part of it this segment
+ * holds. Returns true when an interim 1xx was counted. */
+static __always_inline bool status_window(struct __sk_buff *skb, const struct conn_key *k,
+					  struct conn_state *cs, const struct seg *s,
+					  struct peer_counters *pc)
+{
+	if (cs->flags & CF_GARBLED)
+		return false;
+	window_fill(skb, cs, s);
+	/* "HTTP/" is all there and wrong: not HTTP, stop looking. */
+	if ((cs->win_mask & 0x1f) == 0x1f &&
+	    (cs->win[0] != 'H' || cs->win[1] != 'T' || cs->win[2] != 'T' || cs->win[3] != 'P' ||
+	     cs->win[4] != '/')) {
+		cs->flags |= CF_GARBLED;
+		stat_inc(STAT_PARSE_ERRORS);
+		return false;
+	}
+	if ((cs->win_mask & 0xfff) != 0xfff)
+		return false;
+	return status_parsed(k, cs, pc);
 }
 
 struct scan_ctx {
-	__u32 from;
-	__u32 n;
-	__u32 found;
+	struct __sk_buff *skb;
+	__u32 off;   /* skb offset of the chunk being scanned */
+	__u32 n;     /* its bytes in sc->buf */
+	__u32 end;   /* skb offset past the payload */
+	__u32 crlf;  /* "\r\n\r\n" bytes matched */
+	__u32 found; /* skb offset just past the match, or 0 */
 };
 
-static long scan_step(__u32 j, struct scan_ctx *c)
+/* One byte of the chunk in sc->buf (c->n bytes): a bpf_loop callback, so
+ * the verifier walks it once rather than once per byte and match state. */
+static long scan_byte(__u32 j, struct scan_ctx *c)
 {
-	struct scratch *sc;
-	__u32 zero = 0;
+	struct scratch *sc = scratch_get();
 
-	if (j < c->from)
-		return 0;
-	if (j + 4 > c->n)
+	if (!sc || j >= c->n)
 		return 1;
-	sc = bpf_map_lookup_elem(&scratch_space, &zero);
-	if (!sc)
-		return 1;
-	j &= SCAN - 1;
-	if (sc->buf[j] == '\r' && sc->buf[j + 1] == '\n' && sc->buf[j + 2] == '\r' &&
-	    sc->buf[j + 3] == '\n') {
-		c->found = j + 4;
-		return 1;
+	__u8 b = sc->buf[j & (SCAN - 1)];
+	if (b == ((c->crlf & 1) ? '\n' : '\r')) {
+		c->crlf += 1;
+		if (c->crlf >= 4) {
+			c->found = c->off + j + 1;
+			return 1;
+		}
+	} else {
+		c->crlf = b == '\r' ? 1 : 0;
 	}
 	return 0;
 }
 
-/* Index just past the "\r\n\r\n" that ends the headers starting at `from`
- * in the scratch buffer, or 0 when not in the scanned bytes. bpf_loop keeps
- * the verifier from walking every iteration. */
-static __always_inline __u32 headers_end(__u32 from, __u32 n)
+/* One chunk of up to SCAN bytes into the scratch buffer, then its bytes. */
+static long scan_chunk(__u32 i, struct scan_ctx *c)
 {
-	struct scan_ctx c = { .from = from, .n = n, .found = 0 };
+	struct scratch *sc = scratch_get();
 
-	bpf_loop(SCAN, scan_step, &c, 0);
-	return c.found;
+	if (!sc || c->off >= c->end)
+		return 1;
+	c->n = clamp_len(c->end - c->off, SCAN);
+	if (bpf_skb_load_bytes(c->skb, c->off, sc->buf, c->n))
+		return 1;
+	bpf_loop(SCAN, scan_byte, c, 0);
+	if (c->found)
+		return 1;
+	c->off += c->n;
+	return 0;
 }
 
-/* A request starts on a tracked connection: the bytes the daemon needs
- * are in cs->req already (req_len = m). */
-static __always_inline void request_starts(struct conn_state *cs, __u32 m, __u32 payload_len)
-{
-	__u64 now = bpf_ktime_get_ns();
-	struct peer_counters *pc = peer_at(cs->peer_idx);
+/* An interim response's headers go on: scan this segment from resp_seq,
+ * in order, for the "\r\n\r\n" that ends them (carried across segments in
+ * cs->crlf). Returns true when found: resp_seq is then the next status
+ * line's. */
+#define SCAN_CHUNKS 256
 
-	cs->req_len = m;
-	cs->req_ts = now;
-	cs->last_ts = now;
-	cs->phase = PHASE_AWAIT_RESPONSE;
-	if (pc) {
-		pc->requests += 1;
-		pc->sent_bytes += payload_len;
-	} else {
-		stat_inc(STAT_PEER_TABLE_FULL);
+static __noinline bool interim_scan(struct __sk_buff *skb, struct conn_state *cs, const struct seg *s)
+{
+	__s32 rel = (__s32)(cs->resp_seq - s->seq);
+
+	if (rel < 0 || (__u32)rel >= s->payload_len)
+		return false; /* not the next bytes in order */
+	struct scan_ctx c = {
+		.skb = skb,
+		.off = s->payload_off + rel,
+		.end = s->payload_off + s->payload_len,
+		.crlf = cs->crlf,
+	};
+	bpf_loop(SCAN_CHUNKS, scan_chunk, &c, 0);
+	if (c.found) {
+		cs->resp_seq = s->seq + (c.found - s->payload_off);
+		cs->phase = PHASE_AWAIT_RESPONSE;
+		cs->win_mask = 0;
+		cs->crlf = 0;
+		return true;
+	}
+	cs->resp_seq = s->seq + (c.off - s->payload_off);
+	cs->crlf = c.crlf;
+	return false;
+}
+
+/* Status lines after the first look: split, reordered, or after a 1xx
+ * (several may share a segment: 100, 103, then the final). */
+static __noinline void responses(struct __sk_buff *skb, const struct conn_key *k,
+				 struct conn_state *cs, const struct seg *s, struct peer_counters *pc)
+{
+	__u32 i;
+
+	for (i = 0; i < MAX_STATUS_LINES; i++) {
+		if (cs->phase == PHASE_AWAIT_RESPONSE && !status_window(skb, k, cs, s, pc))
+			break;
+		if (cs->phase != PHASE_INTERIM || !interim_scan(skb, cs, s))
+			break;
 	}
 }
 
-/* Payload on a tracked connection between exchanges (the common request
- * path of a keepalive connection). The first bytes go straight into the
- * entry's request buffer, which holds nothing of value outside
- * AWAIT_RESPONSE: one copy, no scratch space. */
-static __always_inline void on_tracked_payload(struct __sk_buff *skb, struct conn_state *cs,
-					       const struct seg *s)
+/* New or old payload of a tracked connection, sent by the peer. Bytes
+ * count once (beyond rcv_nxt, the highest seen; a hole counts with the
+ * segment after it, as its retransmission will not count again); status
+ * lines are read where they must start, from whatever segments hold them. */
+static __always_inline void ingress_payload(struct __sk_buff *skb, const struct conn_key *k,
+					    struct conn_state *cs, const struct seg *s,
+					    struct peer_counters *pc)
 {
-	__u32 m = clamp_len(s->payload_len, REQ_FIRST);
+	__u32 end = s->seq + s->payload_len;
+	__s32 d = (__s32)(end - cs->rcv_nxt);
 
-	if (bpf_skb_load_bytes(skb, s->payload_off, cs->req, m))
-		return;
-	__u32 t = request_target(cs->req, m);
-	if (t) {
-		__u32 len = route_len(cs->req, t, m);
-		if (len == m && s->payload_len > REQ_FIRST) {
-			/* The target goes on: read up to all 128. */
-			m = clamp_len(s->payload_len, REQ_BYTES);
-			if (bpf_skb_load_bytes(skb, s->payload_off, cs->req, m))
-				return;
-			len = route_len(cs->req, t, m);
-		}
-		request_starts(cs, len, s->payload_len);
-		return;
+	if (d > 0) {
+		if (pc)
+			pc->received_bytes += d;
+		cs->rcv_nxt = end;
 	}
-	struct peer_counters *pc = peer_at(cs->peer_idx);
-	if (pc)
-		pc->sent_bytes += s->payload_len;
+	if (cs->phase != PHASE_AWAIT_RESPONSE && cs->phase != PHASE_INTERIM)
+		return;
+	if (cs->phase == PHASE_AWAIT_RESPONSE && s->seq == cs->resp_seq && !cs->win_mask &&
+	    s->payload_len >= WIN_BYTES && !(cs->flags & CF_GARBLED)) {
+		/* The usual case: the whole status line at the segment's
+		 * start, read straight into the entry. */
+		if (bpf_skb_load_bytes(skb, s->payload_off, cs->win, WIN_BYTES))
+			return;
+		cs->win_mask = 0xffff;
+		if (!status_parsed(k, cs, pc))
+			return;
+	}
+	responses(skb, k, cs, s, pc);
 }
 
 /* Payload on a connection not tracked yet, from an ephemeral port and
  * wanted by the filters: a request on a connection opened before the probe
- * started? A short peek on the stack decides; most such segments (TLS,
- * other protocols) leave after it. A subprogram: rare, kept out of the hot
- * path's code. Returns the connection's entry when
- * another CPU created it meanwhile, else NULL. */
+ * started, or one the full table let go? A short peek on the stack decides;
+ * most such segments (TLS, other protocols) leave after it. A subprogram:
+ * rare, kept out of the hot path's code. Returns the connection's entry
+ * when another CPU created it meanwhile, else NULL. */
 static __noinline struct conn_state *on_untracked_payload(struct __sk_buff *skb,
 							      const struct conn_key *k,
 							      const struct seg *s)
@@ -789,71 +1130,90 @@ static __noinline struct conn_state *on_untracked_payload(struct __sk_buff *skb,
 
 	if (bpf_skb_load_bytes(skb, s->payload_off, peek, m))
 		return NULL;
-	__u32 t = request_target(peek, m);
-	if (!t)
+	__u32 t = request_start(peek, m);
+	if (!t || t == REQ_MORE)
 		return NULL;
 	struct scratch *sc = scratch_get();
 	if (!sc)
 		return NULL;
+	struct conn_state *c = &sc->conn;
+	__builtin_memset(c, 0, sizeof(*c));
 	m = clamp_len(s->payload_len, REQ_BYTES);
-	if (bpf_skb_load_bytes(skb, s->payload_off, sc->conn.req, m))
+	if (bpf_skb_load_bytes(skb, s->payload_off, c->req, m))
 		return NULL;
-	m = route_len(sc->conn.req, t, m);
-	__u64 now = bpf_ktime_get_ns();
-	__u32 peer_idx = peer_idx_get(k);
-	sc->conn.phase = PHASE_AWAIT_RESPONSE;
-	sc->conn.peer_idx = peer_idx;
-	sc->conn.req_len = m;
-	sc->conn.req_ts = now;
-	sc->conn.last_ts = now;
-	long err = conn_insert(k, &sc->conn);
-	if (err == -EEXIST) {
-		struct conn_state *cs = bpf_map_lookup_elem(&conns, k);
-		if (cs) {
-			__builtin_memcpy(cs->req, sc->conn.req, REQ_BYTES);
-			request_starts(cs, m, s->payload_len);
-		}
-		return cs;
-	}
-	if (err) {
+	c->req_len = m;
+	c->peer_idx = NO_PEER;
+	c->snd_nxt = s->seq + s->payload_len;
+	/* What we acknowledge is where the response starts. */
+	c->rcv_nxt = s->ack;
+	c->resp_seq = s->ack;
+	c->req_ts = bpf_ktime_get_ns();
+	c->last_ts = c->req_ts;
+	struct peer_counters *pc = request_starts(k, c, t);
+	long err = conn_insert(k, c);
+	if (err == -EEXIST)
+		return bpf_map_lookup_elem(&conns, k);
+	if (err)
 		stat_inc(STAT_CONN_TABLE_FULL);
-		return NULL;
-	}
-	struct peer_counters *pc = peer_at(peer_idx);
-	if (pc) {
-		pc->requests += 1;
+	if (pc)
 		pc->sent_bytes += s->payload_len;
-	} else {
-		stat_inc(STAT_PEER_TABLE_FULL);
-	}
 	return NULL;
 }
 
+/* The attempt in `cs` ended without a handshake (its port is reused by a
+ * new one): one failure. */
+static __always_inline void attempt_failed(const struct conn_key *k, struct conn_state *cs)
+{
+	struct peer_counters *pc = peer_at(cs->peer_idx);
+
+	if (pc)
+		pc->conn_failed += 1;
+	else
+		count_tcp(k, 0, 0, 1, 0);
+}
+
 /* Connection attempt from this host: track it from the handshake (a
- * subprogram, out of the hot path's code). */
-static __noinline void on_syn(const struct conn_key *k)
+ * subprogram, out of the hot path's code). The peer's slot is known here
+ * only if it carried HTTP before; otherwise the first request claims one. */
+static __noinline void on_syn(const struct conn_key *k, const struct seg *s)
 {
 	if (!wanted_quick(k))
 		return;
+	__u64 now = bpf_ktime_get_ns();
+	struct conn_state *old = NULL;
+	if (maybe_tracked_key(k))
+		old = bpf_map_lookup_elem(&conns, k);
+	if (old) {
+		if (old->phase == PHASE_SYN_SENT && old->syn_isn == s->seq) {
+			/* The kernel retransmits the SYN: the same attempt.
+			 * req_ts keeps the SYN before (the sweeper's
+			 * deadline follows the kernel's backoff). */
+			old->syns += 1;
+			old->req_ts = old->last_ts;
+			old->last_ts = now;
+			return;
+		}
+		/* The port goes to a new connection: the old one ended
+		 * unseen. */
+		if (old->phase == PHASE_SYN_SENT)
+			attempt_failed(k, old);
+		else
+			conn_end(k, old, TH_FIN);
+	}
 	struct scratch *sc = scratch_get();
 	if (!sc)
 		return;
-	__u64 now = bpf_ktime_get_ns();
-	__builtin_memset(&sc->conn, 0, sizeof(sc->conn));
-	sc->conn.phase = PHASE_SYN_SENT;
-	sc->conn.last_ts = now;
-	sc->conn.peer_idx = peer_idx_get(k);
-	long err = conn_insert(k, &sc->conn);
-	if (err == -EEXIST) {
-		/* Port reused for a new connection: start over. */
-		struct conn_state *old = bpf_map_lookup_elem(&conns, k);
-		if (old) {
-			old->phase = PHASE_SYN_SENT;
-			old->last_ts = now;
-		}
-	} else if (err) {
+	struct conn_state *c = &sc->conn;
+	__builtin_memset(c, 0, sizeof(*c));
+	c->phase = PHASE_SYN_SENT;
+	c->last_ts = now;
+	c->syn_isn = s->seq;
+	c->syns = 1;
+	c->snd_nxt = s->seq + 1;
+	c->peer_idx = peer_idx_find(k);
+	long err = conn_insert(k, c);
+	if (err && err != -EEXIST)
 		stat_inc(STAT_CONN_TABLE_FULL);
-	}
 }
 
 SEC("tcx/egress")
@@ -868,7 +1228,7 @@ int upstreamtop_egress(struct __sk_buff *skb)
 	if (!s.payload_len && !(s.flags & (TH_SYN | TH_FIN | TH_RST)))
 		return TCX_NEXT;
 	if ((s.flags & (TH_SYN | TH_ACK)) == TH_SYN) {
-		on_syn(&k);
+		on_syn(&k, &s);
 		return TCX_NEXT;
 	}
 
@@ -877,18 +1237,12 @@ int upstreamtop_egress(struct __sk_buff *skb)
 		cs = bpf_map_lookup_elem(&conns, &k);
 	if (s.payload_len) {
 		if (cs) {
-			if (cs->phase == PHASE_AWAIT_RESPONSE) {
-				/* Rest of the request: headers or body. Never
-				 * a new message (nginx does not pipeline
-				 * upstream). */
-				struct peer_counters *pc = peer_at(cs->peer_idx);
-				if (pc)
-					pc->sent_bytes += s.payload_len;
-			} else {
-				on_tracked_payload(skb, cs, &s);
-			}
+			if (cs->phase != PHASE_OPAQUE && cs->phase != PHASE_SYN_SENT)
+				egress_payload(skb, &k, cs, &s);
 		} else if (ephemeral(k.local_port) && wanted_quick(&k) && !far_side_of_tracked(&k)) {
 			cs = on_untracked_payload(skb, &k, &s);
+			if (cs)
+				egress_payload(skb, &k, cs, &s);
 		}
 		/* Otherwise untracked, and not a connection this host opened
 		 * (or filtered out): no need to look at the bytes. */
@@ -914,72 +1268,28 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 	struct conn_state *cs = bpf_map_lookup_elem(&conns, &k);
 	if (!cs)
 		return TCX_NEXT;
-	struct scratch *sc = scratch_get();
-	if (!sc)
-		return TCX_NEXT;
 	struct peer_counters *pc = peer_at(cs->peer_idx);
 
 	if (cs->phase == PHASE_SYN_SENT) {
-		if ((s.flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)) {
+		if ((s.flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK) && s.ack == cs->syn_isn + 1) {
 			cs->phase = PHASE_IDLE;
+			cs->rcv_nxt = s.seq + 1;
+			cs->snd_nxt = cs->syn_isn + 1;
+			cs->last_ts = bpf_ktime_get_ns();
 			if (pc)
 				pc->conn_opened += 1;
-			return TCX_NEXT;
-		}
-		if (s.flags & TH_RST)
+			else
+				cs->flags |= CF_OPEN_PENDING;
+		} else if (s.flags & TH_RST) {
 			conn_end(&k, cs, s.flags);
+		}
 		return TCX_NEXT;
 	}
-
-	if (s.payload_len) {
-		if (pc)
-			pc->received_bytes += s.payload_len;
-		if (cs->phase == PHASE_AWAIT_RESPONSE) {
-			__u32 n = clamp_len(s.payload_len, STATUS_FIRST);
-			if (n < 12 || bpf_skb_load_bytes(skb, s.payload_off, sc->buf, n)) {
-				stat_inc(STAT_PARSE_ERRORS);
-				goto end;
-			}
-			__u16 code = status_at(sc->buf, 0, n);
-			if (code && code < 200 && s.payload_len > n) {
-				/* Interim: the final status line may follow
-				 * in this segment. */
-				n = clamp_len(s.payload_len, SCAN);
-				if (bpf_skb_load_bytes(skb, s.payload_off, sc->buf, n)) {
-					stat_inc(STAT_PARSE_ERRORS);
-					goto end;
-				}
-			}
-			__u64 now = bpf_ktime_get_ns();
-			__u32 at = 0, i;
-			for (i = 0; i < MAX_STATUS_LINES; i++) {
-				if (!code) {
-					/* Headers of a 1xx spilling over, or
-					 * not HTTP at all. */
-					if (i == 0)
-						stat_inc(STAT_PARSE_ERRORS);
-					break;
-				}
-				__u32 cls = (__u32)code / 100u - 1u;
-				if (pc && cls < 5)
-					pc->responses[cls] += 1;
-				count_code(cs->peer_idx, code, pc);
-				cs->last_ts = now;
-				if (code >= 200) {
-					cs->phase = PHASE_IN_RESPONSE;
-					emit(&k, cs, code, now - cs->req_ts);
-					break;
-				}
-				/* Interim: the exchange goes on. */
-				at = headers_end(at, n);
-				if (!at)
-					break;
-				code = status_at(sc->buf, at, n);
-			}
-		}
-	}
-end:
-	if (s.flags & (TH_FIN | TH_RST))
+	if (s.payload_len && cs->phase != PHASE_OPAQUE)
+		ingress_payload(skb, &k, cs, &s, pc);
+	if (s.flags & TH_RST)
 		conn_end(&k, cs, s.flags);
+	else if (s.flags & TH_FIN)
+		cs->flags |= CF_PEER_FIN;
 	return TCX_NEXT;
 }

@@ -17,12 +17,30 @@
 /* Slots of the tracked-connection filter (a power of two). */
 #define FILTER_SLOTS 16384
 
-/* Connection states (conn_state.state). */
+/* Connection states (conn_state.phase). */
 enum conn_phase {
 	PHASE_SYN_SENT = 1,	  /* our SYN seen, handshake not completed */
-	PHASE_IDLE = 2,		  /* established, between exchanges */
+	PHASE_IDLE = 2,		  /* established, no message sent yet */
 	PHASE_AWAIT_RESPONSE = 3, /* request sent, no final status yet */
 	PHASE_IN_RESPONSE = 4,	  /* final status seen, body may follow */
+	PHASE_REQ_PARTIAL = 5,	  /* a message started, too short to tell */
+	PHASE_INTERIM = 6,	  /* a 1xx seen: looking for the end of its headers */
+	PHASE_OPAQUE = 7,	  /* the first message was not HTTP */
+};
+
+/* conn_state.flags */
+enum conn_flag {
+	/* The handshake was seen but no peer slot counted the open yet: it
+	 * is counted where the connection ends up (first request, or
+	 * tcp_peers when it never carries HTTP). */
+	CF_OPEN_PENDING = 1,
+	/* The request's route bytes go on past the segments seen so far. */
+	CF_ROUTE_OPEN = 2,
+	/* The peer sent its FIN: the connection ends with our FIN or RST
+	 * (so that response bytes reordered behind that FIN still count). */
+	CF_PEER_FIN = 4,
+	/* The status line at resp_seq is not HTTP: stop looking. */
+	CF_GARBLED = 8,
 };
 
 /* Global per-CPU counters (index into the `stats` array). */
@@ -32,7 +50,11 @@ enum stat_index {
 	STAT_PEER_TABLE_FULL = 2,
 	STAT_PARSE_ERRORS = 3,
 	STAT_CODES_FULL = 4,
-	STAT_MAX = 5,
+	/* Egress segments (or parts) sent before: retransmissions. */
+	STAT_RETRANSMITS = 5,
+	/* Connections that carried no HTTP (counted in tcp_peers). */
+	STAT_OPAQUE_CONNS = 6,
+	STAT_MAX = 7,
 };
 
 /* A TCP endpoint: IPv6 address (IPv4 as ::ffff:a.b.c.d), port host order. */
@@ -50,6 +72,9 @@ struct conn_key {
 	__u16 peer_port;
 };
 
+/* Bytes of the status-line window: "HTTP/1.1 200" is 12. */
+#define WIN_BYTES 16
+
 struct conn_state {
 	/* bpf_ktime_get_ns() of the request in flight (AWAIT_RESPONSE). */
 	__u64 req_ts;
@@ -61,10 +86,31 @@ struct conn_state {
 	/* This connection's slot in the `tracked` filter: whoever deletes
 	 * the entry (programs or sweeper) decrements that slot. */
 	__u16 slot;
-	/* Index of the backend's counters (`peers`), NO_PEER when the table
-	 * was full. */
+	/* Index of the backend's counters (`peers`): NO_PEER until the
+	 * connection carries its first request (or when the table is full). */
 	__u32 peer_idx;
-	__u32 _pad;
+	/* Sequence numbers (host order). Each payload byte is counted and
+	 * parsed once: what lies before snd_nxt / rcv_nxt was seen. */
+	__u32 snd_nxt; /* egress: one past the highest byte sent */
+	__u32 rcv_nxt; /* ingress: one past the highest byte received */
+	/* Where the next status line starts (AWAIT_RESPONSE), or how far the
+	 * 1xx headers were scanned (INTERIM). */
+	__u32 resp_seq;
+	/* Initial sequence number of our SYN: its retransmissions are the
+	 * same attempt. */
+	__u32 syn_isn;
+	/* SYNs seen of this attempt (the kernel backs off 1 s, 2 s, ...). */
+	__u16 syns;
+	/* Which bytes of win are filled (bit i: byte resp_seq + i). */
+	__u16 win_mask;
+	__u8 flags; /* enum conn_flag */
+	/* "\r\n\r\n" bytes matched so far while scanning 1xx headers. */
+	__u8 crlf;
+	__u16 _pad;
+	/* Bytes of the message so far while PHASE_REQ_PARTIAL, counted into
+	 * the peer's `sent` once it is known to be a request. */
+	__u32 held;
+	__u8 win[WIN_BYTES];
 	__u8 req[REQ_BYTES];
 };
 
@@ -83,6 +129,16 @@ struct peer_counters {
 	__u64 conn_failed;
 	__u64 conn_reset;
 	__u64 codes_other; /* exact code did not fit the `codes` map */
+};
+
+/* Connection counters of a peer whose connections carried no HTTP (TLS,
+ * databases, ...), kept apart from the HTTP peers in an LRU map so that
+ * they never take an HTTP backend's place. */
+struct tcp_counters {
+	__u64 opened;
+	__u64 closed;
+	__u64 failed;
+	__u64 reset;
 };
 
 /* Exact counters of the common status codes, one slot per code that is
