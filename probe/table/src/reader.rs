@@ -47,7 +47,11 @@ pub enum ReadError {
     Missing(PathBuf),
     Io(PathBuf, String),
     BadMagic(PathBuf),
-    WrongVersion { path: PathBuf, found: u32, expected: u32 },
+    WrongVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     Truncated(PathBuf),
     Corrupt(PathBuf, String),
     /// The writer kept the slot busy through every retry.
@@ -56,7 +60,10 @@ pub enum ReadError {
     NotPublished(PathBuf),
     /// Something other than a regular file is at the path (`what`: "a
     /// FIFO", "a symbolic link", ...): refused without reading it.
-    NotRegular { path: PathBuf, what: &'static str },
+    NotRegular {
+        path: PathBuf,
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for ReadError {
@@ -197,12 +204,18 @@ pub(crate) fn open_table(path: &Path) -> Result<(File, fs::Metadata), ReadError>
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => ReadError::NotRegular { path: path.to_owned(), what: "a symbolic link" },
+            Some(libc::ELOOP) => ReadError::NotRegular {
+                path: path.to_owned(),
+                what: "a symbolic link",
+            },
             _ => io_error(path, e),
         })?;
     let meta = file.metadata().map_err(|e| io_error(path, e))?;
     if !meta.is_file() {
-        return Err(ReadError::NotRegular { path: path.to_owned(), what: file_kind(meta.file_type()) });
+        return Err(ReadError::NotRegular {
+            path: path.to_owned(),
+            what: file_kind(meta.file_type()),
+        });
     }
     Ok((file, meta))
 }
@@ -348,7 +361,9 @@ impl TableReader {
         // path names by now.
         let len = file.metadata().map_err(|e| self.io_err(e))?.len();
         if len > MAX_FILE_SIZE {
-            return Err(self.corrupt(format!("file is {len} bytes, more than any table (at most {MAX_FILE_SIZE})")));
+            return Err(self.corrupt(format!(
+                "file is {len} bytes, more than any table (at most {MAX_FILE_SIZE})"
+            )));
         }
         let mut h = [0u8; HEADER_READ];
         let n = read_up_to(file, &mut h, 0).map_err(|e| self.io_err(e))?;

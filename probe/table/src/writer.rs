@@ -87,15 +87,23 @@ fn temp_name(file_name: &OsStr) -> std::ffi::OsString {
 
 /// The pid in a temporary name [`temp_name`] made for `file_name`.
 fn temp_owner(candidate: &OsStr, file_name: &OsStr) -> Option<u32> {
-    let rest = candidate.as_bytes().strip_prefix(b".")?.strip_prefix(file_name.as_bytes())?;
-    let rest = std::str::from_utf8(rest).ok()?.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let rest = candidate
+        .as_bytes()
+        .strip_prefix(b".")?
+        .strip_prefix(file_name.as_bytes())?;
+    let rest = std::str::from_utf8(rest)
+        .ok()?
+        .strip_prefix('.')?
+        .strip_suffix(".tmp")?;
     let (pid, random) = rest.split_once('.')?;
     (random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
     pid.parse().ok()
 }
 
 fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
     // SAFETY: signal 0 only checks that the process exists; nothing is sent.
     let rc = unsafe { libc::kill(pid, 0) };
     // EPERM: it exists, under another user.
@@ -106,7 +114,9 @@ fn process_alive(pid: u32) -> bool {
 /// (kill -9 runs no destructor) left in `dir`. Best effort: a leftover is
 /// only disk space, and never read.
 fn remove_leftovers(dir: &Path, file_name: &OsStr) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         match temp_owner(&name, file_name) {
@@ -287,7 +297,8 @@ impl TableWriter {
         Self::atomic(&mut self.map, H_ACTIVE).store(target as u64, Ordering::Release);
         if let Some(tmp) = &self.pending {
             // Readers see the whole file appear at once, already published.
-            fs::rename(tmp, &self.path).map_err(|e| err_at(&self.path, &format!("renaming {} to", tmp.display()), e))?;
+            fs::rename(tmp, &self.path)
+                .map_err(|e| err_at(&self.path, &format!("renaming {} to", tmp.display()), e))?;
             self.pending = None;
         }
         Ok(report)
