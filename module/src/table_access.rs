@@ -7,6 +7,13 @@
 //! `upstreamtop_table` after a reload in single-process mode) gets a fresh
 //! reader, and that a reader which panicked is never used again.
 //!
+//! Whatever is at the path cannot hold a worker: the reader opens it
+//! `O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC`, reads only a regular
+//! file (checked on the descriptor), and refuses one larger than its
+//! header's capacities imply (at most `MAX_FILE_SIZE`, 512 MiB + 4 KiB)
+//! before copying anything; a FIFO, a symlink or an oversized file is an
+//! [`Outcome::Unreadable`], answered 503 like any other bad table.
+//!
 //! Why a cache: a dashboard or scraper polls several times per publish
 //! interval, and a thousand peers make a body of megabytes. While the
 //! probe has not published again (one `pread` of the header tells), the
