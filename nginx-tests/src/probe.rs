@@ -144,6 +144,28 @@ impl Probe {
         }
     }
 
+    /// Another probe process on this probe's table and state directory with
+    /// `args` instead of this one's (for starts a test expects to fail or
+    /// kills itself); output is captured.
+    pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Result<Command> {
+        let bin = crate::artifacts::probe_bin()?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--table")
+            .arg(&self.table)
+            .arg("--state-dir")
+            .arg(&self.state_dir);
+        cmd.args(args.iter().map(AsRef::as_ref))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(cmd)
+    }
+
+    /// The arguments [`Probe::start`] was given.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
     /// SIGKILL: the probe gets no chance to clean up or publish.
     pub fn kill9(&mut self) {
         self.kill();

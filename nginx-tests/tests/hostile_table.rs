@@ -6,6 +6,10 @@
 //!   format and another location: every answer is a well-formed 200 or
 //!   503, the other location keeps serving, the workers are the same
 //!   processes at the end and nothing "exited on signal".
+//! - A FIFO and a symlink renamed over the table path: answered at once
+//!   with 503 naming what is there (the reader opens `O_NONBLOCK |
+//!   O_NOFOLLOW` and reads only a regular file), twice in a row, by the
+//!   same worker.
 //! - Least privilege: the probe creates the table 0644 root-owned in a
 //!   0755 directory; the `nobody` user (nginx's usual worker user) cannot
 //!   open it for writing, but can read it; an nginx whose workers run as
@@ -329,4 +333,126 @@ fn table_is_root_owned_read_only_to_nginx_workers() {
         assert!(!perms.contains('w'), "writable mapping of the table: {line}");
     }
     assert!(nginx.error_log_problems().is_empty(), "{:?}", nginx.error_log_problems());
+}
+
+/// GET `path` with a short timeout: a worker blocked on the table would
+/// show as a timeout here, not as a hung test.
+fn prompt_get(nginx: &Nginx, path: &str) -> http::Response {
+    let t = Instant::now();
+    let r = nginx
+        .client()
+        .timeout(Duration::from_secs(5))
+        .get(path)
+        .unwrap_or_else(|e| panic!("GET {path} did not answer within 5 s: {e:#}"));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "GET {path} took {:?}",
+        t.elapsed()
+    );
+    r
+}
+
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A FIFO (nobody writing to it) and then a symlink (to a valid table)
+/// renamed over the table path under a running nginx: each request answers
+/// at once with 503 and a reason naming what is there, the request right
+/// after too (the worker is not stuck in an open), JSON and Prometheus
+/// alike; a real table put back is served again by the same workers, and
+/// nothing in the error log says a worker died.
+#[test]
+fn fifo_or_symlink_at_the_table_path_answers_503_at_once() {
+    if !prereq::root_or_skip(
+        "fifo_or_symlink_at_the_table_path_answers_503_at_once",
+        "vendored nginx as root",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table");
+    TableWriter::create(&table, CAPS)
+        .unwrap()
+        .publish(&snapshot(1))
+        .unwrap();
+    let conf = NginxConf::vendored_with_module()
+        .unwrap()
+        .workers(1)
+        .table(&table)
+        .upstream("app", &["server 127.0.0.1:19200"])
+        .extra_server("location = /metrics { upstreamtop_status prometheus; }");
+    let nginx = Nginx::start(conf).unwrap();
+    let workers = nginx.worker_pids();
+    let r = prompt_get(&nginx, "/upstreamtop");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let real = dir.path().join("real");
+    TableWriter::create(&real, CAPS)
+        .unwrap()
+        .publish(&snapshot(2))
+        .unwrap();
+    for what in ["a FIFO", "a symbolic link"] {
+        // Made beside the table, then renamed over it.
+        let tmp = dir.path().join("swap");
+        match what {
+            "a FIFO" => mkfifo(&tmp),
+            _ => std::os::unix::fs::symlink(&real, &tmp).unwrap(),
+        }
+        std::fs::rename(&tmp, &table).unwrap();
+        let reason = format!(
+            "table {} is {what}, not a regular file: refused",
+            table.display()
+        );
+        for attempt in ["first", "second"] {
+            let r = prompt_get(&nginx, "/upstreamtop");
+            assert_eq!(r.status, 503, "{what}, {attempt} request: {}", r.text());
+            let body: Value = serde_json::from_slice(&r.body).expect("JSON");
+            assert_eq!(body["error"], reason.as_str(), "{what}, {attempt} request");
+            assert_eq!(body["probe"]["up"], false);
+        }
+        let m = prompt_get(&nginx, "/metrics");
+        assert_eq!(m.status, 200);
+        assert!(
+            m.text().contains("upstreamtop_probe_up 0"),
+            "{what}: {}",
+            m.text()
+        );
+        assert_eq!(
+            prompt_get(&nginx, "/health").status,
+            200,
+            "{what}: other locations serve"
+        );
+        eprintln!("{what} at the table path: 503 {reason:?}");
+    }
+
+    // A real table again: served by the same worker.
+    TableWriter::create(&table, CAPS)
+        .unwrap()
+        .publish(&snapshot(3))
+        .unwrap();
+    let r = prompt_get(&nginx, "/upstreamtop");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        nginx.worker_pids(),
+        workers,
+        "no worker died and was replaced"
+    );
+    let log = nginx.error_log();
+    assert!(!log.contains("exited on signal"), "{log}");
+    assert!(
+        nginx.error_log_problems().is_empty(),
+        "{:?}",
+        nginx.error_log_problems()
+    );
 }
