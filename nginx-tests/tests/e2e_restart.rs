@@ -5,6 +5,9 @@
 //! must EQUAL what the backends served — per peer, per exact code, per route
 //! — including what crossed the wire while no probe process ran.
 //!
+//! A start that fails or is killed before its first publish changes
+//! nothing: the previous table stays for the next start to continue from.
+//!
 //! Needs root (tcx, bpffs). Without root the tests say so and pass.
 
 use std::collections::BTreeMap;
@@ -236,4 +239,210 @@ fn detach_removes_the_programs_a_stopped_probe_left_attached() {
         assert!(!links.contains(link), "link {link} still exists 10 s after detach: {links:?}");
         assert!(!progs.contains(prog), "program {prog} still loaded 10 s after detach: {progs:?}");
     }
+}
+
+/// Temporary tables (`.table.<pid>.<random>.tmp`) in the table's directory.
+fn temp_tables(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".table.") && n.ends_with(".tmp"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A start that fails or is killed before its first publish leaves the
+/// previous table exactly as it was, and the next good start continues
+/// from it. Run 1 serves load, publishes and stops (SIGTERM); with no
+/// traffic since, three starts fail: an `--iface` that does not exist
+/// (refused before anything, the table writer included, is made), a state
+/// directory another probe holds (after the new table's writer exists:
+/// its temporary file is removed on the way out), and kill -9 while the
+/// programs load (after the writer exists, before the first publish: its
+/// temporary file stays). The table stays byte for byte the same through
+/// all three. Then a normal start: its first publish continues run 1 —
+/// per peer requests, exact codes and routes equal what the backends
+/// served, the same latency histogram, the history with one new sample,
+/// the next publish number — and after more load the totals still equal
+/// the backends' (both runs).
+#[test]
+fn failed_starts_before_the_first_publish_keep_the_table() {
+    use std::os::unix::fs::MetadataExt;
+    if !prereq::root_or_skip(
+        "failed_starts_before_the_first_publish_keep_the_table",
+        "tcx programs, bpffs",
+    ) {
+        return;
+    }
+    let Setup {
+        app1,
+        app2,
+        mut probe,
+        nginx,
+    } = setup(Ipv4Addr::new(127, 0, 0, 73));
+    let got = under_load(&nginx, || std::thread::sleep(Duration::from_secs(2)));
+    assert_eq!(got.errors, 0, "{:?}", got.error_samples);
+    assert_table_matches(&mut probe, &[&app1, &app2]);
+    probe.stop().expect("clean SIGTERM exit");
+    let table = probe.table_path().to_owned();
+    let dir = table.parent().unwrap().to_owned();
+    let before = probe.snapshot().expect("run 1's last publish");
+    let bytes = std::fs::read(&table).unwrap();
+    let ino = std::fs::metadata(&table).unwrap().ino();
+    let unchanged = |what: &str| {
+        assert_eq!(
+            std::fs::metadata(&table).unwrap().ino(),
+            ino,
+            "{what}: the table was replaced"
+        );
+        assert!(
+            std::fs::read(&table).unwrap() == bytes,
+            "{what}: the table's bytes changed"
+        );
+    };
+    let args = probe.args().to_vec();
+
+    // 1. An interface that does not exist: refused before anything is made.
+    let mut a = args.clone();
+    a.extend(["--iface".into(), "nosuchif0".into()]);
+    let out = probe.command(&a).unwrap().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown interface \"nosuchif0\""),
+        "{err}"
+    );
+    unchanged("unknown --iface");
+    assert_eq!(temp_tables(&dir), Vec::<String>::new());
+
+    // 2. The state directory locked (as by another probe): fails after the
+    // new table's writer exists; it goes, with its temporary file.
+    let lock = std::fs::File::open(probe.state_dir()).unwrap();
+    // SAFETY: flock on a descriptor we own; released when `lock` closes.
+    assert_eq!(
+        unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        },
+        0
+    );
+    let out = probe.command(&args).unwrap().output().unwrap();
+    drop(lock);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another upstreamtop-probe uses"),
+        "{err}"
+    );
+    unchanged("state directory locked");
+    assert_eq!(
+        temp_tables(&dir),
+        Vec::<String>::new(),
+        "the failed start removed its temporary table"
+    );
+
+    // 3. kill -9 once the new table's writer exists (its temporary file
+    // appears before the programs load, which takes far longer than this
+    // loop's millisecond), so before the first publish.
+    let mut child = probe.command(&args).unwrap().spawn().unwrap();
+    let mine = format!(".table.{}.", child.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !temp_tables(&dir).iter().any(|n| n.starts_with(&mine)) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the probe exited ({status}) before its writer existed: {:?}",
+                child.wait_with_output()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no temporary table from pid {} in 30 s",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL)
+    );
+    let left = temp_tables(&dir);
+    assert!(
+        left.len() == 1 && left[0].starts_with(&mine),
+        "kill -9 runs no destructor, so its temporary table stays \
+         (none: did the kill come after the first publish?): {left:?}"
+    );
+    unchanged("kill -9 before the first publish");
+    eprintln!(
+        "killed before its first publish: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+
+    // 4. A normal start continues run 1 exactly.
+    let first = probe.restart().expect("restart");
+    assert_eq!(
+        temp_tables(&dir),
+        Vec::<String>::new(),
+        "the killed probe's temporary table was removed"
+    );
+    assert_eq!(first.meta.publish_seq, before.meta.publish_seq + 1);
+    assert_eq!(first.meta.started_unix_ns, before.meta.started_unix_ns);
+    for b in [&app1, &app2] {
+        assert_eq!(
+            observed(&first, b.addr()),
+            Some(expected(b)),
+            "peer {}: first publish vs backend",
+            b.addr()
+        );
+        let p = |s: &Snapshot| {
+            s.peers
+                .iter()
+                .find(|p| p.addr == b.addr())
+                .cloned()
+                .unwrap()
+        };
+        let (old, new) = (p(&before), p(&first));
+        assert_eq!(
+            new.latency,
+            old.latency,
+            "peer {}: latency histogram",
+            b.addr()
+        );
+        assert_eq!(new.responses, old.responses, "peer {}: responses", b.addr());
+        // The restored history, then this publish's sample (no traffic).
+        let keep = new.history.len() - 1;
+        assert!(
+            keep > 0 && old.history.len() >= keep,
+            "{} vs {}",
+            old.history.len(),
+            new.history.len()
+        );
+        assert_eq!(
+            new.history[..keep],
+            old.history[old.history.len() - keep..],
+            "peer {}: history",
+            b.addr()
+        );
+        assert_eq!(new.history[keep].requests, 0);
+    }
+    let log = probe.log();
+    assert!(
+        log.contains(&format!(
+            "continuing from publish #{}",
+            before.meta.publish_seq
+        )),
+        "{log}"
+    );
+
+    // And the totals go on from there.
+    let got = under_load(&nginx, || std::thread::sleep(Duration::from_secs(1)));
+    assert_eq!(got.errors, 0, "{:?}", got.error_samples);
+    assert_table_matches(&mut probe, &[&app1, &app2]);
+    assert!(
+        nginx.error_log_problems().is_empty(),
+        "{:?}",
+        nginx.error_log_problems()
+    );
 }
