@@ -32,11 +32,24 @@ pub struct Netns {
     host_if: String,
     ns_if: String,
     subnet: u8,
+    /// The per-process sequence number in `name` and the interface names.
+    k: u32,
 }
 
 impl Netns {
     /// Create a namespace with a veth pair and addresses. Needs root.
     pub fn create() -> Result<Netns> {
+        Self::create_linked(|ns| {
+            ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns.ns_if, "netns", &ns.name])
+        })
+    }
+
+    /// Like [`Netns::create`], with the link between [`Netns::host_if`] (in
+    /// the root namespace) and [`Netns::ns_if`] (inside) built by `link`
+    /// instead of one veth pair: `link` runs after the namespace exists and
+    /// must leave both interfaces in place; addresses and `up` follow. The
+    /// impaired topology ([`crate::impair`]) puts a bridge in between.
+    pub(crate) fn create_linked(link: impl FnOnce(&Netns) -> Result<()>) -> Result<Netns> {
         check_support()?;
         let pid = std::process::id();
         let k = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -54,17 +67,17 @@ impl Netns {
         }
         sweep_stale();
         let subnet = free_subnet(pid, k)?;
-        let ns = Netns { name, host_if, ns_if, subnet };
+        let ns = Netns { name, host_if, ns_if, subnet, k };
         // From here Drop cleans up whatever part got created.
-        ns.setup().with_context(|| format!("set up network namespace {}", ns.name))?;
+        ns.setup(link).with_context(|| format!("set up network namespace {}", ns.name))?;
         drop(lock);
         Ok(ns)
     }
 
-    fn setup(&self) -> Result<()> {
+    fn setup(&self, link: impl FnOnce(&Netns) -> Result<()>) -> Result<()> {
         let (n, h, i, s) = (&self.name, &self.host_if, &self.ns_if, self.subnet);
         ip(&["netns", "add", n])?;
-        ip(&["link", "add", h, "type", "veth", "peer", "name", i, "netns", n])?;
+        link(self)?;
         ip(&["addr", "add", &format!("10.200.{s}.1/24"), "dev", h])?;
         ip(&["-6", "addr", "add", &format!("fd00:200:{s:x}::1/64"), "dev", h, "nodad"])?;
         ip(&["link", "set", h, "up"])?;
@@ -77,6 +90,13 @@ impl Netns {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// An interface name of this topology's family (`ut<pid>h<k>` is the
+    /// host end, `ut<pid>n<k>` the inner one): unique per process and
+    /// namespace, within the 15-byte limit.
+    pub(crate) fn if_name(&self, tag: char) -> String {
+        format!("ut{}{tag}{}", std::process::id() % 1_000_000, self.k)
     }
 
     /// The host end of the veth pair (where a probe attaches).
@@ -107,21 +127,7 @@ impl Netns {
 
     /// Run `f` on a new thread inside the namespace and return its result.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> Result<T> {
-                    let ns = File::open(&path).with_context(|| format!("open {path}"))?;
-                    // SAFETY: setns on a namespace fd we hold open; it only
-                    // changes this (scoped, short-lived) thread's namespace.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
-                    }
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| anyhow!("thread inside {} panicked", self.name))?
-        })
+        run_in(&self.name, f)
     }
 
     /// Start a backend inside the namespace on `ip:port` (port 0 picks one).
@@ -147,6 +153,26 @@ impl Drop for Netns {
     }
 }
 
+/// Run `f` on a new thread inside the named namespace (`ip netns` name) and
+/// return its result.
+pub(crate) fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<T> {
+                let ns = File::open(&path).with_context(|| format!("open {path}"))?;
+                // SAFETY: setns on a namespace fd we hold open; it only
+                // changes this (scoped, short-lived) thread's namespace.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow!("thread inside {name} panicked"))?
+    })
+}
+
 /// A clear error when namespaces cannot work here.
 pub fn check_support() -> Result<()> {
     if !crate::artifacts::is_root() {
@@ -162,7 +188,7 @@ pub fn check_support() -> Result<()> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().context("run ip")?;
     if !out.status.success() {
         bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -170,7 +196,7 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn ip_quiet(args: &[&str]) -> Result<()> {
+pub(crate) fn ip_quiet(args: &[&str]) -> Result<()> {
     Command::new("ip").args(args).output().context("run ip")?;
     Ok(())
 }
