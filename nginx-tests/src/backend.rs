@@ -8,6 +8,16 @@
 //! per request by headers a test can send through nginx:
 //! `X-Backend-Status: 418` forces the status, `X-Backend-Delay-Ms: 50` the
 //! latency, `X-Backend-Interim: 103` sends an interim response first.
+//!
+//! More per-request knobs, for tests that need message shapes rather than
+//! statistics (all optional; without them a backend answers as before):
+//! `X-Backend-Interim: 100,103` sends several interim responses in turn,
+//! `X-Backend-Interim-Links: 3000` puts about that many bytes of `Link:`
+//! headers into each `103 Early Hints`, `X-Backend-Body-Size: 70000`
+//! overrides the profile's body size, `X-Backend-Chunked: 1000` frames the
+//! body chunked in chunks of that size, and `X-Backend-Split-At: 5` writes
+//! the final response's first 5 bytes and the rest in two writes (so the
+//! status line straddles two TCP segments).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -39,6 +49,8 @@ pub struct Profile {
     pub body_size: usize,
     /// `false`: answer with `Connection: close` and close after each response.
     pub keepalive: bool,
+    /// Response bodies repeat this pattern; `None`: a fixed line of text.
+    pub body_fill: Option<Vec<u8>>,
 }
 
 impl Default for Profile {
@@ -50,6 +62,7 @@ impl Default for Profile {
             statuses: vec![(200, 1)],
             body_size: 16,
             keepalive: true,
+            body_fill: None,
         }
     }
 }
@@ -87,6 +100,13 @@ impl Profile {
 
     pub fn keepalive(mut self, on: bool) -> Self {
         self.keepalive = on;
+        self
+    }
+
+    /// Bodies repeat `pattern` (e.g. text that looks like HTTP messages, to
+    /// check that bodies are never parsed as messages). Empty: the default.
+    pub fn body_fill(mut self, pattern: &[u8]) -> Self {
+        self.body_fill = (!pattern.is_empty()).then(|| pattern.to_vec());
         self
     }
 
@@ -149,6 +169,7 @@ impl BackendBuilder {
             builder: self,
             stop: AtomicBool::new(false),
             served: Mutex::new(BTreeMap::new()),
+            interims: Mutex::new(BTreeMap::new()),
             connections: AtomicU64::new(0),
             live: AtomicU64::new(0),
         });
@@ -165,6 +186,8 @@ struct Shared {
     builder: BackendBuilder,
     stop: AtomicBool,
     served: Mutex<BTreeMap<Served, u64>>,
+    /// Interim (1xx) responses sent, per status.
+    interims: Mutex<BTreeMap<u16, u64>>,
     connections: AtomicU64,
     /// Connection threads still running.
     live: AtomicU64,
@@ -217,6 +240,12 @@ impl Backend {
             *out.entry((key.method, key.path)).or_insert(0) += n;
         }
         out
+    }
+
+    /// Interim (1xx) responses sent before final ones, per status. They are
+    /// not in [`Backend::served`]: they do not end an exchange.
+    pub fn interims(&self) -> BTreeMap<u16, u64> {
+        self.shared.interims.lock().expect("interims lock").clone()
     }
 
     /// All answers.
@@ -328,11 +357,27 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        if let Some(interim) = head.header("x-backend-interim").and_then(|v| v.trim().parse::<u16>().ok()) {
+        let links = head
+            .header("x-backend-interim-links")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let interims = head.header("x-backend-interim").unwrap_or_default();
+        for interim in interims.split(',').filter_map(|v| v.trim().parse::<u16>().ok()) {
             if (100..200).contains(&interim) && interim != 101 {
-                writer.write_all(format!("HTTP/1.1 {interim} {}\r\n\r\n", reason(interim)).as_bytes())?;
+                writer.write_all(&interim_response(interim, links))?;
+                *shared.interims.lock().expect("interims lock").entry(interim).or_insert(0) += 1;
             }
         }
+        let body_size = head
+            .header("x-backend-body-size")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(profile.body_size);
+        let chunk = head
+            .header("x-backend-chunked")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        let fill = profile.body_fill.as_deref().unwrap_or(FILL);
+        let split_at = head.header("x-backend-split-at").and_then(|v| v.trim().parse::<usize>().ok());
         // Count before writing: once the client holds the response, the
         // count must already be visible to the test.
         *shared
@@ -341,7 +386,14 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
             .expect("served lock")
             .entry(Served { method: head.method.clone(), path, status })
             .or_insert(0) += 1;
-        writer.write_all(&response(status, profile.body_size, close, head.method == "HEAD"))?;
+        let wire = render_response(status, body_size, close, head.method == "HEAD", chunk, fill);
+        match split_at.filter(|&n| n > 0 && n < wire.len()) {
+            Some(n) => {
+                writer.write_all(&wire[..n])?;
+                writer.write_all(&wire[n..])?;
+            }
+            None => writer.write_all(&wire)?,
+        }
         if close {
             return Ok(());
         }
@@ -460,23 +512,71 @@ fn discard(reader: &mut BufReader<TcpStream>, mut len: u64, shared: &Shared) -> 
     Ok(())
 }
 
+/// The default body text, repeated.
+const FILL: &[u8] = b"upstreamtop test body\n";
+
+#[cfg(test)]
 fn response(status: u16, body_size: usize, close: bool, head_request: bool) -> Vec<u8> {
+    render_response(status, body_size, close, head_request, None, FILL)
+}
+
+/// A final response: `Content-Length` framing, or chunks of `chunk` bytes;
+/// the body repeats `fill`. 204 and 304 have no body; for HEAD the head is
+/// that of the GET.
+fn render_response(
+    status: u16,
+    body_size: usize,
+    close: bool,
+    head_request: bool,
+    chunk: Option<usize>,
+    fill: &[u8],
+) -> Vec<u8> {
     let bodyless = status == 204 || status == 304;
     let body_size = if bodyless { 0 } else { body_size };
     let mut out = format!("HTTP/1.1 {status} {}\r\nServer: nginx-tests-backend\r\n", reason(status));
     if !bodyless {
-        out.push_str(&format!("Content-Type: text/plain\r\nContent-Length: {body_size}\r\n"));
+        match chunk {
+            Some(_) => out.push_str("Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"),
+            None => out.push_str(&format!("Content-Type: text/plain\r\nContent-Length: {body_size}\r\n")),
+        }
     }
     if close {
         out.push_str("Connection: close\r\n");
     }
     out.push_str("\r\n");
     let mut out = out.into_bytes();
-    if !head_request {
-        const FILL: &[u8] = b"upstreamtop test body\n";
-        out.extend(FILL.iter().cycle().take(body_size));
+    if head_request || bodyless {
+        return out;
+    }
+    let body: Vec<u8> = fill.iter().copied().cycle().take(body_size).collect();
+    match chunk {
+        Some(size) => {
+            for piece in body.chunks(size) {
+                out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                out.extend_from_slice(piece);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        None => out.extend_from_slice(&body),
     }
     out
+}
+
+/// An interim response; a `103` carries `Link:` headers of about
+/// `link_bytes` bytes in all (what a page's preload hints look like).
+fn interim_response(status: u16, link_bytes: usize) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    if status == 103 {
+        let start = out.len();
+        let mut i = 0;
+        while out.len() - start < link_bytes {
+            out.push_str(&format!("Link: </static/asset-{i:04}.css>; rel=preload; as=style\r\n"));
+            i += 1;
+        }
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
 }
 
 fn reason(status: u16) -> &'static str {
@@ -528,5 +628,18 @@ mod tests {
         assert!(r.ends_with("\r\n\r\n") && !r.contains("Content-Length"), "{r}");
         let r = String::from_utf8(response(200, 5, true, false)).unwrap();
         assert!(r.contains("Content-Length: 5\r\nConnection: close\r\n\r\nupstr"), "{r}");
+    }
+
+    #[test]
+    fn chunked_bodies_and_early_hints() {
+        let r = String::from_utf8(render_response(200, 5, false, false, Some(2), b"abc")).unwrap();
+        assert!(r.contains("Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n2\r\nca\r\n1\r\nb\r\n0\r\n\r\n"), "{r}");
+        let r = String::from_utf8(render_response(200, 5, false, true, Some(2), b"abc")).unwrap();
+        assert!(r.ends_with("chunked\r\n\r\n"), "HEAD: head only: {r}");
+        let r = String::from_utf8(render_response(304, 5, false, false, Some(2), b"abc")).unwrap();
+        assert!(!r.contains("chunked") && r.ends_with("\r\n\r\n"), "{r}");
+        let hints = interim_response(103, 1000);
+        assert!(hints.len() > 1000 && hints.ends_with(b"style\r\n\r\n"), "{}", hints.len());
+        assert_eq!(interim_response(100, 1000), b"HTTP/1.1 100 Continue\r\n\r\n");
     }
 }
