@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod backend;
 pub mod bench;
 pub mod http;
+pub mod impair;
 pub mod load;
 pub mod netns;
 pub mod nginx;
