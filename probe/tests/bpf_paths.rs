@@ -741,3 +741,323 @@ fn local_backend_replies_are_not_new_connections() {
         .collect();
     assert_eq!(peers, vec![(SocketAddr::from(backend), 2, [0, 2, 0, 0, 0])]);
 }
+
+/// Per-peer figures of one test: requests, exact codes, no_response, sent
+/// and received bytes.
+fn figures(p: &Programs, peer: SocketAddr) -> (u64, Vec<(u16, u64)>, u64, u64, u64) {
+    let c = p.peer_counters().unwrap().into_iter().find(|(a, _)| *a == peer).map(|(_, c)| c).unwrap_or_default();
+    let mut codes: Vec<(u16, u64)> =
+        p.code_counters().unwrap().into_iter().filter(|(a, _, _)| *a == peer).map(|(_, c, n)| (c, n)).collect();
+    codes.sort();
+    (c.requests, codes, c.no_response, c.sent_bytes, c.received_bytes)
+}
+
+const REQ: &[u8] = b"POST /api/orders/7?x=1 HTTP/1.1\r\nHost: b\r\nContent-Length: 19\r\n\r\nGET / HTTP/1.1\r\n\r\n!";
+const RESP: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 17\r\n\r\nHTTP/1.1 500 I am";
+
+/// Every split point of a request and of its response (a 100 Continue
+/// before the final status, bodies shaped like messages): one exchange
+/// each, its own status, every byte once.
+#[test]
+fn messages_split_at_every_byte_count_once() {
+    require_root!();
+    let p = load();
+    let mut n = 0u64;
+    for i in 1..REQ.len() {
+        let j = (i * 7) % RESP.len();
+        let mut f = Flow::new(20000 + n as u16);
+        run(&p, true, &f.syn());
+        run(&p, false, &f.syn_ack());
+        for s in f.send_segments(REQ, &[i]) {
+            run(&p, true, &s);
+        }
+        for s in f.recv_segments(RESP, &[j, (j + 13) % RESP.len()]) {
+            run(&p, false, &s);
+        }
+        n += 1;
+    }
+    for j in 1..RESP.len() {
+        let mut f = Flow::new(20000 + n as u16);
+        run(&p, true, &f.syn());
+        run(&p, false, &f.syn_ack());
+        run(&p, true, &f.send(REQ));
+        for s in f.recv_segments(RESP, &[j]) {
+            run(&p, false, &s);
+        }
+        n += 1;
+    }
+    // One byte per segment, both ways.
+    let mut f = Flow::new(20000 + n as u16);
+    run(&p, true, &f.syn());
+    run(&p, false, &f.syn_ack());
+    let every: Vec<usize> = (1..RESP.len().max(REQ.len())).collect();
+    for s in f.send_segments(REQ, &every) {
+        run(&p, true, &s);
+    }
+    for s in f.recv_segments(RESP, &every) {
+        run(&p, false, &s);
+    }
+    n += 1;
+    let (req, codes, no_resp, sent, received) = figures(&p, peer_addr());
+    assert_eq!((req, no_resp), (n, 0));
+    assert_eq!(codes, vec![(100, n), (201, n)]);
+    assert_eq!((sent, received), (n * REQ.len() as u64, n * RESP.len() as u64));
+}
+
+/// A 103 Early Hints with several KB of headers and two 100s before the
+/// final status, segmented small: each counted, the final one too.
+#[test]
+fn large_interim_responses_before_the_final_one() {
+    require_root!();
+    let p = load();
+    let mut resp = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n".to_vec();
+    for i in 0..100 {
+        resp.extend_from_slice(format!("Link: </static/asset-{i}.css>; rel=preload; as=style\r\n").as_bytes());
+    }
+    resp.extend_from_slice(b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody");
+    assert!(resp.len() > 5000);
+    for (k, mss) in [1usize, 7, 88, 536, 1448, 3000].into_iter().enumerate() {
+        let mut f = Flow::new(21000 + k as u16);
+        run(&p, true, &f.syn());
+        run(&p, false, &f.syn_ack());
+        run(&p, true, &f.send(b"GET /hints HTTP/1.1\r\n\r\n"));
+        let cuts: Vec<usize> = (1..).map(|i| i * mss).take_while(|&c| c < resp.len()).collect();
+        for s in f.recv_segments(&resp, &cuts) {
+            run(&p, false, &s);
+        }
+    }
+    let (req, codes, no_resp, _, received) = figures(&p, peer_addr());
+    assert_eq!((req, no_resp, received), (6, 0, 6 * resp.len() as u64));
+    assert_eq!(codes, vec![(100, 12), (103, 6), (200, 6)]);
+}
+
+/// A tiny xorshift generator: the same stream for the same seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Frames of one direction of a message as a lossy, duplicating,
+/// reordering link delivers them: random cuts; each segment may be
+/// repeated (a retransmission or duplicate) and swapped with the next
+/// (reordering). Every byte arrives at least once.
+fn impaired(rng: &mut Rng, segs: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for s in segs {
+        out.push(s.clone());
+        if rng.below(100) < 15 {
+            out.push(s);
+        }
+    }
+    let mut i = 0;
+    while i + 1 < out.len() {
+        if rng.below(100) < 20 {
+            out.swap(i, i + 1);
+            i += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+fn random_cuts(rng: &mut Rng, len: usize) -> Vec<usize> {
+    let n = rng.below(6);
+    let mut cuts: Vec<usize> = (0..n).map(|_| 1 + rng.below(len as u64 - 1) as usize).collect();
+    cuts.sort_unstable();
+    cuts
+}
+
+/// The property: whatever segmentation, duplication and reordering a
+/// keepalive connection's exchanges go through, the programs count the
+/// exchanges the stream really holds, with their codes, and every byte
+/// once. Late duplicates of an earlier response arrive during the next
+/// exchange; interim responses and bodies shaped like messages included.
+#[test]
+fn random_segmentation_duplicates_and_reordering_keep_the_true_exchanges() {
+    require_root!();
+    let p = load();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let statuses = [200u16, 204, 304, 404, 500, 503, 201];
+    let mut want: std::collections::BTreeMap<u16, u64> = Default::default();
+    let (mut sent, mut received, mut requests) = (0u64, 0u64, 0u64);
+    for conn in 0..40u16 {
+        let mut f = Flow::new(22000 + conn);
+        run(&p, true, &f.syn());
+        run(&p, false, &f.syn_ack());
+        let mut late: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..(1 + rng.below(5)) {
+            let body = if rng.below(2) == 0 { "GET / HTTP/1.1\r\n\r\nI am" } else { "HTTP/1.1 200 OK\r\n" };
+            let req = format!("POST /r/{} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", rng.below(99), body.len());
+            let code = statuses[rng.below(statuses.len() as u64) as usize];
+            let interim = if rng.below(4) == 0 { "HTTP/1.1 100 Continue\r\n\r\n" } else { "" };
+            let resp = format!("{interim}HTTP/1.1 {code} X\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let segs = f.send_segments(req.as_bytes(), &random_cuts(&mut rng, req.len()));
+            // This host sends in order; a retransmission repeats a segment.
+            for s in &segs {
+                run(&p, true, s);
+                if rng.below(10) == 0 {
+                    run(&p, true, s);
+                }
+            }
+            // Late duplicates of the previous response arrive now.
+            for s in late.drain(..) {
+                run(&p, false, &s);
+            }
+            let segs = f.recv_segments(resp.as_bytes(), &random_cuts(&mut rng, resp.len()));
+            // Known limit (README): segments of an interim response
+            // reordered with the final status line's may lose that final
+            // status, so exchanges with one are only duplicated here.
+            let delivered = if interim.is_empty() {
+                impaired(&mut rng, segs.clone())
+            } else {
+                segs.iter().flat_map(|s| std::iter::repeat_n(s.clone(), 1 + (rng.below(5) == 0) as usize)).collect()
+            };
+            for s in &delivered {
+                run(&p, false, s);
+            }
+            if std::env::var_os("DEBUG_PROP").is_some() {
+                let (rq, cd, _, _, _) = figures(&p, peer_addr());
+                let got: u64 = cd.iter().filter(|(c, _)| *c >= 200).map(|(_, n)| n).sum();
+                if rq != requests + 1 || got != requests + 1 {
+                    let show = |v: &Vec<Vec<u8>>| v.iter().map(|f| format!("{:?}@{}", String::from_utf8_lossy(&f[54..]), u32::from_be_bytes([f[38], f[39], f[40], f[41]]))).collect::<Vec<_>>();
+                    panic!("conn {conn}: req {req:?}\nresp segs {:?}\ndelivered {:?}\nrq {rq} got {got} want {}", show(&segs), show(&delivered), requests + 1);
+                }
+            }
+            late.extend(segs.into_iter().filter(|_| rng.below(3) == 0));
+            *want.entry(code).or_default() += 1;
+            if !interim.is_empty() {
+                *want.entry(100).or_default() += 1;
+            }
+            requests += 1;
+            sent += req.len() as u64;
+            received += resp.len() as u64;
+        }
+        run(&p, true, &f.out_at(FIN | ACK, f.snd, b""));
+    }
+    let (req, codes, no_resp, s, r) = figures(&p, peer_addr());
+    assert_eq!((req, no_resp, s, r), (requests, 0, sent, received));
+    assert_eq!(codes, want.into_iter().collect::<Vec<_>>());
+    assert!(p.conns().unwrap().is_empty());
+}
+
+/// The peer's FIN overtakes the response (reordering): the response still
+/// counts, and the connection ends with ours.
+#[test]
+fn a_response_reordered_behind_the_peers_fin_counts() {
+    require_root!();
+    let p = load();
+    let mut f = Flow::new(23000);
+    run(&p, true, &f.syn());
+    run(&p, false, &f.syn_ack());
+    run(&p, true, &f.send(b"GET /x HTTP/1.0\r\n\r\n"));
+    let resp = f.recv(b"HTTP/1.1 404 Not Found\r\n\r\n");
+    run(&p, false, &f.back_at(FIN | ACK, f.rcv, b""));
+    run(&p, false, &resp);
+    f.rcv = f.rcv.wrapping_add(1);
+    run(&p, true, &f.out_at(FIN | ACK, f.snd, b""));
+    let (req, codes, no_resp, _, _) = figures(&p, peer_addr());
+    assert_eq!((req, codes, no_resp), (1, vec![(404, 1)], 0));
+    let c = p.peer_counters().unwrap()[0].1;
+    assert_eq!((c.conn_opened, c.conn_closed), (1, 1));
+    assert!(p.conns().unwrap().is_empty());
+}
+
+/// Connections that carry no HTTP never take a peer slot: with room for
+/// one HTTP peer, six TLS-like connections first, then an HTTP backend,
+/// which gets it. Their connection counts are kept apart; a refused
+/// connect is one failure.
+#[test]
+fn other_tcp_never_takes_an_http_backends_place() {
+    require_root!();
+    let cfg = BpfConfig {
+        ignore_ports: vec![],
+        only: vec![],
+        max_conns: 64,
+        max_peers: 1,
+        max_tcp_peers: 16,
+        max_codes: 64,
+        ring_bytes: 1 << 16,
+    };
+    let p = Programs::load(&cfg, None).expect("load");
+    p.test_run(true, &[0; 60], 1).ok();
+    for i in 0..6u16 {
+        let mut f = Flow::to(24000 + i, [10, 99, 1, i as u8], 443);
+        run(&p, true, &f.syn());
+        run(&p, false, &f.syn_ack());
+        run(&p, true, &f.send(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]));
+        run(&p, false, &f.recv(b"\x16\x03\x03\x00\x5a\x02\x00\x00\x56HTTP/1.1 200 OK\r\n"));
+        run(&p, true, &f.out_at(FIN | ACK, f.snd, b""));
+    }
+    // Refused, after the kernel retried the SYN once.
+    let mut r = Flow::to(24100, [10, 99, 1, 99], 5432);
+    let syn = r.syn();
+    run(&p, true, &syn);
+    run(&p, true, &syn);
+    run(&p, false, &r.back_at(RST | ACK, 0, b""));
+    let mut f = Flow::new(24200);
+    run(&p, true, &f.syn());
+    run(&p, false, &f.syn_ack());
+    run(&p, true, &f.send(b"GET / HTTP/1.1\r\n\r\n"));
+    run(&p, false, &f.recv(b"HTTP/1.1 200 OK\r\n\r\n"));
+    let (req, codes, _, _, _) = figures(&p, peer_addr());
+    assert_eq!((req, codes), (1, vec![(200, 1)]));
+    let c = p.peer_counters().unwrap()[0].1;
+    assert_eq!(c.conn_opened, 1, "the HTTP connection's open counts with its first request");
+    let stats = p.stats().unwrap();
+    assert_eq!((stats.peer_table_full, stats.opaque_conns), (0, 6));
+    let mut tcp: Vec<(SocketAddr, [u64; 4])> =
+        p.tcp_counters().unwrap().into_iter().map(|(a, c)| (a, [c.opened, c.closed, c.failed, c.reset])).collect();
+    tcp.sort();
+    assert_eq!(tcp.len(), 7);
+    assert!(tcp[..6].iter().all(|(_, c)| *c == [1, 1, 0, 0]), "{tcp:?}");
+    assert_eq!(tcp[6], (SocketAddr::from(([10, 99, 1, 99], 5432)), [0, 0, 1, 0]));
+}
+
+/// More keepalive connections than the connection table holds, used in
+/// turn: the least recently active one makes room, and its next request is
+/// picked up again from its segments, so per-backend requests, codes and
+/// bytes stay exact.
+#[test]
+fn a_full_connection_table_keeps_per_backend_totals() {
+    require_root!();
+    let cfg = BpfConfig {
+        ignore_ports: vec![],
+        only: vec![],
+        max_conns: 64,
+        max_peers: 4,
+        max_tcp_peers: 4,
+        max_codes: 64,
+        ring_bytes: 1 << 20,
+    };
+    let mut p = Programs::load(&cfg, None).expect("load");
+    p.set_ephemeral_ports(20000, 60999);
+    let mut flows: Vec<Flow> = (0..300u16).map(|i| Flow::new(30000 + i)).collect();
+    for f in &mut flows {
+        run(&p, true, &f.syn());
+        run(&p, false, &f.syn_ack());
+    }
+    let (mut sent, mut received) = (0u64, 0u64);
+    for round in 0..3 {
+        for (i, f) in flows.iter_mut().enumerate() {
+            let req = format!("GET /round/{round}/{i} HTTP/1.1\r\n\r\n");
+            let resp = if i % 3 == 0 { "HTTP/1.1 503 Busy\r\n\r\n" } else { "HTTP/1.1 200 OK\r\n\r\n" };
+            run(&p, true, &f.send(req.as_bytes()));
+            run(&p, false, &f.recv(resp.as_bytes()));
+            sent += req.len() as u64;
+            received += resp.len() as u64;
+        }
+    }
+    assert!(p.conns().unwrap().len() <= 64);
+    let (req, codes, no_resp, s, r) = figures(&p, peer_addr());
+    assert_eq!((req, no_resp, s, r), (900, 0, sent, received));
+    assert_eq!(codes, vec![(200, 600), (503, 300)]);
+}

@@ -811,7 +811,7 @@ static __always_inline struct peer_counters *request_starts(const struct conn_ke
 	struct peer_counters *pc = peer_at(cs->peer_idx);
 	cs->phase = PHASE_AWAIT_RESPONSE;
 	cs->win_mask = 0;
-	cs->flags &= ~CF_GARBLED;
+	cs->flags &= ~(CF_GARBLED | CF_NEXT_KNOWN);
 	if (pc) {
 		pc->requests += 1;
 		if (cs->flags & CF_OPEN_PENDING) {
@@ -958,16 +958,20 @@ static __always_inline bool status_parsed(const struct conn_key *k, struct conn_
 	cs->last_ts = now;
 	if (code >= 200) {
 		cs->phase = PHASE_IN_RESPONSE;
+		cs->flags &= ~CF_NEXT_KNOWN;
 		emit(k, cs, code, now - cs->req_ts);
 		return false;
 	}
-	/* Interim: the exchange goes on after this response's headers. The
-	 * shortest status line ("HTTP/2 103") is 10 bytes. */
+	/* Interim: the exchange goes on after this response's headers,
+	 * looked for from the window's end (its 12 bytes hold no "\r\n\r\n";
+	 * a short "HTTP/2 103\r\n" ends in half of one). */
 	cs->phase = PHASE_INTERIM;
-	cs->resp_seq += 10;
-	cs->crlf = 0;
+	cs->resp_seq += 12;
+	cs->crlf = cs->win[10] == '\r' && cs->win[11] == '\n' ? 2 : 0;
 	return true;
 }
+
+static __noinline void look_ahead(struct __sk_buff *skb, struct conn_state *cs, const struct seg *s);
 
 /* The status line at resp_seq from whatever part of it this segment
  * holds. Returns true when an interim 1xx was counted. */
@@ -977,6 +981,15 @@ static __always_inline bool status_window(struct __sk_buff *skb, const struct co
 {
 	if (cs->flags & CF_GARBLED)
 		return false;
+	__s32 rel = (__s32)(s->seq - cs->resp_seq);
+	if (rel >= WIN_BYTES) {
+		look_ahead(skb, cs, s);
+		return false;
+	}
+	/* Past the window's start and beyond it: maybe ahead of a hole
+	 * that ends an interim response. */
+	if (rel > 0 && rel + (__s32)s->payload_len > WIN_BYTES)
+		look_ahead(skb, cs, s);
 	window_fill(skb, cs, s);
 	/* "HTTP/" is all there and wrong: not HTTP, stop looking. */
 	if ((cs->win_mask & 0x1f) == 0x1f &&
@@ -996,8 +1009,9 @@ struct scan_ctx {
 	__u32 off;   /* skb offset of the chunk being scanned */
 	__u32 n;     /* its bytes in sc->buf */
 	__u32 end;   /* skb offset past the payload */
-	__u32 crlf;  /* "\r\n\r\n" bytes matched */
+	__u32 crlf;  /* "\r\n\r\n" bytes matched (then "HTTP/" when status) */
 	__u32 found; /* skb offset just past the match, or 0 */
+	__u32 status; /* look for "\r\n\r\nHTTP/": found is at its "H" */
 };
 
 /* One byte of the chunk in sc->buf (c->n bytes): a bpf_loop callback, so
@@ -1009,10 +1023,12 @@ static long scan_byte(__u32 j, struct scan_ctx *c)
 	if (!sc || j >= c->n)
 		return 1;
 	__u8 b = sc->buf[j & (SCAN - 1)];
-	if (b == ((c->crlf & 1) ? '\n' : '\r')) {
-		c->crlf += 1;
-		if (c->crlf >= 4) {
-			c->found = c->off + j + 1;
+	__u32 m = c->crlf;
+	__u8 want = m < 4 ? ((m & 1) ? '\n' : '\r') : m == 4 ? 'H' : m < 7 ? 'T' : m == 7 ? 'P' : '/';
+	if (b == want) {
+		c->crlf = m + 1;
+		if (c->crlf == (c->status ? 9 : 4)) {
+			c->found = c->off + j + 1 - (c->status ? 5 : 0);
 			return 1;
 		}
 	} else {
@@ -1044,12 +1060,83 @@ static long scan_chunk(__u32 i, struct scan_ctx *c)
  * line's. */
 #define SCAN_CHUNKS 256
 
+/* A segment past the bytes the exchange waits for (a hole before it):
+ * remember the earliest status line it shows that follows the end of an
+ * interim response's headers ("\r\n\r\nHTTP/", or "HTTP/" at its start), with
+ * its code, for when the hole turns out to hold that end. */
+static __always_inline bool http_at(const __u8 *h)
+{
+	return h[0] == 'H' && h[1] == 'T' && h[2] == 'T' && h[3] == 'P' && h[4] == '/';
+}
+
+static __noinline void look_ahead(struct __sk_buff *skb, struct conn_state *cs, const struct seg *s)
+{
+	struct scratch *sc;
+	__u32 at;
+
+	if ((cs->flags & CF_NEXT_KNOWN) && (__s32)(cs->next_seq - s->seq) <= 0)
+		return; /* an earlier one is known */
+	/* The "\r\n\r\n" may have begun in the segment before: "HTTP/",
+	 * "\nHTTP/" or "\r\nHTTP/" at the start count, and the scan starts
+	 * as if a "\r" came before. */
+	__u8 h[8] = {};
+	bool got = s->payload_len >= 7 && !bpf_skb_load_bytes(skb, s->payload_off, h, 7);
+	if (got && http_at(h)) {
+		at = s->payload_off;
+	} else if (got && h[0] == '\n' && http_at(h + 1)) {
+		at = s->payload_off + 1;
+	} else if (got && h[0] == '\r' && h[1] == '\n' && http_at(h + 2)) {
+		at = s->payload_off + 2;
+	} else {
+		struct scan_ctx c = {
+			.skb = skb,
+			.off = s->payload_off,
+			.end = s->payload_off + s->payload_len,
+			.crlf = 1,
+			.status = 1,
+		};
+		bpf_loop(SCAN_CHUNKS, scan_chunk, &c, 0);
+		if (!c.found)
+			return;
+		at = c.found;
+	}
+	__u32 next = s->seq + (at - s->payload_off);
+	/* Past the status line awaited (or the interim being scanned). */
+	if ((__s32)(next - cs->resp_seq) < (cs->phase == PHASE_INTERIM ? 1 : 12))
+		return;
+	cs->next_seq = next;
+	cs->next_mask = 0;
+	cs->flags |= CF_NEXT_KNOWN;
+	/* Keep what this segment holds of that status line. */
+	__u32 n = s->payload_off + s->payload_len - at, i;
+	sc = scratch_get();
+	if (!sc)
+		return;
+	n = clamp_len(n, WIN_BYTES);
+	if (bpf_skb_load_bytes(skb, at, sc->buf, n))
+		return;
+	for (i = 0; i < WIN_BYTES; i++) {
+		if (i >= n)
+			break;
+		cs->next_win[i] = sc->buf[i];
+		cs->next_mask |= 1 << i;
+	}
+}
+
+/* An interim response's headers go on: scan this segment from resp_seq,
+ * in order, for the "\r\n\r\n" that ends them (carried across segments in
+ * cs->crlf). Returns true when found: resp_seq is then the next status
+ * line's. */
 static __noinline bool interim_scan(struct __sk_buff *skb, struct conn_state *cs, const struct seg *s)
 {
 	__s32 rel = (__s32)(cs->resp_seq - s->seq);
 
-	if (rel < 0 || (__u32)rel >= s->payload_len)
-		return false; /* not the next bytes in order */
+	if (rel < 0) {
+		look_ahead(skb, cs, s);
+		return false;
+	}
+	if ((__u32)rel >= s->payload_len)
+		return false; /* seen already */
 	struct scan_ctx c = {
 		.skb = skb,
 		.off = s->payload_off + rel,
@@ -1069,6 +1156,26 @@ static __noinline bool interim_scan(struct __sk_buff *skb, struct conn_state *cs
 	return false;
 }
 
+/* The in-order scan stopped at a hole while a later status line is known
+ * from a segment that came ahead of it: the hole held the end of the
+ * interim headers (its bytes will not all come again in order), so the
+ * exchange goes on there. Interim responses inside the hole go uncounted;
+ * the final status counts. Returns true when a 1xx was counted. */
+static __always_inline bool next_known(const struct conn_key *k, struct conn_state *cs,
+				       struct peer_counters *pc)
+{
+	if (!(cs->flags & CF_NEXT_KNOWN) || (__s32)(cs->next_seq - cs->resp_seq) < 0)
+		return false;
+	cs->flags &= ~CF_NEXT_KNOWN;
+	cs->resp_seq = cs->next_seq;
+	__builtin_memcpy(cs->win, cs->next_win, WIN_BYTES);
+	cs->win_mask = cs->next_mask;
+	cs->phase = PHASE_AWAIT_RESPONSE;
+	if ((cs->win_mask & 0xfff) != 0xfff)
+		return false; /* the rest comes with later segments */
+	return status_parsed(k, cs, pc);
+}
+
 /* Status lines after the first look: split, reordered, or after a 1xx
  * (several may share a segment: 100, 103, then the final). */
 static __noinline void responses(struct __sk_buff *skb, const struct conn_key *k,
@@ -1079,7 +1186,9 @@ static __noinline void responses(struct __sk_buff *skb, const struct conn_key *k
 	for (i = 0; i < MAX_STATUS_LINES; i++) {
 		if (cs->phase == PHASE_AWAIT_RESPONSE && !status_window(skb, k, cs, s, pc))
 			break;
-		if (cs->phase != PHASE_INTERIM || !interim_scan(skb, cs, s))
+		if (cs->phase != PHASE_INTERIM)
+			break;
+		if (!interim_scan(skb, cs, s) && !next_known(k, cs, pc))
 			break;
 	}
 }

@@ -41,6 +41,8 @@ enum conn_flag {
 	CF_PEER_FIN = 4,
 	/* The status line at resp_seq is not HTTP: stop looking. */
 	CF_GARBLED = 8,
+	/* next_seq / next_code hold a status line seen out of order. */
+	CF_NEXT_KNOWN = 16,
 };
 
 /* Global per-CPU counters (index into the `stats` array). */
@@ -106,10 +108,18 @@ struct conn_state {
 	__u8 flags; /* enum conn_flag */
 	/* "\r\n\r\n" bytes matched so far while scanning 1xx headers. */
 	__u8 crlf;
-	__u16 _pad;
+	/* Which bytes of next_win (the status line at next_seq) that
+	 * segment held. */
+	__u16 next_mask;
 	/* Bytes of the message so far while PHASE_REQ_PARTIAL, counted into
 	 * the peer's `sent` once it is known to be a request. */
 	__u32 held;
+	/* Where a later status line starts, found in a segment that came out
+	 * of order (CF_NEXT_KNOWN): after an interim response whose end lies
+	 * in a hole, the exchange goes on there. */
+	__u32 next_seq;
+	__u32 _pad;
+	__u8 next_win[WIN_BYTES];
 	__u8 win[WIN_BYTES];
 	__u8 req[REQ_BYTES];
 };
