@@ -262,7 +262,7 @@ mod tests {
         ] {
             a.on_event(&event(peer, r, 200));
         }
-        a.on_unanswered_syn(peer);
+        a.on_unanswered_syn(peer, true);
         a.snapshot(&totals(peer, 3, 3, 0), 1_000_000_000, vec!["lo".into()])
             .clone()
     }
