@@ -172,6 +172,8 @@ impl BackendBuilder {
             interims: Mutex::new(BTreeMap::new()),
             connections: AtomicU64::new(0),
             live: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
         });
         let accept_shared = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
@@ -191,6 +193,10 @@ struct Shared {
     connections: AtomicU64,
     /// Connection threads still running.
     live: AtomicU64,
+    /// Bytes read from / written to every connection (a ground truth for
+    /// what crossed the wire, independent of nginx's log).
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
 }
 
 /// A running backend. Dropping it stops it.
@@ -254,6 +260,18 @@ impl Backend {
     }
 
     /// TCP connections accepted so far.
+    /// Bytes read from clients so far: request heads and bodies. A request
+    /// is read whole before its response is written, so once every response
+    /// arrived this is exactly what the clients sent.
+    pub fn bytes_read(&self) -> u64 {
+        self.shared.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to clients so far: interim and final responses.
+    pub fn bytes_written(&self) -> u64 {
+        self.shared.bytes_written.load(Ordering::Relaxed)
+    }
+
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
     }
@@ -321,11 +339,39 @@ impl Head {
     }
 }
 
+/// A connection's stream, counting what crosses it into `Shared`.
+struct Counted<'a> {
+    stream: TcpStream,
+    shared: &'a Shared,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        self.shared.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.stream.write(buf)?;
+        self.shared.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+type Reader<'a> = BufReader<Counted<'a>>;
+
 fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
     stream.set_read_timeout(Some(POLL))?;
     stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+    let mut writer = Counted { stream: stream.try_clone()?, shared };
+    let mut reader = BufReader::new(Counted { stream, shared });
     let mut rng = Rng::fresh();
     loop {
         let Some(head) = read_head(&mut reader, shared)? else {
@@ -402,7 +448,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
 
 /// Read one request head; `None` when the peer closed cleanly before one
 /// began or the backend is stopping.
-fn read_head(reader: &mut BufReader<TcpStream>, shared: &Shared) -> Result<Option<Head>> {
+fn read_head(reader: &mut Reader<'_>, shared: &Shared) -> Result<Option<Head>> {
     let mut lines: Vec<String> = Vec::new();
     let mut size = 0;
     loop {
@@ -445,7 +491,7 @@ fn read_head(reader: &mut BufReader<TcpStream>, shared: &Shared) -> Result<Optio
 
 /// Read through `\n`, riding out read timeouts (used to notice a stop).
 /// `false` at EOF or on stop.
-fn read_line(reader: &mut BufReader<TcpStream>, line: &mut Vec<u8>, shared: &Shared) -> Result<bool> {
+fn read_line(reader: &mut Reader<'_>, line: &mut Vec<u8>, shared: &Shared) -> Result<bool> {
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             return Ok(false);
@@ -462,7 +508,7 @@ fn read_line(reader: &mut BufReader<TcpStream>, line: &mut Vec<u8>, shared: &Sha
     }
 }
 
-fn read_body(reader: &mut BufReader<TcpStream>, head: &Head, shared: &Shared) -> Result<()> {
+fn read_body(reader: &mut Reader<'_>, head: &Head, shared: &Shared) -> Result<()> {
     let chunked = head
         .header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
@@ -495,7 +541,7 @@ fn read_body(reader: &mut BufReader<TcpStream>, head: &Head, shared: &Shared) ->
     discard(reader, len, shared)
 }
 
-fn discard(reader: &mut BufReader<TcpStream>, mut len: u64, shared: &Shared) -> Result<()> {
+fn discard(reader: &mut Reader<'_>, mut len: u64, shared: &Shared) -> Result<()> {
     let mut buf = [0u8; 8192];
     while len > 0 {
         if shared.stop.load(Ordering::Relaxed) {
@@ -628,6 +674,20 @@ mod tests {
         assert!(r.ends_with("\r\n\r\n") && !r.contains("Content-Length"), "{r}");
         let r = String::from_utf8(response(200, 5, true, false)).unwrap();
         assert!(r.contains("Content-Length: 5\r\nConnection: close\r\n\r\nupstr"), "{r}");
+    }
+
+    #[test]
+    fn counts_the_bytes_of_both_directions() {
+        let backend = Backend::loopback(Profile::fast().body_size(10)).unwrap();
+        let mut conn = TcpStream::connect(backend.addr()).unwrap();
+        let request = b"POST /x HTTP/1.1\r\nHost: h\r\nX-Backend-Interim: 100\r\nContent-Length: 3\r\n\r\nabc";
+        conn.write_all(request).unwrap();
+        let want = [&b"HTTP/1.1 100 Continue\r\n\r\n"[..], &response(200, 10, false, false)].concat();
+        let mut got = vec![0u8; want.len()];
+        conn.read_exact(&mut got).unwrap();
+        assert_eq!(got, want);
+        assert_eq!((backend.bytes_read(), backend.bytes_written()), (request.len() as u64, want.len() as u64));
+        assert_eq!(backend.interims(), BTreeMap::from([(100, 1)]));
     }
 
     #[test]
