@@ -142,10 +142,7 @@ pub fn unix_ns() -> u64 {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime only writes the timespec we pass.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -228,26 +225,13 @@ impl Aggregator {
             self.parse_errors += 1;
         }
         let latency = (ev.status != 0).then_some(ev.latency_ns);
-        self.exchange(
-            peer,
-            parsed.then_some(key.as_str()),
-            ev.status,
-            latency,
-            ev.req_ts,
-        );
+        self.exchange(peer, parsed.then_some(key.as_str()), ev.status, latency, ev.req_ts);
         self.key = key;
     }
 
     /// Fold one exchange; `key` is its route (`METHOD path`), None when
     /// the request did not parse.
-    fn exchange(
-        &mut self,
-        peer: SocketAddr,
-        key: Option<&str>,
-        status: u16,
-        latency: Option<u64>,
-        req_ts_mono: u64,
-    ) {
+    fn exchange(&mut self, peer: SocketAddr, key: Option<&str>, status: u16, latency: Option<u64>, req_ts_mono: u64) {
         let ps = self.peers.entry(peer).or_default();
         // One bucket lookup for the three histograms the latency goes to.
         let latency = latency.map(|ns| (bucket_of(ns), ns));
@@ -261,11 +245,7 @@ impl Aggregator {
                 None if self.named_routes < self.limits.max_routes => {
                     let k: Rc<str> = Rc::from(k);
                     let i = self.routes.len() as u32;
-                    self.routes.push(Route {
-                        peer,
-                        key: Some(k.clone()),
-                        state: RouteState::default(),
-                    });
+                    self.routes.push(Route { peer, key: Some(k.clone()), state: RouteState::default() });
                     ps.routes.insert(k, i);
                     self.named_routes += 1;
                     self.order_stale = true;
@@ -282,11 +262,7 @@ impl Aggregator {
             Some(i) => i,
             None => {
                 let i = self.routes.len() as u32;
-                self.routes.push(Route {
-                    peer,
-                    key: None,
-                    state: RouteState::default(),
-                });
+                self.routes.push(Route { peer, key: None, state: RouteState::default() });
                 ps.other = Some(i);
                 self.order_stale = true;
                 i
@@ -297,10 +273,7 @@ impl Aggregator {
         if status == 0 {
             route.no_response += 1;
         } else {
-            if let Some(c) = route
-                .class
-                .get_mut(usize::from(status / 100).saturating_sub(1))
-            {
+            if let Some(c) = route.class.get_mut(usize::from(status / 100).saturating_sub(1)) {
                 *c += 1;
             }
             match route.codes.binary_search_by_key(&status, |&(c, _)| c) {
@@ -386,12 +359,7 @@ impl Aggregator {
 
     /// Build the snapshot for this publish and start a new interval. The
     /// snapshot is the previous one rewritten in place.
-    pub fn snapshot(
-        &mut self,
-        totals: &BpfTotals,
-        interval_ns: u64,
-        interfaces: Vec<String>,
-    ) -> &Snapshot {
+    pub fn snapshot(&mut self, totals: &BpfTotals, interval_ns: u64, interfaces: Vec<String>) -> &Snapshot {
         let with_base;
         let totals = if self.base.is_empty() {
             totals
@@ -448,8 +416,7 @@ impl Aggregator {
                 requests_per_sec: d_req as f64 / secs,
                 errors_5xx_per_sec: d_5xx as f64 / secs,
                 sent_bytes_per_sec: c.sent_bytes.saturating_sub(ps.prev.sent_bytes) as f64 / secs,
-                received_bytes_per_sec: c.received_bytes.saturating_sub(ps.prev.received_bytes)
-                    as f64
+                received_bytes_per_sec: c.received_bytes.saturating_sub(ps.prev.received_bytes) as f64
                     / secs,
                 latency_avg_ns: il.sum_ns.checked_div(il.count).unwrap_or(0),
                 latency_p50_ns: p50,
@@ -506,8 +473,7 @@ impl Aggregator {
         }
         out.peers.truncate(peers_sorted.len());
         // Peers of other TCP the report no longer holds leave no state.
-        self.peers
-            .retain(|_, ps| ps.index.is_some() || !ps.routes.is_empty() || ps.other.is_some());
+        self.peers.retain(|_, ps| ps.index.is_some() || !ps.routes.is_empty() || ps.other.is_some());
 
         if self.order_stale {
             let routes = &self.routes;
@@ -517,20 +483,14 @@ impl Aggregator {
                 let (a, b) = (&routes[a as usize], &routes[b as usize]);
                 // "METHOD path" sorts like (method, path): the space is
                 // below every byte a method or path holds.
-                (a.key.is_none(), a.peer, a.key.as_deref()).cmp(&(
-                    b.key.is_none(),
-                    b.peer,
-                    b.key.as_deref(),
-                ))
+                (a.key.is_none(), a.peer, a.key.as_deref()).cmp(&(b.key.is_none(), b.peer, b.key.as_deref()))
             });
             self.order_stale = false;
         }
         let mut n = 0;
         for &ri in &self.order {
             let r = &mut self.routes[ri as usize];
-            let Some(pi) = self.peers.get(&r.peer).and_then(|ps| ps.index) else {
-                continue;
-            };
+            let Some(pi) = self.peers.get(&r.peer).and_then(|ps| ps.index) else { continue };
             let st = &mut r.state;
             let d_req = st.requests - st.prev_requests;
             let d_5xx = st.class[4] - st.prev_5xx;
@@ -619,23 +579,12 @@ mod tests {
     }
 
     fn limits(max_routes: usize) -> AggLimits {
-        AggLimits {
-            max_routes,
-            history_len: 3,
-            recent_per_interval: 2,
-            recent_len: 4,
-        }
+        AggLimits { max_routes, history_len: 3, recent_per_interval: 2, recent_len: 4 }
     }
 
     fn totals(peer: SocketAddr, requests: u64) -> BpfTotals {
-        let c = types::peer_counters {
-            requests,
-            ..Default::default()
-        };
-        BpfTotals {
-            peers: vec![(peer, c)],
-            ..Default::default()
-        }
+        let c = types::peer_counters { requests, ..Default::default() };
+        BpfTotals { peers: vec![(peer, c)], ..Default::default() }
     }
 
     #[test]
@@ -648,14 +597,7 @@ mod tests {
         let s = a.snapshot(&totals(peer, 3), 1_000_000_000, vec!["lo".into()]);
         let regular: Vec<_> = s.routes.iter().filter(|r| !r.is_other).collect();
         assert_eq!(regular.len(), 1);
-        assert_eq!(
-            (
-                regular[0].method.as_str(),
-                regular[0].path.as_str(),
-                regular[0].requests
-            ),
-            ("GET", "/a/:id", 2)
-        );
+        assert_eq!((regular[0].method.as_str(), regular[0].path.as_str(), regular[0].requests), ("GET", "/a/:id", 2));
         assert_eq!(regular[0].responses.codes, vec![(200, 1), (404, 1)]);
         let other = s.routes.iter().find(|r| r.is_other).unwrap();
         assert_eq!((other.requests, other.responses.class[4]), (1, 1));
@@ -706,35 +648,19 @@ mod tests {
 
     #[test]
     fn a_snapshot_rewritten_in_place_equals_a_fresh_one() {
-        let peers: Vec<SocketAddr> = [
-            "10.0.0.9:80",
-            "10.0.0.1:80",
-            "[fd00::1]:8080",
-            "10.0.0.5:81",
-        ]
-        .iter()
-        .map(|a| a.parse().unwrap())
-        .collect();
+        let peers: Vec<SocketAddr> = ["10.0.0.9:80", "10.0.0.1:80", "[fd00::1]:8080", "10.0.0.5:81"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
         // One aggregator publishes after every round, the other only at the end.
         let (mut often, mut once) = (Aggregator::new(limits(6)), Aggregator::new(limits(6)));
         let mut counts = [0u64; 4];
         let totals_of = |counts: &[u64; 4], leave_out: usize| BpfTotals {
             peers: (0..4)
                 .filter(|&i| i != leave_out)
-                .map(|i| {
-                    (
-                        peers[i],
-                        types::peer_counters {
-                            requests: counts[i],
-                            ..Default::default()
-                        },
-                    )
-                })
+                .map(|i| (peers[i], types::peer_counters { requests: counts[i], ..Default::default() }))
                 .collect(),
-            codes: (0..4)
-                .filter(|&i| i != leave_out)
-                .map(|i| (peers[i], 200, counts[i] + i as u64))
-                .collect(),
+            codes: (0..4).filter(|&i| i != leave_out).map(|i| (peers[i], 200, counts[i] + i as u64)).collect(),
             ..Default::default()
         };
         for round in 0..6usize {
@@ -742,58 +668,28 @@ mod tests {
                 // Later rounds bring routes that sort before earlier ones,
                 // more codes, and (round 3) a peer's first traffic.
                 let i = (k * 7 + round) % if round < 3 { 3 } else { 4 };
-                let req = format!(
-                    "{} /r{}/{} HTTP/1.1\r\n",
-                    ["GET", "DELETE"][k % 2],
-                    9 - round,
-                    k % 3
-                );
+                let req = format!("{} /r{}/{} HTTP/1.1\r\n", ["GET", "DELETE"][k % 2], 9 - round, k % 3);
                 let status = [200, 404, 503, 0, 201][(k + round) % 5];
-                let ev = event(
-                    peers[i],
-                    req.as_bytes(),
-                    status,
-                    1_000 * (1 + k as u64 * round as u64),
-                );
+                let ev = event(peers[i], req.as_bytes(), status, 1_000 * (1 + k as u64 * round as u64));
                 often.on_event(&ev);
                 once.on_event(&ev);
                 counts[i] += 1;
             }
             // A peer missing from most publishes (round 4 has all four, the
             // final one three): fewer peers and routes than the one before.
-            let _ = often.snapshot(
-                &totals_of(&counts, round % 5),
-                1_000_000_000,
-                vec!["lo".into()],
-            );
+            let _ = often.snapshot(&totals_of(&counts, round % 5), 1_000_000_000, vec!["lo".into()]);
         }
         let last = totals_of(&counts, 1);
         let fresh = cumulative(once.snapshot(&last, 1_000_000_000, vec![]));
         let reused = cumulative(often.snapshot(&last, 1_000_000_000, vec![]));
         assert_eq!(reused, fresh);
         assert_eq!(fresh.peers.len(), 3);
-        assert!(fresh
-            .routes
-            .iter()
-            .all(|r| fresh.peers[r.peer as usize].addr != peers[1]));
+        assert!(fresh.routes.iter().all(|r| fresh.peers[r.peer as usize].addr != peers[1]));
         // Named routes by (peer, method, path), then the "other" ones.
-        let keys: Vec<_> = fresh
-            .routes
-            .iter()
-            .map(|r| {
-                (
-                    r.is_other,
-                    fresh.peers[r.peer as usize].addr,
-                    &r.method,
-                    &r.path,
-                )
-            })
-            .collect();
+        let keys: Vec<_> =
+            fresh.routes.iter().map(|r| (r.is_other, fresh.peers[r.peer as usize].addr, &r.method, &r.path)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
-        assert!(
-            fresh.routes.iter().any(|r| r.is_other),
-            "the route table overflowed"
-        );
+        assert!(fresh.routes.iter().any(|r| r.is_other), "the route table overflowed");
     }
 
     #[test]

@@ -113,23 +113,15 @@ pub enum Command {
 /// "250ms", "2s", "1m", "1h", or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (try 1s, 500ms, 2m)"))?;
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (try 1s, 500ms, 2m)"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)"
-            ))
-        }
+        _ => return Err(format!("invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)")),
     };
     if !(0.01..=86_400.0).contains(&secs) {
         return Err(format!("duration {s:?} out of range (10ms to 24h)"));
@@ -144,19 +136,15 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv6Addr, u8), String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("invalid address in {s:?}"))?;
+    let ip: IpAddr = addr.parse().map_err(|_| format!("invalid address in {s:?}"))?;
     let (v6, max, offset) = match ip {
         IpAddr::V4(v4) => (v4.to_ipv6_mapped(), 32u8, 96u8),
         IpAddr::V6(v6) => (v6, 128u8, 0u8),
     };
     let p = match prefix {
-        Some(p) => p
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("invalid prefix length in {s:?} (0..={max})"))?,
+        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+            format!("invalid prefix length in {s:?} (0..={max})")
+        })?,
         None => max,
     };
     Ok((v6, p + offset))
@@ -186,10 +174,7 @@ mod tests {
     #[test]
     fn cidrs() {
         let (a, p) = parse_cidr("10.200.0.0/16").unwrap();
-        assert_eq!(
-            (a.to_ipv4_mapped().unwrap().to_string(), p),
-            ("10.200.0.0".into(), 112)
-        );
+        assert_eq!((a.to_ipv4_mapped().unwrap().to_string(), p), ("10.200.0.0".into(), 112));
         assert_eq!(parse_cidr("fd00:200::/64").unwrap().1, 64);
         assert_eq!(parse_cidr("127.0.0.1").unwrap().1, 128);
         assert!(parse_cidr("10.0.0.0/33").is_err());

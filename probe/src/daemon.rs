@@ -11,9 +11,9 @@ use upstreamtop_table::{Capacities, TableWriter};
 
 use crate::aggregate::{AggLimits, Aggregator, BpfTotals};
 use crate::bpf::{ring_pending, types, BpfConfig, Programs};
-use crate::cli::Cli;
 use crate::pins::StateDir;
 use crate::restore::Resume;
+use crate::cli::Cli;
 use crate::sweep::{collect, SweepConfig};
 use crate::{ifaces, notify};
 
@@ -50,10 +50,7 @@ fn sync_ifaces(progs: &mut Programs, cli: &Cli, first: bool) -> Result<bool> {
         ifaces::select(&all, &cli.ifaces)?
     } else {
         // Named interfaces that went away and came back get a new ifindex.
-        all.iter()
-            .filter(|i| cli.ifaces.contains(&i.name))
-            .cloned()
-            .collect()
+        all.iter().filter(|i| cli.ifaces.contains(&i.name)).cloned().collect()
     };
     // The first pass also sees links adopted from a previous run.
     let mut changed = first;
@@ -133,23 +130,15 @@ pub fn run(cli: Cli) -> Result<()> {
     // routes and history for the next start. (Dropping the writer removes
     // its temporary file; one left by kill -9 goes at the next start.)
     let mut writer = TableWriter::create(&cli.table, caps).with_context(|| {
-        format!(
-            "cannot create the table at {} (is its directory writable?)",
-            cli.table.display()
-        )
+        format!("cannot create the table at {} (is its directory writable?)", cli.table.display())
     })?;
     let (state, _lock) = state_dir(&cli)?;
     let mut progs = Programs::load(&cfg, state)?;
     // The previous run's last publish, which the first publish continues.
-    let previous = upstreamtop_table::TableReader::new(&cli.table)
-        .snapshot()
-        .ok();
+    let previous = upstreamtop_table::TableReader::new(&cli.table).snapshot().ok();
     install_signal_handlers();
     set_ephemeral_ports(&mut progs);
-    let live: Vec<(u32, String)> = ifaces::list()?
-        .into_iter()
-        .map(|i| (i.index, i.name))
-        .collect();
+    let live: Vec<(u32, String)> = ifaces::list()?.into_iter().map(|i| (i.index, i.name)).collect();
     progs.adopt_links(&live)?;
     sync_ifaces(&mut progs, &cli, true)?;
     if progs.attached().is_empty() {
@@ -163,11 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
         recent_len: RECENT_LEN,
     })));
     if let Some(last) = &previous {
-        let how = if progs.resumed() {
-            Resume::Maps
-        } else {
-            Resume::TableOnly
-        };
+        let how = if progs.resumed() { Resume::Maps } else { Resume::TableOnly };
         let now = BpfTotals {
             peers: progs.peer_counters()?,
             tcp: progs.tcp_counters()?,
@@ -231,10 +216,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if !ready {
                 ready = true;
                 notify::notify("READY=1")?;
-                log(&format!(
-                    "publishing to {} every {interval:?}",
-                    cli.table.display()
-                ));
+                log(&format!("publishing to {} every {interval:?}", cli.table.display()));
             }
         }
         std::thread::sleep(POLL.min(next.saturating_duration_since(Instant::now())));
@@ -259,10 +241,7 @@ pub fn run(cli: Cli) -> Result<()> {
 /// line saying why.
 fn state_dir(cli: &Cli) -> Result<(Option<StateDir>, Option<std::fs::File>)> {
     if cli.no_pin {
-        if StateDir::at(&cli.state_dir)
-            .links()
-            .is_ok_and(|l| !l.is_empty())
-        {
+        if StateDir::at(&cli.state_dir).links().is_ok_and(|l| !l.is_empty()) {
             log(&format!(
                 "an earlier probe's programs are still attached (pinned in {0}); \
                  `upstreamtop-probe detach --state-dir {0}` removes them",
@@ -301,15 +280,9 @@ pub fn detach(state_dir: &std::path::Path) -> Result<()> {
 /// `upstreamtop-probe status`: the pinned links.
 pub fn status(state_dir: &std::path::Path) -> Result<()> {
     let sd = StateDir::at(state_dir);
-    let names: Vec<(u32, String)> = ifaces::list()?
-        .into_iter()
-        .map(|i| (i.index, i.name))
-        .collect();
+    let names: Vec<(u32, String)> = ifaces::list()?.into_iter().map(|i| (i.index, i.name)).collect();
     for l in sd.links()? {
-        let ifname = names
-            .iter()
-            .find(|(i, _)| *i == l.ifindex)
-            .map_or("?", |(_, n)| n.as_str());
+        let ifname = names.iter().find(|(i, _)| *i == l.ifindex).map_or("?", |(_, n)| n.as_str());
         let dir = if l.egress { "egress" } else { "ingress" };
         match crate::bpf::link_ids(&l.path) {
             Ok((link, prog, attached)) => println!(
@@ -317,10 +290,7 @@ pub fn status(state_dir: &std::path::Path) -> Result<()> {
                 l.ifindex,
                 if attached { "attached" } else { "defunct" }
             ),
-            Err(e) => println!(
-                "link ? prog ? ifindex {} iface {ifname} {dir} unreadable: {e:#}",
-                l.ifindex
-            ),
+            Err(e) => println!("link ? prog ? ifindex {} iface {ifname} {dir} unreadable: {e:#}", l.ifindex),
         }
     }
     Ok(())

@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use upstreamtop_table::{Responses, Snapshot};
 
 use crate::aggregate::{monotonic_ns, unix_ns, Aggregator, BpfTotals, RouteState};
-use crate::bpf::{add_peer_counters, types, BpfStats};
 use crate::hist::Hist;
+use crate::bpf::{add_peer_counters, types, BpfStats};
 
 /// How the previous run's state comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +61,7 @@ impl Base {
         }
         for (addr, codes) in &self.codes {
             for (code, n) in codes {
-                match out
-                    .codes
-                    .iter_mut()
-                    .find(|(a, c, _)| a == addr && c == code)
-                {
+                match out.codes.iter_mut().find(|(a, c, _)| a == addr && c == code) {
                     Some(e) => e.2 += n,
                     None => out.codes.push((*addr, *code, *n)),
                 }
@@ -96,22 +92,12 @@ fn counters_of(p: &upstreamtop_table::PeerStats) -> types::peer_counters {
     }
 }
 
-fn route_state(
-    requests: u64,
-    r: &Responses,
-    no_response: u64,
-    sum_ns: u64,
-    count: u64,
-) -> RouteState {
+fn route_state(requests: u64, r: &Responses, no_response: u64, sum_ns: u64, count: u64) -> RouteState {
     RouteState {
         requests,
         class: r.class,
         // Sorted: the fold looks codes up by binary search.
-        codes: {
-            let mut c = r.codes.clone();
-            c.sort_unstable();
-            c
-        },
+        codes: { let mut c = r.codes.clone(); c.sort_unstable(); c },
         no_response,
         // Buckets are not in the table: percentiles restart from new data.
         latency: Hist::with_totals(sum_ns, count),
@@ -134,8 +120,7 @@ impl Aggregator {
         let ago = unix_ns().saturating_sub(m.published_unix_ns);
         self.last_publish_mono_ns = Some(monotonic_ns().saturating_sub(ago));
 
-        let bpf_now: HashMap<SocketAddr, &types::peer_counters> =
-            now.peers.iter().map(|(a, c)| (*a, c)).collect();
+        let bpf_now: HashMap<SocketAddr, &types::peer_counters> = now.peers.iter().map(|(a, c)| (*a, c)).collect();
         for p in &last.peers {
             let published = counters_of(p);
             let ps = self.peers.entry(p.addr).or_default();
@@ -153,32 +138,18 @@ impl Aggregator {
                     // failures of the gap into the sweeper's share: the sum
                     // stays right from here on.
                     let k = bpf_now.get(&p.addr);
-                    ps.extra_failed = p
-                        .conns
-                        .failed
-                        .saturating_sub(k.map_or(0, |c| c.conn_failed));
-                    ps.extra_no_response =
-                        p.no_response.saturating_sub(k.map_or(0, |c| c.no_response));
+                    ps.extra_failed = p.conns.failed.saturating_sub(k.map_or(0, |c| c.conn_failed));
+                    ps.extra_no_response = p.no_response.saturating_sub(k.map_or(0, |c| c.no_response));
                 }
                 Resume::TableOnly => {
                     self.base.peers.insert(p.addr, published);
-                    self.base
-                        .codes
-                        .insert(p.addr, p.responses.codes.iter().copied().collect());
+                    self.base.codes.insert(p.addr, p.responses.codes.iter().copied().collect());
                 }
             }
         }
         for r in &last.routes {
-            let Some(peer) = last.peers.get(r.peer as usize).map(|p| p.addr) else {
-                continue;
-            };
-            let st = route_state(
-                r.requests,
-                &r.responses,
-                r.no_response,
-                r.latency_sum_ns,
-                r.latency_count,
-            );
+            let Some(peer) = last.peers.get(r.peer as usize).map(|p| p.addr) else { continue };
+            let st = route_state(r.requests, &r.responses, r.no_response, r.latency_sum_ns, r.latency_count);
             if r.is_other {
                 self.restore_route(peer, None, st);
             } else {
@@ -194,9 +165,7 @@ impl Aggregator {
         self.recent_sampled_out = c.recent_sampled_out;
         self.conn_evicted = c.conn_evicted;
         match how {
-            Resume::Maps => {
-                self.parse_errors = c.parse_errors.saturating_sub(now.stats.parse_errors)
-            }
+            Resume::Maps => self.parse_errors = c.parse_errors.saturating_sub(now.stats.parse_errors),
             Resume::TableOnly => {
                 self.base.stats = BpfStats {
                     events_dropped: c.events_dropped,
@@ -217,12 +186,7 @@ mod tests {
     use crate::bpf::peer_key_of;
 
     fn agg() -> Aggregator {
-        Aggregator::new(AggLimits {
-            max_routes: 10,
-            history_len: 5,
-            recent_per_interval: 10,
-            recent_len: 10,
-        })
+        Aggregator::new(AggLimits { max_routes: 10, history_len: 5, recent_per_interval: 10, recent_len: 10 })
     }
 
     fn event(peer: SocketAddr, req: &[u8], status: u16) -> types::exchange_event {
@@ -239,40 +203,23 @@ mod tests {
     }
 
     fn totals(peer: SocketAddr, requests: u64, ok: u64, failed: u64) -> BpfTotals {
-        let mut c = types::peer_counters {
-            requests,
-            conn_failed: failed,
-            ..Default::default()
-        };
+        let mut c = types::peer_counters { requests, conn_failed: failed, ..Default::default() };
         c.responses[1] = ok;
-        BpfTotals {
-            peers: vec![(peer, c)],
-            codes: vec![(peer, 200, ok)],
-            ..Default::default()
-        }
+        BpfTotals { peers: vec![(peer, c)], codes: vec![(peer, 200, ok)], ..Default::default() }
     }
 
     /// A run that saw 3 requests (2 on /a/:id) and one sweeper-found failure.
     fn previous(peer: SocketAddr) -> Snapshot {
         let mut a = agg();
-        for r in [
-            &b"GET /a/1 HTTP/1.1\r\n"[..],
-            b"GET /a/2 HTTP/1.1\r\n",
-            b"POST /b HTTP/1.1\r\n",
-        ] {
+        for r in [&b"GET /a/1 HTTP/1.1\r\n"[..], b"GET /a/2 HTTP/1.1\r\n", b"POST /b HTTP/1.1\r\n"] {
             a.on_event(&event(peer, r, 200));
         }
         a.on_unanswered_syn(peer, true);
-        a.snapshot(&totals(peer, 3, 3, 0), 1_000_000_000, vec!["lo".into()])
-            .clone()
+        a.snapshot(&totals(peer, 3, 3, 0), 1_000_000_000, vec!["lo".into()]).clone()
     }
 
     fn route(s: &Snapshot, path: &str) -> u64 {
-        s.routes
-            .iter()
-            .filter(|r| r.path == path)
-            .map(|r| r.requests)
-            .sum()
+        s.routes.iter().filter(|r| r.path == path).map(|r| r.requests).sum()
     }
 
     #[test]
@@ -290,10 +237,7 @@ mod tests {
         let s = a.snapshot(&now, 1_000_000_000, vec!["lo".into()]);
         assert_eq!(s.peers[0].requests, 5);
         assert_eq!(s.peers[0].conns.failed, 1, "the sweeper's count survives");
-        assert_eq!(
-            (route(s, "/a/:id"), route(s, "/b"), route(s, "/c")),
-            (3, 1, 1)
-        );
+        assert_eq!((route(s, "/a/:id"), route(s, "/b"), route(s, "/c")), (3, 1, 1));
         assert_eq!(s.meta.publish_seq, last.meta.publish_seq + 1);
         assert_eq!(s.meta.started_unix_ns, last.meta.started_unix_ns);
         assert_eq!(s.peers[0].latency.count, 5);
@@ -318,9 +262,6 @@ mod tests {
         assert_eq!(p.responses.codes, vec![(200, 4)]);
         assert_eq!(p.conns.failed, 1);
         assert_eq!(route(s, "/a/:id"), 3);
-        assert_eq!(
-            s.peers.iter().find(|p| p.addr == other).unwrap().requests,
-            3
-        );
+        assert_eq!(s.peers.iter().find(|p| p.addr == other).unwrap().requests, 3);
     }
 }

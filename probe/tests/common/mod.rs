@@ -53,12 +53,7 @@ pub fn serve(listener: TcpListener) -> Served {
 static BYTES: Mutex<BTreeMap<SocketAddr, (u64, u64)>> = Mutex::new(BTreeMap::new());
 
 pub fn bytes_written(server: SocketAddr) -> (u64, u64) {
-    BYTES
-        .lock()
-        .unwrap()
-        .get(&server)
-        .copied()
-        .unwrap_or_default()
+    BYTES.lock().unwrap().get(&server).copied().unwrap_or_default()
 }
 
 fn put(w: &mut TcpStream, me: SocketAddr, b: &[u8]) -> std::io::Result<()> {
@@ -103,19 +98,12 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
         r.read_exact(&mut body)?;
         let path = target.split('?').next().unwrap_or("").to_string();
         let record = |code: u16| {
-            *served
-                .lock()
-                .unwrap()
-                .entry((method.clone(), path.clone(), code))
-                .or_default() += 1;
+            *served.lock().unwrap().entry((method.clone(), path.clone(), code)).or_default() += 1;
         };
         if path == "/reset" {
             record(0);
             // SO_LINGER 0: close() sends a RST.
-            let l = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
+            let l = libc::linger { l_onoff: 1, l_linger: 0 };
             use std::os::fd::AsRawFd;
             // SAFETY: setsockopt on our own socket with a valid linger struct.
             unsafe {
@@ -145,11 +133,7 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
             // A body that starts like a status line.
             record(200);
             let b = b"HTTP/1.1 500 Internal Server Error\r\n\r\n";
-            put(
-                &mut w,
-                me,
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes(),
-            )?;
+            put(&mut w, me, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes())?;
             put(&mut w, me, b)?;
             continue;
         }
@@ -160,11 +144,7 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
             .unwrap_or(200);
         record(code);
         let reason = if code < 400 { "OK" } else { "Err" };
-        put(
-            &mut w,
-            me,
-            format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 1\r\n\r\nx").as_bytes(),
-        )?;
+        put(&mut w, me, format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 1\r\n\r\nx").as_bytes())?;
     }
 }
 
@@ -180,11 +160,7 @@ impl Client {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_nodelay(true).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client {
-            w: s.try_clone().unwrap(),
-            r: BufReader::new(s),
-            peer: addr,
-        }
+        Client { w: s.try_clone().unwrap(), r: BufReader::new(s), peer: addr }
     }
 
     /// Send `head` (and `body` as a separate segment when given) and read the
@@ -205,10 +181,7 @@ impl Client {
     }
 
     pub fn get(&mut self, path: &str) -> Option<u16> {
-        self.exchange(
-            format!("GET {path} HTTP/1.1\r\nHost: b\r\n\r\n").as_bytes(),
-            None,
-        )
+        self.exchange(format!("GET {path} HTTP/1.1\r\nHost: b\r\n\r\n").as_bytes(), None)
     }
 
     fn read_response(&mut self) -> Option<u16> {
@@ -319,10 +292,7 @@ impl Harness {
 }
 
 pub fn peer(s: &Snapshot, addr: SocketAddr) -> &PeerStats {
-    s.peers
-        .iter()
-        .find(|p| p.addr == addr)
-        .unwrap_or_else(|| panic!("peer {addr} missing: {s:#?}"))
+    s.peers.iter().find(|p| p.addr == addr).unwrap_or_else(|| panic!("peer {addr} missing: {s:#?}"))
 }
 
 /// Exchanges to `addr` covering the tricky cases; the server's own counts
@@ -341,10 +311,7 @@ pub fn run_traffic(addr: SocketAddr) -> u64 {
     }
     // POST whose body (sent in its own segment) starts with "GET ".
     let body = b"GET /not-a-request HTTP/1.1\r\n\r\n";
-    let head = format!(
-        "POST /items HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = format!("POST /items HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n", body.len());
     assert_eq!(c.exchange(head.as_bytes(), Some(body)), Some(200));
     sent += 1;
     // 100-continue: the interim response must not end the exchange.
@@ -361,10 +328,7 @@ pub fn run_traffic(addr: SocketAddr) -> u64 {
     assert_eq!(c.get("/status-body"), Some(200));
     sent += 1;
     // Request line split across two segments.
-    assert_eq!(
-        c.exchange(b"GET /split/77", Some(b" HTTP/1.1\r\nHost: b\r\n\r\n")),
-        Some(200)
-    );
+    assert_eq!(c.exchange(b"GET /split/77", Some(b" HTTP/1.1\r\nHost: b\r\n\r\n")), Some(200));
     sent += 1;
     drop(c);
     // HTTP/1.0 close-delimited response.
@@ -381,12 +345,7 @@ pub fn run_traffic(addr: SocketAddr) -> u64 {
 }
 
 /// Compare the probe's figures for `addr` with what the server served.
-pub fn assert_matches(
-    s: &Snapshot,
-    addr: SocketAddr,
-    served: &BTreeMap<(String, String, u16), u64>,
-    sent: u64,
-) {
+pub fn assert_matches(s: &Snapshot, addr: SocketAddr, served: &BTreeMap<(String, String, u16), u64>, sent: u64) {
     let p = peer(s, addr);
     let served_total: u64 = served.values().sum();
     assert_eq!(served_total, sent);
@@ -400,16 +359,8 @@ pub fn assert_matches(
     // The 100 Continue and 103 Early Hints interim responses are counted too.
     codes.insert(100, 1);
     codes.insert(103, 1);
-    assert_eq!(
-        p.responses.codes,
-        codes.into_iter().collect::<Vec<_>>(),
-        "exact codes"
-    );
-    let no_resp: u64 = served
-        .iter()
-        .filter(|((_, _, c), _)| *c == 0)
-        .map(|(_, n)| n)
-        .sum();
+    assert_eq!(p.responses.codes, codes.into_iter().collect::<Vec<_>>(), "exact codes");
+    let no_resp: u64 = served.iter().filter(|((_, _, c), _)| *c == 0).map(|(_, n)| n).sum();
     assert_eq!(p.no_response, no_resp, "no_response");
     assert_eq!(p.conns.opened, 3, "connections opened");
     assert_eq!(p.conns.closed, 3, "connections closed");
@@ -418,11 +369,7 @@ pub fn assert_matches(
     assert_eq!(p.latency.count, sent - no_resp, "latency samples");
     // Payload bytes on the wire, both ways, exactly.
     let (by_client, by_server) = bytes_written(addr);
-    assert_eq!(
-        (p.sent_bytes, p.received_bytes),
-        (by_client, by_server),
-        "sent/received bytes"
-    );
+    assert_eq!((p.sent_bytes, p.received_bytes), (by_client, by_server), "sent/received bytes");
 
     // Routes: served paths folded the same way.
     let pi = s.peers.iter().position(|q| q.addr == addr).unwrap() as u32;
@@ -439,20 +386,17 @@ pub fn assert_matches(
         .routes
         .iter()
         .filter(|r| r.peer == pi && !r.is_other)
-        .map(|r| {
-            (
-                (r.method.clone(), r.path.clone()),
-                (r.requests, r.no_response),
-            )
-        })
+        .map(|r| ((r.method.clone(), r.path.clone()), (r.requests, r.no_response)))
         .collect();
     assert_eq!(got, want, "routes");
 }
 
 pub fn wait_for(h: &Harness, addr: SocketAddr, sent: u64) -> Snapshot {
     h.snapshot_when(|s| {
-        s.peers.iter().find(|p| p.addr == addr).is_some_and(|p| {
-            p.requests >= sent && p.conns.closed >= 3 && p.latency.count + p.no_response >= sent
-        })
+        s.peers
+            .iter()
+            .find(|p| p.addr == addr)
+            .is_some_and(|p| p.requests >= sent && p.conns.closed >= 3 && p.latency.count + p.no_response >= sent)
     })
 }
+
