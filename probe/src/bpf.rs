@@ -107,10 +107,7 @@ macro_rules! state_maps {
 /// the flags sized them.
 fn fingerprint(open: &skel::OpenUpstreamtopSkel<'_>) -> u64 {
     let mut h = Fnv::default();
-    for prog in [
-        &open.progs.upstreamtop_egress,
-        &open.progs.upstreamtop_ingress,
-    ] {
+    for prog in [&open.progs.upstreamtop_egress, &open.progs.upstreamtop_ingress] {
         for insn in prog.insns() {
             h.write(bytes_of(&insn.code));
             h.write(bytes_of(&insn._bitfield_1));
@@ -131,12 +128,7 @@ fn fingerprint(open: &skel::OpenUpstreamtopSkel<'_>) -> u64 {
     ] {
         h.write(map.name().as_encoded_bytes());
         h.write(&(map.map_type() as u32).to_ne_bytes());
-        for v in [
-            map.key_size(),
-            map.value_size(),
-            map.max_entries(),
-            map.map_flags(),
-        ] {
+        for v in [map.key_size(), map.value_size(), map.max_entries(), map.map_flags()] {
             h.write(&v.to_ne_bytes());
         }
     }
@@ -216,17 +208,44 @@ pub fn add_peer_counters(a: &mut types::peer_counters, b: &types::peer_counters)
     a.codes_other += b.codes_other;
 }
 
+/// Adds every counter of `b` into `a` (per-CPU values).
+fn add_tcp_counters(a: &mut types::tcp_counters, b: &types::tcp_counters) {
+    a.opened += b.opened;
+    a.closed += b.closed;
+    a.failed += b.failed;
+    a.reset += b.reset;
+}
+
+fn add_u64(a: &mut u64, b: &u64) {
+    *a += b;
+}
+
+/// The per-CPU values of `key` in `map`, summed with `add`; None when the
+/// key is absent (gone between listing and lookup). `what` names the map in
+/// errors.
+fn percpu_sum<T: Copy + Default>(
+    map: &impl MapCore,
+    key: &[u8],
+    what: &str,
+    add: fn(&mut T, &T),
+) -> Result<Option<T>> {
+    let Some(per_cpu) = map.lookup_percpu(key, MapFlags::ANY).with_context(|| format!("reading {what}"))? else {
+        return Ok(None);
+    };
+    let mut sum = T::default();
+    for v in per_cpu.iter().filter_map(|b| from_bytes::<T>(b)) {
+        add(&mut sum, &v);
+    }
+    Ok(Some(sum))
+}
+
 /// The map form of a peer address.
 pub fn peer_key_of(addr: SocketAddr) -> types::peer_key {
     let v6 = match addr.ip() {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     };
-    types::peer_key {
-        addr: v6.octets(),
-        port: addr.port(),
-        _pad: 0,
-    }
+    types::peer_key { addr: v6.octets(), port: addr.port(), _pad: 0 }
 }
 
 fn explain_load_error(e: &libbpf_rs::Error) -> String {
@@ -250,16 +269,10 @@ impl Programs {
     /// reused (see [`Programs::resumed`]) and fresh maps are pinned.
     pub fn load(cfg: &BpfConfig, state: Option<StateDir>) -> Result<Self> {
         if cfg.ignore_ports.len() > 8 {
-            bail!(
-                "at most 8 --ignore-port values are supported (got {})",
-                cfg.ignore_ports.len()
-            );
+            bail!("at most 8 --ignore-port values are supported (got {})", cfg.ignore_ports.len());
         }
         if cfg.only.len() > 8 {
-            bail!(
-                "at most 8 --only networks are supported (got {})",
-                cfg.only.len()
-            );
+            bail!("at most 8 --only networks are supported (got {})", cfg.only.len());
         }
         // The skeleton borrows its object storage for its whole life; the
         // programs live as long as the process (or test), so leak it.
@@ -269,26 +282,11 @@ impl Programs {
             .open(storage)
             .context("opening the BPF object")?;
 
-        open.maps
-            .conns
-            .set_max_entries(cfg.max_conns)
-            .context("sizing the conns map")?;
-        open.maps
-            .peers
-            .set_max_entries(cfg.max_peers)
-            .context("sizing the peers map")?;
-        open.maps
-            .tcp_peers
-            .set_max_entries(cfg.max_tcp_peers)
-            .context("sizing the tcp_peers map")?;
-        open.maps
-            .peer_ids
-            .set_max_entries(cfg.max_peers)
-            .context("sizing the peer_ids map")?;
-        open.maps
-            .codes
-            .set_max_entries(cfg.max_codes)
-            .context("sizing the codes map")?;
+        open.maps.conns.set_max_entries(cfg.max_conns).context("sizing the conns map")?;
+        open.maps.peers.set_max_entries(cfg.max_peers).context("sizing the peers map")?;
+        open.maps.tcp_peers.set_max_entries(cfg.max_tcp_peers).context("sizing the tcp_peers map")?;
+        open.maps.peer_ids.set_max_entries(cfg.max_peers).context("sizing the peer_ids map")?;
+        open.maps.codes.set_max_entries(cfg.max_codes).context("sizing the codes map")?;
         open.maps
             .common_codes
             .set_max_entries(cfg.max_peers)
@@ -297,11 +295,7 @@ impl Programs {
             .events
             .set_max_entries(cfg.ring_bytes.next_power_of_two().max(4096))
             .context("sizing the events ring buffer")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object lacks .rodata")?;
+        let rodata = open.maps.rodata_data.as_deref_mut().context("BPF object lacks .rodata")?;
         for (i, p) in cfg.ignore_ports.iter().enumerate() {
             rodata.ignore_ports[i] = *p;
         }
@@ -311,10 +305,7 @@ impl Programs {
             rodata.ignore_port_bits[bit / 64] |= 1 << (bit % 64);
         }
         for (i, (addr, prefix)) in cfg.only.iter().enumerate() {
-            rodata.only_cidrs[i] = types::cidr {
-                addr: addr.octets(),
-                prefix_len: u32::from(*prefix),
-            };
+            rodata.only_cidrs[i] = types::cidr { addr: addr.octets(), prefix_len: u32::from(*prefix) };
         }
         rodata.n_only_cidrs = cfg.only.len() as u32;
         rodata.max_peers = cfg.max_peers;
@@ -330,10 +321,7 @@ impl Programs {
                 Some(old) if old == fp => match reuse_pinned(&mut open, sd) {
                     Ok(()) => resumed = true,
                     Err(e) => {
-                        log(&format!(
-                            "cannot reuse the maps pinned in {}: {e:#}; starting fresh",
-                            sd.path().display()
-                        ));
+                        log(&format!("cannot reuse the maps pinned in {}: {e:#}; starting fresh", sd.path().display()));
                         // Fresh maps must not meet half-reused ones.
                         return Self::fresh_after_clear(cfg, sd);
                     }
@@ -360,39 +348,24 @@ impl Programs {
         }
 
         let mut skel = open.load().map_err(|e| {
-            anyhow::anyhow!(
-                "loading the BPF programs failed: {}",
-                explain_load_error(&e)
-            )
+            anyhow::anyhow!("loading the BPF programs failed: {}", explain_load_error(&e))
         })?;
         if resumed {
             remap_reused_bss(&skel.maps.bss)?;
         } else if let Some(sd) = &state {
             for (name, map) in state_maps!(skel.maps) {
                 let path = sd.map_pin(name);
-                map.pin(&path)
-                    .with_context(|| format!("pinning {name} at {}", path.display()))?;
+                map.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
             }
             sd.set_fingerprint(fp)?;
         }
-        let bss = skel
-            .maps
-            .bss_data
-            .as_deref_mut()
-            .context("BPF object lacks .bss")?;
+        let bss = skel.maps.bss_data.as_deref_mut().context("BPF object lacks .bss")?;
         let tracked = bss.tracked.as_mut_ptr();
-        Ok(Programs {
-            skel,
-            attached: BTreeMap::new(),
-            tracked,
-            state,
-            resumed,
-        })
+        Ok(Programs { skel, attached: BTreeMap::new(), tracked, state, resumed })
     }
 
     fn fresh_after_clear(cfg: &BpfConfig, sd: &StateDir) -> Result<Self> {
-        sd.clear(false)
-            .with_context(|| format!("clearing {}", sd.path().display()))?;
+        sd.clear(false).with_context(|| format!("clearing {}", sd.path().display()))?;
         Self::load(cfg, Some(sd.clone()))
     }
 
@@ -411,18 +384,12 @@ impl Programs {
     /// interfaces that are gone, or half pairs, are removed. `ifaces` maps
     /// live ifindexes to names.
     pub fn adopt_links(&mut self, ifaces: &[(u32, String)]) -> Result<()> {
-        let Some(sd) = self.state.clone() else {
-            return Ok(());
-        };
+        let Some(sd) = self.state.clone() else { return Ok(()) };
         let pinned = sd.links()?;
         let mut by_index: BTreeMap<u32, (Option<Link>, Option<Link>)> = BTreeMap::new();
         for l in &pinned {
             let link = Link::open(&l.path).with_context(|| format!("opening {}", l.path.display()));
-            let prog = if l.egress {
-                &self.skel.progs.upstreamtop_egress
-            } else {
-                &self.skel.progs.upstreamtop_ingress
-            };
+            let prog = if l.egress { &self.skel.progs.upstreamtop_egress } else { &self.skel.progs.upstreamtop_ingress };
             let adopted = self.resumed && ifaces.iter().any(|(i, _)| *i == l.ifindex);
             match link {
                 Ok(mut link) => {
@@ -444,22 +411,11 @@ impl Programs {
             }
         }
         for (ifindex, pair) in by_index {
-            let name = ifaces
-                .iter()
-                .find(|(i, _)| *i == ifindex)
-                .map(|(_, n)| n.clone())
-                .unwrap_or_default();
+            let name = ifaces.iter().find(|(i, _)| *i == ifindex).map(|(_, n)| n.clone()).unwrap_or_default();
             match pair {
                 (Some(egress), Some(ingress)) => {
                     log(&format!("adopted the pinned links on {name}"));
-                    self.attached.insert(
-                        ifindex,
-                        Attachment {
-                            name,
-                            egress,
-                            ingress,
-                        },
-                    );
+                    self.attached.insert(ifindex, Attachment { name, egress, ingress });
                 }
                 (a, b) => {
                     for mut l in a.into_iter().chain(b) {
@@ -486,18 +442,10 @@ impl Programs {
                 let path = sd.link_pin(ifindex, is_egress);
                 // A leftover of an interface index that was reused.
                 let _ = std::fs::remove_file(&path);
-                link.pin(&path)
-                    .with_context(|| format!("pinning the {name} link at {}", path.display()))?;
+                link.pin(&path).with_context(|| format!("pinning the {name} link at {}", path.display()))?;
             }
         }
-        self.attached.insert(
-            ifindex,
-            Attachment {
-                name: name.to_string(),
-                egress,
-                ingress,
-            },
-        );
+        self.attached.insert(ifindex, Attachment { name: name.to_string(), egress, ingress });
         Ok(())
     }
 
@@ -515,10 +463,7 @@ impl Programs {
 
     /// (ifindex, name) of every attachment.
     pub fn attached(&self) -> Vec<(u32, String)> {
-        self.attached
-            .iter()
-            .map(|(i, a)| (*i, a.name.clone()))
-            .collect()
+        self.attached.iter().map(|(i, a)| (*i, a.name.clone())).collect()
     }
 
     /// Tell the programs whether tagged frames are counted at a vlan device
@@ -560,13 +505,8 @@ impl Programs {
         let map = &self.skel.maps.peer_ids;
         let mut out = Vec::new();
         for key in map.keys() {
-            let Some(pk) = from_bytes::<types::peer_key>(&key) else {
-                continue;
-            };
-            let Some(v) = map
-                .lookup(&key, MapFlags::ANY)
-                .context("reading peer_ids")?
-            else {
+            let Some(pk) = from_bytes::<types::peer_key>(&key) else { continue };
+            let Some(v) = map.lookup(&key, MapFlags::ANY).context("reading peer_ids")? else {
                 continue;
             };
             if let Some(idx) = from_bytes::<u32>(&v) {
@@ -581,20 +521,9 @@ impl Programs {
         let map = &self.skel.maps.peers;
         let mut out = Vec::new();
         for (addr, idx) in self.peer_index()? {
-            let Some(per_cpu) = map
-                .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
-                .context("reading peers")?
-            else {
-                continue;
-            };
-            let mut sum = types::peer_counters::default();
-            for v in per_cpu
-                .iter()
-                .filter_map(|b| from_bytes::<types::peer_counters>(b))
-            {
-                add_peer_counters(&mut sum, &v);
+            if let Some(sum) = percpu_sum(map, &idx.to_ne_bytes(), "peers", add_peer_counters)? {
+                out.push((addr, sum));
             }
-            out.push((addr, sum));
         }
         Ok(out)
     }
@@ -603,21 +532,16 @@ impl Programs {
     /// (the common codes' array slots and the `codes` hash summed).
     pub fn code_counters(&self) -> Result<Vec<(SocketAddr, u16, u64)>> {
         let peers = self.peer_index()?;
-        let by_idx: std::collections::HashMap<u32, SocketAddr> =
-            peers.iter().map(|(a, i)| (*i, *a)).collect();
+        let by_idx: std::collections::HashMap<u32, SocketAddr> = peers.iter().map(|(a, i)| (*i, *a)).collect();
         let mut sums: BTreeMap<(SocketAddr, u16), u64> = BTreeMap::new();
         let slots = &self.skel.maps.common_codes;
         for (addr, idx) in &peers {
-            let Some(per_cpu) = slots
-                .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
-                .context("reading common_codes")?
+            let Some(per_cpu) =
+                slots.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY).context("reading common_codes")?
             else {
                 continue;
             };
-            for cs in per_cpu
-                .iter()
-                .filter_map(|b| from_bytes::<types::code_slots>(b))
-            {
+            for cs in per_cpu.iter().filter_map(|b| from_bytes::<types::code_slots>(b)) {
                 for (slot, n) in cs.n.iter().enumerate().filter(|(_, n)| **n > 0) {
                     *sums.entry((*addr, common_code(slot))).or_default() += n;
                 }
@@ -625,19 +549,9 @@ impl Programs {
         }
         let map = &self.skel.maps.codes;
         for key in map.keys() {
-            let Some(ck) = from_bytes::<types::code_key>(&key) else {
-                continue;
-            };
-            let Some(&addr) = by_idx.get(&ck.peer_idx) else {
-                continue;
-            };
-            let Some(per_cpu) = map
-                .lookup_percpu(&key, MapFlags::ANY)
-                .context("reading codes")?
-            else {
-                continue;
-            };
-            let n: u64 = per_cpu.iter().filter_map(|b| from_bytes::<u64>(b)).sum();
+            let Some(ck) = from_bytes::<types::code_key>(&key) else { continue };
+            let Some(&addr) = by_idx.get(&ck.peer_idx) else { continue };
+            let Some(n) = percpu_sum(map, &key, "codes", add_u64)? else { continue };
             *sums.entry((addr, ck.code)).or_default() += n;
         }
         Ok(sums.into_iter().map(|((a, c), n)| (a, c, n)).collect())
@@ -645,15 +559,7 @@ impl Programs {
 
     pub fn stats(&self) -> Result<BpfStats> {
         let read = |idx: Stat| -> Result<u64> {
-            let idx = idx.0;
-            let v = self
-                .skel
-                .maps
-                .stats
-                .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
-                .context("reading stats")?
-                .unwrap_or_default();
-            Ok(v.iter().filter_map(|b| from_bytes::<u64>(b)).sum())
+            Ok(percpu_sum(&self.skel.maps.stats, &idx.0.to_ne_bytes(), "stats", add_u64)?.unwrap_or_default())
         };
         Ok(BpfStats {
             events_dropped: read(Stat::STAT_EVENTS_DROPPED)?,
@@ -672,26 +578,10 @@ impl Programs {
         let map = &self.skel.maps.tcp_peers;
         let mut out = Vec::new();
         for key in map.keys() {
-            let Some(pk) = from_bytes::<types::peer_key>(&key) else {
-                continue;
-            };
-            let Some(per_cpu) = map
-                .lookup_percpu(&key, MapFlags::ANY)
-                .context("reading tcp_peers")?
-            else {
-                continue;
-            };
-            let mut sum = types::tcp_counters::default();
-            for v in per_cpu
-                .iter()
-                .filter_map(|b| from_bytes::<types::tcp_counters>(b))
-            {
-                sum.opened += v.opened;
-                sum.closed += v.closed;
-                sum.failed += v.failed;
-                sum.reset += v.reset;
+            let Some(pk) = from_bytes::<types::peer_key>(&key) else { continue };
+            if let Some(sum) = percpu_sum(map, &key, "tcp_peers", add_tcp_counters)? {
+                out.push((socket_addr(pk.addr, pk.port), sum));
             }
-            out.push((socket_addr(pk.addr, pk.port), sum));
         }
         Ok(out)
     }
@@ -701,9 +591,7 @@ impl Programs {
         let map = &self.skel.maps.conns;
         let mut out = Vec::new();
         for key in map.keys() {
-            let Some(k) = from_bytes::<types::conn_key>(&key) else {
-                continue;
-            };
+            let Some(k) = from_bytes::<types::conn_key>(&key) else { continue };
             // Gone between keys() and lookup: closed meanwhile.
             let Some(v) = map.lookup(&key, MapFlags::ANY).context("reading conns")? else {
                 continue;
@@ -752,12 +640,7 @@ impl Programs {
     /// Run one program on a crafted Ethernet frame (BPF_PROG_TEST_RUN)
     /// `repeat` times; returns its return value and the kernel-measured
     /// average time per run. The frame goes nowhere.
-    pub fn test_run(
-        &self,
-        egress: bool,
-        frame: &[u8],
-        repeat: u32,
-    ) -> Result<(i32, std::time::Duration)> {
+    pub fn test_run(&self, egress: bool, frame: &[u8], repeat: u32) -> Result<(i32, std::time::Duration)> {
         let prog = if egress {
             &self.skel.progs.upstreamtop_egress
         } else {
@@ -785,13 +668,14 @@ impl Programs {
             // SAFETY: `info` is a bpf_prog_info of `len` bytes that the
             // kernel fills; the fd belongs to the loaded program.
             let rc = unsafe {
-                libbpf_sys::bpf_prog_get_info_by_fd(prog.as_fd().as_raw_fd(), &mut info, &mut len)
+                libbpf_sys::bpf_prog_get_info_by_fd(
+                    prog.as_fd().as_raw_fd(),
+                    &mut info,
+                    &mut len,
+                )
             };
             if rc != 0 {
-                bail!(
-                    "querying {name} info: {}",
-                    io::Error::from_raw_os_error(-rc)
-                );
+                bail!("querying {name} info: {}", io::Error::from_raw_os_error(-rc));
             }
             out.push((name.to_string(), info.run_time_ns, info.run_cnt));
         }
@@ -810,11 +694,7 @@ pub fn link_ids(path: &std::path::Path) -> Result<(u32, u32, bool)> {
         libbpf_sys::bpf_link_get_info_by_fd(link.as_fd().as_raw_fd(), &mut info, &mut len)
     };
     if rc != 0 {
-        bail!(
-            "querying {}: {}",
-            path.display(),
-            io::Error::from_raw_os_error(-rc)
-        );
+        bail!("querying {}: {}", path.display(), io::Error::from_raw_os_error(-rc));
     }
     // SAFETY: tcx is the union member of BPF_LINK_TYPE_TCX links (the only
     // kind we pin); a detached link reports ifindex 0.
@@ -850,21 +730,14 @@ fn log(msg: &str) {
 fn reuse_pinned(open: &mut skel::OpenUpstreamtopSkel<'_>, sd: &StateDir) -> Result<()> {
     for (name, map) in state_maps!(open.maps) {
         let path = sd.map_pin(name);
-        let pinned = MapHandle::from_pinned_path(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let info = libbpf_rs::MapInfo::new(pinned.as_fd())
-            .with_context(|| format!("inspecting {}", path.display()))?;
+        let pinned = MapHandle::from_pinned_path(&path).with_context(|| format!("opening {}", path.display()))?;
+        let info = libbpf_rs::MapInfo::new(pinned.as_fd()).with_context(|| format!("inspecting {}", path.display()))?;
         let want = (map.key_size(), map.value_size(), map.max_entries());
-        let have = (
-            info.info.key_size,
-            info.info.value_size,
-            info.info.max_entries,
-        );
+        let have = (info.info.key_size, info.info.value_size, info.info.max_entries);
         if want != have {
             bail!("{name}: pinned (key, value, entries) {have:?} differ from {want:?}");
         }
-        map.reuse_fd(pinned.as_fd())
-            .with_context(|| format!("reusing {}", path.display()))?;
+        map.reuse_fd(pinned.as_fd()).with_context(|| format!("reusing {}", path.display()))?;
     }
     Ok(())
 }
@@ -877,8 +750,7 @@ fn remap_reused_bss(bss: &libbpf_rs::MapMut<'_>) -> Result<()> {
     let mut size: u64 = 0;
     // SAFETY: the map belongs to the loaded skeleton; libbpf returns its
     // mmap'd image (or NULL) and writes its size.
-    let ptr =
-        unsafe { libbpf_sys::bpf_map__initial_value(bss.as_libbpf_object().as_ptr(), &mut size) };
+    let ptr = unsafe { libbpf_sys::bpf_map__initial_value(bss.as_libbpf_object().as_ptr(), &mut size) };
     if ptr.is_null() {
         bail!(".bss has no memory image to map the reused map over");
     }
@@ -944,9 +816,7 @@ mod tests {
 
     #[test]
     fn common_code_slots_name_their_codes() {
-        let codes: Vec<u16> = (0..types::code_slots::default().n.len())
-            .map(common_code)
-            .collect();
+        let codes: Vec<u16> = (0..types::code_slots::default().n.len()).map(common_code).collect();
         assert_eq!(&codes[..3], &[200, 201, 202]);
         assert_eq!(codes[10..12], [300, 301]);
         assert_eq!(codes[codes.len() - 1], 509);
@@ -958,28 +828,16 @@ mod tests {
 
     #[test]
     fn short_ring_records_read_as_zero_filled_events() {
-        let mut ev = types::exchange_event {
-            req_ts: 7,
-            latency_ns: 9,
-            status: 404,
-            req_len: 4,
-            ..Default::default()
-        };
+        let mut ev = types::exchange_event { req_ts: 7, latency_ns: 9, status: 404, req_len: 4, ..Default::default() };
         ev.req[..4].copy_from_slice(b"GET ");
         let fixed = std::mem::offset_of!(types::exchange_event, req);
         let record = &bytes_of(&ev)[..fixed + 4];
         let got = event_from_record(record).expect("a record with the fixed fields");
-        assert_eq!(
-            (got.req_ts, got.latency_ns, got.status, got.req_len),
-            (7, 9, 404, 4)
-        );
+        assert_eq!((got.req_ts, got.latency_ns, got.status, got.req_len), (7, 9, 404, 4));
         assert_eq!(&got.req[..4], b"GET ");
         assert!(got.req[4..].iter().all(|&b| b == 0));
         // A full-size record (older programs, or a 128-byte target).
-        assert_eq!(
-            event_from_record(bytes_of(&ev)).map(|e| e.req),
-            Some(ev.req)
-        );
+        assert_eq!(event_from_record(bytes_of(&ev)).map(|e| e.req), Some(ev.req));
         assert!(event_from_record(&record[..fixed - 1]).is_none());
     }
 }
