@@ -727,12 +727,17 @@ static __always_inline bool is_digit(__u8 c)
 	return c >= '0' && c <= '9';
 }
 
+/* Does h start with "HTTP/" (5 bytes readable)? */
+static __always_inline bool http_at(const __u8 *h)
+{
+	return h[0] == 'H' && h[1] == 'T' && h[2] == 'T' && h[3] == 'P' && h[4] == '/';
+}
+
 /* Status code of the status line at b ("HTTP/1.1 200" or "HTTP/2 200"), or
  * 0. Reads b[0..11], which the caller guarantees. */
 static __always_inline __u16 status_code(const __u8 *b)
 {
-	if (b[0] != 'H' || b[1] != 'T' || b[2] != 'T' || b[3] != 'P' || b[4] != '/' ||
-	    !is_digit(b[5]))
+	if (!http_at(b) || !is_digit(b[5]))
 		return 0;
 	__u32 c = 6;
 	if (b[c] == '.') {
@@ -790,14 +795,12 @@ static __noinline void route_more(struct __sk_buff *skb, struct conn_state *cs, 
 }
 
 /* A request starts on a tracked connection: its first req_len bytes are
- * in cs->req, `route` says whether the route part ended in them. Claims
+ * in cs->req, the route part ends at `len` (route_end; 0: not in them). Claims
  * the peer's slot with the connection's first request. Returns the
  * peer's counters. */
 static __always_inline struct peer_counters *request_starts(const struct conn_key *k,
-							     struct conn_state *cs, __u32 target)
+							     struct conn_state *cs, __u32 len)
 {
-	__u32 len = route_end(cs->req, target, cs->req_len);
-
 	if (len) {
 		cs->req_len = len;
 		cs->flags &= ~CF_ROUTE_OPEN;
@@ -831,10 +834,10 @@ static __always_inline __u32 message_bytes(struct __sk_buff *skb, const struct c
 					   struct conn_state *cs, const struct seg *s, __u32 off,
 					   __u32 n)
 {
-	bool had_peer = cs->peer_idx != NO_PEER;
+	bool had_peer = cs->peer_idx != NO_PEER, first = cs->phase != PHASE_REQ_PARTIAL;
 	__u32 from = s->payload_off + off;
 
-	if (cs->phase != PHASE_REQ_PARTIAL) {
+	if (first) {
 		/* Nothing of the message yet: straight into the entry (the
 		 * usual path, one copy). The peer sends nothing before our
 		 * request, so what we acknowledge is where its response will
@@ -846,16 +849,6 @@ static __always_inline __u32 message_bytes(struct __sk_buff *skb, const struct c
 		cs->held = 0;
 		cs->resp_seq = s->ack;
 		cs->req_ts = bpf_ktime_get_ns();
-		if (n > REQ_FIRST) {
-			__u32 t = request_start(cs->req, m);
-			if (t && t != REQ_MORE && !route_end(cs->req, t, m)) {
-				/* The target goes on: read up to all 128. */
-				m = clamp_len(n, REQ_BYTES);
-				if (bpf_skb_load_bytes(skb, from, cs->req, m))
-					return had_peer ? n : 0;
-				cs->req_len = m;
-			}
-		}
 	} else {
 		req_append(skb, cs, from, n);
 	}
@@ -878,8 +871,17 @@ static __always_inline __u32 message_bytes(struct __sk_buff *skb, const struct c
 		}
 		return had_peer ? n : 0;
 	}
+	__u32 len = route_end(cs->req, t, cs->req_len);
+	if (!len && first && n > REQ_FIRST) {
+		/* The target goes on past the first bytes: read up to all 128. */
+		__u32 m = clamp_len(n, REQ_BYTES);
+		if (!bpf_skb_load_bytes(skb, from, cs->req, m)) {
+			cs->req_len = m;
+			len = route_end(cs->req, t, m);
+		}
+	}
 	cs->last_ts = cs->req_ts;
-	request_starts(k, cs, t);
+	request_starts(k, cs, len);
 	/* Bytes held while undecided count once the peer is known. */
 	return had_peer ? n : cs->held;
 }
@@ -992,9 +994,7 @@ static __always_inline bool status_window(struct __sk_buff *skb, const struct co
 		look_ahead(skb, cs, s);
 	window_fill(skb, cs, s);
 	/* "HTTP/" is all there and wrong: not HTTP, stop looking. */
-	if ((cs->win_mask & 0x1f) == 0x1f &&
-	    (cs->win[0] != 'H' || cs->win[1] != 'T' || cs->win[2] != 'T' || cs->win[3] != 'P' ||
-	     cs->win[4] != '/')) {
+	if ((cs->win_mask & 0x1f) == 0x1f && !http_at(cs->win)) {
 		cs->flags |= CF_GARBLED;
 		stat_inc(STAT_PARSE_ERRORS);
 		return false;
@@ -1064,11 +1064,6 @@ static long scan_chunk(__u32 i, struct scan_ctx *c)
  * remember the earliest status line it shows that follows the end of an
  * interim response's headers ("\r\n\r\nHTTP/", or "HTTP/" at its start), with
  * its code, for when the hole turns out to hold that end. */
-static __always_inline bool http_at(const __u8 *h)
-{
-	return h[0] == 'H' && h[1] == 'T' && h[2] == 'T' && h[3] == 'P' && h[4] == '/';
-}
-
 static __noinline void look_ahead(struct __sk_buff *skb, struct conn_state *cs, const struct seg *s)
 {
 	struct scratch *sc;
@@ -1258,7 +1253,7 @@ static __noinline struct conn_state *on_untracked_payload(struct __sk_buff *skb,
 	c->resp_seq = s->ack;
 	c->req_ts = bpf_ktime_get_ns();
 	c->last_ts = c->req_ts;
-	struct peer_counters *pc = request_starts(k, c, t);
+	struct peer_counters *pc = request_starts(k, c, route_end(c->req, t, m));
 	long err = conn_insert(k, c);
 	if (err == -EEXIST)
 		return bpf_map_lookup_elem(&conns, k);
