@@ -42,6 +42,8 @@ pub struct BpfConfig {
     pub max_tcp_peers: u32,
     /// Exact-code counters: (peer, code) pairs.
     pub max_codes: u32,
+    /// Idle HTTP peers whose totals are kept after their slot went back.
+    pub max_banked: u32,
     pub ring_bytes: u32,
 }
 
@@ -56,6 +58,9 @@ pub struct BpfStats {
     pub retransmits: u64,
     pub opaque_conns: u64,
 }
+
+/// Counters per peer, and exact codes per (peer, code).
+pub type PeerCounts = (Vec<(SocketAddr, types::peer_counters)>, Vec<(SocketAddr, u16, u64)>);
 
 /// One tracked connection as read from the `conns` map.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +98,9 @@ macro_rules! state_maps {
             ("tcp_peers", &mut $maps.tcp_peers),
             ("peer_ids", &mut $maps.peer_ids),
             ("peers", &mut $maps.peers),
+            ("free_peer_ids", &mut $maps.free_peer_ids),
+            ("banked", &mut $maps.banked),
+            ("banked_codes", &mut $maps.banked_codes),
             ("codes", &mut $maps.codes),
             ("common_codes", &mut $maps.common_codes),
             ("stats", &mut $maps.stats),
@@ -120,6 +128,9 @@ fn fingerprint(open: &skel::OpenUpstreamtopSkel<'_>) -> u64 {
         &open.maps.tcp_peers,
         &open.maps.peer_ids,
         &open.maps.peers,
+        &open.maps.free_peer_ids,
+        &open.maps.banked,
+        &open.maps.banked_codes,
         &open.maps.codes,
         &open.maps.common_codes,
         &open.maps.stats,
@@ -286,6 +297,12 @@ impl Programs {
         open.maps.peers.set_max_entries(cfg.max_peers).context("sizing the peers map")?;
         open.maps.tcp_peers.set_max_entries(cfg.max_tcp_peers).context("sizing the tcp_peers map")?;
         open.maps.peer_ids.set_max_entries(cfg.max_peers).context("sizing the peer_ids map")?;
+        open.maps.free_peer_ids.set_max_entries(cfg.max_peers).context("sizing the free_peer_ids map")?;
+        open.maps.banked.set_max_entries(cfg.max_banked).context("sizing the banked map")?;
+        open.maps
+            .banked_codes
+            .set_max_entries(cfg.max_banked.saturating_mul(16))
+            .context("sizing the banked_codes map")?;
         open.maps.codes.set_max_entries(cfg.max_codes).context("sizing the codes map")?;
         open.maps
             .common_codes
@@ -501,7 +518,7 @@ impl Programs {
     }
 
     /// Every peer the programs gave an index to: (address, index).
-    fn peer_index(&self) -> Result<Vec<(SocketAddr, u32)>> {
+    pub fn peer_index(&self) -> Result<Vec<(SocketAddr, u32)>> {
         let map = &self.skel.maps.peer_ids;
         let mut out = Vec::new();
         for key in map.keys() {
@@ -516,28 +533,38 @@ impl Programs {
         Ok(out)
     }
 
-    /// Per-peer counters summed over CPUs.
+    /// Per-peer counters summed over CPUs, of the peers holding a slot.
     pub fn peer_counters(&self) -> Result<Vec<(SocketAddr, types::peer_counters)>> {
+        self.slot_counters(&self.peer_index()?)
+    }
+
+    /// Exact status-code counters of the peers holding a slot.
+    pub fn code_counters(&self) -> Result<Vec<(SocketAddr, u16, u64)>> {
+        self.slot_codes(&self.peer_index()?)
+    }
+
+    /// The counters of the given slots, summed over CPUs.
+    pub fn slot_counters(&self, slots: &[(SocketAddr, u32)]) -> Result<Vec<(SocketAddr, types::peer_counters)>> {
         let map = &self.skel.maps.peers;
         let mut out = Vec::new();
-        for (addr, idx) in self.peer_index()? {
+        for (addr, idx) in slots {
             if let Some(sum) = percpu_sum(map, &idx.to_ne_bytes(), "peers", add_peer_counters)? {
-                out.push((addr, sum));
+                out.push((*addr, sum));
             }
         }
         Ok(out)
     }
 
-    /// Exact status-code counters: (peer, code, count), one entry per pair
-    /// (the common codes' array slots and the `codes` hash summed).
-    pub fn code_counters(&self) -> Result<Vec<(SocketAddr, u16, u64)>> {
-        let peers = self.peer_index()?;
-        let by_idx: std::collections::HashMap<u32, SocketAddr> = peers.iter().map(|(a, i)| (*i, *a)).collect();
+    /// Exact status-code counters of the given slots: (peer, code, count),
+    /// one entry per pair (the common codes' array slots and the `codes`
+    /// hash summed).
+    pub fn slot_codes(&self, slots: &[(SocketAddr, u32)]) -> Result<Vec<(SocketAddr, u16, u64)>> {
+        let by_idx: std::collections::HashMap<u32, SocketAddr> = slots.iter().map(|(a, i)| (*i, *a)).collect();
         let mut sums: BTreeMap<(SocketAddr, u16), u64> = BTreeMap::new();
-        let slots = &self.skel.maps.common_codes;
-        for (addr, idx) in &peers {
+        let common = &self.skel.maps.common_codes;
+        for (addr, idx) in slots {
             let Some(per_cpu) =
-                slots.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY).context("reading common_codes")?
+                common.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY).context("reading common_codes")?
             else {
                 continue;
             };
@@ -555,6 +582,99 @@ impl Programs {
             *sums.entry((addr, ck.code)).or_default() += n;
         }
         Ok(sums.into_iter().map(|((a, c), n)| (a, c, n)).collect())
+    }
+
+    /// Take a peer's slot out of `peer_ids`: connections opened from now on
+    /// no longer find it (its next request claims a slot again). False when
+    /// it was not listed.
+    pub fn unlist_peer(&self, addr: SocketAddr) -> bool {
+        self.skel.maps.peer_ids.delete(bytes_of(&peer_key_of(addr))).is_ok()
+    }
+
+    /// Put an unlisted peer's slot back; false when the peer claimed another
+    /// one meanwhile.
+    pub fn relist_peer(&self, addr: SocketAddr, idx: u32) -> bool {
+        self.skel
+            .maps
+            .peer_ids
+            .update(bytes_of(&peer_key_of(addr)), &idx.to_ne_bytes(), MapFlags::NO_EXIST)
+            .is_ok()
+    }
+
+    /// Zero the counters of a slot that nothing refers to any more (not
+    /// listed, no tracked connection) and hand it back to the programs.
+    pub fn free_slot(&self, idx: u32) -> Result<()> {
+        let key = idx.to_ne_bytes();
+        let cpus = libbpf_rs::num_possible_cpus().context("counting possible CPUs")?;
+        let zero = |size: usize| vec![vec![0u8; size]; cpus];
+        self.skel
+            .maps
+            .peers
+            .update_percpu(&key, &zero(size_of::<types::peer_counters>()), MapFlags::ANY)
+            .context("clearing a peers slot")?;
+        self.skel
+            .maps
+            .common_codes
+            .update_percpu(&key, &zero(size_of::<types::code_slots>()), MapFlags::ANY)
+            .context("clearing a common_codes slot")?;
+        let codes = &self.skel.maps.codes;
+        let stale: Vec<Vec<u8>> = codes
+            .keys()
+            .filter(|k| from_bytes::<types::code_key>(k).is_some_and(|ck| ck.peer_idx == idx))
+            .collect();
+        for k in stale {
+            // Gone already is fine: nothing else deletes them.
+            let _ = codes.delete(&k);
+        }
+        self.skel
+            .maps
+            .free_peer_ids
+            .update(&[], &key, MapFlags::ANY)
+            .context("handing a peer slot back")
+    }
+
+    /// Totals of the peers whose slot was taken back, and their codes.
+    pub fn banked(&self) -> Result<PeerCounts> {
+        let map = &self.skel.maps.banked;
+        let mut peers = Vec::new();
+        for key in map.keys() {
+            let Some(pk) = from_bytes::<types::peer_key>(&key) else { continue };
+            let Some(v) = map.lookup(&key, MapFlags::ANY).context("reading banked")? else { continue };
+            if let Some(c) = from_bytes::<types::peer_counters>(&v) {
+                peers.push((socket_addr(pk.addr, pk.port), c));
+            }
+        }
+        let map = &self.skel.maps.banked_codes;
+        let mut codes = Vec::new();
+        for key in map.keys() {
+            let Some(k) = from_bytes::<types::banked_code_key>(&key) else { continue };
+            let Some(v) = map.lookup(&key, MapFlags::ANY).context("reading banked_codes")? else { continue };
+            if let Some(n) = from_bytes::<u64>(&v) {
+                codes.push((socket_addr(k.peer.addr, k.peer.port), k.code, n));
+            }
+        }
+        Ok((peers, codes))
+    }
+
+    /// How many peers and codes the bank holds at most.
+    pub fn bank_capacity(&self) -> (usize, usize) {
+        let m = &self.skel.maps;
+        (m.banked.max_entries() as usize, m.banked_codes.max_entries() as usize)
+    }
+
+    /// Set a peer's banked totals (what it counted before its slot went
+    /// back, all slots it ever held summed).
+    pub fn bank(&self, addr: SocketAddr, c: &types::peer_counters, codes: &[(u16, u64)]) -> Result<()> {
+        let pk = peer_key_of(addr);
+        for &(code, n) in codes {
+            let k = types::banked_code_key { peer: pk, code, ..Default::default() };
+            self.skel
+                .maps
+                .banked_codes
+                .update(bytes_of(&k), &n.to_ne_bytes(), MapFlags::ANY)
+                .context("banking a peer's codes")?;
+        }
+        self.skel.maps.banked.update(bytes_of(&pk), bytes_of(c), MapFlags::ANY).context("banking a peer")
     }
 
     pub fn stats(&self) -> Result<BpfStats> {

@@ -34,11 +34,18 @@ pub struct Cli {
     #[arg(long = "only", value_name = "CIDR", value_parser = parse_cidr)]
     pub only: Vec<(Ipv6Addr, u8)>,
 
-    /// Most HTTP backends (IP:port) counted; a peer takes a slot with its
-    /// first HTTP request (never for other TCP); more are counted in
-    /// peer_table_full.
+    /// Most HTTP backends (IP:port) active at once; a peer takes a slot
+    /// with its first HTTP request (never for other TCP) and gives it back
+    /// after --peer-idle, its totals kept (for up to 4 x N idle peers);
+    /// requests of peers finding no free slot count in peer_table_full.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_peers: u32,
+
+    /// An HTTP backend with no open connection whose counters have not
+    /// moved for this long gives its slot back; its totals stay in the
+    /// table and continue when it returns.
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
+    pub peer_idle: Duration,
 
     /// Most routes (method + path) kept across all backends; more fold into
     /// each backend's "other" route.

@@ -9,8 +9,9 @@ use std::{cell::RefCell, rc::Rc};
 use anyhow::{bail, Context, Result};
 use upstreamtop_table::{Capacities, TableWriter};
 
-use crate::aggregate::{AggLimits, Aggregator, BpfTotals};
+use crate::aggregate::{AggLimits, Aggregator};
 use crate::bpf::{ring_pending, types, BpfConfig, Programs};
+use crate::peer_slots::PeerSlots;
 use crate::pins::StateDir;
 use crate::restore::Resume;
 use crate::cli::Cli;
@@ -23,6 +24,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// Recent-feed samples kept per interval; the rest are counted.
 const RECENT_PER_INTERVAL: usize = 20;
 const RECENT_LEN: usize = 100;
+/// Idle HTTP peers whose totals are kept (banked) after their slot went
+/// back, per `--max-peers`.
+const BANKED_PER_PEER: u32 = 4;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -107,6 +111,7 @@ pub fn run(cli: Cli) -> Result<()> {
         max_peers: cli.max_peers,
         max_tcp_peers: cli.max_tcp_peers,
         max_codes: cli.max_peers.saturating_mul(16),
+        max_banked: cli.max_peers.saturating_mul(BANKED_PER_PEER),
         // ~40k exchange events: a few hundred ms of a busy host even when the
         // daemon is starved of CPU (drops are counted; peer totals stay exact).
         ring_bytes: 1 << 23,
@@ -116,8 +121,9 @@ pub fn run(cli: Cli) -> Result<()> {
     // failed start leaves no state behind.
     ifaces::select(&ifaces::list()?, &cli.ifaces)?;
     let caps = Capacities {
-        // HTTP backends, then the peers of other TCP.
-        max_peers: cli.max_peers + cli.max_tcp_peers,
+        // HTTP backends (with slots, or idle and banked), then the peers
+        // of other TCP.
+        max_peers: cli.max_peers * (1 + BANKED_PER_PEER) + cli.max_tcp_peers,
         // Room for each peer's "other" route next to the regular ones.
         max_routes: cli.max_routes + cli.max_peers,
         max_recent: RECENT_LEN as u32,
@@ -136,6 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let mut progs = Programs::load(&cfg, state)?;
     // The previous run's last publish, which the first publish continues.
     let previous = upstreamtop_table::TableReader::new(&cli.table).snapshot().ok();
+    let slots = RefCell::new(PeerSlots::new(&progs, cli.peer_idle)?);
     install_signal_handlers();
     set_ephemeral_ports(&mut progs);
     let live: Vec<(u32, String)> = ifaces::list()?.into_iter().map(|i| (i.index, i.name)).collect();
@@ -153,13 +160,7 @@ pub fn run(cli: Cli) -> Result<()> {
     })));
     if let Some(last) = &previous {
         let how = if progs.resumed() { Resume::Maps } else { Resume::TableOnly };
-        let now = BpfTotals {
-            peers: progs.peer_counters()?,
-            tcp: progs.tcp_counters()?,
-            codes: progs.code_counters()?,
-            stats: progs.stats()?,
-            active: Default::default(),
-        };
+        let now = crate::sweep::read(&progs, &mut slots.borrow_mut())?;
         agg.borrow_mut().restore(last, &now, how);
         log(&format!(
             "continuing from publish #{} of {} ({})",
@@ -184,7 +185,7 @@ pub fn run(cli: Cli) -> Result<()> {
     // killed (-9), while one in the (pinned) ring is read by the next probe.
     let early_drain = (cfg.ring_bytes / 4) as usize;
     let publish = |progs: &Programs, writer: &mut TableWriter| -> Result<()> {
-        let totals = collect(progs, &mut agg.borrow_mut(), sweep)?;
+        let totals = collect(progs, &mut agg.borrow_mut(), &mut slots.borrow_mut(), sweep)?;
         ring.consume().context("draining the events ring buffer")?;
         let names = progs.attached().into_iter().map(|(_, n)| n).collect();
         let mut agg = agg.borrow_mut();

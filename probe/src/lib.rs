@@ -10,6 +10,7 @@ pub mod hist;
 pub mod http;
 pub mod ifaces;
 pub mod notify;
+pub mod peer_slots;
 pub mod pins;
 pub mod restore;
 pub mod sweep;

@@ -5,7 +5,7 @@
 //! | pin | what |
 //! |---|---|
 //! | `meta` | a one-entry array holding the fingerprint of the programs and map definitions that created the pins |
-//! | `map_<name>` | the maps with state: `conns`, `peer_ids`, `peers`, `codes`, `stats`, `events` (the ring) and `bss` (the connection filter and knobs) |
+//! | `map_<name>` | the maps with state: `conns`, `tcp_peers`, `peer_ids`, `peers`, `free_peer_ids`, `banked`, `banked_codes`, `codes`, `common_codes`, `stats`, `events` (the ring) and `bss` (the connection filter and knobs) |
 //! | `link_<ifindex>_<egress\|ingress>` | the tcx links |
 //!
 //! Pinned links keep the programs attached and counting while no daemon

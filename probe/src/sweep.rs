@@ -3,13 +3,14 @@
 //! themselves (connection attempts the kernel gave up on, connections idle
 //! for too long, e.g. whose FIN the probe missed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use anyhow::Result;
 
 use crate::aggregate::{monotonic_ns, Aggregator, BpfTotals};
 use crate::bpf::{socket_addr, ConnEntry, Phase, Programs, NO_PEER};
+use crate::peer_slots::PeerSlots;
 
 /// The kernel's first SYN retransmission timeout (TCP_TIMEOUT_INIT).
 const SYN_RTO_NS: u64 = 1_000_000_000;
@@ -40,17 +41,26 @@ pub fn syn_deadline_ns(c: &ConnEntry) -> u64 {
     last + (2 * gap).max(SYN_RTO_NS) + SYN_SLACK_NS
 }
 
-/// Sweep the connection map; returns established connections per peer.
-pub fn sweep(
-    progs: &Programs,
-    agg: &mut Aggregator,
-    cfg: SweepConfig,
-) -> Result<HashMap<SocketAddr, u64>> {
+/// What a sweep leaves: established connections per peer, and the peer
+/// slots the remaining connections refer to.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub active: HashMap<SocketAddr, u64>,
+    pub slots: HashSet<u32>,
+}
+
+/// Sweep the connection map.
+pub fn sweep(progs: &Programs, agg: &mut Aggregator, cfg: SweepConfig) -> Result<Swept> {
     let now = monotonic_ns();
-    let mut active = HashMap::new();
+    let mut out = Swept::default();
     for c in progs.conns()? {
         let peer = socket_addr(c.key.peer_addr, c.key.peer_port);
         let http = c.state.peer_idx != NO_PEER;
+        if http {
+            // Before any delete below: a connection the programs end
+            // meanwhile may still count into its slot.
+            out.slots.insert(c.state.peer_idx);
+        }
         let phase = Phase(c.state.phase);
         if phase == Phase::PHASE_SYN_SENT {
             if now > syn_deadline_ns(&c) && progs.delete_conn(&c) {
@@ -70,19 +80,24 @@ pub fn sweep(
             }
             continue;
         }
-        *active.entry(peer).or_insert(0) += 1;
+        *out.active.entry(peer).or_insert(0) += 1;
     }
-    Ok(active)
+    Ok(out)
 }
 
-/// Read everything the programs counted, sweeping connections on the way.
-pub fn collect(progs: &Programs, agg: &mut Aggregator, cfg: SweepConfig) -> Result<BpfTotals> {
-    let active = sweep(progs, agg, cfg)?;
-    Ok(BpfTotals {
-        peers: progs.peer_counters()?,
-        tcp: progs.tcp_counters()?,
-        codes: progs.code_counters()?,
-        stats: progs.stats()?,
-        active,
-    })
+/// Read everything the programs counted, sweeping connections and taking
+/// back idle peers' slots on the way.
+pub fn collect(progs: &Programs, agg: &mut Aggregator, slots: &mut PeerSlots, cfg: SweepConfig) -> Result<BpfTotals> {
+    let swept = sweep(progs, agg, cfg)?;
+    let now = monotonic_ns();
+    slots.reclaim(progs, &swept.slots, now)?;
+    let mut totals = read(progs, slots)?;
+    totals.active = swept.active;
+    Ok(totals)
+}
+
+/// Everything the programs and the bank hold, without sweeping.
+pub fn read(progs: &Programs, slots: &mut PeerSlots) -> Result<BpfTotals> {
+    let (peers, codes) = slots.totals(progs, monotonic_ns())?;
+    Ok(BpfTotals { peers, tcp: progs.tcp_counters()?, codes, stats: progs.stats()?, active: HashMap::new() })
 }

@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::require_root;
+use upstreamtop_probe::aggregate::{AggLimits, Aggregator};
 use upstreamtop_probe::bpf::{BpfConfig, Programs};
+use upstreamtop_probe::peer_slots::PeerSlots;
+use upstreamtop_probe::sweep::{collect, SweepConfig};
 
 const TCX_NEXT: i32 = -1;
 const FIN: u8 = 0x01;
@@ -32,6 +35,7 @@ fn config() -> BpfConfig {
         max_peers: 8,
         max_tcp_peers: 8,
         max_codes: 64,
+        max_banked: 64,
         ring_bytes: 1 << 16,
     }
 }
@@ -471,8 +475,7 @@ fn ignore_port_and_only_filters() {
 
 #[test]
 fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
-    use upstreamtop_probe::aggregate::{AggLimits, Aggregator, BpfTotals};
-    use upstreamtop_probe::sweep::{collect, SweepConfig};
+    use upstreamtop_probe::aggregate::BpfTotals;
     require_root!();
     let p = load();
     // One connection awaiting a response, one SYN never answered (sent
@@ -496,7 +499,8 @@ fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
         recent_len: 5,
     });
     // Everything counts as idle.
-    let totals: BpfTotals = collect(&p, &mut agg, SweepConfig { idle_timeout_ns: 0 }).unwrap();
+    let mut slots = PeerSlots::new(&p, Duration::from_secs(600)).unwrap();
+    let totals: BpfTotals = collect(&p, &mut agg, &mut slots, SweepConfig { idle_timeout_ns: 0 }).unwrap();
     let s = agg.snapshot(&totals, 1_000_000_000, vec![]);
     let peer = s.peers.iter().find(|q| q.addr == peer_addr()).unwrap();
     assert_eq!((peer.requests, peer.no_response, peer.conns.failed, peer.conns.active), (1, 1, 1, 0));
@@ -901,4 +905,76 @@ fn a_full_connection_table_keeps_per_backend_totals() {
     let (req, codes, no_resp, s, r) = figures(&p, peer_addr());
     assert_eq!((req, no_resp, s, r), (900, 0, sent, received));
     assert_eq!(codes, vec![(200, 600), (503, 300)]);
+}
+
+/// A peer in a snapshot: address, requests, exact codes, connections opened.
+type PeerRow = (SocketAddr, u64, Vec<(u16, u64)>, u64);
+
+/// `--max-peers` bounds the peers active at once: with two slots, peers
+/// that went idle give theirs back to new backends, their totals and exact
+/// codes stay (banked), and a returning peer continues from them. A peer
+/// with a connection still open keeps its slot however idle.
+#[test]
+fn idle_peers_give_their_slot_back_and_keep_their_totals() {
+    require_root!();
+    let cfg = BpfConfig { max_peers: 2, ..config() };
+    let mut p = Programs::load(&cfg, None).expect("load");
+    p.set_ephemeral_ports(20000, 60999);
+    let mut agg = Aggregator::new(AggLimits { max_routes: 10, history_len: 5, recent_per_interval: 5, recent_len: 5 });
+    let mut slots = PeerSlots::new(&p, Duration::ZERO).unwrap();
+    let sweep = SweepConfig { idle_timeout_ns: 600_000_000_000 };
+    let peer = |i: u8| SocketAddr::from(([10, 99, 2, i], PPORT));
+    // One exchange per call on a new connection, closed unless `keep`.
+    let mut lport = 26000u16;
+    let mut exchange = |p: &Programs, i: u8, status: &str, keep: bool| {
+        lport += 1;
+        let mut f = Flow::to(lport, [10, 99, 2, i], PPORT);
+        run(p, true, &f.syn());
+        run(p, false, &f.syn_ack());
+        run(p, true, &f.send(b"GET /x HTTP/1.1\r\n\r\n"));
+        run(p, false, &f.recv(format!("HTTP/1.1 {status}\r\n\r\n").as_bytes()));
+        if !keep {
+            run(p, true, &f.out_at(RST | ACK, f.snd, b""));
+        }
+    };
+    let publish = |p: &Programs, agg: &mut Aggregator, slots: &mut PeerSlots| {
+        let totals = collect(p, agg, slots, sweep).unwrap();
+        let s = agg.snapshot(&totals, 1_000_000_000, vec![]).clone();
+        let mut peers: Vec<PeerRow> =
+            s.peers.iter().map(|q| (q.addr, q.requests, q.responses.codes.clone(), q.conns.opened)).collect();
+        peers.sort();
+        peers
+    };
+    exchange(&p, 1, "200 OK", false);
+    exchange(&p, 1, "503 Busy", false);
+    exchange(&p, 2, "404 Nope", true);
+    // Both slots taken: a third backend finds none.
+    exchange(&p, 3, "200 OK", false);
+    assert_eq!(p.stats().unwrap().peer_table_full, 1);
+    // The first publish notes the counters; the next one (idle 0) takes
+    // back peer 1's slot; peer 2 still has its connection open.
+    publish(&p, &mut agg, &mut slots);
+    publish(&p, &mut agg, &mut slots);
+    assert_eq!(p.peer_index().unwrap().len(), 1, "peer 1's slot went back, peer 2 kept its own");
+    exchange(&p, 3, "201 Created", false);
+    exchange(&p, 4, "200 OK", false);
+    assert_eq!(p.stats().unwrap().peer_table_full, 2, "peer 4 found no slot: peer 3 took the free one");
+    publish(&p, &mut agg, &mut slots);
+    // Peer 3 is idle now and gives the slot back to peer 1, which
+    // continues from its totals.
+    publish(&p, &mut agg, &mut slots);
+    exchange(&p, 1, "500 Oops", false);
+    let peers = publish(&p, &mut agg, &mut slots);
+    let http: Vec<_> = peers.into_iter().filter(|q| q.1 > 0).collect();
+    assert_eq!(
+        http,
+        vec![
+            (peer(1), 3, vec![(200, 1), (500, 1), (503, 1)], 3),
+            (peer(2), 1, vec![(404, 1)], 1),
+            (peer(3), 1, vec![(201, 1)], 2),
+        ],
+        "totals continue across slots; peer 3's first request (no slot) is in peer_table_full only"
+    );
+    let (banked, _) = p.banked().unwrap();
+    assert!(banked.iter().any(|(a, _)| *a == peer(1)), "{banked:?}");
 }

@@ -138,6 +138,32 @@ struct {
 	__type(value, struct peer_counters);
 } peers SEC(".maps");
 
+/* Indexes of `peers` the daemon took back from peers idle for long (their
+ * totals moved to `banked`), handed out again once next_peer_idx has
+ * reached max_peers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 1024); /* --max-peers */
+	__type(value, __u32);
+} free_peer_ids SEC(".maps");
+
+/* Totals of peers whose slot was taken back, and their exact codes: written
+ * and read by the daemon only, pinned with the counters so that a restart
+ * on the same maps continues them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096); /* --max-peers x 4 */
+	__type(key, struct peer_key);
+	__type(value, struct peer_counters);
+} banked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); /* --max-peers x 64 */
+	__type(key, struct banked_code_key);
+	__type(value, __u64);
+} banked_codes SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1024); /* --max-peers */
@@ -502,8 +528,8 @@ static __always_inline __u32 peer_idx_find(const struct conn_key *k)
 	return idx ? *idx : NO_PEER;
 }
 
-/* The peer's index, assigned with its first request; NO_PEER when `peers`
- * is full. A subprogram: once per new connection at most. */
+/* The peer's index, assigned with its first request; NO_PEER when every
+ * slot of `peers` is taken. A subprogram: once per new connection at most. */
 static __noinline __u32 peer_idx_claim(const struct conn_key *k)
 {
 	struct peer_key pk;
@@ -513,14 +539,18 @@ static __noinline __u32 peer_idx_claim(const struct conn_key *k)
 	idx = bpf_map_lookup_elem(&peer_ids, &pk);
 	if (idx)
 		return *idx;
-	if (next_peer_idx >= max_peers)
+	n = max_peers;
+	if (next_peer_idx < max_peers)
+		n = __sync_fetch_and_add(&next_peer_idx, 1);
+	/* Never handed out yet, else one the daemon took back. */
+	if (n >= max_peers && bpf_map_pop_elem(&free_peer_ids, &n))
 		return NO_PEER;
-	n = __sync_fetch_and_add(&next_peer_idx, 1);
 	if (n >= max_peers)
 		return NO_PEER;
 	if (bpf_map_update_elem(&peer_ids, &pk, &n, BPF_NOEXIST)) {
-		/* Another CPU assigned one first (index n stays unused), or
-		 * the map is full. */
+		/* Another CPU assigned one first, or the map is full: n goes
+		 * back for the next peer. */
+		bpf_map_push_elem(&free_peer_ids, &n, 0);
 		idx = bpf_map_lookup_elem(&peer_ids, &pk);
 		return idx ? *idx : NO_PEER;
 	}

@@ -160,6 +160,13 @@ struct code_slots {
 	__u64 n[CODE_SLOTS];
 };
 
+/* Key of a banked peer's exact status-code counts. */
+struct banked_code_key {
+	struct peer_key peer;
+	__u16 code;
+	__u16 _pad;
+};
+
 /* Key of the exact status-code counters. */
 struct code_key {
 	__u32 peer_idx;

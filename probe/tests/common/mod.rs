@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use upstreamtop_probe::aggregate::{AggLimits, Aggregator};
 use upstreamtop_probe::bpf::{types, BpfConfig, Programs};
+use upstreamtop_probe::peer_slots::PeerSlots;
 use upstreamtop_probe::sweep::{collect, SweepConfig};
 use upstreamtop_table::{PeerStats, Snapshot};
 
@@ -227,6 +228,7 @@ pub struct Harness {
     pub progs: Programs,
     pub agg: Rc<RefCell<Aggregator>>,
     ring: libbpf_rs::RingBuffer<'static>,
+    slots: RefCell<PeerSlots>,
 }
 
 pub fn ifindex(name: &str) -> u32 {
@@ -246,6 +248,7 @@ impl Harness {
             max_peers: 256,
             max_tcp_peers: 64,
             max_codes: 4096,
+            max_banked: 1024,
             ring_bytes: 1 << 20,
         };
         let mut progs = Programs::load(&cfg, None).expect("load BPF programs");
@@ -264,7 +267,8 @@ impl Harness {
         let ring = progs
             .ring_buffer(move |ev: &types::exchange_event| a.borrow_mut().on_event(ev))
             .expect("ring buffer");
-        Harness { progs, agg, ring }
+        let slots = RefCell::new(PeerSlots::new(&progs, Duration::from_secs(600)).expect("peer slots"));
+        Harness { progs, agg, ring, slots }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -273,7 +277,7 @@ impl Harness {
             idle_timeout_ns: 600_000_000_000,
         };
         let mut agg = self.agg.borrow_mut();
-        let totals = collect(&self.progs, &mut agg, sweep).expect("collect");
+        let totals = collect(&self.progs, &mut agg, &mut self.slots.borrow_mut(), sweep).expect("collect");
         agg.snapshot(&totals, 1_000_000_000, vec![]).clone()
     }
 
