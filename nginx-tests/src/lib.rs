@@ -12,6 +12,7 @@ pub mod backend;
 pub mod bench;
 pub mod http;
 pub mod impair;
+pub mod impaired_link;
 pub mod load;
 pub mod netns;
 pub mod nginx;
