@@ -17,6 +17,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running probe. Drop kills it (and prints its log if the test panics).
 pub struct Probe {
+    /// The `upstreamtop-probe` binary this fixture runs.
+    bin: PathBuf,
     child: Option<Child>,
     dir: tempfile::TempDir,
     table: PathBuf,
@@ -63,7 +65,15 @@ impl Probe {
     /// first publish.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Result<Probe> {
         // A missing binary fails before anything is created.
-        let bin = crate::artifacts::probe_bin()?;
+        Self::start_bin(&crate::artifacts::probe_bin()?, args)
+    }
+
+    /// [`Probe::start`] with another `upstreamtop-probe` binary (an older
+    /// build, compared side by side in the bench); every later command of
+    /// this fixture (restart, `detach`, …) runs that binary too.
+    pub fn start_bin<S: AsRef<str>>(bin: &Path, args: &[S]) -> Result<Probe> {
+        anyhow::ensure!(bin.is_file(), "no probe binary at {}", bin.display());
+        let bin = bin.to_path_buf();
         reap_dead_test_pins(&bin);
         let dir = tempfile::Builder::new()
             .prefix("nginx-tests-probe-")
@@ -76,6 +86,7 @@ impl Probe {
         let table = dir.path().join("table");
         let reader = TableReader::new(&table);
         let mut probe = Probe {
+            bin,
             child: None,
             dir,
             table,
@@ -93,14 +104,14 @@ impl Probe {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let bin = crate::artifacts::probe_bin()?;
+        let bin = &self.bin;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("probe.log"))
             .context("open probe log")?;
         let log2 = log.try_clone().context("dup probe log")?;
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .arg("--table")
             .arg(&self.table)
             .arg("--state-dir")
@@ -148,8 +159,7 @@ impl Probe {
     /// `args` instead of this one's (for starts a test expects to fail or
     /// kills itself); output is captured.
     pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Result<Command> {
-        let bin = crate::artifacts::probe_bin()?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("--table")
             .arg(&self.table)
             .arg("--state-dir")
@@ -178,8 +188,8 @@ impl Probe {
 
     /// `upstreamtop-probe <sub> --state-dir <ours>`, its stdout.
     pub fn state_command(&self, sub: &str) -> Result<String> {
-        let bin = crate::artifacts::probe_bin()?;
-        let out = Command::new(&bin)
+        let bin = &self.bin;
+        let out = Command::new(bin)
             .arg(sub)
             .arg("--state-dir")
             .arg(&self.state_dir)
