@@ -1,12 +1,14 @@
 //! The benchmark suite behind `./build.sh bench` (the `bench` binary): proxy
-//! overhead of the probe, BPF cost per program run, exactness at peak load,
-//! endpoint cost, the probe's own CPU and memory, and a scale case.
+//! overhead of the probe, BPF cost per program run (optionally beside a
+//! baseline probe binary's), exactness at peak load, endpoint cost, the
+//! probe's own CPU and memory, and a scale case.
 //!
 //! Every comparison is measured side by side in one run: interleaved pairs
 //! (A B, B A, …), reported as the median of the per-pair ratios, so a drift
 //! of the (shared, noisy) machine hits both sides alike.
 
 pub mod alternate;
+pub mod baseline;
 pub mod bpf_stats;
 pub mod endpoint;
 pub mod exactness;
@@ -18,7 +20,7 @@ pub mod soak;
 pub mod synthetic;
 pub mod wrk;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +115,9 @@ pub struct Settings {
     pub overhead_block: Duration,
     /// What those "attached" blocks attach.
     pub attach: Attach,
+    /// Measure part 1 (its blocks and pairs); off when only parts 2 and 5
+    /// of that setup are wanted.
+    pub part1: bool,
     /// Polled/not-polled block pairs within one wrk run (part 4's target
     /// figure), and how long a block lasts.
     pub poll_blocks: usize,
@@ -122,6 +127,12 @@ pub struct Settings {
     /// Runs with bpf_stats on and the empty programs attached (part 2),
     /// after part 1's pairs.
     pub instrumented_runs: usize,
+    /// Another probe binary whose BPF time part 2 measures beside this
+    /// build's instead of those runs: pairs of blocks in one wrk run, and
+    /// how long a block lasts.
+    pub baseline_probe: Option<PathBuf>,
+    pub baseline_blocks: usize,
+    pub baseline_block: Duration,
     /// One wrk run of the exactness part.
     pub exact_run: Duration,
     /// In-process renders timed (part 4).
@@ -145,9 +156,13 @@ impl Settings {
             pairs: 5,
             run: Duration::from_secs(10),
             instrumented_runs: 3,
+            baseline_probe: None,
+            baseline_blocks: 12,
+            baseline_block: Duration::from_secs(5),
             overhead_blocks: 12,
             overhead_block: Duration::from_secs(4),
             attach: Attach::Probe,
+            part1: true,
             poll_blocks: 20,
             poll_block: Duration::from_secs(2),
             exact_run: Duration::from_secs(5),
@@ -167,6 +182,8 @@ impl Settings {
             pairs: 1,
             run: Duration::from_secs(1),
             instrumented_runs: 1,
+            baseline_blocks: 1,
+            baseline_block: Duration::from_secs(1),
             overhead_blocks: 1,
             overhead_block: Duration::from_secs(1),
             poll_blocks: 2,

@@ -7,11 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::alternate::alternate;
+use super::alternate::{alternate, Alternation};
 use super::bpf_stats::{self, EmptyTcx, ProgStats};
 use super::figures::{num, Figure, Target};
 use super::wrk::{self, WrkResult, WrkSpec};
@@ -24,8 +25,8 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// What the attached runs added up to.
 #[derive(Default)]
-struct ProbeCost {
-    bpf: BTreeMap<String, ProgStats>,
+pub(super) struct ProbeCost {
+    pub(super) bpf: BTreeMap<String, ProgStats>,
     cpu_s: f64,
     wall_s: f64,
     rss_mib: f64,
@@ -40,9 +41,9 @@ impl ProbeCost {
 }
 
 /// A freshly started probe, settled; its CPU counts from then on.
-struct Attached {
+pub(super) struct Attached {
     probe: Probe,
-    ids: BTreeSet<u64>,
+    pub(super) ids: BTreeSet<u64>,
     cpu0: f64,
     t0: Instant,
 }
@@ -50,6 +51,16 @@ struct Attached {
 impl Attached {
     fn start(probe_args: &[&str]) -> Result<Self> {
         let probe = Probe::start(probe_args).context("start probe")?;
+        Self::settle(probe)
+    }
+
+    /// Another probe binary (part 2's baseline).
+    pub(super) fn start_bin(bin: &Path, probe_args: &[String]) -> Result<Self> {
+        let probe = Probe::start_bin(bin, probe_args).with_context(|| format!("start {}", bin.display()))?;
+        Self::settle(probe)
+    }
+
+    fn settle(probe: Probe) -> Result<Self> {
         let ids = bpf_stats::prog_ids_of(probe.pid())?;
         std::thread::sleep(SETTLE);
         let cpu0 = procfs::cpu_seconds(probe.pid())?;
@@ -58,7 +69,7 @@ impl Attached {
 
     /// Adds the probe's CPU since start and its memory now to `cost`, stops
     /// it and waits until its programs are gone.
-    fn stop(mut self, cost: &mut ProbeCost) -> Result<()> {
+    pub(super) fn stop(mut self, cost: &mut ProbeCost) -> Result<()> {
         let pid = self.probe.pid();
         cost.cpu_s += procfs::cpu_seconds(pid)? - self.cpu0;
         cost.wall_s += self.t0.elapsed().as_secs_f64();
@@ -77,13 +88,18 @@ pub fn run(s: &Settings) -> Vec<Figure> {
         Err(e) => {
             let why = format!("{e:#}");
             eprintln!("bench: proxy overhead failed: {why}");
-            vec![
+            let mut f = vec![
                 Figure::failed(1, "overhead.throughput_ratio", "proxy throughput attached/detached", "", Target::AtLeast(0.98), &why),
                 Figure::failed(2, "bpf.egress_ns", "BPF egress per run", "ns", Target::AtMost(40.0), &why),
                 Figure::failed(2, "bpf.ingress_ns", "BPF ingress per run", "ns", Target::AtMost(40.0), &why),
                 Figure::failed(5, "probe.cpu_pct", "probe CPU (share of one core)", "%", Target::AtMost(2.0), &why),
                 Figure::failed(5, "probe.rss_mib", "probe VmRSS", "MiB", Target::AtMost(50.0), &why),
-            ]
+            ];
+            if s.baseline_probe.is_some() {
+                let label = "BPF time per proxied request net of empty, this build / baseline";
+                f.push(Figure::failed(2, "bpf.versus.ratio", label, "", Target::AtMost(super::baseline::BUDGET), &why));
+            }
+            f
         }
     }
 }
@@ -99,8 +115,13 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
 
     // Where the bottleneck is: the backends alone (wrk straight at one of
     // them), and how busy nginx's worker is in the detached runs.
-    let direct = wrk::run(&WrkSpec { url: format!("http://{}/api/orders", b1.addr()), ..spec.clone() })
-        .context("wrk straight at a backend")?;
+    // Without part 1 (`--only 2,5`) only its setup runs, not its
+    // measurements.
+    let direct = if s.part1 {
+        wrk::run(&WrkSpec { url: format!("http://{}/api/orders", b1.addr()), ..spec.clone() }).context("wrk straight at a backend")?
+    } else {
+        WrkResult::default()
+    };
     let worker = *nginx.worker_pids().first().context("nginx has no worker")?;
     let (mut worker_cpu_s, mut off_wall_s) = (0.0, 0.0);
 
@@ -136,10 +157,14 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
             }
             Ok(())
         };
-        alternate(&spec, s.overhead_blocks, s.overhead_block, &|| b1.total() + b2.total(), &mut set)?
+        if s.part1 {
+            alternate(&spec, s.overhead_blocks, s.overhead_block, &|| b1.total() + b2.total(), &mut set)?
+        } else {
+            Alternation::default()
+        }
     };
     // Separate wrk runs for the latency figures (wrk's p99 is per run).
-    for pair in 0..s.pairs {
+    for pair in 0..if s.part1 { s.pairs } else { 0 } {
         // A B, B A, …: neither side always runs first.
         let order = if pair % 2 == 0 { [true, false] } else { [false, true] };
         for attached in order {
@@ -164,12 +189,22 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         );
     }
     // Part 2: separate runs with bpf_stats on and the empty program beside
-    // the probe's on both hooks.
+    // the probe's on both hooks; with a baseline probe, blocks of one wrk
+    // run alternating it with this build's instead.
     let stats = bpf_stats::StatsEnabled::on();
     let mut instrumented = Vec::new();
-    for _ in 0..s.instrumented_runs {
-        super::check_interrupt()?;
-        instrumented.push(attached_run(&spec, &probe_args, true, &mut cost)?);
+    let mut versus = None;
+    match &s.baseline_probe {
+        None => {
+            for _ in 0..s.instrumented_runs {
+                super::check_interrupt()?;
+                instrumented.push(attached_run(&spec, &probe_args, true, &mut cost)?);
+            }
+        }
+        Some(base) => {
+            let served = || b1.total() + b2.total();
+            versus = Some(super::baseline::measure(s, &spec, base, &probe_args, lo, &served, &mut cost)?);
+        }
     }
     let stats_note = match &stats {
         Ok(_) => String::new(),
@@ -241,9 +276,27 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     f.push(Figure::new(1, "overhead.p99_attached", "proxy p99 latency, probe attached", p99(&on), "ms", Target::None));
     f.push(Figure::new(1, "overhead.p99_ratio", "proxy p99 latency attached/detached", p99_ratio, "", Target::None));
 
+    // Requests and throughput of the instrumented measurement: separate
+    // runs, or this build's blocks against the baseline.
+    let (attached_requests, instrumented_rps, instrumented_note) = match &versus {
+        None => (
+            instrumented.iter().map(|r| r.requests).sum::<u64>(),
+            rps(&instrumented),
+            format!("{} runs of {} s after the pairs, where part 2's figures come from", instrumented.len(), s.run.as_secs()),
+        ),
+        Some(v) => (
+            v.new.iter().map(|b| b.served).sum(),
+            median(&v.new.iter().map(|b| b.rate).collect::<Vec<_>>()),
+            format!(
+                "median of this build's {} blocks of {} s against the baseline, where part 2's figures come from (rates from what the backends served)",
+                v.new.len(),
+                s.baseline_block.as_secs_f64()
+            ),
+        ),
+    };
     f.push(
-        Figure::new(2, "overhead.rps_instrumented", "proxy throughput, probe attached with bpf_stats on + empty programs", rps(&instrumented), "req/s", Target::None)
-            .note(format!("{} runs of {} s after the pairs, where part 2's figures come from", instrumented.len(), s.run.as_secs())),
+        Figure::new(2, "overhead.rps_instrumented", "proxy throughput, probe attached with bpf_stats on + empty programs", instrumented_rps, "req/s", Target::None)
+            .note(instrumented_note),
     );
     for hook in ["egress", "ingress"] {
         let name = format!("upstreamtop_{hook}");
@@ -289,14 +342,13 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     }
     // Both hooks together per proxied request: what the probe adds to the
     // CPU time a request costs (all CPUs / throughput).
-    let attached_requests: u64 = instrumented.iter().map(|r| r.requests).sum();
     let probe_progs = || cost.bpf.iter().filter(|(n, _)| n.starts_with("upstreamtop_")).map(|(_, d)| d);
     let bpf_ns: u64 = probe_progs().map(|d| d.run_time_ns).sum();
     let bpf_runs: u64 = probe_progs().map(|d| d.run_cnt).sum();
     if attached_requests > 0 && bpf_runs > 0 {
         let per_req_us = bpf_ns as f64 / attached_requests as f64 / 1000.0;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let cpu_per_req_us = cpus * 1e6 / rps(&instrumented);
+        let cpu_per_req_us = cpus * 1e6 / instrumented_rps;
         f.push(
             Figure::new(2, "bpf.per_request_us", "BPF time per proxied request (both hooks)", per_req_us, "µs", Target::None).note(
                 format!(
@@ -325,9 +377,12 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         f.push(
             Figure::new(2, "bpf.per_request_net_us", "BPF time per proxied request, net of bpf_stats", net_us, "µs", Target::None).note(format!(
                 "~{:.1}% of the CPU a request costs here: what the programs add to a request as users run them",
-                net_us / (cpus * 1e6 / rps(&instrumented)) * 100.0
+                net_us / (cpus * 1e6 / instrumented_rps) * 100.0
             )),
         );
+    }
+    if let Some(v) = &versus {
+        f.extend(v.figures());
     }
     let cpu_pct = if cost.wall_s > 0.0 { cost.cpu_s / cost.wall_s * 100.0 } else { f64::NAN };
     f.push(

@@ -26,7 +26,8 @@ struct Args {
     #[arg(long)]
     pin: bool,
     /// Only these parts, comma separated: 1 overhead, 2 BPF cost, 3
-    /// exactness, 4 endpoint, 5 probe cost, 6 scale (1, 2 and 5 share runs).
+    /// exactness, 4 endpoint, 5 probe cost, 6 scale (1, 2 and 5 share a
+    /// setup; without 1, part 1 is not measured).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Where to write the JSON [default: <target>/bench/latest.json, with
@@ -49,6 +50,21 @@ struct Args {
     /// but the probe is reported without a target.
     #[arg(long, value_enum, default_value_t = bench::Attach::Probe)]
     attach: bench::Attach,
+    /// Another upstreamtop-probe binary (e.g. an older build) to compare
+    /// with this build's in part 2: instead of its separate runs, one wrk
+    /// run alternating the two probes in pairs of blocks (A B, B A, …), both
+    /// started with the flags both understand (from PATH --help). Reports
+    /// both BPF times per proxied request net of the empty program, with
+    /// 95% intervals, and their ratio this build / baseline against a +15%
+    /// budget.
+    #[arg(long, value_name = "PATH")]
+    baseline_probe: Option<PathBuf>,
+    /// Override the number of block pairs of --baseline-probe (12; more
+    /// pairs narrow the intervals), and a block's length in seconds (5).
+    #[arg(long)]
+    baseline_blocks: Option<usize>,
+    #[arg(long)]
+    baseline_block_secs: Option<u64>,
     #[command(subcommand)]
     mode: Option<Mode>,
 }
@@ -121,6 +137,18 @@ fn run() -> Result<()> {
         s.overhead_blocks = blocks;
     }
     s.attach = args.attach;
+    s.part1 = wanted.contains(&1);
+    if let Some(base) = &args.baseline_probe {
+        let base = std::fs::canonicalize(base).with_context(|| format!("--baseline-probe {}", base.display()))?;
+        anyhow::ensure!(base.is_file(), "--baseline-probe {}: not a file", base.display());
+        s.baseline_probe = Some(base);
+    }
+    if let Some(blocks) = args.baseline_blocks.filter(|b| *b > 0) {
+        s.baseline_blocks = blocks;
+    }
+    if let Some(secs) = args.baseline_block_secs.filter(|s| *s > 0) {
+        s.baseline_block = std::time::Duration::from_secs(secs);
+    }
     // A smoke run must not overwrite the figures of the last full run.
     let file = if s.quick { "quick.json" } else { "latest.json" };
     let out = args.out.unwrap_or_else(|| artifacts::target_dir().join("bench").join(file));
@@ -159,6 +187,7 @@ fn run() -> Result<()> {
         "pairs": s.pairs,
         "run_s": s.run.as_secs_f64(),
         "wrk_connections": s.connections,
+        "baseline_probe": s.baseline_probe,
         "elapsed_s": started.elapsed().as_secs_f64(),
         "machine": machine(),
         // Other work on the machine skews every figure: say how busy it was.
