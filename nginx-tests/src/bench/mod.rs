@@ -1,7 +1,8 @@
 //! The benchmark suite behind `./build.sh bench` (the `bench` binary): proxy
 //! overhead of the probe, BPF cost per program run (optionally beside a
 //! baseline probe binary's), exactness at peak load, endpoint cost, the
-//! probe's own CPU and memory, and a scale case.
+//! probe's own CPU and memory, a scale case, and exactness over an impaired
+//! link.
 //!
 //! Every comparison is measured side by side in one run: interleaved pairs
 //! (A B, B A, …), reported as the median of the per-pair ratios, so a drift
@@ -13,6 +14,7 @@ pub mod bpf_stats;
 pub mod endpoint;
 pub mod exactness;
 pub mod figures;
+pub mod impaired;
 pub mod overhead;
 pub mod procfs;
 pub mod scale;
@@ -146,6 +148,11 @@ pub struct Settings {
     /// The probe's `--max-routes` in the scale case (below the route count:
     /// the overflow path is part of what is measured).
     pub scale_max_routes: usize,
+    /// Part 7: the impaired link's seed, requests through nginx (a multiple
+    /// of 4) and requests of each direct client.
+    pub impair_seed: u64,
+    pub impair_requests: u64,
+    pub impair_direct: usize,
 }
 
 impl Settings {
@@ -172,6 +179,9 @@ impl Settings {
             scale_routes: 10_000,
             scale_repeat: 2,
             scale_max_routes: 4096,
+            impair_seed: impaired::random_seed(),
+            impair_requests: 12_000,
+            impair_direct: 1_000,
         }
     }
 
@@ -194,6 +204,8 @@ impl Settings {
             scale_routes: 1000,
             scale_repeat: 1,
             scale_max_routes: 512,
+            impair_requests: 200,
+            impair_direct: 20,
             ..Self::full(pin)
         }
     }

@@ -13,7 +13,8 @@ use nginx_tests::artifacts;
 use nginx_tests::bench::{self, figures, Settings};
 
 /// Benchmarks: probe overhead on nginx, BPF cost per run, exactness at
-/// peak, endpoint cost, probe CPU/memory, scale.
+/// peak, endpoint cost, probe CPU/memory, scale, exactness over an impaired
+/// link.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -26,8 +27,9 @@ struct Args {
     #[arg(long)]
     pin: bool,
     /// Only these parts, comma separated: 1 overhead, 2 BPF cost, 3
-    /// exactness, 4 endpoint, 5 probe cost, 6 scale (1, 2 and 5 share a
-    /// setup; without 1, part 1 is not measured).
+    /// exactness, 4 endpoint, 5 probe cost, 6 scale, 7 exactness over an
+    /// impaired link (1, 2 and 5 share a setup; without 1, part 1 is not
+    /// measured).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
     /// Where to write the JSON [default: <target>/bench/latest.json, with
@@ -65,6 +67,10 @@ struct Args {
     baseline_blocks: Option<usize>,
     #[arg(long)]
     baseline_block_secs: Option<u64>,
+    /// Seed of part 7's impaired link (traffic plan, the link's decisions
+    /// and rates) [default: a random one, printed]: replays a run.
+    #[arg(long, value_name = "N")]
+    impair_seed: Option<u64>,
     #[command(subcommand)]
     mode: Option<Mode>,
 }
@@ -122,9 +128,9 @@ fn run() -> Result<()> {
         let out = out.clone().unwrap_or_else(|| artifacts::target_dir().join("bench").join("soak.json"));
         return bench::soak::run(*minutes, !*no_poll, &out);
     }
-    let wanted: BTreeSet<u8> = if args.only.is_empty() { (1..=6).collect() } else { args.only.iter().copied().collect() };
-    if let Some(bad) = wanted.iter().find(|p| !(1..=6).contains(*p)) {
-        bail!("--only: no part {bad} (parts are 1 to 6)");
+    let wanted: BTreeSet<u8> = if args.only.is_empty() { (1..=7).collect() } else { args.only.iter().copied().collect() };
+    if let Some(bad) = wanted.iter().find(|p| !(1..=7).contains(*p)) {
+        bail!("--only: no part {bad} (parts are 1 to 7)");
     }
     let mut s = if args.quick { Settings::quick(args.pin) } else { Settings::full(args.pin) };
     if let Some(pairs) = args.pairs.filter(|p| *p > 0) {
@@ -148,6 +154,9 @@ fn run() -> Result<()> {
     }
     if let Some(secs) = args.baseline_block_secs.filter(|s| *s > 0) {
         s.baseline_block = std::time::Duration::from_secs(secs);
+    }
+    if let Some(seed) = args.impair_seed {
+        s.impair_seed = seed;
     }
     // A smoke run must not overwrite the figures of the last full run.
     let file = if s.quick { "quick.json" } else { "latest.json" };
@@ -177,6 +186,11 @@ fn run() -> Result<()> {
         figs.extend(bench::scale::run(&s));
     }
     bench::check_interrupt()?;
+    if wanted.contains(&7) {
+        eprintln!("bench: [{:5.1} s] part 7 — exactness over an impaired link", started.elapsed().as_secs_f64());
+        figs.extend(bench::impaired::run(&s));
+    }
+    bench::check_interrupt()?;
     figs.sort_by_key(|f| f.section);
 
     let meta = serde_json::json!({
@@ -188,6 +202,7 @@ fn run() -> Result<()> {
         "run_s": s.run.as_secs_f64(),
         "wrk_connections": s.connections,
         "baseline_probe": s.baseline_probe,
+        "impair_seed": wanted.contains(&7).then_some(s.impair_seed),
         "elapsed_s": started.elapsed().as_secs_f64(),
         "machine": machine(),
         // Other work on the machine skews every figure: say how busy it was.
