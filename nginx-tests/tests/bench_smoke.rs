@@ -5,6 +5,11 @@
 //! Needs root (tcx, netns, bpf_stats). Without root the test says so and passes.
 
 use std::process::Command;
+use std::sync::Mutex;
+
+/// One bench at a time: two would share lo's hooks and the bpf_stats
+/// switch, and spoil each other's figures.
+static ONE_BENCH: Mutex<()> = Mutex::new(());
 
 #[test]
 fn quick_bench_completes_and_writes_json_for_every_part() {
@@ -12,6 +17,7 @@ fn quick_bench_completes_and_writes_json_for_every_part() {
         eprintln!("skipping quick_bench_completes_and_writes_json_for_every_part: needs root");
         return;
     }
+    let _one = ONE_BENCH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
     let run = Command::new(env!("CARGO_BIN_EXE_bench"))
@@ -28,7 +34,7 @@ fn quick_bench_completes_and_writes_json_for_every_part() {
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).expect("JSON written")).expect("valid JSON");
     assert_eq!(doc["meta"]["quick"], true);
     let figures = doc["figures"].as_array().expect("figures array");
-    for section in 1..=6u64 {
+    for section in 1..=7u64 {
         assert!(
             figures.iter().any(|f| f["section"].as_u64() == Some(section)),
             "no figure for part {section}: {doc:#}"
@@ -40,4 +46,36 @@ fn quick_bench_completes_and_writes_json_for_every_part() {
         // A value is a number, or null with a note saying why it is missing.
         assert!(f["value"].is_number() || !f["note"].as_str().unwrap_or("").is_empty(), "{f}");
     }
+}
+
+/// `--baseline-probe` with this build's own probe as the baseline (an A/A
+/// run): part 2 gives both figures and their ratio.
+#[test]
+fn quick_bench_compares_a_baseline_probe() {
+    if !nginx_tests::artifacts::is_root() {
+        eprintln!("skipping quick_bench_compares_a_baseline_probe: needs root");
+        return;
+    }
+    let _one = ONE_BENCH.lock().unwrap_or_else(|e| e.into_inner());
+    let probe = nginx_tests::artifacts::probe_bin().expect("probe binary");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--quick", "--only", "2", "--baseline-probe"])
+        .arg(&probe)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "bench --baseline-probe failed:\n{}\n{stderr}", String::from_utf8_lossy(&run.stdout));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).expect("JSON written")).expect("valid JSON");
+    let figure = |id: &str| doc["figures"].as_array().unwrap().iter().find(|f| f["id"] == id).cloned();
+    for id in ["bpf.versus.baseline_net_us", "bpf.versus.new_net_us", "bpf.versus.ratio"] {
+        let f = figure(id).unwrap_or_else(|| panic!("no {id}: {doc:#}"));
+        assert!(f["value"].as_f64().is_some_and(|v| v > 0.0), "{f}");
+    }
+    assert_eq!(figure("bpf.versus.ratio").unwrap()["target"]["value"], 1.15);
+    // Part 1 was not wanted: not measured, not reported.
+    assert!(figure("overhead.throughput_ratio").is_none(), "{doc:#}");
 }
