@@ -6,6 +6,9 @@
 #   ./build.sh demo      build, run the simulator + probe, open the dashboard (root)
 #   ./build.sh test      deps + build + cargo test --workspace --release (root)
 #   ./build.sh bench     benchmark suite (root; --quick, --pin): table + target/bench/latest.json
+#                        --only 2 --baseline-probe PATH: BPF time per request beside another
+#                        probe binary's, same run (ratio vs +15% budget); --impair-seed N
+#                        replays part 7 (exactness over an impaired link, random seed)
 #   ./build.sh install   install binaries, module, systemd unit, config examples
 #
 # Environment: PREFIX (default /usr/local), DESTDIR (staging root) for
