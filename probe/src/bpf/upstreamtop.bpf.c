@@ -844,6 +844,7 @@ static __always_inline struct peer_counters *request_starts(const struct conn_ke
 	struct peer_counters *pc = peer_at(cs->peer_idx);
 	cs->phase = PHASE_AWAIT_RESPONSE;
 	cs->win_mask = 0;
+	cs->ahead_mask = 0;
 	cs->flags &= ~(CF_GARBLED | CF_NEXT_KNOWN);
 	if (pc) {
 		pc->requests += 1;
@@ -916,6 +917,37 @@ static __always_inline __u32 message_bytes(struct __sk_buff *skb, const struct c
 	return had_peer ? n : cs->held;
 }
 
+/* New bytes [from, from + n) (skb offsets) go out while the exchange
+ * awaits its final status line. When that line can no longer be read (it
+ * is not HTTP, or the bytes where it must be came already and neither the
+ * window nor the held bytes could put it together: several segments out
+ * of order) and these bytes start a request, nginx had the whole response:
+ * that exchange's status is lost (a parse error), and the connection is
+ * ready for this next request. Returns 1 then. A global function: verified
+ * once, off the usual path. */
+__noinline int status_lost_resync(struct __sk_buff *skb, struct conn_state *cs, __u32 from, __u32 n)
+{
+	__u8 peek[PEEK] = {};
+	__u32 m, t;
+
+	if (!cs)
+		return 0;
+	if (!(cs->flags & CF_GARBLED) &&
+	    (__s32)(cs->rcv_cont - cs->resp_seq) < (cs->phase == PHASE_INTERIM ? 1 : WIN_BYTES))
+		return 0;
+	m = clamp_len(n, PEEK);
+	if (bpf_skb_load_bytes(skb, from, peek, m))
+		return 0;
+	t = request_start(peek, m);
+	if (!t || t == REQ_MORE)
+		return 0;
+	/* (A garbled one was counted when found.) */
+	if (!(cs->flags & CF_GARBLED))
+		stat_inc(STAT_PARSE_ERRORS);
+	cs->phase = PHASE_IN_RESPONSE;
+	return 1;
+}
+
 /* New payload of a tracked connection, sent by this host. */
 static __always_inline void egress_payload(struct __sk_buff *skb, const struct conn_key *k,
 					   struct conn_state *cs, const struct seg *s)
@@ -933,6 +965,9 @@ static __always_inline void egress_payload(struct __sk_buff *skb, const struct c
 		n -= off;
 	}
 	cs->snd_nxt = s->seq + s->payload_len;
+	if ((phase == PHASE_AWAIT_RESPONSE || phase == PHASE_INTERIM) &&
+	    status_lost_resync(skb, cs, s->payload_off + off, n))
+		phase = PHASE_IN_RESPONSE;
 	if (phase == PHASE_AWAIT_RESPONSE || phase == PHASE_INTERIM) {
 		/* The rest of the request: headers or body, never a new
 		 * message (nginx does not pipeline upstream). */
@@ -971,6 +1006,98 @@ static __noinline void window_fill(struct __sk_buff *skb, struct conn_state *cs,
 	}
 }
 
+struct ahead_ctx {
+	struct conn_state *cs;
+	__s32 rel; /* ahead_seq - resp_seq */
+};
+
+/* Byte i of cs->ahead into the window, where it falls in it: a bpf_loop
+ * callback (a plain loop's branches multiply the verifier's states). */
+static long ahead_byte(__u32 i, struct ahead_ctx *c)
+{
+	struct conn_state *cs = c->cs;
+	__s32 at = c->rel + (__s32)i;
+
+	if (i >= WIN_BYTES || at < 0 || at >= WIN_BYTES || !(cs->ahead_mask & (1u << i)))
+		return 0;
+	cs->win[at & (WIN_BYTES - 1)] = cs->ahead[i & (WIN_BYTES - 1)];
+	cs->win_mask |= 1 << (at & (WIN_BYTES - 1));
+	return 0;
+}
+
+/* Fill the window with what the segment that came ahead held of it. */
+static __always_inline void ahead_fill(struct conn_state *cs)
+{
+	struct ahead_ctx c = { .cs = cs, .rel = (__s32)(cs->ahead_seq - cs->resp_seq) };
+
+	if (!cs->ahead_mask || c.rel >= WIN_BYTES || c.rel <= -WIN_BYTES)
+		return;
+	bpf_loop(WIN_BYTES, ahead_byte, &c, 0);
+}
+
+struct held_ctx {
+	const __u8 *buf; /* cs->win or cs->ahead */
+	__u32 mask;	 /* which of its bytes are held */
+	__u32 from;	 /* index of the scan point in it */
+	__u32 crlf;
+	__u32 stop; /* index scanned up to, or past the headers' end */
+	bool end;
+};
+
+static long held_byte(__u32 i, struct held_ctx *c)
+{
+	__u32 at = c->from + i, m = c->crlf;
+
+	if (at >= WIN_BYTES || !(c->mask & (1u << at)))
+		return 1;
+	__u8 b = c->buf[at & (WIN_BYTES - 1)];
+	c->crlf = b == ((m & 1) ? '\n' : '\r') ? m + 1 : (b == '\r' ? 1 : 0);
+	c->stop = at + 1;
+	if (c->crlf == 4) {
+		c->end = true;
+		return 1;
+	}
+	return 0;
+}
+
+/* The in-order scan for the end of interim headers goes on through bytes
+ * held from segments it will not see again: the window's bytes after an
+ * interim status line put together in it (`ahead` false), or the first
+ * bytes of the segment that came ahead (`ahead` true). Returns true when
+ * the headers end there: resp_seq is then the next status line's. */
+__noinline int scan_held(struct conn_state *cs, int ahead)
+{
+	/* A global function: verified once, not at each call site. */
+	if (!cs)
+		return 0;
+	struct held_ctx c = {
+		.buf = ahead ? cs->ahead : cs->win,
+		.mask = ahead ? cs->ahead_mask : cs->win_mask,
+		.crlf = cs->crlf,
+	};
+	/* The window starts 12 bytes before the scan point. */
+	__u32 base = ahead ? cs->ahead_seq : cs->resp_seq - 12;
+
+	c.from = cs->resp_seq - base;
+	if (c.from >= WIN_BYTES || !(c.mask & (1u << c.from)))
+		return 0;
+	c.stop = c.from;
+	bpf_loop(WIN_BYTES, held_byte, &c, 0);
+	cs->resp_seq = base + c.stop;
+	cs->crlf = c.crlf;
+	if (!c.end)
+		return 0;
+	cs->phase = PHASE_AWAIT_RESPONSE;
+	cs->win_mask = 0;
+	cs->crlf = 0;
+	if ((cs->flags & CF_NEXT_KNOWN) && cs->next_seq == cs->resp_seq) {
+		cs->flags &= ~CF_NEXT_KNOWN;
+		__builtin_memcpy(cs->win, cs->next_win, WIN_BYTES);
+		cs->win_mask = cs->next_mask;
+	}
+	return 1;
+}
+
 /* The status line in cs->win (its first 12 bytes in): count it. Returns
  * true when it was an interim 1xx (its headers' end is looked for next). */
 static __always_inline bool status_parsed(const struct conn_key *k, struct conn_state *cs,
@@ -1000,6 +1127,7 @@ static __always_inline bool status_parsed(const struct conn_key *k, struct conn_
 	cs->phase = PHASE_INTERIM;
 	cs->resp_seq += 12;
 	cs->crlf = cs->win[10] == '\r' && cs->win[11] == '\n' ? 2 : 0;
+	scan_held(cs, 0);
 	return true;
 }
 
@@ -1023,6 +1151,7 @@ static __always_inline bool status_window(struct __sk_buff *skb, const struct co
 	if (rel > 0 && rel + (__s32)s->payload_len > WIN_BYTES)
 		look_ahead(skb, cs, s);
 	window_fill(skb, cs, s);
+	ahead_fill(cs);
 	/* "HTTP/" is all there and wrong: not HTTP, stop looking. */
 	if ((cs->win_mask & 0x1f) == 0x1f && !http_at(cs->win)) {
 		cs->flags |= CF_GARBLED;
@@ -1099,6 +1228,19 @@ static __noinline void look_ahead(struct __sk_buff *skb, struct conn_state *cs, 
 	struct scratch *sc;
 	__u32 at;
 
+	/* Keep the first bytes of the earliest segment wholly ahead (a stale
+	 * one, wholly before the window, gives way). */
+	__s32 rel = (__s32)(s->seq - cs->resp_seq);
+	if (rel >= (cs->phase == PHASE_INTERIM ? 1 : WIN_BYTES) &&
+	    (!cs->ahead_mask || (__s32)(s->seq - cs->ahead_seq) < 0 ||
+	     (__s32)(cs->ahead_seq + WIN_BYTES - cs->resp_seq) <= 0)) {
+		__u32 m = clamp_len(s->payload_len, WIN_BYTES);
+		cs->ahead_mask = 0;
+		if (!bpf_skb_load_bytes(skb, s->payload_off, cs->ahead, m)) {
+			cs->ahead_seq = s->seq;
+			cs->ahead_mask = (1u << m) - 1;
+		}
+	}
 	if ((cs->flags & CF_NEXT_KNOWN) && (__s32)(cs->next_seq - s->seq) <= 0)
 		return; /* an earlier one is known */
 	/* The "\r\n\r\n" may have begun in the segment before: "HTTP/",
@@ -1121,21 +1263,29 @@ static __noinline void look_ahead(struct __sk_buff *skb, struct conn_state *cs, 
 			.status = 1,
 		};
 		bpf_loop(SCAN_CHUNKS, scan_chunk, &c, 0);
-		if (!c.found)
+		/* Headers ending with the segment, or followed by the start
+		 * of "HTTP/" only: the next status line starts right after
+		 * the "\r\n\r\n". */
+		if (!c.found && c.crlf < 4)
 			return;
-		at = c.found;
+		at = c.found ? c.found : c.end - (c.crlf - 4);
 	}
 	__u32 next = s->seq + (at - s->payload_off);
 	/* Past the status line awaited (or the interim being scanned). */
 	if ((__s32)(next - cs->resp_seq) < (cs->phase == PHASE_INTERIM ? 1 : 12))
 		return;
-	cs->next_seq = next;
-	cs->next_mask = 0;
-	cs->flags |= CF_NEXT_KNOWN;
+	if (!(cs->flags & CF_NEXT_KNOWN) || next != cs->next_seq) {
+		/* (The same one again: add what this segment holds of it.) */
+		if ((cs->flags & CF_NEXT_KNOWN) && (__s32)(next - cs->next_seq) > 0)
+			return;
+		cs->next_seq = next;
+		cs->next_mask = 0;
+		cs->flags |= CF_NEXT_KNOWN;
+	}
 	/* Keep what this segment holds of that status line. */
 	__u32 n = s->payload_off + s->payload_len - at, i;
 	sc = scratch_get();
-	if (!sc)
+	if (!sc || !n)
 		return;
 	n = clamp_len(n, WIN_BYTES);
 	if (bpf_skb_load_bytes(skb, at, sc->buf, n))
@@ -1174,6 +1324,13 @@ static __noinline bool interim_scan(struct __sk_buff *skb, struct conn_state *cs
 		cs->phase = PHASE_AWAIT_RESPONSE;
 		cs->win_mask = 0;
 		cs->crlf = 0;
+		/* The next status line came ahead of this segment: it will
+		 * not come again, take what that segment held of it. */
+		if ((cs->flags & CF_NEXT_KNOWN) && cs->next_seq == cs->resp_seq) {
+			cs->flags &= ~CF_NEXT_KNOWN;
+			__builtin_memcpy(cs->win, cs->next_win, WIN_BYTES);
+			cs->win_mask = cs->next_mask;
+		}
 		return true;
 	}
 	cs->resp_seq = s->seq + (c.off - s->payload_off);
@@ -1181,21 +1338,26 @@ static __noinline bool interim_scan(struct __sk_buff *skb, struct conn_state *cs
 	return false;
 }
 
-/* The in-order scan stopped at a hole while a later status line is known
- * from a segment that came ahead of it: the hole held the end of the
- * interim headers (its bytes will not all come again in order), so the
- * exchange goes on there. Interim responses inside the hole go uncounted;
+/* The in-order scan stopped where a segment came ahead of it, and a later
+ * status line is known from the segments that came ahead: the end of the
+ * interim headers was in them (their bytes will not come again in order),
+ * so the exchange goes on there. Interim responses inside the hole go uncounted;
  * the final status counts. Returns true when a 1xx was counted. */
 static __always_inline bool next_known(const struct conn_key *k, struct conn_state *cs,
 				       struct peer_counters *pc)
 {
 	if (!(cs->flags & CF_NEXT_KNOWN) || (__s32)(cs->next_seq - cs->resp_seq) < 0)
 		return false;
+	/* Only when the bytes at the scan point came already (and so will
+	 * not come in order): before a gap not yet filled, wait for it. */
+	if ((__s32)(cs->rcv_cont - cs->resp_seq) <= 0)
+		return false;
 	cs->flags &= ~CF_NEXT_KNOWN;
 	cs->resp_seq = cs->next_seq;
 	__builtin_memcpy(cs->win, cs->next_win, WIN_BYTES);
 	cs->win_mask = cs->next_mask;
 	cs->phase = PHASE_AWAIT_RESPONSE;
+	ahead_fill(cs);
 	if ((cs->win_mask & 0xfff) != 0xfff)
 		return false; /* the rest comes with later segments */
 	return status_parsed(k, cs, pc);
@@ -1211,10 +1373,39 @@ static __noinline void responses(struct __sk_buff *skb, const struct conn_key *k
 	for (i = 0; i < MAX_STATUS_LINES; i++) {
 		if (cs->phase == PHASE_AWAIT_RESPONSE && !status_window(skb, k, cs, s, pc))
 			break;
+		/* A 1xx whose headers ended in its window: the next one. */
+		if (cs->phase == PHASE_AWAIT_RESPONSE)
+			continue;
 		if (cs->phase != PHASE_INTERIM)
 			break;
-		if (!interim_scan(skb, cs, s) && !next_known(k, cs, pc))
+		if (!interim_scan(skb, cs, s) && !scan_held(cs, 1) && !next_known(k, cs, pc))
 			break;
+	}
+}
+
+/* Ingress bytes [a, b) were seen: extend the gapless run, or keep them as
+ * the nearest run beyond a gap (one run: a farther disjoint one is not
+ * kept). */
+static __always_inline void seen_range(struct conn_state *cs, __u32 a, __u32 b)
+{
+	if ((__s32)(a - cs->rcv_cont) <= 0) {
+		if ((__s32)(b - cs->rcv_cont) > 0)
+			cs->rcv_cont = b;
+		if (cs->ooo_hi != cs->ooo_lo && (__s32)(cs->ooo_lo - cs->rcv_cont) <= 0) {
+			if ((__s32)(cs->ooo_hi - cs->rcv_cont) > 0)
+				cs->rcv_cont = cs->ooo_hi;
+			cs->ooo_hi = cs->ooo_lo;
+		}
+		return;
+	}
+	if (cs->ooo_hi == cs->ooo_lo || (__s32)(b - cs->ooo_lo) < 0) {
+		cs->ooo_lo = a; /* the first, or a nearer one */
+		cs->ooo_hi = b;
+	} else if ((__s32)(a - cs->ooo_hi) <= 0) {
+		if ((__s32)(a - cs->ooo_lo) < 0)
+			cs->ooo_lo = a;
+		if ((__s32)(b - cs->ooo_hi) > 0)
+			cs->ooo_hi = b;
 	}
 }
 
@@ -1228,6 +1419,8 @@ static __always_inline void ingress_payload(struct __sk_buff *skb, const struct 
 {
 	__u32 end = s->seq + s->payload_len;
 	__s32 d = (__s32)(end - cs->rcv_nxt);
+
+	seen_range(cs, s->seq, end);
 
 	if (d > 0) {
 		if (pc)
@@ -1280,6 +1473,7 @@ static __noinline struct conn_state *on_untracked_payload(struct __sk_buff *skb,
 	c->snd_nxt = s->seq + s->payload_len;
 	/* What we acknowledge is where the response starts. */
 	c->rcv_nxt = s->ack;
+	c->rcv_cont = s->ack;
 	c->resp_seq = s->ack;
 	c->req_ts = bpf_ktime_get_ns();
 	c->last_ts = c->req_ts;
@@ -1289,6 +1483,10 @@ static __noinline struct conn_state *on_untracked_payload(struct __sk_buff *skb,
 		return bpf_map_lookup_elem(&conns, k);
 	if (err)
 		stat_inc(STAT_CONN_TABLE_FULL);
+	else
+		/* Marks the entry used: the LRU then evicts idle connections
+		 * before this one, whose response is still to come. */
+		bpf_map_lookup_elem(&conns, k);
 	if (pc)
 		pc->sent_bytes += s->payload_len;
 	return NULL;
@@ -1408,6 +1606,7 @@ int upstreamtop_ingress(struct __sk_buff *skb)
 		if ((s.flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK) && s.ack == cs->syn_isn + 1) {
 			cs->phase = PHASE_IDLE;
 			cs->rcv_nxt = s.seq + 1;
+			cs->rcv_cont = s.seq + 1;
 			cs->snd_nxt = cs->syn_isn + 1;
 			cs->last_ts = bpf_ktime_get_ns();
 			if (pc)

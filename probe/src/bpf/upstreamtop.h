@@ -118,9 +118,22 @@ struct conn_state {
 	 * of order (CF_NEXT_KNOWN): after an interim response whose end lies
 	 * in a hole, the exchange goes on there. */
 	__u32 next_seq;
-	__u32 _pad;
+	/* The first bytes of the earliest segment that came ahead of the
+	 * bytes the exchange waits for (ahead_mask: which are held): a status
+	 * line that begins in the hole before it ends in them. */
+	__u32 ahead_seq;
+	__u16 ahead_mask;
+	__u16 _pad16;
+	/* Ingress bytes seen without a gap up to here (rcv_cont), and the
+	 * nearest run seen beyond a gap ([ooo_lo, ooo_hi), empty when
+	 * equal): the in-order scan knows whether the bytes it needs next
+	 * came already (out of order) or are still to come. */
+	__u32 rcv_cont;
+	__u32 ooo_lo;
+	__u32 ooo_hi;
 	__u8 next_win[WIN_BYTES];
 	__u8 win[WIN_BYTES];
+	__u8 ahead[WIN_BYTES];
 	__u8 req[REQ_BYTES];
 };
 
