@@ -32,6 +32,8 @@ pub struct AggLimits {
     pub recent_per_interval: usize,
     /// Length of the recent feed.
     pub recent_len: usize,
+    /// Peers of other TCP kept (the least recently active dropped first).
+    pub max_tcp_peers: usize,
 }
 
 /// Everything read from the BPF maps for one publish.
@@ -208,7 +210,7 @@ impl Aggregator {
             conn_evicted: 0,
             parse_errors: 0,
             base: Default::default(),
-            tcp: TcpPeers::default(),
+            tcp: TcpPeers::new(limits.max_tcp_peers),
             key: String::new(),
             codes: Vec::new(),
             out: Snapshot::default(),
@@ -579,7 +581,7 @@ mod tests {
     }
 
     fn limits(max_routes: usize) -> AggLimits {
-        AggLimits { max_routes, history_len: 3, recent_per_interval: 2, recent_len: 4 }
+        AggLimits { max_routes, history_len: 3, recent_per_interval: 2, recent_len: 4, max_tcp_peers: 16 }
     }
 
     fn totals(peer: SocketAddr, requests: u64) -> BpfTotals {

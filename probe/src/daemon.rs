@@ -157,6 +157,7 @@ pub fn run(cli: Cli) -> Result<()> {
         history_len: cli.history as usize,
         recent_per_interval: RECENT_PER_INTERVAL,
         recent_len: RECENT_LEN,
+        max_tcp_peers: cli.max_tcp_peers as usize,
     })));
     if let Some(last) = &previous {
         let how = if progs.resumed() { Resume::Maps } else { Resume::TableOnly };

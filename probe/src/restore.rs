@@ -186,7 +186,13 @@ mod tests {
     use crate::bpf::peer_key_of;
 
     fn agg() -> Aggregator {
-        Aggregator::new(AggLimits { max_routes: 10, history_len: 5, recent_per_interval: 10, recent_len: 10 })
+        Aggregator::new(AggLimits {
+            max_routes: 10,
+            history_len: 5,
+            recent_per_interval: 10,
+            recent_len: 10,
+            max_tcp_peers: 10,
+        })
     }
 
     fn event(peer: SocketAddr, req: &[u8], status: u16) -> types::exchange_event {

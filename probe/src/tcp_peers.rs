@@ -4,8 +4,9 @@
 //! the HTTP backends' slots, so that a host's other TCP (databases, TLS
 //! upstreams, downloads) never takes an HTTP backend's place. This module
 //! turns that map into monotonic per-peer totals: a value the LRU forgot is
-//! banked, and a peer nobody connected to for [`FORGET_NS`] is dropped, so
-//! the daemon's memory stays bounded however many destinations come and go.
+//! banked, and a peer nobody connected to for [`FORGET_NS`] is dropped, as
+//! are the least recently active beyond `--max-tcp-peers`, so the daemon's
+//! memory stays bounded however many destinations come and go.
 //! A peer that is an HTTP backend too gets these counts added to its own.
 
 use std::collections::{HashMap, HashSet};
@@ -46,12 +47,18 @@ impl Part {
 }
 
 /// Per-peer totals of connections that carried no HTTP.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TcpPeers {
     parts: HashMap<SocketAddr, Part>,
+    /// Peers kept that are not HTTP backends.
+    max: usize,
 }
 
 impl TcpPeers {
+    pub fn new(max: usize) -> Self {
+        TcpPeers { parts: HashMap::new(), max }
+    }
+
     /// An attempt to `peer` that was never answered (from the sweeper).
     pub fn on_unanswered_syn(&mut self, peer: SocketAddr, now_mono_ns: u64) {
         let p = self.parts.entry(peer).or_default();
@@ -94,6 +101,19 @@ impl TcpPeers {
                 || seen.contains(addr)
                 || now_mono_ns.saturating_sub(p.touched_mono_ns) < FORGET_NS
         });
+        let others = self.parts.keys().filter(|a| !http.contains(*a)).count();
+        if others > self.max {
+            let mut by_age: Vec<(u64, SocketAddr)> = self
+                .parts
+                .iter()
+                .filter(|(a, _)| !http.contains(*a))
+                .map(|(a, p)| (p.touched_mono_ns, *a))
+                .collect();
+            by_age.sort_unstable();
+            for (_, a) in &by_age[..others - self.max] {
+                self.parts.remove(a);
+            }
+        }
     }
 
     /// Add the counts of `addr` to an HTTP peer's counters.
@@ -148,7 +168,7 @@ mod tests {
     fn forgotten_values_are_banked_and_idle_peers_leave() {
         let a: SocketAddr = "10.0.0.1:5432".parse().unwrap();
         let http = HashSet::new();
-        let mut t = TcpPeers::default();
+        let mut t = TcpPeers::new(16);
         t.update(&[(a, tc(3, 2))], &http, 1);
         // The LRU forgot it, then a new connection made it anew.
         t.update(&[], &http, 2);
@@ -170,7 +190,7 @@ mod tests {
     fn an_http_peer_gets_its_other_connections_added_and_is_kept() {
         let a: SocketAddr = "10.0.0.2:80".parse().unwrap();
         let http: HashSet<SocketAddr> = [a].into();
-        let mut t = TcpPeers::default();
+        let mut t = TcpPeers::new(16);
         t.update(&[(a, tc(1, 1))], &http, 1);
         t.update(&[], &http, 2 * FORGET_NS);
         assert!(t.others(&http).is_empty());
@@ -180,5 +200,20 @@ mod tests {
         };
         t.add_to(&a, &mut c);
         assert_eq!((c.conn_opened, c.conn_closed), (6, 1));
+    }
+
+    #[test]
+    fn beyond_the_bound_the_least_recently_active_leave_first() {
+        let peer = |i: u8| SocketAddr::from(([10, 0, 1, i], 443));
+        let http: HashSet<SocketAddr> = [peer(0)].into();
+        let mut t = TcpPeers::new(3);
+        for i in 0..6u8 {
+            t.update(&[(peer(i), tc(1, 1))], &http, 1 + u64::from(i));
+        }
+        let kept: Vec<SocketAddr> = t.others(&http).into_iter().map(|(a, _)| a).collect();
+        assert_eq!(kept, vec![peer(3), peer(4), peer(5)]);
+        let mut c = types::peer_counters::default();
+        t.add_to(&peer(0), &mut c);
+        assert_eq!(c.conn_opened, 1, "an HTTP backend's share is kept whatever the bound");
     }
 }

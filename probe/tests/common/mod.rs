@@ -262,6 +262,7 @@ impl Harness {
             history_len: 60,
             recent_per_interval: 20,
             recent_len: 100,
+            max_tcp_peers: 256,
         })));
         let a = agg.clone();
         let ring = progs
