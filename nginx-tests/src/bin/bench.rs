@@ -62,10 +62,11 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     baseline_probe: Option<PathBuf>,
     /// Override the number of block pairs of --baseline-probe (12; more
-    /// pairs narrow the intervals), and a block's length in seconds (5).
-    #[arg(long)]
+    /// pairs narrow the intervals).
+    #[arg(long, value_name = "N")]
     baseline_blocks: Option<usize>,
-    #[arg(long)]
+    /// Override the length of one block of --baseline-probe, in seconds (5).
+    #[arg(long, value_name = "SECS")]
     baseline_block_secs: Option<u64>,
     /// Seed of part 7's impaired link (traffic plan, the link's decisions
     /// and rates) [default: a random one, printed]: replays a run.
