@@ -965,6 +965,13 @@ static __always_inline void egress_payload(struct __sk_buff *skb, const struct c
 		n -= off;
 	}
 	cs->snd_nxt = s->seq + s->payload_len;
+	/* What this host acknowledges, its kernel received, and so this
+	 * program saw: the gapless run reaches at least there. */
+	if ((__s32)(s->ack - cs->rcv_cont) > 0) {
+		cs->rcv_cont = s->ack;
+		if ((__s32)(cs->ooo_hi - cs->rcv_cont) <= 0)
+			cs->ooo_hi = cs->ooo_lo;
+	}
 	if ((phase == PHASE_AWAIT_RESPONSE || phase == PHASE_INTERIM) &&
 	    status_lost_resync(skb, cs, s->payload_off + off, n))
 		phase = PHASE_IN_RESPONSE;
@@ -1247,7 +1254,8 @@ static __noinline void look_ahead(struct __sk_buff *skb, struct conn_state *cs, 
 	 * "\nHTTP/" or "\r\nHTTP/" at the start count, and the scan starts
 	 * as if a "\r" came before. */
 	__u8 h[8] = {};
-	bool got = s->payload_len >= 7 && !bpf_skb_load_bytes(skb, s->payload_off, h, 7);
+	bool chained = s->seq == cs->la_end;
+	bool got = !chained && s->payload_len >= 7 && !bpf_skb_load_bytes(skb, s->payload_off, h, 7);
 	if (got && http_at(h)) {
 		at = s->payload_off;
 	} else if (got && h[0] == '\n' && http_at(h + 1)) {
@@ -1259,10 +1267,17 @@ static __noinline void look_ahead(struct __sk_buff *skb, struct conn_state *cs, 
 			.skb = skb,
 			.off = s->payload_off,
 			.end = s->payload_off + s->payload_len,
-			.crlf = 1,
+			/* Carried from the segment before when it was scanned
+			 * here too. */
+			.crlf = chained ? cs->la_crlf : 1,
 			.status = 1,
 		};
 		bpf_loop(SCAN_CHUNKS, scan_chunk, &c, 0);
+		/* (A repeat of an older segment does not break the chain.) */
+		if (chained || (__s32)(s->seq + s->payload_len - cs->la_end) > 0) {
+			cs->la_end = s->seq + s->payload_len;
+			cs->la_crlf = c.found ? 0 : c.crlf;
+		}
 		/* Headers ending with the segment, or followed by the start
 		 * of "HTTP/" only: the next status line starts right after
 		 * the "\r\n\r\n". */
@@ -1282,19 +1297,31 @@ static __noinline void look_ahead(struct __sk_buff *skb, struct conn_state *cs, 
 		cs->next_mask = 0;
 		cs->flags |= CF_NEXT_KNOWN;
 	}
-	/* Keep what this segment holds of that status line. */
-	__u32 n = s->payload_off + s->payload_len - at, i;
+	/* Keep what this segment holds of that status line; its first bytes
+	 * may be in the segment before: "HTTP" matched there. */
+	__u32 pre = at < s->payload_off ? s->payload_off - at : 0, i;
+	if (pre > 0)
+		cs->next_win[0] = 'H';
+	if (pre > 1)
+		cs->next_win[1] = 'T';
+	if (pre > 2)
+		cs->next_win[2] = 'T';
+	if (pre > 3)
+		cs->next_win[3] = 'P';
+	pre &= 7;
+	cs->next_mask |= (1u << pre) - 1;
+	__u32 from = at + pre, n = s->payload_off + s->payload_len - from;
 	sc = scratch_get();
-	if (!sc || !n)
+	if (!sc || !n || pre > 4)
 		return;
-	n = clamp_len(n, WIN_BYTES);
-	if (bpf_skb_load_bytes(skb, at, sc->buf, n))
+	n = clamp_len(n, WIN_BYTES - pre);
+	if (bpf_skb_load_bytes(skb, from, sc->buf, n))
 		return;
 	for (i = 0; i < WIN_BYTES; i++) {
 		if (i >= n)
 			break;
-		cs->next_win[i] = sc->buf[i];
-		cs->next_mask |= 1 << i;
+		cs->next_win[(pre + i) & (WIN_BYTES - 1)] = sc->buf[i];
+		cs->next_mask |= 1 << ((pre + i) & (WIN_BYTES - 1));
 	}
 }
 

@@ -131,6 +131,11 @@ struct conn_state {
 	__u32 rcv_cont;
 	__u32 ooo_lo;
 	__u32 ooo_hi;
+	/* Where the last segment scanned ahead ended, and the "\r\n\r\nHTTP/"
+	 * bytes matched at its end: a pattern split between two segments
+	 * that come one after the other is still found. */
+	__u32 la_end;
+	__u32 la_crlf;
 	__u8 next_win[WIN_BYTES];
 	__u8 win[WIN_BYTES];
 	__u8 ahead[WIN_BYTES];
