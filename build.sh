@@ -230,7 +230,7 @@ cmd_bench() {
     say "bench: cargo build --release (probe, module + vendored nginx, bench)"
     cargo build --release -p upstreamtop-probe -p ngx_http_upstreamtop_module
     cargo build --release -p nginx-tests --bin bench
-    say "bench: $REL/bench $* (full suite: about 8 minutes; --quick: under a minute)"
+    say "bench: $REL/bench $* (full suite: about 9 minutes; --quick: under a minute)"
     "$REL/bench" "$@"
 }
 
