@@ -686,6 +686,12 @@ mod tests {
         let mut got = vec![0u8; want.len()];
         conn.read_exact(&mut got).unwrap();
         assert_eq!(got, want);
+        // The backend counts a write once it returned: the client may have
+        // read the bytes a moment before.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while backend.bytes_written() < want.len() as u64 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!((backend.bytes_read(), backend.bytes_written()), (request.len() as u64, want.len() as u64));
         assert_eq!(backend.interims(), BTreeMap::from([(100, 1)]));
     }
