@@ -35,7 +35,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -47,6 +46,7 @@ use crate::impair::{BridgeStats, ImpairConfig, ImpairedNetns, Impairment, TcpCou
 use crate::load::{self, Headers, LoadSpec, Route};
 use crate::nginx::{Nginx, NginxConf};
 use crate::probe::Probe;
+use crate::upstream_log::{self, LOG_FORMAT};
 
 /// The test's seed.
 pub const SEED: u64 = 14;
@@ -260,83 +260,6 @@ impl Row {
         rows.extend(codes.into_iter().map(Row::Code));
         rows.extend([Row::NoResponse, Row::Sent, Row::Received]);
         rows
-    }
-}
-
-/// What nginx's access log says about one upstream address.
-#[derive(Debug, Clone, Default)]
-pub struct LogSide {
-    pub attempts: u64,
-    pub statuses: BTreeMap<u16, u64>,
-    /// Attempts nginx itself failed (502/504: no backend here sends those).
-    pub failed: u64,
-    pub sent: u64,
-    pub received: u64,
-}
-
-/// `log_format upstreams`: one field per upstream variable, `|`-separated.
-const LOG_FORMAT: &str =
-    "log_format upstreams '$upstream_addr|$upstream_status|$upstream_bytes_sent|$upstream_bytes_received';";
-
-/// Sum the log per upstream address. Each field is a list when nginx tried
-/// several servers (`a, b`), or went through several groups (`a : b`).
-pub fn parse_log(text: &str) -> Result<BTreeMap<SocketAddr, LogSide>> {
-    let list = |field: &str| -> Vec<String> {
-        field
-            .split(',')
-            .flat_map(|s| s.split(" : "))
-            .map(|s| s.trim().to_owned())
-            .collect()
-    };
-    let mut out: BTreeMap<SocketAddr, LogSide> = BTreeMap::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split('|').collect();
-        let [addrs, statuses, sent, received] = fields[..] else {
-            bail!("log line with {} fields: {line:?}", fields.len());
-        };
-        if addrs == "-" {
-            continue; // answered by nginx itself (/health, /upstreamtop)
-        }
-        let (addrs, statuses, sent, received) =
-            (list(addrs), list(statuses), list(sent), list(received));
-        if [statuses.len(), sent.len(), received.len()] != [addrs.len(); 3] {
-            bail!("upstream lists of different lengths: {line:?}");
-        }
-        for (i, addr) in addrs.iter().enumerate() {
-            let addr: SocketAddr = addr
-                .parse()
-                .with_context(|| format!("upstream address in {line:?}"))?;
-            let side = out.entry(addr).or_default();
-            side.attempts += 1;
-            let status: u16 = statuses[i].parse().unwrap_or(0);
-            *side.statuses.entry(status).or_insert(0) += 1;
-            if matches!(status, 0 | 502 | 504) {
-                side.failed += 1;
-            }
-            side.sent += sent[i].parse::<u64>().unwrap_or(0);
-            side.received += received[i].parse::<u64>().unwrap_or(0);
-        }
-    }
-    Ok(out)
-}
-
-/// The access log once it holds `requests` proxied lines: a worker logs a
-/// request just after its last byte went out, so the client may be a hair
-/// ahead of the log.
-fn read_log(path: &Path, requests: usize) -> Result<BTreeMap<SocketAddr, LogSide>> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let proxied = text.lines().filter(|l| !l.starts_with("-|")).count();
-        if proxied >= requests || Instant::now() > deadline {
-            ensure!(
-                proxied == requests,
-                "proxied lines in {}: {proxied}, expected {requests}",
-                path.display()
-            );
-            return parse_log(&text);
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -898,7 +821,7 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
     );
 
     // Ground truth per backend.
-    let log = read_log(
+    let log = upstream_log::read(
         &nginx.prefix().join("logs/upstreams.log"),
         spec.nginx_requests as usize,
     )?;

@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use nginx_tests::backend::{Backend, Profile};
 use nginx_tests::netns::Netns;
 use nginx_tests::nginx::{Nginx, NginxConf};
 use nginx_tests::probe::Probe;
+use nginx_tests::upstream_log::{self, LOG_FORMAT};
 use nginx_tests::{http, prereq};
 use upstreamtop_table::Snapshot;
 
@@ -47,50 +47,6 @@ const ANSWERED: u64 = 30;
 const SETTLE: Duration = Duration::from_secs(60);
 /// How long a counted failure is watched for a second count.
 const HOLD: Duration = Duration::from_secs(6);
-
-const LOG_FORMAT: &str =
-    "log_format upstreams '$upstream_addr|$upstream_status|$status|$request_time';";
-
-/// What nginx's access log says about one upstream address.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct LogSide {
-    attempts: u64,
-    /// `$upstream_status` per attempt.
-    statuses: BTreeMap<u16, u64>,
-}
-
-/// Sum the log per upstream address (lists `a, b` / `a : b` per attempt).
-fn parse_log(text: &str) -> BTreeMap<SocketAddr, LogSide> {
-    let list = |field: &str| -> Vec<String> {
-        field
-            .split(',')
-            .flat_map(|s| s.split(" : "))
-            .map(|s| s.trim().to_owned())
-            .collect()
-    };
-    let mut out: BTreeMap<SocketAddr, LogSide> = BTreeMap::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split('|').collect();
-        assert_eq!(fields.len(), 4, "log line {line:?}");
-        if fields[0] == "-" {
-            continue; // answered by nginx itself (/health, /upstreamtop)
-        }
-        let (addrs, statuses) = (list(fields[0]), list(fields[1]));
-        assert_eq!(addrs.len(), statuses.len(), "log line {line:?}");
-        for (addr, status) in addrs.iter().zip(&statuses) {
-            let addr: SocketAddr = addr
-                .parse()
-                .unwrap_or_else(|_| panic!("address in {line:?}"));
-            let side = out.entry(addr).or_default();
-            side.attempts += 1;
-            *side
-                .statuses
-                .entry(status.parse().unwrap_or(0))
-                .or_insert(0) += 1;
-        }
-    }
-    out
-}
 
 /// `Ip: InAddrErrors` of the calling thread's namespace: packets to an
 /// address that is not local, which a namespace that does not forward
@@ -205,25 +161,6 @@ fn json(nginx: &Nginx) -> serde_json::Value {
     serde_json::from_slice(&resp.body).expect("JSON")
 }
 
-/// The access log once it holds `lines` proxied lines.
-fn read_log(path: &Path, lines: usize) -> BTreeMap<SocketAddr, LogSide> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let proxied = text.lines().filter(|l| !l.starts_with("-|")).count();
-        if proxied >= lines || Instant::now() > deadline {
-            assert_eq!(
-                proxied,
-                lines,
-                "proxied lines in {}:\n{text}",
-                path.display()
-            );
-            return parse_log(&text);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A location for `group` with its own connect timeout.
 fn location(prefix: &str, group: &str, timeout: &str) -> String {
     format!(
@@ -320,7 +257,8 @@ fn unanswered_and_refused_connects_are_one_failure_each() {
     // Ground truth: nginx's log, one attempt per blackholed backend, every
     // refused one logged.
     let lines = (2 + REFUSED + ANSWERED) as usize;
-    let log = read_log(&nginx.prefix().join("logs/upstreams.log"), lines);
+    let log = upstream_log::read(&nginx.prefix().join("logs/upstreams.log"), lines)
+        .expect("nginx's access log");
     let side = |addr: SocketAddr| log.get(&addr).cloned().unwrap_or_default();
     assert_eq!(side(short).statuses, BTreeMap::from([(504, 1)]), "{log:?}");
     assert_eq!(

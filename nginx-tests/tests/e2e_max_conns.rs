@@ -25,7 +25,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nginx_tests::backend::{Backend, Profile};
@@ -33,6 +32,7 @@ use nginx_tests::load::{self, LoadSpec, Route};
 use nginx_tests::netns::Netns;
 use nginx_tests::nginx::{Nginx, NginxConf};
 use nginx_tests::probe::Probe;
+use nginx_tests::upstream_log::{self, LOG_FORMAT};
 use nginx_tests::{http, prereq};
 use upstreamtop_table::Snapshot;
 
@@ -42,9 +42,6 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// The probe is taken as settled when its figures stayed the same this long.
 const STABLE: Duration = Duration::from_secs(3);
 
-const LOG_FORMAT: &str =
-    "log_format upstreams '$upstream_addr|$upstream_status|$upstream_bytes_sent|$upstream_bytes_received';";
-
 /// The figures compared, for one backend.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Figures {
@@ -53,65 +50,6 @@ struct Figures {
     no_response: u64,
     sent: u64,
     received: u64,
-}
-
-/// What nginx's access log says about one upstream address.
-#[derive(Debug, Clone, Default)]
-struct LogSide {
-    statuses: BTreeMap<u16, u64>,
-    sent: u64,
-    received: u64,
-}
-
-/// Sum the log per upstream address (lists `a, b` / `a : b` per attempt).
-fn parse_log(text: &str) -> BTreeMap<SocketAddr, LogSide> {
-    let list = |field: &str| -> Vec<String> {
-        field
-            .split(',')
-            .flat_map(|s| s.split(" : "))
-            .map(|s| s.trim().to_owned())
-            .collect()
-    };
-    let mut out: BTreeMap<SocketAddr, LogSide> = BTreeMap::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split('|').collect();
-        assert_eq!(fields.len(), 4, "log line {line:?}");
-        if fields[0] == "-" {
-            continue; // answered by nginx itself (/health, /upstreamtop)
-        }
-        let [addrs, statuses, sent, received] = [0, 1, 2, 3].map(|i| list(fields[i]));
-        assert!(
-            [statuses.len(), sent.len(), received.len()] == [addrs.len(); 3],
-            "{line:?}"
-        );
-        for (i, addr) in addrs.iter().enumerate() {
-            let addr: SocketAddr = addr
-                .parse()
-                .unwrap_or_else(|_| panic!("address in {line:?}"));
-            let side = out.entry(addr).or_default();
-            *side
-                .statuses
-                .entry(statuses[i].parse().unwrap_or(0))
-                .or_insert(0) += 1;
-            side.sent += sent[i].parse::<u64>().unwrap_or(0);
-            side.received += received[i].parse::<u64>().unwrap_or(0);
-        }
-    }
-    out
-}
-
-/// The access log once it holds `lines` proxied lines.
-fn read_log(path: &Path, lines: usize) -> BTreeMap<SocketAddr, LogSide> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let proxied = text.lines().filter(|l| !l.starts_with("-|")).count();
-        if proxied >= lines || Instant::now() > deadline {
-            assert_eq!(proxied, lines, "proxied lines in {}", path.display());
-            return parse_log(&text);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn from_table(snap: &Snapshot, addr: SocketAddr) -> Option<Figures> {
@@ -334,10 +272,11 @@ fn run(backends: usize, clients: usize, requests: u64, latency_ms: (u64, u64)) -
 
     // Ground truth per backend: its own counts, which nginx's log must
     // agree with (a check of the ground truth itself).
-    let log = read_log(
+    let log = upstream_log::read(
         &nginx.prefix().join("logs/upstreams.log"),
         requests as usize,
-    );
+    )
+    .expect("nginx's access log");
     let mut want: Vec<(SocketAddr, Figures)> = Vec::new();
     for b in &backends {
         let side = log.get(&b.addr()).cloned().unwrap_or_default();

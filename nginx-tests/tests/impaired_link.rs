@@ -33,8 +33,9 @@ use std::time::Instant;
 use nginx_tests::backend::{Backend, Profile};
 use nginx_tests::impair::{ImpairConfig, ImpairedNetns, TcpCounters};
 use nginx_tests::impaired_link::{
-    self, check_impaired, impairment, parse_log, shaped, RunSpec, MSS, SEED, SHAPES,
+    self, check_impaired, impairment, shaped, RunSpec, MSS, SEED, SHAPES,
 };
+use nginx_tests::upstream_log::parse as parse_log;
 use nginx_tests::{http, prereq};
 
 #[test]
