@@ -769,6 +769,13 @@ fn churn_of_non_http_destinations_and_http_backends_in_waves() {
         started.elapsed()
     );
     assert!(http_held <= 5 * MAX_PEERS);
+    // Other TCP is bounded by --max-tcp-peers, however many destinations
+    // came and went.
+    assert!(
+        most_tcp_rows <= MAX_TCP_PEERS && held2 - http_held <= MAX_TCP_PEERS,
+        "non-HTTP peers: {most_tcp_rows} rows after a wave, {} held; --max-tcp-peers {MAX_TCP_PEERS}",
+        held2 - http_held
+    );
     assert!(anon_grew <= anon_bound, "anon memory grew by {anon_grew} KiB, more than {anon_bound} KiB");
     assert!(rss_grew <= anon_bound + table_kb, "VmRSS grew by {rss_grew} KiB");
     assert!(hwm_grew <= anon_bound + table_kb, "VmHWM grew by {hwm_grew} KiB");
