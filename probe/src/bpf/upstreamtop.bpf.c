@@ -1278,10 +1278,11 @@ static __noinline void look_ahead(struct __sk_buff *skb, struct conn_state *cs, 
 			cs->la_end = s->seq + s->payload_len;
 			cs->la_crlf = c.found ? 0 : c.crlf;
 		}
-		/* Headers ending with the segment, or followed by the start
-		 * of "HTTP/" only: the next status line starts right after
-		 * the "\r\n\r\n". */
-		if (!c.found && c.crlf < 4)
+		/* Headers followed by the start of "HTTP/" only: the next
+		 * status line starts right after the "\r\n\r\n". (Not when
+		 * they end with the segment: that may be the final response's
+		 * own end, and nothing would come there.) */
+		if (!c.found && c.crlf < 5)
 			return;
 		at = c.found ? c.found : c.end - (c.crlf - 4);
 	}
