@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 
 use super::bpf_stats::{self, EmptyTcx, ProgStats};
 use super::figures::{num, Figure, Target};
-use super::overhead::{Attached, ProbeCost};
+use super::overhead::{checked, Attached, ProbeCost};
 use super::wrk::{self, WrkSpec};
 use super::{median, median_interval95, pair_ratios, Settings};
 
@@ -126,14 +126,7 @@ pub(super) fn measure(
     })();
     let result = load.stop().context("wrk");
     measured?;
-    let r = result?;
-    anyhow::ensure!(
-        r.socket_errors * 1000 <= r.requests && r.non_2xx_3xx == 0 && r.requests > 0,
-        "wrk run had {} socket errors and {} non-2xx/3xx responses out of {}",
-        r.socket_errors,
-        r.non_2xx_3xx,
-        r.requests
-    );
+    checked(result?)?;
     Ok(v)
 }
 

@@ -430,7 +430,7 @@ fn attached_run(spec: &WrkSpec, probe_args: &[&str], instrument: bool, cost: &mu
 /// A run that got error answers measures something else than proxying. A
 /// few socket errors (a timeout on a machine busy with other work) are
 /// tolerated: up to one in a thousand requests.
-fn checked(r: WrkResult) -> Result<WrkResult> {
+pub(super) fn checked(r: WrkResult) -> Result<WrkResult> {
     anyhow::ensure!(
         r.socket_errors * 1000 <= r.requests && r.non_2xx_3xx == 0 && r.requests > 0,
         "wrk run had {} socket errors and {} non-2xx/3xx responses out of {}",
