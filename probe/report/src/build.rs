@@ -28,12 +28,6 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// The group name `?upstream=` uses for peers no group lists.
 pub const UNLISTED: &str = "unlisted";
 
-/// How old a publish may be before the table counts as stale, ns:
-/// three intervals, and never less than 5 s.
-pub fn stale_after_ns(snap: &Snapshot) -> u64 {
-    snap.meta.interval_ns.saturating_mul(3).max(5_000_000_000)
-}
-
 /// True when the probe last published more than `max(3 × interval, 5 s)`
 /// before `now_unix_ns` (or never).
 pub fn stale(snap: &Snapshot, now_unix_ns: u64) -> bool {

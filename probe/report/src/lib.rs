@@ -23,7 +23,7 @@ mod prometheus;
 mod query;
 mod view_json;
 
-pub use build::{build_report, stale, stale_after_ns, stale_age_s, stale_age_s_meta, stale_meta, SCHEMA_VERSION, UNLISTED};
+pub use build::{build_report, stale, stale_age_s, stale_age_s_meta, stale_meta, SCHEMA_VERSION, UNLISTED};
 pub use config::{NginxConfig, Query, ServerConf, UpstreamConf};
 pub use json::{render_json, unavailable_json};
 pub use model::Report;
