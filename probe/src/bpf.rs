@@ -774,33 +774,6 @@ impl Programs {
         let out = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
         Ok((out.return_value as i32, out.duration))
     }
-
-    /// (name, run_time_ns, run_cnt) per program; counts only grow while
-    /// `kernel.bpf_stats_enabled=1`.
-    pub fn run_stats(&self) -> Result<Vec<(String, u64, u64)>> {
-        let mut out = Vec::new();
-        for (name, prog) in [
-            ("tcx/egress", &self.skel.progs.upstreamtop_egress),
-            ("tcx/ingress", &self.skel.progs.upstreamtop_ingress),
-        ] {
-            let mut info = libbpf_sys::bpf_prog_info::default();
-            let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
-            // SAFETY: `info` is a bpf_prog_info of `len` bytes that the
-            // kernel fills; the fd belongs to the loaded program.
-            let rc = unsafe {
-                libbpf_sys::bpf_prog_get_info_by_fd(
-                    prog.as_fd().as_raw_fd(),
-                    &mut info,
-                    &mut len,
-                )
-            };
-            if rc != 0 {
-                bail!("querying {name} info: {}", io::Error::from_raw_os_error(-rc));
-            }
-            out.push((name.to_string(), info.run_time_ns, info.run_cnt));
-        }
-        Ok(out)
-    }
 }
 
 /// (link id, program id, still attached) of a pinned tcx link.
