@@ -1042,6 +1042,15 @@ static __always_inline void ahead_fill(struct conn_state *cs)
 	bpf_loop(WIN_BYTES, ahead_byte, &c, 0);
 }
 
+/* The window becomes the status line known from a segment that came
+ * ahead (next_seq, which is resp_seq now): what that segment held of it. */
+static __always_inline void take_next(struct conn_state *cs)
+{
+	cs->flags &= ~CF_NEXT_KNOWN;
+	__builtin_memcpy(cs->win, cs->next_win, WIN_BYTES);
+	cs->win_mask = cs->next_mask;
+}
+
 struct held_ctx {
 	const __u8 *buf; /* cs->win or cs->ahead */
 	__u32 mask;	 /* which of its bytes are held */
@@ -1097,11 +1106,8 @@ __noinline int scan_held(struct conn_state *cs, int ahead)
 	cs->phase = PHASE_AWAIT_RESPONSE;
 	cs->win_mask = 0;
 	cs->crlf = 0;
-	if ((cs->flags & CF_NEXT_KNOWN) && cs->next_seq == cs->resp_seq) {
-		cs->flags &= ~CF_NEXT_KNOWN;
-		__builtin_memcpy(cs->win, cs->next_win, WIN_BYTES);
-		cs->win_mask = cs->next_mask;
-	}
+	if ((cs->flags & CF_NEXT_KNOWN) && cs->next_seq == cs->resp_seq)
+		take_next(cs);
 	return 1;
 }
 
@@ -1354,11 +1360,8 @@ static __noinline bool interim_scan(struct __sk_buff *skb, struct conn_state *cs
 		cs->crlf = 0;
 		/* The next status line came ahead of this segment: it will
 		 * not come again, take what that segment held of it. */
-		if ((cs->flags & CF_NEXT_KNOWN) && cs->next_seq == cs->resp_seq) {
-			cs->flags &= ~CF_NEXT_KNOWN;
-			__builtin_memcpy(cs->win, cs->next_win, WIN_BYTES);
-			cs->win_mask = cs->next_mask;
-		}
+		if ((cs->flags & CF_NEXT_KNOWN) && cs->next_seq == cs->resp_seq)
+			take_next(cs);
 		return true;
 	}
 	cs->resp_seq = s->seq + (c.off - s->payload_off);
@@ -1380,10 +1383,8 @@ static __always_inline bool next_known(const struct conn_key *k, struct conn_sta
 	 * not come in order): before a gap not yet filled, wait for it. */
 	if ((__s32)(cs->rcv_cont - cs->resp_seq) <= 0)
 		return false;
-	cs->flags &= ~CF_NEXT_KNOWN;
 	cs->resp_seq = cs->next_seq;
-	__builtin_memcpy(cs->win, cs->next_win, WIN_BYTES);
-	cs->win_mask = cs->next_mask;
+	take_next(cs);
 	cs->phase = PHASE_AWAIT_RESPONSE;
 	ahead_fill(cs);
 	if ((cs->win_mask & 0xfff) != 0xfff)
