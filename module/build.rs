@@ -18,10 +18,7 @@ fn main() {
     // Upstream peers got a `zombie` flag (servers removed by `resolve`) in 1.27.3.
     println!("cargo::rustc-check-cfg=cfg(nginx_peer_zombie)");
     println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
-    let version: u64 = std::env::var("DEP_NGINX_VERSION_NUMBER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let version: u64 = std::env::var("DEP_NGINX_VERSION_NUMBER").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     if version >= 1_027_003 {
         println!("cargo::rustc-cfg=nginx_peer_zombie");
     }

@@ -65,9 +65,7 @@ fn generate_vmlinux_h(dir: &Path) -> Result<(), String> {
     let output = Command::new("bpftool")
         .args(["btf", "dump", "file", BTF, "format", "c"])
         .output()
-        .map_err(|e| {
-            format!("running `bpftool` failed ({e}); install it (Debian: apt-get install bpftool)")
-        })?;
+        .map_err(|e| format!("running `bpftool` failed ({e}); install it (Debian: apt-get install bpftool)"))?;
     if !output.status.success() {
         return Err(format!(
             "`bpftool btf dump file {BTF} format c` failed: {}",

@@ -40,9 +40,7 @@ fn parse_table_path(arg: &str) -> Result<String, String> {
     // nginx workers may run with any working directory: a relative path
     // would silently point somewhere else.
     if !arg.starts_with('/') {
-        return Err(format!(
-            "\"upstreamtop_table\" directive: path \"{arg}\" must be absolute"
-        ));
+        return Err(format!("\"upstreamtop_table\" directive: path \"{arg}\" must be absolute"));
     }
     Ok(arg.to_owned())
 }
@@ -63,9 +61,7 @@ fn parse_status_args(args: &[&str]) -> Result<StatusConf, String> {
                 conf.noroutes = true;
             }
             "json" | "prometheus" | "noroutes" => {
-                return Err(format!(
-                    "duplicate argument \"{arg}\" in \"upstreamtop_status\" directive"
-                ))
+                return Err(format!("duplicate argument \"{arg}\" in \"upstreamtop_status\" directive"))
             }
             _ => {
                 return Err(format!(
@@ -79,11 +75,7 @@ fn parse_status_args(args: &[&str]) -> Result<StatusConf, String> {
 }
 
 /// `upstreamtop_table PATH;` (http context).
-pub(crate) extern "C" fn set_table(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
+pub(crate) extern "C" fn set_table(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx calls this with its own cf, and conf pointing at this
     // module's main conf (NGX_HTTP_MAIN_CONF_OFFSET), which create_main_conf
     // allocated as a MainConf.
@@ -111,11 +103,7 @@ pub(crate) extern "C" fn set_table(
 
 /// `upstreamtop_status [json|prometheus] [noroutes];` (location context):
 /// makes the location's content handler ours.
-pub(crate) extern "C" fn set_status(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
+pub(crate) extern "C" fn set_status(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx calls this with its own cf, and conf pointing at this
     // module's location conf (NGX_HTTP_LOC_CONF_OFFSET), allocated by
     // create_loc_conf as a LocConf.
@@ -140,11 +128,7 @@ pub(crate) extern "C" fn set_status(
     // whose core loc conf nginx allocated before parsing the block.
     let clcf = unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) };
     let Some(clcf) = clcf else {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "\"upstreamtop_status\" directive: no http core location configuration"
-        );
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "\"upstreamtop_status\" directive: no http core location configuration");
         return NGX_CONF_ERROR;
     };
     clcf.handler = Some(crate::handler::status_handler);

@@ -10,12 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ngx::core::{Buffer, Status};
 use ngx::ffi::{
-    ngx_buf_t, ngx_chain_t, ngx_http_request_t, ngx_http_send_special, ngx_int_t, ngx_str_t,
-    NGX_HTTP_LAST, NGX_LOG_ERR,
+    ngx_buf_t, ngx_chain_t, ngx_http_request_t, ngx_http_send_special, ngx_int_t, ngx_str_t, NGX_HTTP_LAST, NGX_LOG_ERR,
 };
-use upstreamtop_report::Piece;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, HttpModuleMainConf, Method, Request};
 use ngx::ngx_log_error;
+use upstreamtop_report::Piece;
 
 use crate::table_access::{Body, Outcome};
 use crate::{nginx_conf, table_access, Module, StatusConf};
@@ -76,12 +75,7 @@ fn handle(request: &mut Request) -> Status {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_string());
-            ngx_log_error!(
-                NGX_LOG_ERR,
-                request.log(),
-                "upstreamtop: status handler panicked: {}",
-                what
-            );
+            ngx_log_error!(NGX_LOG_ERR, request.log(), "upstreamtop: status handler panicked: {}", what);
             Answer::error(500, "internal error in upstreamtop module (see nginx error log)")
         }
     };
@@ -90,10 +84,7 @@ fn handle(request: &mut Request) -> Status {
 
 /// Unix time, ns.
 fn now_unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// `?format=prometheus` / `?format=json` (the last one wins): `Some(true)`
@@ -104,20 +95,14 @@ fn format_arg(args: &str) -> Result<Option<bool>, String> {
         None => Ok(None),
         Some("prometheus") => Ok(Some(true)),
         Some("json") => Ok(Some(false)),
-        Some(other) => Err(format!(
-            "parameter format: expected \"json\" or \"prometheus\", got {other:?}"
-        )),
+        Some(other) => Err(format!("parameter format: expected \"json\" or \"prometheus\", got {other:?}")),
     }
 }
 
 /// The whole answer, from the request's configuration, query and the table.
 fn answer(request: &Request) -> Answer {
-    let status_conf: StatusConf = Module::location_conf(request)
-        .and_then(|lc| lc.status)
-        .unwrap_or_default();
-    let table = Module::main_conf(request)
-        .map(|mc| mc.table_path())
-        .unwrap_or(crate::DEFAULT_TABLE_PATH);
+    let status_conf: StatusConf = Module::location_conf(request).and_then(|lc| lc.status).unwrap_or_default();
+    let table = Module::main_conf(request).map(|mc| mc.table_path()).unwrap_or(crate::DEFAULT_TABLE_PATH);
     let args_ngx: &ngx_str_t = &request.as_ref().args;
     let args = String::from_utf8_lossy(args_ngx.as_bytes());
 
@@ -217,10 +202,8 @@ fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
     {
         let r = request.as_mut();
         // The content types are 'static, so nginx may keep pointing at them.
-        r.headers_out.content_type = ngx_str_t {
-            len: answer.content_type.len(),
-            data: answer.content_type.as_ptr() as *mut u8,
-        };
+        r.headers_out.content_type =
+            ngx_str_t { len: answer.content_type.len(), data: answer.content_type.as_ptr() as *mut u8 };
         r.headers_out.content_type_len = answer.content_type.len();
     }
     if request.add_header_out("Cache-Control", "no-store").is_none()

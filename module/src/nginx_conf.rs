@@ -17,9 +17,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ptr::addr_of;
 
 use ngx::ffi::{
-    ngx_cycle, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
-    ngx_http_upstream_srv_conf_t, ngx_listening_t, ngx_str_t, sockaddr, sockaddr_in, sockaddr_in6,
-    socklen_t, AF_INET, AF_INET6, NGINX_VERSION, NGX_HTTP_UPSTREAM_CREATE,
+    ngx_cycle, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
+    ngx_listening_t, ngx_str_t, sockaddr, sockaddr_in, sockaddr_in6, socklen_t, AF_INET, AF_INET6, NGINX_VERSION,
+    NGX_HTTP_UPSTREAM_CREATE,
 };
 use ngx::http::{HttpModuleMainConf, NgxHttpUpstreamModule, Request};
 use upstreamtop_report::{NginxConfig, ServerConf, UpstreamConf};
@@ -142,12 +142,7 @@ impl Drop for PeersReadLock {
 
 /// # Safety
 /// `list` must be a live peer list (read-locked if in shared memory).
-unsafe fn read_peers(
-    list: &ngx_http_upstream_rr_peers_t,
-    group: &str,
-    backup: bool,
-    out: &mut Vec<ServerConf>,
-) {
+unsafe fn read_peers(list: &ngx_http_upstream_rr_peers_t, group: &str, backup: bool, out: &mut Vec<ServerConf>) {
     let mut peer: *const ngx_http_upstream_rr_peer_t = list.peer;
     // `number` bounds the walk so a damaged list can never loop forever.
     for _ in 0..list.number {
@@ -168,13 +163,7 @@ unsafe fn read_peers(
         } else {
             ngx_str(&p.name)
         };
-        out.push(ServerConf {
-            name,
-            addr,
-            backup,
-            down: p.down != 0,
-            weight: u32::try_from(p.weight).unwrap_or(0),
-        });
+        out.push(ServerConf { name, addr, backup, down: p.down != 0, weight: u32::try_from(p.weight).unwrap_or(0) });
     }
 }
 

@@ -70,7 +70,10 @@ pub(crate) enum Body {
 pub(crate) enum Outcome {
     Unreadable(ReadError),
     /// The probe's last publish is too old to show.
-    Stale { age_s: u64, published_unix_ns: u64 },
+    Stale {
+        age_s: u64,
+        published_unix_ns: u64,
+    },
     Ready(Body),
 }
 

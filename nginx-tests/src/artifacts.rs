@@ -19,10 +19,7 @@ pub fn workspace_root() -> PathBuf {
     // CARGO_MANIFEST_DIR is `<root>/nginx-tests` at compile time; the parent
     // is the workspace root however the tests are launched.
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest.to_path_buf())
+    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
 }
 
 /// The cargo target directory (`CARGO_TARGET_DIR` or `<root>/target`).
@@ -64,10 +61,7 @@ pub fn vendored_nginx() -> Result<PathBuf> {
     newest(candidates).ok_or_else(|| {
         missing(
             "vendored nginx binary",
-            &format!(
-                "{}/{{release,debug}}/build/nginx-sys-*/out/objs/nginx",
-                target_dir().display()
-            ),
+            &format!("{}/{{release,debug}}/build/nginx-sys-*/out/objs/nginx", target_dir().display()),
             "cargo build --release -p ngx_http_upstreamtop_module",
             "UPSTREAMTOP_NGINX",
         )
@@ -105,18 +99,11 @@ pub fn module_so() -> Result<PathBuf> {
 
 /// The module built against the Debian nginx by `module/build-distro.sh`.
 pub fn distro_module_so() -> Result<PathBuf> {
-    let path = target_dir()
-        .join("distro")
-        .join("ngx_http_upstreamtop_module.so");
+    let path = target_dir().join("distro").join("ngx_http_upstreamtop_module.so");
     if path.is_file() {
         Ok(path)
     } else {
-        Err(missing(
-            "module for the distro nginx",
-            &path.display().to_string(),
-            "module/build-distro.sh",
-            "",
-        ))
+        Err(missing("module for the distro nginx", &path.display().to_string(), "module/build-distro.sh", ""))
     }
 }
 
@@ -138,12 +125,7 @@ pub fn dashboard_bin() -> Result<PathBuf> {
     if let Some(path) = env_override("UPSTREAMTOP_DASHBOARD")? {
         return Ok(path);
     }
-    profile_artifact(
-        "upstreamtop",
-        "dashboard binary",
-        "cargo build --release -p upstreamtop",
-        "UPSTREAMTOP_DASHBOARD",
-    )
+    profile_artifact("upstreamtop", "dashboard binary", "cargo build --release -p upstreamtop", "UPSTREAMTOP_DASHBOARD")
 }
 
 /// `true` when the process runs as root (netns, tcx and `user root` need it).
@@ -167,19 +149,10 @@ fn env_override(var: &str) -> Result<Option<PathBuf>> {
 }
 
 fn profile_artifact(file: &str, what: &str, build: &str, var: &str) -> Result<PathBuf> {
-    let candidates = PROFILES
-        .iter()
-        .map(|profile| target_dir().join(profile).join(file))
-        .filter(|path| path.is_file())
-        .collect();
-    newest(candidates).ok_or_else(|| {
-        missing(
-            what,
-            &format!("{}/{{release,debug}}/{file}", target_dir().display()),
-            build,
-            var,
-        )
-    })
+    let candidates =
+        PROFILES.iter().map(|profile| target_dir().join(profile).join(file)).filter(|path| path.is_file()).collect();
+    newest(candidates)
+        .ok_or_else(|| missing(what, &format!("{}/{{release,debug}}/{file}", target_dir().display()), build, var))
 }
 
 fn find_objs_nginx(dir: &Path, depth: u32, out: &mut Vec<PathBuf>) {
@@ -201,19 +174,13 @@ fn find_objs_nginx(dir: &Path, depth: u32, out: &mut Vec<PathBuf>) {
 }
 
 fn newest(candidates: Vec<PathBuf>) -> Option<PathBuf> {
-    candidates.into_iter().max_by_key(|path| {
-        std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-    })
+    candidates
+        .into_iter()
+        .max_by_key(|path| std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
 fn missing(what: &str, looked: &str, build: &str, var: &str) -> anyhow::Error {
-    let hint = if var.is_empty() {
-        String::new()
-    } else {
-        format!(" (or set {var}=<path>)")
-    };
+    let hint = if var.is_empty() { String::new() } else { format!(" (or set {var}=<path>)") };
     anyhow::anyhow!("{what} not found at {looked}: build it with `{build}`{hint}")
 }
 

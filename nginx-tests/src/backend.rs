@@ -332,10 +332,7 @@ struct Head {
 
 impl Head {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -403,10 +400,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        let links = head
-            .header("x-backend-interim-links")
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
+        let links = head.header("x-backend-interim-links").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
         let interims = head.header("x-backend-interim").unwrap_or_default();
         for interim in interims.split(',').filter_map(|v| v.trim().parse::<u16>().ok()) {
             if (100..200).contains(&interim) && interim != 101 {
@@ -418,10 +412,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
             .header("x-backend-body-size")
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(profile.body_size);
-        let chunk = head
-            .header("x-backend-chunked")
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0);
+        let chunk = head.header("x-backend-chunked").and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0);
         let fill = profile.body_fill.as_deref().unwrap_or(FILL);
         let split_at = head.header("x-backend-split-at").and_then(|v| v.trim().parse::<usize>().ok());
         // Count before writing: once the client holds the response, the
@@ -481,12 +472,7 @@ fn read_head(reader: &mut Reader<'_>, shared: &Shared) -> Result<Option<Head>> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    Ok(Some(Head {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        http10: version == "HTTP/1.0",
-        headers,
-    }))
+    Ok(Some(Head { method: method.to_owned(), target: target.to_owned(), http10: version == "HTTP/1.0", headers }))
 }
 
 /// Read through `\n`, riding out read timeouts (used to notice a stop).
@@ -509,9 +495,7 @@ fn read_line(reader: &mut Reader<'_>, line: &mut Vec<u8>, shared: &Shared) -> Re
 }
 
 fn read_body(reader: &mut Reader<'_>, head: &Head, shared: &Shared) -> Result<()> {
-    let chunked = head
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let chunked = head.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         loop {
             let mut line = Vec::new();

@@ -31,10 +31,7 @@ pub struct Response {
 impl Response {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body as text (lossy UTF-8).
@@ -55,12 +52,7 @@ pub struct Request {
 
 impl Request {
     pub fn new(method: &str, target: &str) -> Self {
-        Request {
-            method: method.to_owned(),
-            target: target.to_owned(),
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Request { method: method.to_owned(), target: target.to_owned(), headers: Vec::new(), body: Vec::new() }
     }
 
     pub fn get(target: &str) -> Self {
@@ -68,10 +60,7 @@ impl Request {
     }
 
     pub fn post(target: &str, body: impl Into<Vec<u8>>) -> Self {
-        Request {
-            body: body.into(),
-            ..Self::new("POST", target)
-        }
+        Request { body: body.into(), ..Self::new("POST", target) }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -94,14 +83,7 @@ pub struct Client {
 impl Client {
     /// A keepalive client for `addr`; `Host` is the address itself.
     pub fn new(addr: SocketAddr) -> Self {
-        Client {
-            addr,
-            host: host_header(addr),
-            keepalive: true,
-            timeout: DEFAULT_TIMEOUT,
-            conn: None,
-            connects: 0,
-        }
+        Client { addr, host: host_header(addr), keepalive: true, timeout: DEFAULT_TIMEOUT, conn: None, connects: 0 }
     }
 
     /// Reuse connections (`true`, the default) or send `Connection: close`
@@ -194,10 +176,7 @@ impl Client {
             self.conn = Some(BufReader::new(stream));
         }
         let conn = self.conn.as_mut().expect("connection just ensured");
-        conn.get_mut()
-            .write_all(wire)
-            .context("write request")
-            .map_err(Exchange::NothingReceived)?;
+        conn.get_mut().write_all(wire).context("write request").map_err(Exchange::NothingReceived)?;
         let (resp, reusable) = read_response(conn, req.method == "HEAD")?;
         if !(self.keepalive && reusable) {
             self.conn = None;
@@ -222,10 +201,7 @@ impl Exchange {
 
 /// Read one final response. Returns it and whether the connection may carry
 /// another request.
-fn read_response(
-    conn: &mut BufReader<TcpStream>,
-    head_request: bool,
-) -> Result<(Response, bool), Exchange> {
+fn read_response(conn: &mut BufReader<TcpStream>, head_request: bool) -> Result<(Response, bool), Exchange> {
     let mut first = true;
     loop {
         let head = read_head(conn, first)?;
@@ -235,31 +211,20 @@ fn read_response(
             continue; // interim response: the final one follows
         }
         let mut resp = Response { status, reason, headers, body: Vec::new() };
-        let mut reusable = !resp
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let mut reusable = !resp.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let no_body = head_request || status == 204 || status == 304;
         if no_body {
             return Ok((resp, reusable));
         }
-        let chunked = resp
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let chunked = resp.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         if chunked {
             resp.body = read_chunked(conn).map_err(Exchange::Failed)?;
         } else if let Some(len) = resp.header("content-length") {
-            let len: usize = len
-                .trim()
-                .parse()
-                .map_err(|_| Exchange::Failed(anyhow!("bad Content-Length {len:?}")))?;
+            let len: usize = len.trim().parse().map_err(|_| Exchange::Failed(anyhow!("bad Content-Length {len:?}")))?;
             resp.body = vec![0; len];
-            conn.read_exact(&mut resp.body)
-                .context("read body")
-                .map_err(Exchange::Failed)?;
+            conn.read_exact(&mut resp.body).context("read body").map_err(Exchange::Failed)?;
         } else {
-            conn.read_to_end(&mut resp.body)
-                .context("read body until close")
-                .map_err(Exchange::Failed)?;
+            conn.read_to_end(&mut resp.body).context("read body until close").map_err(Exchange::Failed)?;
             reusable = false;
         }
         return Ok((resp, reusable));
@@ -274,13 +239,16 @@ fn read_head(conn: &mut BufReader<TcpStream>, first: bool) -> Result<String, Exc
         let n = conn.read_line(&mut line);
         match n {
             Ok(0) if head.is_empty() && first => {
-                return Err(Exchange::NothingReceived(anyhow!(
-                    "connection closed before any response"
-                )))
+                return Err(Exchange::NothingReceived(anyhow!("connection closed before any response")))
             }
             Ok(0) => return Err(Exchange::Failed(anyhow!("connection closed inside the response head"))),
             Ok(_) => {}
-            Err(e) if head.is_empty() && first && e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut => {
+            Err(e)
+                if head.is_empty()
+                    && first
+                    && e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut =>
+            {
                 return Err(Exchange::NothingReceived(anyhow!(e).context("read response")))
             }
             Err(e) => return Err(Exchange::Failed(anyhow!(e).context("read response head"))),
@@ -316,9 +284,7 @@ fn parse_response_head(head: &str) -> Result<Head> {
     let reason = parts.next().unwrap_or_default().to_owned();
     let mut headers = Vec::new();
     for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| anyhow!("bad header line {line:?}"))?;
+        let (name, value) = line.split_once(':').ok_or_else(|| anyhow!("bad header line {line:?}"))?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
     Ok((status, reason, headers))
@@ -330,8 +296,7 @@ fn read_chunked(conn: &mut BufReader<TcpStream>) -> Result<Vec<u8>> {
         let mut size_line = String::new();
         conn.read_line(&mut size_line).context("read chunk size")?;
         let size_hex = size_line.trim().split(';').next().unwrap_or_default();
-        let size = usize::from_str_radix(size_hex, 16)
-            .with_context(|| format!("bad chunk size {size_line:?}"))?;
+        let size = usize::from_str_radix(size_hex, 16).with_context(|| format!("bad chunk size {size_line:?}"))?;
         if size == 0 {
             // Trailers (usually none) end with a blank line.
             loop {
@@ -359,9 +324,7 @@ fn host_header(addr: SocketAddr) -> String {
 
 /// Split `http://host:port/path?query` into the socket address and target.
 pub fn parse_url(url: &str) -> Result<(SocketAddr, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("only http:// URLs are supported: {url}"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow!("only http:// URLs are supported: {url}"))?;
     let (authority, target) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),

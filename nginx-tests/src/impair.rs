@@ -78,13 +78,8 @@ pub struct Impairment {
 
 impl Impairment {
     /// A clean wire.
-    pub const NONE: Impairment = Impairment {
-        loss: 0.0,
-        duplicate: 0.0,
-        reorder: 0.0,
-        reorder_delay: Duration::ZERO,
-        delay: Duration::ZERO,
-    };
+    pub const NONE: Impairment =
+        Impairment { loss: 0.0, duplicate: 0.0, reorder: 0.0, reorder_delay: Duration::ZERO, delay: Duration::ZERO };
 
     pub fn loss(mut self, p: f64) -> Self {
         self.loss = p;
@@ -109,11 +104,7 @@ impl Impairment {
     }
 
     fn validate(&self) -> Result<()> {
-        for (name, p) in [
-            ("loss", self.loss),
-            ("duplicate", self.duplicate),
-            ("reorder", self.reorder),
-        ] {
+        for (name, p) in [("loss", self.loss), ("duplicate", self.duplicate), ("reorder", self.reorder)] {
             if !(0.0..=1.0).contains(&p) {
                 bail!("{name} probability {p} is not in [0, 1]");
             }
@@ -145,12 +136,7 @@ pub struct ImpairConfig {
 impl ImpairConfig {
     /// The same impairment both ways.
     pub fn both(seed: u64, impairment: Impairment) -> Self {
-        ImpairConfig {
-            seed,
-            to_backend: impairment,
-            to_host: impairment,
-            mss: None,
-        }
+        ImpairConfig { seed, to_backend: impairment, to_host: impairment, mss: None }
     }
 
     pub fn mss(mut self, mss: u16) -> Self {
@@ -230,13 +216,11 @@ impl TcpCounters {
     pub fn read() -> Result<TcpCounters> {
         // thread-self, not self: /proc/self/net is the namespace of the
         // process' main thread, not of a thread that setns()ed.
-        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")
-            .context("read /proc/thread-self/net/snmp")?;
-        let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat")
-            .context("read /proc/thread-self/net/netstat")?;
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").context("read /proc/thread-self/net/snmp")?;
+        let netstat =
+            std::fs::read_to_string("/proc/thread-self/net/netstat").context("read /proc/thread-self/net/netstat")?;
         let get = |text: &str, group: &str, name: &str| -> Result<u64> {
-            proc_net_field(text, group, name)
-                .with_context(|| format!("no {group}: {name} in /proc/net"))
+            proc_net_field(text, group, name).with_context(|| format!("no {group}: {name} in /proc/net"))
         };
         Ok(TcpCounters {
             retrans_segs: get(&snmp, "Tcp", "RetransSegs")?,
@@ -301,12 +285,7 @@ impl ImpairedNetns {
             }
         };
         let middle = middle.context("link closure did not run")?;
-        let mut impaired = ImpairedNetns {
-            netns,
-            middle,
-            bridge: None,
-            config,
-        };
+        let mut impaired = ImpairedNetns { netns, middle, bridge: None, config };
         // From here Drop cleans up.
         if let Some(mss) = config.mss {
             impaired.set_mss(mss)?;
@@ -328,9 +307,7 @@ impl ImpairedNetns {
         ip(&["route", "add", &ns_v4, "dev", h, "advmss", &mss])?;
         ip(&["-6", "route", "add", &ns_v6, "dev", h, "advmss", &mss])?;
         ip(&["-n", n, "route", "add", &host_v4, "dev", i, "advmss", &mss])?;
-        ip(&[
-            "-n", n, "-6", "route", "add", &host_v6, "dev", i, "advmss", &mss,
-        ])?;
+        ip(&["-n", n, "-6", "route", "add", &host_v6, "dev", i, "advmss", &mss])?;
         Ok(())
     }
 
@@ -442,21 +419,14 @@ fn build_link(ns: &Netns, middle: &str) -> Result<()> {
     ip(&["netns", "add", middle])?;
     // No addresses, no IPv6 link-local chatter: the middle is only a wire.
     netns::run_in(middle, || -> Result<()> {
-        for path in [
-            "/proc/sys/net/ipv6/conf/all/disable_ipv6",
-            "/proc/sys/net/ipv6/conf/default/disable_ipv6",
-        ] {
+        for path in ["/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"] {
             // Net sysctls belong to the namespace of the thread that opens them.
             std::fs::write(path, "1").with_context(|| format!("write {path}"))?;
         }
         Ok(())
     })??;
-    ip(&[
-        "link", "add", h, "type", "veth", "peer", "name", &a, "netns", middle,
-    ])?;
-    ip(&[
-        "-n", middle, "link", "add", &b, "type", "veth", "peer", "name", i, "netns", n,
-    ])?;
+    ip(&["link", "add", h, "type", "veth", "peer", "name", &a, "netns", middle])?;
+    ip(&["-n", middle, "link", "add", &b, "type", "veth", "peer", "name", i, "netns", n])?;
     disable_offloads(h)?;
     netns::run_in(middle, || -> Result<()> {
         disable_offloads(&a)?;
@@ -478,13 +448,8 @@ struct EthtoolValue {
 }
 
 // From <linux/ethtool.h>: (get, set, name) of each per-feature command.
-const ETHTOOL_FEATURES: [(u32, u32, &str); 5] = [
-    (0x2b, 0x2c, "gro"),
-    (0x23, 0x24, "gso"),
-    (0x1e, 0x1f, "tso"),
-    (0x18, 0x19, "sg"),
-    (0x16, 0x17, "tx-checksum"),
-];
+const ETHTOOL_FEATURES: [(u32, u32, &str); 5] =
+    [(0x2b, 0x2c, "gro"), (0x23, 0x24, "gso"), (0x1e, 0x1f, "tso"), (0x18, 0x19, "sg"), (0x16, 0x17, "tx-checksum")];
 
 /// `ethtool -K <ifname> gro off gso off tso off sg off tx off`, through the
 /// ioctl (no ethtool binary needed), in the calling thread's namespace; then
@@ -502,11 +467,7 @@ fn disable_offloads(ifname: &str) -> Result<()> {
         let mut value = EthtoolValue { cmd, data };
         // SAFETY: ifreq is plain old data; all-zero is a valid value.
         let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in ifr
-            .ifr_name
-            .iter_mut()
-            .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
-        {
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(ifname.bytes().take(libc::IFNAMSIZ - 1)) {
             *dst = src as libc::c_char;
         }
         ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
@@ -584,9 +545,8 @@ impl Bridge {
         let (a, b) = (ns.if_name('a'), ns.if_name('b'));
         // Sockets belong to the namespace they are created in: open them
         // there; the threads that use them can live anywhere.
-        let (sock_a, sock_b) = netns::run_in(middle, || -> Result<(OwnedFd, OwnedFd)> {
-            Ok((packet_socket(&a)?, packet_socket(&b)?))
-        })??;
+        let (sock_a, sock_b) =
+            netns::run_in(middle, || -> Result<(OwnedFd, OwnedFd)> { Ok((packet_socket(&a)?, packet_socket(&b)?)) })??;
         let (sock_a, sock_b) = (Arc::new(sock_a), Arc::new(sock_b));
         let stop = Arc::new(AtomicBool::new(false));
         let mut bridge = Bridge {
@@ -597,26 +557,13 @@ impl Bridge {
         // Independent PRNG streams per direction from one seed. On an error
         // Drop stops a thread already started.
         let seed_to_host = config.seed ^ 0x5bd1_e995_9e37_79b9;
-        bridge.to_backend.thread =
-            Some(
-                bridge
-                    .to_backend
-                    .spawn("to-backend", &sock_a, &sock_b, config.seed, &stop)?,
-            );
-        bridge.to_host.thread =
-            Some(
-                bridge
-                    .to_host
-                    .spawn("to-host", &sock_b, &sock_a, seed_to_host, &stop)?,
-            );
+        bridge.to_backend.thread = Some(bridge.to_backend.spawn("to-backend", &sock_a, &sock_b, config.seed, &stop)?);
+        bridge.to_host.thread = Some(bridge.to_host.spawn("to-host", &sock_b, &sock_a, seed_to_host, &stop)?);
         Ok(bridge)
     }
 
     fn stats(&self) -> BridgeStats {
-        BridgeStats {
-            to_backend: self.to_backend.counters.snapshot(),
-            to_host: self.to_host.counters.snapshot(),
-        }
+        BridgeStats { to_backend: self.to_backend.counters.snapshot(), to_host: self.to_host.counters.snapshot() }
     }
 
     fn stop(&mut self) {
@@ -637,11 +584,7 @@ impl Drop for Bridge {
 
 impl Side {
     fn new(impairment: Impairment) -> Side {
-        Side {
-            impairment: Arc::new(Mutex::new(impairment)),
-            counters: Arc::new(Counters::default()),
-            thread: None,
-        }
+        Side { impairment: Arc::new(Mutex::new(impairment)), counters: Arc::new(Counters::default()), thread: None }
     }
 
     /// Start the thread forwarding from `rx` to `tx` under this side's
@@ -680,8 +623,7 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     // SAFETY: name is a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if ifindex == 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("if_nametoindex {ifname}"));
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("if_nametoindex {ifname}"));
     }
     // Protocol 0: the socket receives nothing until bind() names the
     // interface, so no frame of another interface slips in first.
@@ -694,12 +636,9 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let fd = sock.as_raw_fd();
     // Without this the bridge would read back every frame it writes.
-    setsockopt_int(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)
-        .context("PACKET_IGNORE_OUTGOING")?;
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCKET_BUFFER)
-        .context("SO_RCVBUFFORCE")?;
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SOCKET_BUFFER)
-        .context("SO_SNDBUFFORCE")?;
+    setsockopt_int(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1).context("PACKET_IGNORE_OUTGOING")?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCKET_BUFFER).context("SO_RCVBUFFORCE")?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SOCKET_BUFFER).context("SO_SNDBUFFORCE")?;
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
@@ -714,18 +653,12 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("bind AF_PACKET to {ifname}"));
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("bind AF_PACKET to {ifname}"));
     }
     Ok(sock)
 }
 
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> std::io::Result<()> {
+fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
     // SAFETY: value is a c_int that outlives the call; the length matches.
     let rc = unsafe {
         libc::setsockopt(
@@ -829,15 +762,9 @@ impl Forwarder {
     /// ppoll for input, at most `wait` (sub-millisecond precision: reorder
     /// delays are a few ms).
     fn wait_readable(&self, wait: Duration) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.rx.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ts = libc::timespec {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(wait.subsec_nanos()),
-        };
+        let mut pfd = libc::pollfd { fd: self.rx.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ts =
+            libc::timespec { tv_sec: wait.as_secs() as libc::time_t, tv_nsec: libc::c_long::from(wait.subsec_nanos()) };
         // SAFETY: pfd and ts are valid for the duration of the call; no
         // signal mask is passed.
         let ready = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
@@ -848,8 +775,7 @@ impl Forwarder {
     fn arrived(&mut self, frame: &[u8], real_len: usize, imp: &Impairment) {
         let c = &self.counters;
         bump(&c.frames);
-        c.largest_frame
-            .fetch_max(real_len as u64, Ordering::Relaxed);
+        c.largest_frame.fetch_max(real_len as u64, Ordering::Relaxed);
         let rx_seq = self.rx_seq;
         self.rx_seq += 1;
         let now = Instant::now();
@@ -860,10 +786,8 @@ impl Forwarder {
             // Draw all three every time: a frame's fate depends only on the
             // seed and its arrival number.
             let (lose, dup, hold) = (self.rng.unit(), self.rng.unit(), self.rng.unit());
-            let hold_for = self.rng.range(
-                imp.reorder_delay.as_micros() as u64 / 2,
-                imp.reorder_delay.as_micros() as u64,
-            );
+            let hold_for =
+                self.rng.range(imp.reorder_delay.as_micros() as u64 / 2, imp.reorder_delay.as_micros() as u64);
             if lose < imp.loss {
                 bump(&c.dropped);
                 return;
@@ -880,12 +804,7 @@ impl Forwarder {
         for _ in 0..copies {
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.queue.push(Reverse(Pending {
-                due,
-                seq,
-                rx_seq,
-                frame: frame.to_vec(),
-            }));
+            self.queue.push(Reverse(Pending { due, seq, rx_seq, frame: frame.to_vec() }));
         }
     }
 
@@ -894,14 +813,7 @@ impl Forwarder {
         while self.queue.peek().is_some_and(|Reverse(p)| p.due <= now) {
             let Reverse(p) = self.queue.pop().expect("peeked");
             // SAFETY: the frame buffer is valid for reads of its length.
-            let rc = unsafe {
-                libc::send(
-                    self.tx.as_raw_fd(),
-                    p.frame.as_ptr().cast(),
-                    p.frame.len(),
-                    0,
-                )
-            };
+            let rc = unsafe { libc::send(self.tx.as_raw_fd(), p.frame.as_ptr().cast(), p.frame.len(), 0) };
             if rc < 0 {
                 bump(&self.counters.send_errors);
                 continue;
@@ -930,9 +842,7 @@ impl Forwarder {
             )
         };
         if rc == 0 {
-            self.counters
-                .socket_drops
-                .fetch_add(u64::from(stats.tp_drops), Ordering::Relaxed);
+            self.counters.socket_drops.fetch_add(u64::from(stats.tp_drops), Ordering::Relaxed);
         }
     }
 }
@@ -980,15 +890,10 @@ mod tests {
 
     #[test]
     fn configs_are_checked() {
-        let lossy = Impairment::NONE
-            .loss(0.01)
-            .duplicate(0.03)
-            .reorder(0.05, Duration::from_millis(3));
+        let lossy = Impairment::NONE.loss(0.01).duplicate(0.03).reorder(0.05, Duration::from_millis(3));
         assert!(ImpairConfig::both(1, lossy).mss(88).validate().is_ok());
         assert!(ImpairConfig::both(1, lossy).mss(87).validate().is_err());
-        assert!(ImpairConfig::both(1, Impairment::NONE.loss(1.5))
-            .validate()
-            .is_err());
+        assert!(ImpairConfig::both(1, Impairment::NONE.loss(1.5)).validate().is_err());
     }
 
     #[test]
@@ -996,12 +901,7 @@ mod tests {
         let t = Instant::now();
         let mut q = BinaryHeap::new();
         for (due_ms, seq) in [(3, 0), (0, 1), (0, 2), (1, 3)] {
-            q.push(Reverse(Pending {
-                due: t + Duration::from_millis(due_ms),
-                seq,
-                rx_seq: seq,
-                frame: Vec::new(),
-            }));
+            q.push(Reverse(Pending { due: t + Duration::from_millis(due_ms), seq, rx_seq: seq, frame: Vec::new() }));
         }
         let order: Vec<u64> = std::iter::from_fn(|| q.pop().map(|Reverse(p)| p.seq)).collect();
         assert_eq!(order, [1, 2, 3, 0]);

@@ -64,16 +64,12 @@ const SETTLE: Duration = Duration::from_secs(20);
 const STABLE: Duration = Duration::from_secs(3);
 /// Body text that looks like HTTP messages, 127 bytes (prime, so over a
 /// stream of bodies each shape starts at every offset within a segment).
-pub const SHAPES: &[u8] =
-    b"GET / HTTP/1.1\r\nHost: x\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\
+pub const SHAPES: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\
 I am a body. POST /api HTTP/1.0\r\nHTTP/1.1 503 Service Unavailable\r\n\r\n..";
 
 /// The test's impairment, both ways.
 pub fn impairment() -> Impairment {
-    Impairment::NONE
-        .loss(0.01)
-        .duplicate(0.03)
-        .reorder(0.05, Duration::from_millis(4))
+    Impairment::NONE.loss(0.01).duplicate(0.03).reorder(0.05, Duration::from_millis(4))
 }
 
 /// What one run does.
@@ -134,13 +130,7 @@ impl Mix {
 
 /// `len` bytes of [`SHAPES`] starting at `offset` into its cycle.
 pub fn shaped(offset: usize, len: usize) -> Vec<u8> {
-    SHAPES
-        .iter()
-        .copied()
-        .cycle()
-        .skip(offset % SHAPES.len())
-        .take(len)
-        .collect()
+    SHAPES.iter().copied().cycle().skip(offset % SHAPES.len()).take(len).collect()
 }
 
 /// One planned exchange.
@@ -160,11 +150,7 @@ fn plan(mix: &mut Mix, i: usize) -> Plan {
     let method = *mix.pick(&["GET", "GET", "GET", "HEAD", "POST", "POST"]);
     let status = *mix.pick(&[200, 200, 200, 200, 204, 304, 404, 500, 503]);
     // Mostly small bodies, one in five large (up to 100 KB).
-    let body_size = if mix.chance(20) {
-        mix.range(4_096, 100_000)
-    } else {
-        mix.range(0, 4_096)
-    };
+    let body_size = if mix.chance(20) { mix.range(4_096, 100_000) } else { mix.range(0, 4_096) };
     let mut headers = vec![
         ("X-Backend-Status".to_owned(), status.to_string()),
         ("X-Backend-Body-Size".to_owned(), body_size.to_string()),
@@ -176,10 +162,7 @@ fn plan(mix: &mut Mix, i: usize) -> Plan {
     }
     if mix.chance(30) {
         // Inside "HTTP/1.1 200 OK": the status line itself split.
-        headers.push((
-            "X-Backend-Split-At".to_owned(),
-            mix.range(1, 14).to_string(),
-        ));
+        headers.push(("X-Backend-Split-At".to_owned(), mix.range(1, 14).to_string()));
     }
     let mut target = format!("/r/{i}");
     if mix.chance(25) {
@@ -187,22 +170,12 @@ fn plan(mix: &mut Mix, i: usize) -> Plan {
         let _ = write!(target, "?q={}", "x".repeat(mix.range(80, 300) as usize));
     }
     let body = if method == "POST" {
-        let len = if mix.chance(20) {
-            mix.range(4_096, 30_000)
-        } else {
-            mix.range(0, 2_000)
-        };
+        let len = if mix.chance(20) { mix.range(4_096, 30_000) } else { mix.range(0, 2_000) };
         shaped(mix.range(0, 126) as usize, len as usize)
     } else {
         Vec::new()
     };
-    Plan {
-        method,
-        status,
-        target,
-        headers,
-        body,
-    }
+    Plan { method, status, target, headers, body }
 }
 
 /// The figures compared, for one backend.
@@ -249,11 +222,7 @@ impl Row {
 
     /// Every figure, with the codes any of `figures` holds.
     fn all(figures: &[Option<&Figures>]) -> Vec<Row> {
-        let mut codes: Vec<u16> = figures
-            .iter()
-            .flatten()
-            .flat_map(|f| f.codes.keys().copied())
-            .collect();
+        let mut codes: Vec<u16> = figures.iter().flatten().flat_map(|f| f.codes.keys().copied()).collect();
         codes.sort_unstable();
         codes.dedup();
         let mut rows = vec![Row::Requests];
@@ -288,22 +257,11 @@ struct DirectClient {
 
 impl DirectClient {
     fn connect(addr: SocketAddr) -> Result<Self> {
-        let stream =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(10)).context("connect")?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .context("read timeout")?;
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).context("connect")?;
+        stream.set_read_timeout(Some(Duration::from_secs(20))).context("read timeout")?;
         stream.set_nodelay(true).context("nodelay")?;
-        let reader = BufReader::new(Counted {
-            inner: stream.try_clone().context("clone")?,
-            bytes: 0,
-        });
-        Ok(DirectClient {
-            writer: stream,
-            reader,
-            sent: 0,
-            interims: BTreeMap::new(),
-        })
+        let reader = BufReader::new(Counted { inner: stream.try_clone().context("clone")?, bytes: 0 });
+        Ok(DirectClient { writer: stream, reader, sent: 0, interims: BTreeMap::new() })
     }
 
     /// Bytes read so far; exact between exchanges, as nothing is pipelined.
@@ -313,10 +271,7 @@ impl DirectClient {
 
     /// One exchange; returns the final status.
     fn exchange(&mut self, plan: &Plan, addr: SocketAddr) -> Result<u16> {
-        let mut wire = format!(
-            "{} {} HTTP/1.1\r\nHost: {addr}\r\n",
-            plan.method, plan.target
-        );
+        let mut wire = format!("{} {} HTTP/1.1\r\nHost: {addr}\r\n", plan.method, plan.target);
         for (name, value) in &plan.headers {
             let _ = write!(wire, "{name}: {value}\r\n");
         }
@@ -334,23 +289,16 @@ impl DirectClient {
                 *self.interims.entry(status).or_insert(0) += 1;
                 continue;
             }
-            let header = |name: &str| {
-                headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.clone())
-            };
+            let header =
+                |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
             if plan.method == "HEAD" || status == 204 || status == 304 {
                 return Ok(status);
             }
             if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
                 self.read_chunked()?;
             } else {
-                let len: u64 = header("content-length")
-                    .context("no Content-Length")?
-                    .parse()?;
-                std::io::copy(&mut (&mut self.reader).take(len), &mut std::io::sink())
-                    .context("read body")?;
+                let len: u64 = header("content-length").context("no Content-Length")?.parse()?;
+                std::io::copy(&mut (&mut self.reader).take(len), &mut std::io::sink()).context("read body")?;
             }
             return Ok(status);
         }
@@ -377,9 +325,7 @@ impl DirectClient {
             if line.is_empty() {
                 return Ok((status, headers));
             }
-            let (name, value) = line
-                .split_once(':')
-                .ok_or_else(|| anyhow!("bad header {line:?}"))?;
+            let (name, value) = line.split_once(':').ok_or_else(|| anyhow!("bad header {line:?}"))?;
             headers.push((name.trim().to_owned(), value.trim().to_owned()));
         }
     }
@@ -391,8 +337,7 @@ impl DirectClient {
                 while !self.line()?.is_empty() {}
                 return Ok(());
             }
-            std::io::copy(&mut (&mut self.reader).take(size + 2), &mut std::io::sink())
-                .context("read chunk")?;
+            std::io::copy(&mut (&mut self.reader).take(size + 2), &mut std::io::sink()).context("read chunk")?;
         }
     }
 }
@@ -418,12 +363,7 @@ struct DirectResult {
 
 /// A direct client's traffic: `requests` planned exchanges on one
 /// keepalive connection, each with interim responses of the given kind.
-fn direct_traffic(
-    addr: SocketAddr,
-    seed: u64,
-    kind: Interims,
-    requests: usize,
-) -> Result<DirectResult> {
+fn direct_traffic(addr: SocketAddr, seed: u64, kind: Interims, requests: usize) -> Result<DirectResult> {
     let mut mix = Mix(seed);
     let mut client = DirectClient::connect(addr)?;
     for i in 0..requests {
@@ -433,36 +373,22 @@ fn direct_traffic(
             Interims::EarlyHints => *mix.pick(&["103", "103,103", "100,103"]),
         };
         let links = mix.range(1_000, 4_000).to_string();
-        plan.headers
-            .push(("X-Backend-Interim".to_owned(), interim.to_owned()));
-        plan.headers
-            .push(("X-Backend-Interim-Links".to_owned(), links));
+        plan.headers.push(("X-Backend-Interim".to_owned(), interim.to_owned()));
+        plan.headers.push(("X-Backend-Interim-Links".to_owned(), links));
         let status = client
             .exchange(&plan, addr)
             .with_context(|| format!("direct exchange {i}: {} {}", plan.method, plan.target))?;
         if status != plan.status {
-            bail!(
-                "direct exchange {i}: status {status}, planned {}",
-                plan.status
-            );
+            bail!("direct exchange {i}: status {status}, planned {}", plan.status);
         }
     }
-    Ok(DirectResult {
-        sent: client.sent,
-        received: client.received(),
-        interims: client.interims,
-    })
+    Ok(DirectResult { sent: client.sent, received: client.received(), interims: client.interims })
 }
 
 /// The ground truth for a direct peer: what its backend served (interim
 /// responses are codes too, not requests), the bytes its client counted.
 fn direct_figures(backend: &Backend, result: &DirectResult, requests: usize) -> Result<Figures> {
-    ensure!(
-        backend.total() == requests as u64,
-        "{}: served {}, expected {requests}",
-        backend.addr(),
-        backend.total()
-    );
+    ensure!(backend.total() == requests as u64, "{}: served {}, expected {requests}", backend.addr(), backend.total());
     ensure!(
         backend.interims() == result.interims,
         "{}: the client read every interim response: backend {:?}, client {:?}",
@@ -481,13 +407,7 @@ fn direct_figures(backend: &Backend, result: &DirectResult, requests: usize) -> 
     for (code, n) in backend.interims() {
         *codes.entry(code).or_insert(0) += n;
     }
-    Ok(Figures {
-        requests: backend.total(),
-        codes,
-        no_response: 0,
-        sent: result.sent,
-        received: result.received,
-    })
+    Ok(Figures { requests: backend.total(), codes, no_response: 0, sent: result.sent, received: result.received })
 }
 
 /// The probe's figures for `addr`, from its table.
@@ -506,10 +426,7 @@ pub fn from_table(snap: &Snapshot, addr: SocketAddr) -> Option<Figures> {
 /// `unlisted.peers[]`).
 pub fn from_json(doc: &serde_json::Value, addr: SocketAddr) -> Option<Figures> {
     let server = addr.to_string();
-    let groups = doc["upstreams"]
-        .as_object()
-        .into_iter()
-        .flat_map(|g| g.values());
+    let groups = doc["upstreams"].as_object().into_iter().flat_map(|g| g.values());
     let peer = groups
         .chain(std::iter::once(&doc["unlisted"]))
         .filter_map(|g| g["peers"].as_array())
@@ -517,11 +434,7 @@ pub fn from_json(doc: &serde_json::Value, addr: SocketAddr) -> Option<Figures> {
         .find(|p| p["server"] == server.as_str())?;
     let codes = peer["responses"]["codes"]
         .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_u64()?)))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_u64()?))).collect())
         .unwrap_or_default();
     Some(Figures {
         requests: peer["requests"].as_u64()?,
@@ -561,14 +474,7 @@ impl PeerCheck {
         let (table, json) = (self.table.as_ref(), self.json.as_ref());
         Row::all(&[Some(&self.want), table, json])
             .into_iter()
-            .map(|r| {
-                (
-                    r.label(),
-                    r.of(&self.want),
-                    table.map(|f| r.of(f)),
-                    json.map(|f| r.of(f)),
-                )
-            })
+            .map(|r| (r.label(), r.of(&self.want), table.map(|f| r.of(f)), json.map(|f| r.of(f))))
             .collect()
     }
 
@@ -579,9 +485,7 @@ impl PeerCheck {
         self.rows()
             .into_iter()
             .filter(|(_, w, t, j)| *t != Some(*w) || *j != Some(*w))
-            .map(|(label, w, t, j)| {
-                format!("{label}: expected {w}, table {}, json {}", show(t), show(j))
-            })
+            .map(|(label, w, t, j)| format!("{label}: expected {w}, table {}, json {}", show(t), show(j)))
             .collect()
     }
 
@@ -590,11 +494,7 @@ impl PeerCheck {
         let mut out = format!(
             "  {}{}\n    {:<14} {:>12} {:>12} {:>12}\n",
             self.name,
-            if self.asserted {
-                ""
-            } else {
-                " (not asserted: known limit)"
-            },
+            if self.asserted { "" } else { " (not asserted: known limit)" },
             "figure",
             "expected",
             "table",
@@ -639,10 +539,7 @@ pub struct Outcome {
 impl Outcome {
     /// Every asserted backend equal in table and JSON.
     pub fn exact(&self) -> bool {
-        self.peers
-            .iter()
-            .filter(|p| p.asserted)
-            .all(PeerCheck::equal)
+        self.peers.iter().filter(|p| p.asserted).all(PeerCheck::equal)
     }
 }
 
@@ -654,11 +551,7 @@ fn settle(probe: &mut Probe, want: &[(SocketAddr, Figures)]) -> Result<Snapshot>
     loop {
         let snap = probe.wait_publish().context("probe publishes")?;
         let now: Vec<Option<Figures>> = want.iter().map(|(a, _)| from_table(&snap, *a)).collect();
-        if want
-            .iter()
-            .zip(&now)
-            .all(|((_, w), got)| got.as_ref() == Some(w))
-        {
+        if want.iter().zip(&now).all(|((_, w), got)| got.as_ref() == Some(w)) {
             return Ok(snap);
         }
         let stable_since = match &last {
@@ -676,10 +569,7 @@ fn settle(probe: &mut Probe, want: &[(SocketAddr, Figures)]) -> Result<Snapshot>
 /// no frame larger than one segment of `mss` (offloads really off).
 pub fn check_impaired(stats: &BridgeStats, mss: u16) -> Result<()> {
     for (dir, s) in [("to backend", stats.to_backend), ("to host", stats.to_host)] {
-        ensure!(
-            s.dropped > 0 && s.duplicated > 0 && s.reordered > 0,
-            "{dir}: the link impaired nothing: {s:?}"
-        );
+        ensure!(s.dropped > 0 && s.duplicated > 0 && s.reordered > 0, "{dir}: the link impaired nothing: {s:?}");
         let largest = 14 + 40 + 20 + u64::from(mss);
         ensure!(
             s.largest_frame <= largest,
@@ -699,10 +589,7 @@ fn nginx_routes(group: &str, mix: &mut Mix, count: usize) -> (Vec<Route>, Vec<Pl
             let target = format!("/p/{group}{}", p.target);
             let mut route = match p.method {
                 "POST" => Route::post(&target, 1, &p.body),
-                m => Route {
-                    method: m.to_owned(),
-                    ..Route::get(&target, 1)
-                },
+                m => Route { method: m.to_owned(), ..Route::get(&target, 1) },
             };
             for (name, value) in &p.headers {
                 route = route.header(name, value);
@@ -726,8 +613,7 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
     );
     let started = Instant::now();
     let (seed, mss) = (spec.seed, spec.mss);
-    let ns = ImpairedNetns::create(ImpairConfig::both(seed, spec.impairment).mss(mss))
-        .context("impaired namespace")?;
+    let ns = ImpairedNetns::create(ImpairConfig::both(seed, spec.impairment).mss(mss)).context("impaired namespace")?;
     let profile = Profile::fast().body_fill(SHAPES);
     let start = |ip: std::net::IpAddr| ns.backend(ip, 0, Backend::builder(profile.clone()));
     let app = [start(ns.ns_v4().into())?, start(ns.ns_v4().into())?];
@@ -779,10 +665,7 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
         }
         let mut results = Vec::new();
         for t in threads {
-            results.push(
-                t.join()
-                    .map_err(|_| anyhow!("direct client thread panicked"))??,
-            );
+            results.push(t.join().map_err(|_| anyhow!("direct client thread panicked"))??);
         }
         let loads = loads.into_iter().collect::<Result<Vec<_>>>()?;
         Ok((results, loads))
@@ -792,11 +675,7 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
 
     // The traffic was what was planned: every request answered, with the
     // status its route forced.
-    let planned: BTreeMap<String, u16> = routes
-        .iter()
-        .zip(&plans)
-        .map(|(r, p)| (r.target.clone(), p.status))
-        .collect();
+    let planned: BTreeMap<String, u16> = routes.iter().zip(&plans).map(|(r, p)| (r.target.clone(), p.status)).collect();
     for got in &loads {
         ensure!(got.errors == 0, "load errors: {:?}", got.error_samples);
         ensure!(
@@ -821,17 +700,9 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
     );
 
     // Ground truth per backend.
-    let log = upstream_log::read(
-        &nginx.prefix().join("logs/upstreams.log"),
-        spec.nginx_requests as usize,
-    )?;
+    let log = upstream_log::read(&nginx.prefix().join("logs/upstreams.log"), spec.nginx_requests as usize)?;
     let mut want: Vec<(String, SocketAddr, Figures)> = Vec::new();
-    for (group, backend) in [
-        ("app", &app[0]),
-        ("app", &app[1]),
-        ("app6", &app6[0]),
-        ("app6", &app6[1]),
-    ] {
+    for (group, backend) in [("app", &app[0]), ("app", &app[1]), ("app6", &app6[0]), ("app6", &app6[1])] {
         let side = log.get(&backend.addr()).cloned().unwrap_or_default();
         // The log and the backend agree on what was answered (a check of
         // the ground truth itself).
@@ -866,24 +737,15 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
     // figures for them are reported, not asserted (see PeerCheck::asserted).
     let mut direct_want = Vec::new();
     for ((backend, result), kind) in direct.iter().zip(&direct_results).zip(kinds) {
-        let name = format!(
-            "direct client {} ({kind:?} interim responses)",
-            backend.addr()
-        );
+        let name = format!("direct client {} ({kind:?} interim responses)", backend.addr());
         let figures = direct_figures(backend, result, spec.direct_requests)?;
         direct_want.push((name, backend.addr(), figures));
     }
 
-    let settle_on: Vec<(SocketAddr, Figures)> =
-        want.iter().map(|(_, a, f)| (*a, f.clone())).collect();
+    let settle_on: Vec<(SocketAddr, Figures)> = want.iter().map(|(_, a, f)| (*a, f.clone())).collect();
     let snap = settle(&mut probe, &settle_on)?;
     let resp = http::get(&nginx.url("/upstreamtop")).context("GET /upstreamtop")?;
-    ensure!(
-        resp.status == 200,
-        "GET /upstreamtop: {} {}",
-        resp.status,
-        resp.text()
-    );
+    ensure!(resp.status == 200, "GET /upstreamtop: {} {}", resp.status, resp.text());
     let doc: serde_json::Value = serde_json::from_slice(&resp.body).context("JSON")?;
 
     let stats = ns.stats();
@@ -909,12 +771,5 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
         report.push_str(&peer.diff());
     }
     let _ = writeln!(report, "run time {:.1?}", started.elapsed());
-    Ok(Outcome {
-        peers,
-        stats,
-        tcp,
-        traffic_time,
-        error_log_problems: nginx.error_log_problems(),
-        report,
-    })
+    Ok(Outcome { peers, stats, tcp, traffic_time, error_log_problems: nginx.error_log_problems(), report })
 }

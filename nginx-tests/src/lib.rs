@@ -19,5 +19,5 @@ pub mod nginx;
 pub mod prereq;
 pub mod probe;
 pub mod promtool;
-pub mod upstream_log;
 mod rng;
+pub mod upstream_log;

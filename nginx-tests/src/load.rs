@@ -30,21 +30,11 @@ pub struct Route {
 
 impl Route {
     pub fn get(target: &str, weight: u32) -> Self {
-        Route {
-            method: "GET".into(),
-            target: target.into(),
-            weight,
-            body: Vec::new(),
-            headers: Vec::new(),
-        }
+        Route { method: "GET".into(), target: target.into(), weight, body: Vec::new(), headers: Vec::new() }
     }
 
     pub fn post(target: &str, weight: u32, body: &[u8]) -> Self {
-        Route {
-            method: "POST".into(),
-            body: body.to_vec(),
-            ..Self::get(target, weight)
-        }
+        Route { method: "POST".into(), body: body.to_vec(), ..Self::get(target, weight) }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -214,10 +204,9 @@ pub fn run_until(spec: &LoadSpec, stop: &AtomicBool) -> Result<LoadResult> {
                 let mut client = Client::new(spec.target).keepalive(spec.keepalive).timeout(spec.timeout);
                 // Each client paces itself at rate/concurrency, starting at
                 // an offset so the clients do not fire in lockstep.
-                let interval = spec
-                    .rate
-                    .map(|r| Duration::from_secs_f64(spec.concurrency as f64 / r));
-                let mut due = start + interval.map(|i| i.mul_f64(worker as f64 / spec.concurrency as f64)).unwrap_or_default();
+                let interval = spec.rate.map(|r| Duration::from_secs_f64(spec.concurrency as f64 / r));
+                let mut due =
+                    start + interval.map(|i| i.mul_f64(worker as f64 / spec.concurrency as f64)).unwrap_or_default();
                 loop {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -282,7 +271,10 @@ pub fn run_until(spec: &LoadSpec, stop: &AtomicBool) -> Result<LoadResult> {
 pub fn realistic_headers() -> Vec<(String, String)> {
     let cookie: String = (0..12).map(|i| format!("c{i}=v{:08x}{:08x}; ", i * 7919, i * 104_729)).collect();
     [
-        ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36"),
+        (
+            "User-Agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36",
+        ),
         ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
         ("Accept-Language", "en-US,en;q=0.9,de;q=0.8"),
         ("Accept-Encoding", "gzip, deflate, br"),

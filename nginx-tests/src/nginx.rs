@@ -431,10 +431,7 @@ pub fn check_config(conf: &NginxConf) -> (bool, String) {
         let port = if conf.port == 0 { free_port(conf.listen_ip)? } else { conf.port };
         // The prefix must outlive the run: nginx -t reads the config from it.
         let (_prefix, mut command) = prepare(conf, port)?;
-        let out = command
-            .arg("-t")
-            .output()
-            .with_context(|| format!("run {} -t", conf.binary.display()))?;
+        let out = command.arg("-t").output().with_context(|| format!("run {} -t", conf.binary.display()))?;
         Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
     };
     run().unwrap_or_else(|e| (false, format!("{e:#}")))
@@ -461,10 +458,7 @@ fn prepare(conf: &NginxConf, port: u16) -> Result<(tempfile::TempDir, Command)> 
 
 /// A temp prefix with `conf/`, `logs/`, `tmp/`, readable by workers.
 fn make_prefix() -> Result<tempfile::TempDir> {
-    let prefix = tempfile::Builder::new()
-        .prefix("nginx-tests-")
-        .tempdir()
-        .context("create nginx prefix")?;
+    let prefix = tempfile::Builder::new().prefix("nginx-tests-").tempdir().context("create nginx prefix")?;
     for dir in ["conf", "logs", "tmp"] {
         std::fs::create_dir_all(prefix.path().join(dir)).with_context(|| format!("create {dir}/"))?;
     }

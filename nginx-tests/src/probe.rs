@@ -52,11 +52,7 @@ fn reap_dead_test_pins(bin: &Path) {
 fn private_state_dir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    PathBuf::from(format!(
-        "/sys/fs/bpf/upstreamtop-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
+    PathBuf::from(format!("/sys/fs/bpf/upstreamtop-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
 }
 
 impl Probe {
@@ -75,10 +71,7 @@ impl Probe {
         anyhow::ensure!(bin.is_file(), "no probe binary at {}", bin.display());
         let bin = bin.to_path_buf();
         reap_dead_test_pins(&bin);
-        let dir = tempfile::Builder::new()
-            .prefix("nginx-tests-probe-")
-            .tempdir()
-            .context("create probe temp dir")?;
+        let dir = tempfile::Builder::new().prefix("nginx-tests-probe-").tempdir().context("create probe temp dir")?;
         // Workers of an nginx running as nobody must be able to read the
         // table: open the private dir up.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -160,14 +153,8 @@ impl Probe {
     /// kills itself); output is captured.
     pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Result<Command> {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--table")
-            .arg(&self.table)
-            .arg("--state-dir")
-            .arg(&self.state_dir);
-        cmd.args(args.iter().map(AsRef::as_ref))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("--table").arg(&self.table).arg("--state-dir").arg(&self.state_dir);
+        cmd.args(args.iter().map(AsRef::as_ref)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         Ok(cmd)
     }
 

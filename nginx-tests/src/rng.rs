@@ -17,10 +17,7 @@ impl Rng {
 
     /// A fresh generator, different for every call.
     pub fn fresh() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         Self::seeded(nanos ^ STREAM.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed))
     }
 

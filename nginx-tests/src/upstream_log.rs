@@ -30,11 +30,7 @@ pub struct LogSide {
 /// several servers (`a, b`), or went through several groups (`a : b`).
 pub fn parse(text: &str) -> Result<BTreeMap<SocketAddr, LogSide>> {
     let list = |field: &str| -> Vec<String> {
-        field
-            .split(',')
-            .flat_map(|s| s.split(" : "))
-            .map(|s| s.trim().to_owned())
-            .collect()
+        field.split(',').flat_map(|s| s.split(" : ")).map(|s| s.trim().to_owned()).collect()
     };
     let mut out: BTreeMap<SocketAddr, LogSide> = BTreeMap::new();
     for line in text.lines() {
@@ -45,15 +41,12 @@ pub fn parse(text: &str) -> Result<BTreeMap<SocketAddr, LogSide>> {
         if addrs == "-" {
             continue; // answered by nginx itself (/health, /upstreamtop)
         }
-        let (addrs, statuses, sent, received) =
-            (list(addrs), list(statuses), list(sent), list(received));
+        let (addrs, statuses, sent, received) = (list(addrs), list(statuses), list(sent), list(received));
         if [statuses.len(), sent.len(), received.len()] != [addrs.len(); 3] {
             bail!("upstream lists of different lengths: {line:?}");
         }
         for (i, addr) in addrs.iter().enumerate() {
-            let addr: SocketAddr = addr
-                .parse()
-                .with_context(|| format!("upstream address in {line:?}"))?;
+            let addr: SocketAddr = addr.parse().with_context(|| format!("upstream address in {line:?}"))?;
             let side = out.entry(addr).or_default();
             side.attempts += 1;
             let status: u16 = statuses[i].parse().unwrap_or(0);
@@ -77,11 +70,7 @@ pub fn read(path: &Path, lines: usize) -> Result<BTreeMap<SocketAddr, LogSide>> 
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let proxied = text.lines().filter(|l| !l.starts_with("-|")).count();
         if proxied >= lines || Instant::now() > deadline {
-            ensure!(
-                proxied == lines,
-                "proxied lines in {}: {proxied}, expected {lines}",
-                path.display()
-            );
+            ensure!(proxied == lines, "proxied lines in {}: {proxied}, expected {lines}", path.display());
             return parse(&text);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -20,18 +20,15 @@ fn quick_bench_completes_and_writes_json_for_every_part() {
     let _one = ONE_BENCH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .arg("--quick")
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run bench");
+    let run =
+        Command::new(env!("CARGO_BIN_EXE_bench")).arg("--quick").arg("--out").arg(&out).output().expect("run bench");
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "bench --quick failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("PASS") || stdout.contains("MISS"), "no table printed:\n{stdout}");
 
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).expect("JSON written")).expect("valid JSON");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("JSON written")).expect("valid JSON");
     assert_eq!(doc["meta"]["quick"], true);
     let figures = doc["figures"].as_array().expect("figures array");
     for section in 1..=7u64 {
@@ -69,7 +66,8 @@ fn quick_bench_compares_a_baseline_probe() {
         .expect("run bench");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "bench --baseline-probe failed:\n{}\n{stderr}", String::from_utf8_lossy(&run.stdout));
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).expect("JSON written")).expect("valid JSON");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("JSON written")).expect("valid JSON");
     let figure = |id: &str| doc["figures"].as_array().unwrap().iter().find(|f| f["id"] == id).cloned();
     for id in ["bpf.versus.baseline_net_us", "bpf.versus.new_net_us", "bpf.versus.ratio"] {
         let f = figure(id).unwrap_or_else(|| panic!("no {id}: {doc:#}"));

@@ -13,9 +13,7 @@ use nginx_tests::nginx::{Nginx, NginxConf};
 use nginx_tests::{artifacts, http};
 use serde_json::Value;
 use upstreamtop_table::histogram::{bucket_of, BUCKETS};
-use upstreamtop_table::{
-    Capacities, Latency, PeerStats, ProbeMeta, Responses, Snapshot, TableWriter,
-};
+use upstreamtop_table::{Capacities, Latency, PeerStats, ProbeMeta, Responses, Snapshot, TableWriter};
 
 const DISTRO_NGINX: &str = "/usr/sbin/nginx";
 const APP_1: &str = "127.0.0.1:19201";

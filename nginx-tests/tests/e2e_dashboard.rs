@@ -72,10 +72,8 @@ fn free_ports<const N: usize>(ip: Ipv4Addr) -> Result<[u16; N]> {
     let listeners = (0..N)
         .map(|_| TcpListener::bind((ip, 0)).with_context(|| format!("bind {ip}:0")))
         .collect::<Result<Vec<_>>>()?;
-    let ports = listeners
-        .iter()
-        .map(|l| Ok(l.local_addr().context("local_addr")?.port()))
-        .collect::<Result<Vec<u16>>>()?;
+    let ports =
+        listeners.iter().map(|l| Ok(l.local_addr().context("local_addr")?.port())).collect::<Result<Vec<u16>>>()?;
     Ok(ports.try_into().expect("N ports"))
 }
 
@@ -385,11 +383,8 @@ fn run() -> Result<()> {
         Probe::start(&["--iface", "lo", "--only", &only, "--ignore-port", &port.to_string(), "--interval", "1s"])?;
     let dir = tempfile::Builder::new().prefix("nginx-tests-dashboard-").tempdir().context("temp dir")?;
     let log = dir.path().join("simulate.log");
-    let mut cleanup = Cleanup {
-        tmux_socket: format!("upstreamtop-e2e-{}", std::process::id()),
-        simulate: None,
-        log: log.clone(),
-    };
+    let mut cleanup =
+        Cleanup { tmux_socket: format!("upstreamtop-e2e-{}", std::process::id()), simulate: None, log: log.clone() };
     cleanup.simulate =
         Some(start_simulate(&simulate_bin, port, ip, [app1_port, app2_port, checkout_port], probe.table_path(), &log)?);
 
@@ -413,14 +408,20 @@ fn run() -> Result<()> {
     // A shell in a 160x50 pane; the dashboard runs in it so that quitting
     // returns to the shell and the exit code is printed.
     cleanup.tmux(&[
-        "new-session", "-d", "-s", "e2e", "-x", &COLS.to_string(), "-y", &ROWS.to_string(),
-        "env", "PS1=e2e$ ", "sh",
+        "new-session",
+        "-d",
+        "-s",
+        "e2e",
+        "-x",
+        &COLS.to_string(),
+        "-y",
+        &ROWS.to_string(),
+        "env",
+        "PS1=e2e$ ",
+        "sh",
     ])?;
-    let cmd = format!(
-        "'{}' --url {url} --interval {}s; echo exit-code:$?",
-        dashboard_bin.display(),
-        INTERVAL.as_secs()
-    );
+    let cmd =
+        format!("'{}' --url {url} --interval {}s; echo exit-code:$?", dashboard_bin.display(), INTERVAL.as_secs());
     // Type only once the shell is ready: keys sent earlier are echoed
     // before its prompt and the screen would not read as expected.
     wait_screen(&cleanup, "the shell prompt", |s| s.lines().any(|l| l.starts_with("e2e$")))?;
@@ -430,9 +431,12 @@ fn run() -> Result<()> {
     // 1. Main screen: header, the three backends with their routes, feed.
     let labels = [app1.as_str(), app2.as_str(), checkout.as_str()];
     let ready = |s: &str| {
-        labels.iter().all(|l| backend_block(s, l).is_some_and(|(row, routes)| {
-            parse_row(row, l).is_some_and(|r| r.rps != "0") && !routes.is_empty()
-        })) && backend_block(s, &checkout).and_then(|(row, _)| parse_row(row, &checkout)).is_some_and(|r| r.pct_5xx.is_some())
+        labels.iter().all(|l| {
+            backend_block(s, l)
+                .is_some_and(|(row, routes)| parse_row(row, l).is_some_and(|r| r.rps != "0") && !routes.is_empty())
+        }) && backend_block(s, &checkout)
+            .and_then(|(row, _)| parse_row(row, &checkout))
+            .is_some_and(|r| r.pct_5xx.is_some())
             && feed(s).len() >= 5
     };
     let explains = |screen: &str, json: &Value| -> Result<(), String> {
@@ -456,7 +460,8 @@ fn run() -> Result<()> {
                 return Err(format!("{label}: share {} on screen, {want} in JSON", r.share));
             }
             let w = &p["header_time_window"];
-            let (avg, p99) = (format::ms(w["avg"].as_f64().unwrap_or(0.0)), format::ms(w["p99"].as_f64().unwrap_or(0.0)));
+            let (avg, p99) =
+                (format::ms(w["avg"].as_f64().unwrap_or(0.0)), format::ms(w["p99"].as_f64().unwrap_or(0.0)));
             if (r.avg.as_str(), r.p99.as_str()) != (avg.as_str(), p99.as_str()) {
                 return Err(format!("{label}: avg/p99 {}/{} on screen, {avg}/{p99} in JSON", r.avg, r.p99));
             }
@@ -507,7 +512,9 @@ fn run() -> Result<()> {
     // Plausible figures (the exact ones matched the JSON above): app peers
     // split the app share of the offered load (45% each, round robin) —
     // a wide band, the 2-core machine is shared — and checkout errs.
-    let rps_of = |label: &str| -> f64 { parse_row(backend_block(&screen, label).unwrap().0, label).unwrap().rps.parse().unwrap() };
+    let rps_of = |label: &str| -> f64 {
+        parse_row(backend_block(&screen, label).unwrap().0, label).unwrap().rps.parse().unwrap()
+    };
     let per_app = RATE * 0.9 / 2.0;
     for label in [&app1, &app2] {
         let rps = rps_of(label);
@@ -557,7 +564,9 @@ fn run() -> Result<()> {
     cleanup.literal(&checkout_server)?;
     cleanup.keys(&["Enter"])?;
     wait_screen(&cleanup, "only checkout after the filter", |s| {
-        footer(s).contains(&format!("filter: {checkout_server}")) && backend_block(s, &checkout).is_some() && backend_block(s, &app1).is_none()
+        footer(s).contains(&format!("filter: {checkout_server}"))
+            && backend_block(s, &checkout).is_some()
+            && backend_block(s, &app1).is_none()
     })?;
     cleanup.keys(&["Enter"])?;
     let detail_ready = |s: &str| s.lines().any(|l| l.starts_with("status codes")) && s.contains(&checkout_server);
@@ -579,7 +588,8 @@ fn run() -> Result<()> {
         for (row, key) in [("last interval", "header_time_window"), ("since start", "header_time_total")] {
             let line = screen.lines().find(|l| l.starts_with(row)).ok_or_else(|| format!("no `{row}` row"))?;
             let t = &p[key];
-            let want: Vec<String> = ["avg", "p50", "p90", "p99"].iter().map(|k| format::ms(t[*k].as_f64().unwrap_or(0.0))).collect();
+            let want: Vec<String> =
+                ["avg", "p50", "p90", "p99"].iter().map(|k| format::ms(t[*k].as_f64().unwrap_or(0.0))).collect();
             let got: Vec<&str> = line[row.len()..].split_whitespace().collect();
             if got != want {
                 return Err(format!("{row}: {got:?} on screen, {want:?} in JSON"));
@@ -591,7 +601,10 @@ fn run() -> Result<()> {
     eprintln!("---- checkout drill-down ----\n{screen}");
     let title = screen.lines().find(|l| l.starts_with(&checkout)).unwrap_or("");
     assert!(title.contains("state up"), "detail title: {title}\n{screen}");
-    assert!(screen.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["latency", "avg", "p50", "p90", "p99"]), "{screen}");
+    assert!(
+        screen.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["latency", "avg", "p50", "p90", "p99"]),
+        "{screen}"
+    );
     let codes = parse_codes(screen.lines().find(|l| l.starts_with("status codes")).unwrap());
     assert!(codes.contains_key("201"), "checkout answers 201: {codes:?}");
     assert!(codes.keys().any(|c| ["500", "502", "503"].contains(&c.as_str())), "checkout's 5xx codes: {codes:?}");

@@ -54,28 +54,14 @@ const HOLD: Duration = Duration::from_secs(6);
 fn in_addr_errors() -> u64 {
     let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
     let mut lines = snmp.lines().filter(|l| l.starts_with("Ip:"));
-    let (names, values) = (
-        lines.next().expect("Ip: names"),
-        lines.next().expect("Ip: values"),
-    );
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "InAddrErrors")
-        .expect("InAddrErrors");
-    values
-        .split_whitespace()
-        .nth(i)
-        .and_then(|v| v.parse().ok())
-        .expect("InAddrErrors value")
+    let (names, values) = (lines.next().expect("Ip: names"), lines.next().expect("Ip: values"));
+    let i = names.split_whitespace().position(|n| n == "InAddrErrors").expect("InAddrErrors");
+    values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).expect("InAddrErrors value")
 }
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -94,10 +80,7 @@ fn blackhole(ns: &Netns) -> Ipv4Addr {
         .to_owned();
     let [a, b, c, _] = ns.ns_v4().octets();
     let addr = Ipv4Addr::new(a, b, c, 9);
-    let forwarding = ns
-        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
-        .unwrap()
-        .unwrap();
+    let forwarding = ns.run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")).unwrap().unwrap();
     assert_eq!(forwarding.trim(), "0", "the namespace must not forward");
     run(Command::new("ip").args([
         "neigh",
@@ -132,21 +115,13 @@ struct Conns {
 
 fn from_table(snap: &Snapshot, addr: SocketAddr) -> Option<Conns> {
     let p = snap.peers.iter().find(|p| p.addr == addr)?;
-    Some(Conns {
-        failed: p.conns.failed,
-        opened: p.conns.opened,
-        requests: p.requests,
-        no_response: p.no_response,
-    })
+    Some(Conns { failed: p.conns.failed, opened: p.conns.opened, requests: p.requests, no_response: p.no_response })
 }
 
 /// The same figures from the module's JSON (`upstreams.<group>.peers[]`).
 fn from_json(doc: &serde_json::Value, group: &str, addr: SocketAddr) -> Option<Conns> {
     let server = addr.to_string();
-    let peer = doc["upstreams"][group]["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["server"] == server.as_str())?;
+    let peer = doc["upstreams"][group]["peers"].as_array()?.iter().find(|p| p["server"] == server.as_str())?;
     Some(Conns {
         failed: peer["connections"]["failed"].as_u64()?,
         opened: peer["connections"]["opened"].as_u64()?,
@@ -171,10 +146,8 @@ fn location(prefix: &str, group: &str, timeout: &str) -> String {
 
 #[test]
 fn unanswered_and_refused_connects_are_one_failure_each() {
-    if !prereq::root_or_skip(
-        "unanswered_and_refused_connects_are_one_failure_each",
-        "tcx programs, network namespaces",
-    ) {
+    if !prereq::root_or_skip("unanswered_and_refused_connects_are_one_failure_each", "tcx programs, network namespaces")
+    {
         return;
     }
     let started = Instant::now();
@@ -183,9 +156,7 @@ fn unanswered_and_refused_connects_are_one_failure_each() {
     let short = SocketAddr::new(IpAddr::V4(hole), 8081);
     let long = SocketAddr::new(IpAddr::V4(hole), 8082);
     let refused = closed_port(&ns, ns.ns_v4());
-    let app = ns
-        .backend(ns.ns_v4().into(), 0, Backend::builder(Profile::fast()))
-        .unwrap();
+    let app = ns.backend(ns.ns_v4().into(), 0, Backend::builder(Profile::fast())).unwrap();
 
     let mut probe = Probe::start(&["--iface", ns.host_if(), "--interval", "250ms"]).unwrap();
     let conf = NginxConf::vendored_with_module()
@@ -242,81 +213,29 @@ fn unanswered_and_refused_connects_are_one_failure_each() {
     assert_eq!(short_resp.status, 504, "{}", short_resp.text());
     // The long one too here; on a host whose kernel gives up on a SYN
     // sooner (fewer `tcp_syn_retries`), its error comes first: a 502.
-    assert!(
-        matches!(long_resp.status, 502 | 504),
-        "{}",
-        long_resp.text()
-    );
+    assert!(matches!(long_resp.status, 502 | 504), "{}", long_resp.text());
     // The SYNs really were retransmitted: at least 4 per attempt within
     // 12 s whatever the backoff (18 here: 8 + 10).
-    assert!(
-        syns >= 2 * 4,
-        "only {syns} SYNs reached the namespace: were they retransmitted?"
-    );
+    assert!(syns >= 2 * 4, "only {syns} SYNs reached the namespace: were they retransmitted?");
 
     // Ground truth: nginx's log, one attempt per blackholed backend, every
     // refused one logged.
     let lines = (2 + REFUSED + ANSWERED) as usize;
-    let log = upstream_log::read(&nginx.prefix().join("logs/upstreams.log"), lines)
-        .expect("nginx's access log");
+    let log = upstream_log::read(&nginx.prefix().join("logs/upstreams.log"), lines).expect("nginx's access log");
     let side = |addr: SocketAddr| log.get(&addr).cloned().unwrap_or_default();
     assert_eq!(side(short).statuses, BTreeMap::from([(504, 1)]), "{log:?}");
-    assert_eq!(
-        side(long).statuses,
-        BTreeMap::from([(long_resp.status, 1)]),
-        "{log:?}"
-    );
-    assert_eq!(
-        side(refused).statuses,
-        BTreeMap::from([(502, REFUSED)]),
-        "{log:?}"
-    );
-    assert_eq!(
-        side(app.addr()).statuses,
-        BTreeMap::from([(200, ANSWERED)]),
-        "{log:?}"
-    );
+    assert_eq!(side(long).statuses, BTreeMap::from([(long_resp.status, 1)]), "{log:?}");
+    assert_eq!(side(refused).statuses, BTreeMap::from([(502, REFUSED)]), "{log:?}");
+    assert_eq!(side(app.addr()).statuses, BTreeMap::from([(200, ANSWERED)]), "{log:?}");
     assert_eq!(app.total(), ANSWERED);
 
     let want = [
-        (
-            "short",
-            short,
-            Conns {
-                failed: side(short).attempts,
-                ..Conns::default()
-            },
-        ),
-        (
-            "long",
-            long,
-            Conns {
-                failed: side(long).attempts,
-                ..Conns::default()
-            },
-        ),
-        (
-            "refused",
-            refused,
-            Conns {
-                failed: side(refused).attempts,
-                ..Conns::default()
-            },
-        ),
-        (
-            "app",
-            app.addr(),
-            Conns {
-                opened: app.connections(),
-                requests: app.total(),
-                ..Conns::default()
-            },
-        ),
+        ("short", short, Conns { failed: side(short).attempts, ..Conns::default() }),
+        ("long", long, Conns { failed: side(long).attempts, ..Conns::default() }),
+        ("refused", refused, Conns { failed: side(refused).attempts, ..Conns::default() }),
+        ("app", app.addr(), Conns { opened: app.connections(), requests: app.total(), ..Conns::default() }),
     ];
-    let matches = |snap: &Snapshot| {
-        want.iter()
-            .all(|(_, a, w)| from_table(snap, *a).as_ref() == Some(w))
-    };
+    let matches = |snap: &Snapshot| want.iter().all(|(_, a, w)| from_table(snap, *a).as_ref() == Some(w));
 
     // Until the sweeper gives up on the unanswered attempts (their next
     // SYN overdue), the table may lack them; then every figure is exact.
@@ -327,22 +246,12 @@ fn unanswered_and_refused_connects_are_one_failure_each() {
     for (group, addr, w) in &want {
         let table = from_table(&snap, *addr);
         let json = from_json(&doc, group, *addr);
-        report.push_str(&format!(
-            "  {group} {addr}: want {w:?}\n    table {table:?}\n    json  {json:?}\n"
-        ));
+        report.push_str(&format!("  {group} {addr}: want {w:?}\n    table {table:?}\n    json  {json:?}\n"));
     }
     eprintln!("all counted {counted_after:.1?} after the start:\n{report}");
     for (group, addr, w) in &want {
-        assert_eq!(
-            from_table(&snap, *addr).as_ref(),
-            Some(w),
-            "{group} {addr}: table\n{report}"
-        );
-        assert_eq!(
-            from_json(&doc, group, *addr).as_ref(),
-            Some(w),
-            "{group} {addr}: JSON\n{report}"
-        );
+        assert_eq!(from_table(&snap, *addr).as_ref(), Some(w), "{group} {addr}: table\n{report}");
+        assert_eq!(from_json(&doc, group, *addr).as_ref(), Some(w), "{group} {addr}: JSON\n{report}");
     }
 
     // Later sweeps find nothing more to count: no attempt counts twice.
@@ -361,29 +270,16 @@ fn unanswered_and_refused_connects_are_one_failure_each() {
     }
     let doc = json(&nginx);
     for (group, addr, w) in &want {
-        assert_eq!(
-            from_json(&doc, group, *addr).as_ref(),
-            Some(w),
-            "{group} {addr}: JSON {HOLD:?} later"
-        );
+        assert_eq!(from_json(&doc, group, *addr).as_ref(), Some(w), "{group} {addr}: JSON {HOLD:?} later");
     }
     let c = snap.meta.counters;
     assert_eq!((c.conn_table_full, c.events_dropped), (0, 0), "{c:?}");
     // nginx's own word for the short one: a timeout while connecting.
     assert!(
-        nginx.error_log().contains(
-            "upstream timed out (110: Connection timed out) while connecting to upstream"
-        ),
+        nginx.error_log().contains("upstream timed out (110: Connection timed out) while connecting to upstream"),
         "{}",
         nginx.error_log()
     );
-    assert!(
-        nginx.error_log_problems().is_empty(),
-        "{:?}",
-        nginx.error_log_problems()
-    );
-    eprintln!(
-        "unchanged over {publishes} more publishes; test time {:.1?}",
-        started.elapsed()
-    );
+    assert!(nginx.error_log_problems().is_empty(), "{:?}", nginx.error_log_problems());
+    eprintln!("unchanged over {publishes} more publishes; test time {:.1?}", started.elapsed());
 }

@@ -90,14 +90,14 @@ fn nginx_proxies_to_backends_and_counts_match() {
         Route::post("/p/app/checkout", 2, b"{\"cart\":1}"),
     ];
     for headers in [Headers::Minimal, Headers::Realistic] {
-        let spec = LoadSpec::new(nginx.addr(), routes.clone())
-            .requests(1000)
-            .concurrency(8)
-            .headers(headers);
+        let spec = LoadSpec::new(nginx.addr(), routes.clone()).requests(1000).concurrency(8).headers(headers);
         let got = load::run(&spec).unwrap();
         assert_eq!(got.errors, 0, "{:?}", got.error_samples);
         assert_eq!(got.responses(), 1000);
-        assert_eq!(got.by_route.keys().filter(|k| k.1 == "/p/app/api/orders").map(|k| got.by_route[k]).sum::<u64>(), 500);
+        assert_eq!(
+            got.by_route.keys().filter(|k| k.1 == "/p/app/api/orders").map(|k| got.by_route[k]).sum::<u64>(),
+            500
+        );
     }
     // Ground truth: what the backends served equals what the client got.
     let mut served_by_status = b1.by_status();

@@ -65,10 +65,7 @@ fn from_table(snap: &Snapshot, addr: SocketAddr) -> Option<Figures> {
 
 fn from_json(doc: &serde_json::Value, group: &str, addr: SocketAddr) -> Option<Figures> {
     let server = addr.to_string();
-    let peer = doc["upstreams"][group]["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["server"] == server.as_str())?;
+    let peer = doc["upstreams"][group]["peers"].as_array()?.iter().find(|p| p["server"] == server.as_str())?;
     let codes = peer["responses"]["codes"]
         .as_object()?
         .iter()
@@ -85,13 +82,9 @@ fn from_json(doc: &serde_json::Value, group: &str, addr: SocketAddr) -> Option<F
 
 /// One line per figure: expected, table, JSON, marked where they differ.
 fn diff(name: &str, want: &Figures, table: Option<&Figures>, json: Option<&Figures>) -> String {
-    let mut out = format!(
-        "  {name}\n    {:<12} {:>10} {:>10} {:>10}\n",
-        "figure", "expected", "table", "json"
-    );
-    let show = |f: Option<&Figures>, get: &dyn Fn(&Figures) -> u64| {
-        f.map(get).map_or("missing".to_owned(), |v| v.to_string())
-    };
+    let mut out = format!("  {name}\n    {:<12} {:>10} {:>10} {:>10}\n", "figure", "expected", "table", "json");
+    let show =
+        |f: Option<&Figures>, get: &dyn Fn(&Figures) -> u64| f.map(get).map_or("missing".to_owned(), |v| v.to_string());
     let mut row = |label: String, get: &dyn Fn(&Figures) -> u64| {
         let w = get(want);
         let same = table.map(get) == Some(w) && json.map(get) == Some(w);
@@ -111,9 +104,7 @@ fn diff(name: &str, want: &Figures, table: Option<&Figures>, json: Option<&Figur
     codes.sort_unstable();
     codes.dedup();
     for code in codes {
-        row(format!("code {code}"), &move |f| {
-            f.codes.get(&code).copied().unwrap_or(0)
-        });
+        row(format!("code {code}"), &move |f| f.codes.get(&code).copied().unwrap_or(0));
     }
     row("no_response".into(), &|f| f.no_response);
     row("sent".into(), &|f| f.sent);
@@ -129,11 +120,7 @@ fn settle(probe: &mut Probe, want: &[(SocketAddr, Figures)]) -> Snapshot {
     loop {
         let snap = probe.wait_publish().expect("probe publishes");
         let now: Vec<Option<Figures>> = want.iter().map(|(a, _)| from_table(&snap, *a)).collect();
-        if want
-            .iter()
-            .zip(&now)
-            .all(|((_, w), got)| got.as_ref() == Some(w))
-        {
+        if want.iter().zip(&now).all(|((_, w), got)| got.as_ref() == Some(w)) {
             return snap;
         }
         let since = match &last {
@@ -173,10 +160,7 @@ fn routes() -> Vec<Route> {
 
 /// Established TCP connections from this host to `addrs` right now.
 fn established_to(addrs: &[SocketAddr]) -> usize {
-    let out = std::process::Command::new("ss")
-        .args(["-Htn", "state", "established"])
-        .output()
-        .expect("ss");
+    let out = std::process::Command::new("ss").args(["-Htn", "state", "established"]).output().expect("ss");
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .filter(|l| {
@@ -213,28 +197,13 @@ fn run(backends: usize, clients: usize, requests: u64, latency_ms: (u64, u64)) -
     let started = Instant::now();
     let ns = Netns::create().unwrap();
     let profile = Profile::fast().latency_ms(latency_ms.0, latency_ms.1);
-    let backends: Vec<Backend> = (0..backends)
-        .map(|_| {
-            ns.backend(ns.ns_v4().into(), 0, Backend::builder(profile.clone()))
-                .unwrap()
-        })
-        .collect();
+    let backends: Vec<Backend> =
+        (0..backends).map(|_| ns.backend(ns.ns_v4().into(), 0, Backend::builder(profile.clone())).unwrap()).collect();
     let addrs: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
 
     let max_conns = MAX_CONNS.to_string();
-    let mut probe = Probe::start(&[
-        "--iface",
-        ns.host_if(),
-        "--interval",
-        "250ms",
-        "--max-conns",
-        &max_conns,
-    ])
-    .unwrap();
-    let mut lines: Vec<String> = addrs
-        .iter()
-        .map(|a| format!("server {a} max_fails=0"))
-        .collect();
+    let mut probe = Probe::start(&["--iface", ns.host_if(), "--interval", "250ms", "--max-conns", &max_conns]).unwrap();
+    let mut lines: Vec<String> = addrs.iter().map(|a| format!("server {a} max_fails=0")).collect();
     lines.push("keepalive 64".to_owned());
     let conf = NginxConf::vendored_with_module()
         .unwrap()
@@ -246,9 +215,7 @@ fn run(backends: usize, clients: usize, requests: u64, latency_ms: (u64, u64)) -
         .extra_server("access_log logs/upstreams.log upstreams;");
     let nginx = Nginx::start(conf).unwrap();
 
-    let spec = LoadSpec::new(nginx.addr(), routes())
-        .requests(requests)
-        .concurrency(clients);
+    let spec = LoadSpec::new(nginx.addr(), routes()).requests(requests).concurrency(clients);
     let got = load::run(&spec).unwrap();
     assert_eq!(got.errors, 0, "{:?}", got.error_samples);
     assert_eq!(got.responses(), requests);
@@ -272,20 +239,12 @@ fn run(backends: usize, clients: usize, requests: u64, latency_ms: (u64, u64)) -
 
     // Ground truth per backend: its own counts, which nginx's log must
     // agree with (a check of the ground truth itself).
-    let log = upstream_log::read(
-        &nginx.prefix().join("logs/upstreams.log"),
-        requests as usize,
-    )
-    .expect("nginx's access log");
+    let log =
+        upstream_log::read(&nginx.prefix().join("logs/upstreams.log"), requests as usize).expect("nginx's access log");
     let mut want: Vec<(SocketAddr, Figures)> = Vec::new();
     for b in &backends {
         let side = log.get(&b.addr()).cloned().unwrap_or_default();
-        assert_eq!(
-            side.statuses,
-            b.by_status(),
-            "{}: nginx log vs backend",
-            b.addr()
-        );
+        assert_eq!(side.statuses, b.by_status(), "{}: nginx log vs backend", b.addr());
         assert_eq!(
             (side.sent, side.received),
             (b.bytes_read(), b.bytes_written()),
@@ -308,33 +267,15 @@ fn run(backends: usize, clients: usize, requests: u64, latency_ms: (u64, u64)) -
     let doc: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
     let c = snap.meta.counters;
     let _ = writeln!(report, "probe counters {c:?}");
-    assert_eq!(
-        (c.events_dropped, c.conn_table_full, c.peer_table_full),
-        (0, 0, 0),
-        "{c:?}"
-    );
+    assert_eq!((c.events_dropped, c.conn_table_full, c.peer_table_full), (0, 0, 0), "{c:?}");
     let peers: Vec<Compared> = want
         .into_iter()
-        .map(|(addr, want)| Compared {
-            addr,
-            table: from_table(&snap, addr),
-            json: from_json(&doc, "app", addr),
-            want,
-        })
+        .map(|(addr, want)| Compared { addr, table: from_table(&snap, addr), json: from_json(&doc, "app", addr), want })
         .collect();
     for p in &peers {
-        report.push_str(&diff(
-            &p.addr.to_string(),
-            &p.want,
-            p.table.as_ref(),
-            p.json.as_ref(),
-        ));
+        report.push_str(&diff(&p.addr.to_string(), &p.want, p.table.as_ref(), p.json.as_ref()));
     }
-    assert!(
-        nginx.error_log_problems().is_empty(),
-        "{:?}",
-        nginx.error_log_problems()
-    );
+    assert!(nginx.error_log_problems().is_empty(), "{:?}", nginx.error_log_problems());
     let _ = writeln!(report, "test time {:.1?}", started.elapsed());
     eprintln!("{report}");
     Outcome { peers, report }
@@ -356,20 +297,8 @@ fn forty_connections_used_in_turn_through_sixteen_slots_stay_exact() {
     }
     let out = run(40, 1, 4_000, (0, 2));
     for p in &out.peers {
-        assert_eq!(
-            p.table.as_ref(),
-            Some(&p.want),
-            "{}: table\n{}",
-            p.addr,
-            out.report
-        );
-        assert_eq!(
-            p.json.as_ref(),
-            Some(&p.want),
-            "{}: JSON\n{}",
-            p.addr,
-            out.report
-        );
+        assert_eq!(p.table.as_ref(), Some(&p.want), "{}: table\n{}", p.addr, out.report);
+        assert_eq!(p.json.as_ref(), Some(&p.want), "{}: JSON\n{}", p.addr, out.report);
     }
 }
 
@@ -394,29 +323,14 @@ fn exchanges_in_flight_beyond_max_conns_keep_requests_and_sent_exact() {
     for p in &out.peers {
         let at = |what: &str| format!("{} {what}\n{}", p.addr, out.report);
         for (name, f) in [("table", &p.table), ("JSON", &p.json)] {
-            let f = f
-                .as_ref()
-                .unwrap_or_else(|| panic!("{}", at(&format!("missing from the {name}"))));
-            assert_eq!(
-                f.requests,
-                p.want.requests,
-                "{}",
-                at(&format!("{name}: requests"))
-            );
+            let f = f.as_ref().unwrap_or_else(|| panic!("{}", at(&format!("missing from the {name}"))));
+            assert_eq!(f.requests, p.want.requests, "{}", at(&format!("{name}: requests")));
             assert_eq!(f.sent, p.want.sent, "{}", at(&format!("{name}: sent")));
             assert_eq!(f.no_response, 0, "{}", at(&format!("{name}: no_response")));
-            assert!(
-                f.received <= p.want.received,
-                "{}",
-                at(&format!("{name}: received"))
-            );
+            assert!(f.received <= p.want.received, "{}", at(&format!("{name}: received")));
             for (code, n) in &f.codes {
                 let truth = p.want.codes.get(code).copied().unwrap_or(0);
-                assert!(
-                    *n <= truth,
-                    "{}",
-                    at(&format!("{name}: code {code}: {n} > {truth}"))
-                );
+                assert!(*n <= truth, "{}", at(&format!("{name}: code {code}: {n} > {truth}")));
             }
         }
         let table = p.table.as_ref().expect("in the table");

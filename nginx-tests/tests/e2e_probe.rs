@@ -50,11 +50,7 @@ fn expected(backend: &Backend) -> Expected {
     }
     let mut routes: BTreeMap<(String, String), BTreeMap<u16, u64>> = BTreeMap::new();
     for (key, n) in backend.served() {
-        *routes
-            .entry((key.method, fold(&key.path)))
-            .or_default()
-            .entry(key.status)
-            .or_insert(0) += n;
+        *routes.entry((key.method, fold(&key.path))).or_default().entry(key.status).or_insert(0) += n;
     }
     Expected {
         requests: backend.total(),
@@ -77,12 +73,7 @@ fn observed(snap: &Snapshot, addr: SocketAddr) -> Option<Expected> {
         };
         routes.insert(key, route.responses.codes.clone());
     }
-    Some(Expected {
-        requests: peer.requests,
-        codes: peer.responses.codes.clone(),
-        class: peer.responses.class,
-        routes,
-    })
+    Some(Expected { requests: peer.requests, codes: peer.responses.codes.clone(), class: peer.responses.class, routes })
 }
 
 /// Wait until the table accounts for everything the backends served, then
@@ -92,10 +83,7 @@ fn assert_table_matches(probe: &mut Probe, backends: &[&Backend]) -> Snapshot {
     let want: Vec<Expected> = backends.iter().map(|b| expected(b)).collect();
     let snap = probe
         .wait_until(SETTLE, |snap| {
-            backends
-                .iter()
-                .zip(&want)
-                .all(|(b, w)| observed(snap, b.addr()).as_ref() == Some(w))
+            backends.iter().zip(&want).all(|(b, w)| observed(snap, b.addr()).as_ref() == Some(w))
         })
         .expect("probe publishes");
     for (backend, want) in backends.iter().zip(&want) {
@@ -128,9 +116,8 @@ fn assert_json_matches(nginx: &Nginx, group: &str, backends: &[&Backend]) {
     let resp = http::get(&nginx.url("/upstreamtop")).expect("GET /upstreamtop");
     assert_eq!(resp.status, 200, "{}", resp.text());
     let doc: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
-    let peers = doc["upstreams"][group]["peers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no upstreams.{group}.peers in {doc:#}"));
+    let peers =
+        doc["upstreams"][group]["peers"].as_array().unwrap_or_else(|| panic!("no upstreams.{group}.peers in {doc:#}"));
     for backend in backends {
         let server = backend.addr().to_string();
         let peer = peers
@@ -139,7 +126,11 @@ fn assert_json_matches(nginx: &Nginx, group: &str, backends: &[&Backend]) {
             .unwrap_or_else(|| panic!("{server} not in upstreams.{group}.peers: {peers:#?}"));
         assert_eq!(peer["requests"].as_u64(), Some(backend.total()), "{server}: {peer:#}");
         for (code, n) in backend.by_status() {
-            assert_eq!(peer["responses"]["codes"][code.to_string()].as_u64(), Some(n), "{server} code {code}: {peer:#}");
+            assert_eq!(
+                peer["responses"]["codes"][code.to_string()].as_u64(),
+                Some(n),
+                "{server} code {code}: {peer:#}"
+            );
         }
     }
 }
@@ -162,11 +153,7 @@ fn app_profile() -> Profile {
 }
 
 fn checkout_profile() -> Profile {
-    Profile::fast()
-        .latency_ms(1, 4)
-        .statuses(&[(201, 1)])
-        .error_rate(0.12)
-        .error_statuses(&[500, 502, 503])
+    Profile::fast().latency_ms(1, 4).statuses(&[(201, 1)]).error_rate(0.12).error_statuses(&[500, 502, 503])
 }
 
 fn run_loopback(headers: Headers, client_keepalive: bool, backend_keepalive: bool) {
@@ -178,7 +165,8 @@ fn run_loopback(headers: Headers, client_keepalive: bool, backend_keepalive: boo
     // nginx's port is known before the probe starts so the probe can ignore
     // the client<->nginx leg (on lo it would look like one more backend).
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
-    let mut probe = Probe::start(&["--iface", "lo", "--ignore-port", &port.to_string(), "--interval", "250ms"]).unwrap();
+    let mut probe =
+        Probe::start(&["--iface", "lo", "--ignore-port", &port.to_string(), "--interval", "250ms"]).unwrap();
     let conf = NginxConf::vendored_with_module()
         .unwrap()
         .port(port)
@@ -206,14 +194,20 @@ fn run_loopback(headers: Headers, client_keepalive: bool, backend_keepalive: boo
 
 #[test]
 fn loopback_minimal_headers_keepalive_counts_equal_backends() {
-    if prereq::root_or_skip("loopback_minimal_headers_keepalive_counts_equal_backends", "tcx programs, network namespaces") {
+    if prereq::root_or_skip(
+        "loopback_minimal_headers_keepalive_counts_equal_backends",
+        "tcx programs, network namespaces",
+    ) {
         run_loopback(Headers::Minimal, true, true);
     }
 }
 
 #[test]
 fn loopback_realistic_headers_new_connections_counts_equal_backends() {
-    if prereq::root_or_skip("loopback_realistic_headers_new_connections_counts_equal_backends", "tcx programs, network namespaces") {
+    if prereq::root_or_skip(
+        "loopback_realistic_headers_new_connections_counts_equal_backends",
+        "tcx programs, network namespaces",
+    ) {
         // Client without keepalive, backends closing after every response:
         // a new upstream connection per exchange.
         run_loopback(Headers::Realistic, false, false);

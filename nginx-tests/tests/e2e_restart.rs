@@ -96,8 +96,9 @@ fn setup(backend_ip: Ipv4Addr) -> Setup {
     let app2 = Backend::start(lo, profile().keepalive(false)).unwrap();
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
     let only = format!("{backend_ip}/32");
-    let probe = Probe::start(&["--iface", "lo", "--only", &only, "--ignore-port", &port.to_string(), "--interval", "250ms"])
-        .unwrap();
+    let probe =
+        Probe::start(&["--iface", "lo", "--only", &only, "--ignore-port", &port.to_string(), "--interval", "250ms"])
+            .unwrap();
     let conf = NginxConf::vendored_with_module()
         .unwrap()
         .port(port)
@@ -110,10 +111,8 @@ fn setup(backend_ip: Ipv4Addr) -> Setup {
 
 /// Run `during` while load flows through nginx; returns the load's result.
 fn under_load(nginx: &Nginx, during: impl FnOnce()) -> LoadResult {
-    let spec = LoadSpec::new(nginx.addr(), routes())
-        .duration(Duration::from_secs(120))
-        .rate(Some(300.0))
-        .concurrency(4);
+    let spec =
+        LoadSpec::new(nginx.addr(), routes()).duration(Duration::from_secs(120)).rate(Some(300.0)).concurrency(4);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let load = s.spawn(|| load::run_until(&spec, &stop));
@@ -154,7 +153,8 @@ fn sigterm_restart_under_load_loses_nothing() {
 
 #[test]
 fn kill9_under_load_nginx_serves_endpoint_says_stale_restart_resumes() {
-    if !prereq::root_or_skip("kill9_under_load_nginx_serves_endpoint_says_stale_restart_resumes", "tcx programs, bpffs") {
+    if !prereq::root_or_skip("kill9_under_load_nginx_serves_endpoint_says_stale_restart_resumes", "tcx programs, bpffs")
+    {
         return;
     }
     let Setup { app1, app2, mut probe, nginx } = setup(Ipv4Addr::new(127, 0, 0, 72));
@@ -269,18 +269,10 @@ fn temp_tables(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn failed_starts_before_the_first_publish_keep_the_table() {
     use std::os::unix::fs::MetadataExt;
-    if !prereq::root_or_skip(
-        "failed_starts_before_the_first_publish_keep_the_table",
-        "tcx programs, bpffs",
-    ) {
+    if !prereq::root_or_skip("failed_starts_before_the_first_publish_keep_the_table", "tcx programs, bpffs") {
         return;
     }
-    let Setup {
-        app1,
-        app2,
-        mut probe,
-        nginx,
-    } = setup(Ipv4Addr::new(127, 0, 0, 73));
+    let Setup { app1, app2, mut probe, nginx } = setup(Ipv4Addr::new(127, 0, 0, 73));
     let got = under_load(&nginx, || std::thread::sleep(Duration::from_secs(2)));
     assert_eq!(got.errors, 0, "{:?}", got.error_samples);
     assert_table_matches(&mut probe, &[&app1, &app2]);
@@ -291,15 +283,8 @@ fn failed_starts_before_the_first_publish_keep_the_table() {
     let bytes = std::fs::read(&table).unwrap();
     let ino = std::fs::metadata(&table).unwrap().ino();
     let unchanged = |what: &str| {
-        assert_eq!(
-            std::fs::metadata(&table).unwrap().ino(),
-            ino,
-            "{what}: the table was replaced"
-        );
-        assert!(
-            std::fs::read(&table).unwrap() == bytes,
-            "{what}: the table's bytes changed"
-        );
+        assert_eq!(std::fs::metadata(&table).unwrap().ino(), ino, "{what}: the table was replaced");
+        assert!(std::fs::read(&table).unwrap() == bytes, "{what}: the table's bytes changed");
     };
     let args = probe.args().to_vec();
 
@@ -308,10 +293,7 @@ fn failed_starts_before_the_first_publish_keep_the_table() {
     a.extend(["--iface".into(), "nosuchif0".into()]);
     let out = probe.command(&a).unwrap().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("unknown interface \"nosuchif0\""),
-        "{err}"
-    );
+    assert!(!out.status.success() && err.contains("unknown interface \"nosuchif0\""), "{err}");
     unchanged("unknown --iface");
     assert_eq!(temp_tables(&dir), Vec::<String>::new());
 
@@ -319,28 +301,13 @@ fn failed_starts_before_the_first_publish_keep_the_table() {
     // new table's writer exists; it goes, with its temporary file.
     let lock = std::fs::File::open(probe.state_dir()).unwrap();
     // SAFETY: flock on a descriptor we own; released when `lock` closes.
-    assert_eq!(
-        unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&lock),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        },
-        0
-    );
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB,) }, 0);
     let out = probe.command(&args).unwrap().output().unwrap();
     drop(lock);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("another upstreamtop-probe uses"),
-        "{err}"
-    );
+    assert!(!out.status.success() && err.contains("another upstreamtop-probe uses"), "{err}");
     unchanged("state directory locked");
-    assert_eq!(
-        temp_tables(&dir),
-        Vec::<String>::new(),
-        "the failed start removed its temporary table"
-    );
+    assert_eq!(temp_tables(&dir), Vec::<String>::new(), "the failed start removed its temporary table");
 
     // 3. kill -9 once the new table's writer exists (its temporary file
     // appears before the programs load, which takes far longer than this
@@ -350,24 +317,14 @@ fn failed_starts_before_the_first_publish_keep_the_table() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !temp_tables(&dir).iter().any(|n| n.starts_with(&mine)) {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "the probe exited ({status}) before its writer existed: {:?}",
-                child.wait_with_output()
-            );
+            panic!("the probe exited ({status}) before its writer existed: {:?}", child.wait_with_output());
         }
-        assert!(
-            Instant::now() < deadline,
-            "no temporary table from pid {} in 30 s",
-            child.id()
-        );
+        assert!(Instant::now() < deadline, "no temporary table from pid {} in 30 s", child.id());
         std::thread::sleep(Duration::from_millis(1));
     }
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(libc::SIGKILL)
-    );
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(libc::SIGKILL));
     let left = temp_tables(&dir);
     assert!(
         left.len() == 1 && left[0].starts_with(&mine),
@@ -375,74 +332,31 @@ fn failed_starts_before_the_first_publish_keep_the_table() {
          (none: did the kill come after the first publish?): {left:?}"
     );
     unchanged("kill -9 before the first publish");
-    eprintln!(
-        "killed before its first publish: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    eprintln!("killed before its first publish: {}", String::from_utf8_lossy(&out.stderr).trim());
 
     // 4. A normal start continues run 1 exactly.
     let first = probe.restart().expect("restart");
-    assert_eq!(
-        temp_tables(&dir),
-        Vec::<String>::new(),
-        "the killed probe's temporary table was removed"
-    );
+    assert_eq!(temp_tables(&dir), Vec::<String>::new(), "the killed probe's temporary table was removed");
     assert_eq!(first.meta.publish_seq, before.meta.publish_seq + 1);
     assert_eq!(first.meta.started_unix_ns, before.meta.started_unix_ns);
     for b in [&app1, &app2] {
-        assert_eq!(
-            observed(&first, b.addr()),
-            Some(expected(b)),
-            "peer {}: first publish vs backend",
-            b.addr()
-        );
-        let p = |s: &Snapshot| {
-            s.peers
-                .iter()
-                .find(|p| p.addr == b.addr())
-                .cloned()
-                .unwrap()
-        };
+        assert_eq!(observed(&first, b.addr()), Some(expected(b)), "peer {}: first publish vs backend", b.addr());
+        let p = |s: &Snapshot| s.peers.iter().find(|p| p.addr == b.addr()).cloned().unwrap();
         let (old, new) = (p(&before), p(&first));
-        assert_eq!(
-            new.latency,
-            old.latency,
-            "peer {}: latency histogram",
-            b.addr()
-        );
+        assert_eq!(new.latency, old.latency, "peer {}: latency histogram", b.addr());
         assert_eq!(new.responses, old.responses, "peer {}: responses", b.addr());
         // The restored history, then this publish's sample (no traffic).
         let keep = new.history.len() - 1;
-        assert!(
-            keep > 0 && old.history.len() >= keep,
-            "{} vs {}",
-            old.history.len(),
-            new.history.len()
-        );
-        assert_eq!(
-            new.history[..keep],
-            old.history[old.history.len() - keep..],
-            "peer {}: history",
-            b.addr()
-        );
+        assert!(keep > 0 && old.history.len() >= keep, "{} vs {}", old.history.len(), new.history.len());
+        assert_eq!(new.history[..keep], old.history[old.history.len() - keep..], "peer {}: history", b.addr());
         assert_eq!(new.history[keep].requests, 0);
     }
     let log = probe.log();
-    assert!(
-        log.contains(&format!(
-            "continuing from publish #{}",
-            before.meta.publish_seq
-        )),
-        "{log}"
-    );
+    assert!(log.contains(&format!("continuing from publish #{}", before.meta.publish_seq)), "{log}");
 
     // And the totals go on from there.
     let got = under_load(&nginx, || std::thread::sleep(Duration::from_secs(1)));
     assert_eq!(got.errors, 0, "{:?}", got.error_samples);
     assert_table_matches(&mut probe, &[&app1, &app2]);
-    assert!(
-        nginx.error_log_problems().is_empty(),
-        "{:?}",
-        nginx.error_log_problems()
-    );
+    assert!(nginx.error_log_problems().is_empty(), "{:?}", nginx.error_log_problems());
 }

@@ -34,9 +34,7 @@ use nginx_tests::probe::Probe;
 use nginx_tests::{http, prereq};
 use serde_json::Value;
 use upstreamtop_table::histogram::BUCKETS;
-use upstreamtop_table::{
-    Capacities, Latency, PeerStats, ProbeMeta, Responses, RouteStats, Snapshot, TableWriter,
-};
+use upstreamtop_table::{Capacities, Latency, PeerStats, ProbeMeta, Responses, RouteStats, Snapshot, TableWriter};
 
 /// How long the rewriter runs while the clients poll.
 const REWRITE_FOR: Duration = Duration::from_secs(6);
@@ -156,7 +154,10 @@ fn rewrite(table: &Path, writer: &mut Option<TableWriter>, rng: &mut Rng, n: u64
 
 #[test]
 fn random_table_rewrites_under_polling_keep_workers_alive() {
-    if !prereq::root_or_skip("random_table_rewrites_under_polling_keep_workers_alive", "tcx programs, setpriv to nobody") {
+    if !prereq::root_or_skip(
+        "random_table_rewrites_under_polling_keep_workers_alive",
+        "tcx programs, setpriv to nobody",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -284,7 +285,10 @@ fn table_is_root_owned_read_only_to_nginx_workers() {
 
     // nobody: cannot write, append, truncate or replace; can read.
     assert!(!as_nobody(": >> \"$1\"", &table).success(), "nobody opened the table for appending");
-    assert!(!as_nobody("printf x | dd of=\"$1\" conv=notrunc status=none", &table).success(), "nobody wrote into the table");
+    assert!(
+        !as_nobody("printf x | dd of=\"$1\" conv=notrunc status=none", &table).success(),
+        "nobody wrote into the table"
+    );
     assert!(!as_nobody(": > \"$1\"", &table).success(), "nobody truncated the table");
     let parent = table.parent().unwrap();
     assert!(!as_nobody("echo x > \"$1/evil\"", parent).success(), "nobody created a file next to the table");
@@ -313,7 +317,8 @@ fn table_is_root_owned_read_only_to_nginx_workers() {
     let mut table_fds = Vec::new();
     for fd in std::fs::read_dir(format!("/proc/{worker}/fd")).unwrap().flatten() {
         if std::fs::read_link(fd.path()).ok().as_deref() == Some(table.as_path()) {
-            let info = std::fs::read_to_string(format!("/proc/{worker}/fdinfo/{}", fd.file_name().to_string_lossy())).unwrap();
+            let info =
+                std::fs::read_to_string(format!("/proc/{worker}/fdinfo/{}", fd.file_name().to_string_lossy())).unwrap();
             let flags = info
                 .lines()
                 .find_map(|l| l.strip_prefix("flags:"))
@@ -344,11 +349,7 @@ fn prompt_get(nginx: &Nginx, path: &str) -> http::Response {
         .timeout(Duration::from_secs(5))
         .get(path)
         .unwrap_or_else(|e| panic!("GET {path} did not answer within 5 s: {e:#}"));
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "GET {path} took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(5), "GET {path} took {:?}", t.elapsed());
     r
 }
 
@@ -357,13 +358,7 @@ fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
     let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
-    assert_eq!(
-        rc,
-        0,
-        "mkfifo {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "mkfifo {}: {}", path.display(), std::io::Error::last_os_error());
 }
 
 /// A FIFO (nobody writing to it) and then a symlink (to a valid table)
@@ -374,18 +369,12 @@ fn mkfifo(path: &Path) {
 /// nothing in the error log says a worker died.
 #[test]
 fn fifo_or_symlink_at_the_table_path_answers_503_at_once() {
-    if !prereq::root_or_skip(
-        "fifo_or_symlink_at_the_table_path_answers_503_at_once",
-        "vendored nginx as root",
-    ) {
+    if !prereq::root_or_skip("fifo_or_symlink_at_the_table_path_answers_503_at_once", "vendored nginx as root") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("table");
-    TableWriter::create(&table, CAPS)
-        .unwrap()
-        .publish(&snapshot(1))
-        .unwrap();
+    TableWriter::create(&table, CAPS).unwrap().publish(&snapshot(1)).unwrap();
     let conf = NginxConf::vendored_with_module()
         .unwrap()
         .workers(1)
@@ -398,10 +387,7 @@ fn fifo_or_symlink_at_the_table_path_answers_503_at_once() {
     assert_eq!(r.status, 200, "{}", r.text());
 
     let real = dir.path().join("real");
-    TableWriter::create(&real, CAPS)
-        .unwrap()
-        .publish(&snapshot(2))
-        .unwrap();
+    TableWriter::create(&real, CAPS).unwrap().publish(&snapshot(2)).unwrap();
     for what in ["a FIFO", "a symbolic link"] {
         // Made beside the table, then renamed over it.
         let tmp = dir.path().join("swap");
@@ -410,10 +396,7 @@ fn fifo_or_symlink_at_the_table_path_answers_503_at_once() {
             _ => std::os::unix::fs::symlink(&real, &tmp).unwrap(),
         }
         std::fs::rename(&tmp, &table).unwrap();
-        let reason = format!(
-            "table {} is {what}, not a regular file: refused",
-            table.display()
-        );
+        let reason = format!("table {} is {what}, not a regular file: refused", table.display());
         for attempt in ["first", "second"] {
             let r = prompt_get(&nginx, "/upstreamtop");
             assert_eq!(r.status, 503, "{what}, {attempt} request: {}", r.text());
@@ -423,36 +406,17 @@ fn fifo_or_symlink_at_the_table_path_answers_503_at_once() {
         }
         let m = prompt_get(&nginx, "/metrics");
         assert_eq!(m.status, 200);
-        assert!(
-            m.text().contains("upstreamtop_probe_up 0"),
-            "{what}: {}",
-            m.text()
-        );
-        assert_eq!(
-            prompt_get(&nginx, "/health").status,
-            200,
-            "{what}: other locations serve"
-        );
+        assert!(m.text().contains("upstreamtop_probe_up 0"), "{what}: {}", m.text());
+        assert_eq!(prompt_get(&nginx, "/health").status, 200, "{what}: other locations serve");
         eprintln!("{what} at the table path: 503 {reason:?}");
     }
 
     // A real table again: served by the same worker.
-    TableWriter::create(&table, CAPS)
-        .unwrap()
-        .publish(&snapshot(3))
-        .unwrap();
+    TableWriter::create(&table, CAPS).unwrap().publish(&snapshot(3)).unwrap();
     let r = prompt_get(&nginx, "/upstreamtop");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        nginx.worker_pids(),
-        workers,
-        "no worker died and was replaced"
-    );
+    assert_eq!(nginx.worker_pids(), workers, "no worker died and was replaced");
     let log = nginx.error_log();
     assert!(!log.contains("exited on signal"), "{log}");
-    assert!(
-        nginx.error_log_problems().is_empty(),
-        "{:?}",
-        nginx.error_log_problems()
-    );
+    assert!(nginx.error_log_problems().is_empty(), "{:?}", nginx.error_log_problems());
 }

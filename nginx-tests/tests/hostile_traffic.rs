@@ -238,12 +238,15 @@ fn rss_kb(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-
 /// Control characters other than `\n` in terminal output: C0, DEL and C1
 /// (U+0080..U+009F), plus bidi overrides that reorder what a terminal shows.
 fn control_chars(text: &str) -> Vec<(usize, char)> {
     text.char_indices()
-        .filter(|&(_, c)| (c != '\n' && c.is_control()) || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c))
+        .filter(|&(_, c)| {
+            (c != '\n' && c.is_control())
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        })
         .collect()
 }
 
@@ -274,10 +277,14 @@ fn hostile_paths_cardinality_garbage_and_aborts_keep_outputs_clean_and_counts_ex
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
     let max_routes = MAX_ROUTES.to_string();
     let mut probe = Probe::start(&[
-        "--iface", "lo",
-        "--ignore-port", &port.to_string(),
-        "--interval", "250ms",
-        "--max-routes", &max_routes,
+        "--iface",
+        "lo",
+        "--ignore-port",
+        &port.to_string(),
+        "--interval",
+        "250ms",
+        "--max-routes",
+        &max_routes,
     ])
     .unwrap();
     let conf = NginxConf::vendored_with_module()
@@ -313,9 +320,7 @@ fn hostile_paths_cardinality_garbage_and_aborts_keep_outputs_clean_and_counts_ex
         .filter(|p| p.contains('\u{1b}') || p.contains('\u{fffd}') || p.contains('"') || p.len() >= 8000)
         .collect();
     assert!(reached.len() >= 4, "hostile paths reached the backends raw: {reached:?}");
-    probe
-        .wait_until(SETTLE, |s| backends.iter().all(|b| peer_requests(s, b.addr()) == Some(b.total())))
-        .unwrap();
+    probe.wait_until(SETTLE, |s| backends.iter().all(|b| peer_requests(s, b.addr()) == Some(b.total()))).unwrap();
     let (rss_before, _) = rss_kb(probe.pid());
 
     // Phase 2: 100,000 distinct paths.
@@ -336,7 +341,9 @@ fn hostile_paths_cardinality_garbage_and_aborts_keep_outputs_clean_and_counts_ex
     let odd: Vec<String> = backends
         .iter()
         .flat_map(|b| b.by_route().into_keys())
-        .filter(|(_, p)| !p.starts_with("/d/") && !p.starts_with("/raw/") && p.len() < 200 && !p.contains('"') && !p.contains('\\'))
+        .filter(|(_, p)| {
+            !p.starts_with("/d/") && !p.starts_with("/raw/") && p.len() < 200 && !p.contains('"') && !p.contains('\\')
+        })
         .map(|(m, p)| format!("{m:?} {p:?}"))
         .collect();
     assert_eq!(
@@ -346,9 +353,8 @@ fn hostile_paths_cardinality_garbage_and_aborts_keep_outputs_clean_and_counts_ex
     );
 
     // Per-peer totals: exact, through everything above.
-    let snap = probe
-        .wait_until(SETTLE, |s| backends.iter().all(|b| peer_requests(s, b.addr()) == Some(b.total())))
-        .unwrap();
+    let snap =
+        probe.wait_until(SETTLE, |s| backends.iter().all(|b| peer_requests(s, b.addr()) == Some(b.total()))).unwrap();
     for b in backends {
         let peer = snap.peers.iter().find(|p| p.addr == b.addr()).unwrap_or_else(|| panic!("{} missing", b.addr()));
         assert_eq!(peer.requests, b.total(), "{}: table requests vs backend", b.addr());

@@ -15,9 +15,7 @@ use nginx_tests::http;
 use nginx_tests::nginx::{check_config, Nginx, NginxConf};
 use serde_json::Value;
 use upstreamtop_table::histogram::{bucket_of, BUCKETS};
-use upstreamtop_table::{
-    Capacities, Latency, PeerStats, ProbeMeta, Responses, RouteStats, Snapshot, TableWriter,
-};
+use upstreamtop_table::{Capacities, Latency, PeerStats, ProbeMeta, Responses, RouteStats, Snapshot, TableWriter};
 
 /// Backend ports in the config; nothing listens there and nothing needs to:
 /// the answer is built from the table, not from live traffic.
@@ -151,10 +149,7 @@ fn start(workers: u32) -> (Nginx, tempfile::TempDir, PathBuf) {
             ],
         )
         // Other balancers keep the round-robin peer list the module reads.
-        .upstream(
-            "v6",
-            &[format!("server {V6_PEER}"), "hash $request_uri consistent".into(), "keepalive 8".into()],
-        )
+        .upstream("v6", &[format!("server {V6_PEER}"), "hash $request_uri consistent".into(), "keepalive 8".into()])
         .extra_server(&format!("location /direct/ {{ proxy_pass http://{IMPLICIT}; }}"))
         .extra_server("location = /metrics { upstreamtop_status prometheus; }")
         .extra_server("location = /private { upstreamtop_status; deny all; }")
@@ -441,10 +436,7 @@ fn reload_keeps_answering() {
     assert_eq!(before["upstreams"]["app"]["requests"], after["upstreams"]["app"]["requests"]);
 
     // A reload that changes the groups: the answer follows the new config.
-    let conf = nginx
-        .conf()
-        .clone()
-        .upstream("extra", &[format!("server {UNLISTED}")]);
+    let conf = nginx.conf().clone().upstream("extra", &[format!("server {UNLISTED}")]);
     nginx.reload_with(conf).unwrap();
     let (status, after, _) = get_json(&nginx, "/upstreamtop");
     assert_eq!(status, 200, "{after}");
@@ -486,12 +478,7 @@ fn nginx_t_rejects_bad_directive_arguments() {
         ("", "upstreamtop_table /tmp/t;", "upstreamtop_table", "not allowed here"),
         ("upstreamtop_table relative/table;", "", "upstreamtop_table", "absolute"),
         ("upstreamtop_table /a /b;", "", "upstreamtop_table", "invalid number of arguments"),
-        (
-            "upstreamtop_table /a;\nupstreamtop_table /b;",
-            "",
-            "upstreamtop_table",
-            "duplicate",
-        ),
+        ("upstreamtop_table /a;\nupstreamtop_table /b;", "", "upstreamtop_table", "duplicate"),
     ];
     for (http, server, directive, why) in cases {
         let stderr = config_error(http, server);

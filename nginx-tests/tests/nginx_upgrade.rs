@@ -110,7 +110,12 @@ impl Daemon {
             .arg(p.join("logs/error.log"))
             .output()
             .expect("run nginx");
-        assert!(out.status.success(), "nginx failed to start: {}\n{}", String::from_utf8_lossy(&out.stderr), d.error_log());
+        assert!(
+            out.status.success(),
+            "nginx failed to start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            d.error_log()
+        );
         let master = wait_for("nginx.pid", || read_pid(&d.pid_file()).filter(|&p| alive(p)));
         d.masters.push(master);
         wait_for("/health answers", || http::get(&d.url("/health")).ok().filter(|r| r.status == 200));
@@ -208,7 +213,8 @@ fn reloads_and_binary_upgrade_under_load_lose_no_request() {
     let backends = [&app1, &app2];
 
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
-    let mut probe = Probe::start(&["--iface", "lo", "--ignore-port", &port.to_string(), "--interval", "250ms"]).unwrap();
+    let mut probe =
+        Probe::start(&["--iface", "lo", "--ignore-port", &port.to_string(), "--interval", "250ms"]).unwrap();
     let conf = NginxConf::vendored_with_module()
         .unwrap()
         .port(port)
@@ -293,7 +299,13 @@ fn reloads_and_binary_upgrade_under_load_lose_no_request() {
     let served: u64 = backends.iter().map(|b| b.total()).sum();
     assert_eq!(served, sent, "backends served exactly what the client got answers for");
     let failures = poll_failures.into_inner().unwrap();
-    assert!(failures.is_empty(), "{} of {} endpoint polls failed: {:?}", failures.len(), polls.load(Ordering::Relaxed), failures);
+    assert!(
+        failures.is_empty(),
+        "{} of {} endpoint polls failed: {:?}",
+        failures.len(),
+        polls.load(Ordering::Relaxed),
+        failures
+    );
     eprintln!(
         "{sent} requests through 2 reloads and a binary upgrade; {} endpoint polls all 200",
         polls.load(Ordering::Relaxed)
@@ -329,7 +341,9 @@ fn reloads_and_binary_upgrade_under_load_lose_no_request() {
     let log = nginx.error_log();
     let problems: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]") || l.contains("exited on signal"))
+        .filter(|l| {
+            l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]") || l.contains("exited on signal")
+        })
         .collect();
     assert!(problems.is_empty(), "{problems:#?}");
     assert!(log.contains("changing binary"), "USR2 went through nginx's upgrade path:\n{log}");

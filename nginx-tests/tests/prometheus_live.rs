@@ -54,7 +54,6 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64()
 }
 
-
 /// Sample lines of an exposition as (name, labels text, value).
 fn samples(text: &str) -> Vec<(String, String, f64)> {
     text.lines()
@@ -103,7 +102,8 @@ impl Prometheus {
         let dir = tempfile::Builder::new().prefix("nginx-tests-prometheus-").tempdir().context("temp dir")?;
         let conf = dir.path().join("prometheus.yml");
         std::fs::write(&conf, config).context("write prometheus.yml")?;
-        let check = Command::new("promtool").arg("check").arg("config").arg(&conf).output().context("promtool check config")?;
+        let check =
+            Command::new("promtool").arg("check").arg("config").arg(&conf).output().context("promtool check config")?;
         if !check.status.success() {
             bail!("promtool rejects the scrape config: {}\n{config}", String::from_utf8_lossy(&check.stdout));
         }
@@ -164,9 +164,12 @@ impl Prometheus {
                 .map(|s| {
                     let labels = s["metric"]
                         .as_object()
-                        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+                        .map(|m| {
+                            m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect()
+                        })
                         .unwrap_or_default();
-                    let value = s["value"][1].as_str().and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("value: {s}"))?;
+                    let value =
+                        s["value"][1].as_str().and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("value: {s}"))?;
                     Ok(Series { labels, value })
                 })
                 .collect(),
@@ -254,7 +257,8 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = expr;
     while let Some(i) = rest.find("upstreamtop_") {
-        let before_ok = rest[..i].chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+        let before_ok =
+            rest[..i].chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
         let tail = &rest[i..];
         let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(tail.len());
         if before_ok {
@@ -303,13 +307,19 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     // Every loopback listener that is not a backend is ignored by the
     // probe, or it would count scrapes and API queries as backends.
     let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let (port, port_no_probe, port_prom) = (free_port(local).unwrap(), free_port(local).unwrap(), free_port(local).unwrap());
+    let (port, port_no_probe, port_prom) =
+        (free_port(local).unwrap(), free_port(local).unwrap(), free_port(local).unwrap());
     let mut probe = Probe::start(&[
-        "--iface", "lo",
-        "--ignore-port", &port.to_string(),
-        "--ignore-port", &port_no_probe.to_string(),
-        "--ignore-port", &port_prom.to_string(),
-        "--interval", "250ms",
+        "--iface",
+        "lo",
+        "--ignore-port",
+        &port.to_string(),
+        "--ignore-port",
+        &port_no_probe.to_string(),
+        "--ignore-port",
+        &port_prom.to_string(),
+        "--interval",
+        "250ms",
     ])
     .unwrap();
     let conf = NginxConf::vendored_with_module()
@@ -344,9 +354,11 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     assert_eq!(got.responses(), REQUESTS);
     let served: u64 = backends.iter().map(|b| b.total()).sum();
     assert_eq!(served, REQUESTS, "nginx proxied every request once");
-    let hostile = app1.by_route().into_keys().chain(app2.by_route().into_keys()).filter(|(_, p)| {
-        p.contains('\u{1}') || p.contains('\u{fffd}') || p.contains('"') || p.len() > 1000
-    });
+    let hostile = app1
+        .by_route()
+        .into_keys()
+        .chain(app2.by_route().into_keys())
+        .filter(|(_, p)| p.contains('\u{1}') || p.contains('\u{fffd}') || p.contains('"') || p.len() > 1000);
     assert!(hostile.count() >= 4, "hostile paths reached the backends: {:?}", app1.by_route().keys());
 
     // The probe accounts for everything the backends served.
@@ -417,8 +429,11 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
         .unwrap();
     for b in backends {
         let server = b.addr().to_string();
-        let got: BTreeMap<String, f64> =
-            codes.iter().filter(|s| s.labels["server"] == server).map(|s| (s.labels["code"].clone(), s.value)).collect();
+        let got: BTreeMap<String, f64> = codes
+            .iter()
+            .filter(|s| s.labels["server"] == server)
+            .map(|s| (s.labels["code"].clone(), s.value))
+            .collect();
         let want: BTreeMap<String, f64> = b.by_status().into_iter().map(|(c, n)| (c.to_string(), n as f64)).collect();
         assert_eq!(got, want, "{server}: responses by code, Prometheus vs backend");
     }
@@ -435,10 +450,7 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
         let total = want[&s.labels["server"]];
         assert!(s.value > 0.0 && s.value <= total, "{}: rate {} with {total} requests", s.labels["server"], s.value);
     }
-    assert!(
-        (load_rps / 4.0..=load_rps * 4.0).contains(&sum),
-        "rate() sum {sum:.1}/s vs the load's {load_rps:.1}/s"
-    );
+    assert!((load_rps / 4.0..=load_rps * 4.0).contains(&sum), "rate() sum {sum:.1}/s vs the load's {load_rps:.1}/s");
     eprintln!(
         "load {load_rps:.0} req/s; Prometheus rate() per backend: {}",
         rates.iter().map(|s| format!("{}={:.0}/s", s.labels["server"], s.value)).collect::<Vec<_>>().join(", ")

@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nginx_tests::artifacts;
 use nginx_tests::backend::{Backend, Profile};
 use nginx_tests::load::{self, LoadSpec, Route};
-use nginx_tests::artifacts;
 use upstreamtop_table::{Snapshot, TableReader};
 
 const NOBODY: u32 = 65534;
@@ -117,7 +117,10 @@ fn cap_bit(cap: &str) -> u64 {
 /// to `nobody`, with no_new_privs, like the unit's
 /// DynamicUser/AmbientCapabilities/CapabilityBoundingSet/NoNewPrivileges.
 fn as_nobody_with(caps: &[String]) -> Command {
-    let set: String = std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{}", setpriv_name(c)))).collect::<Vec<_>>().join(",");
+    let set: String = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{}", setpriv_name(c))))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=nobody", "--regid=nogroup", "--init-groups", "--no-new-privs"])
         .arg(format!("--inh-caps={set}"))
@@ -261,7 +264,9 @@ fn unit_file_declares_notify_nonroot_least_privilege_and_hardening() {
 #[test]
 fn systemd_analyze_verify_and_security() {
     if !have("systemd-analyze") {
-        eprintln!("skipping systemd_analyze_verify_and_security: systemd-analyze not installed (Debian package systemd)");
+        eprintln!(
+            "skipping systemd_analyze_verify_and_security: systemd-analyze not installed (Debian package systemd)"
+        );
         return;
     }
     // verify wants ExecStart to exist: point it at the built probe, as
@@ -275,7 +280,8 @@ fn systemd_analyze_verify_and_security() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
 
-    let out = Command::new("systemd-analyze").args(["security", "--offline=yes", "--no-pager"]).arg(&unit).output().unwrap();
+    let out =
+        Command::new("systemd-analyze").args(["security", "--offline=yes", "--no-pager"]).arg(&unit).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let level: f64 = text
         .lines()
@@ -347,7 +353,10 @@ fn probe_as_nobody_with_exactly_the_unit_capabilities_publishes_exact_counts() {
     assert_eq!(dir.permissions().mode() & 0o777, 0o755);
     assert_eq!(file.permissions().mode() & 0o777, 0o644);
     assert_eq!(file.uid(), NOBODY, "the table belongs to the service user");
-    eprintln!("as nobody with {caps:?}: READY=1, {} requests counted = backend, table 0644 in a 0755 dir", backend.total());
+    eprintln!(
+        "as nobody with {caps:?}: READY=1, {} requests counted = backend, table 0644 in a 0755 dir",
+        backend.total()
+    );
 }
 
 #[test]
@@ -466,7 +475,11 @@ fn probe_syscalls_and_sockets_fit_the_unit_filters() {
         }
     }
     let outside: Vec<&String> = used.difference(&allowed).collect();
-    assert!(outside.is_empty(), "system calls outside SystemCallFilter={:?}: {outside:?}", unit.service_list("SystemCallFilter"));
+    assert!(
+        outside.is_empty(),
+        "system calls outside SystemCallFilter={:?}: {outside:?}",
+        unit.service_list("SystemCallFilter")
+    );
     assert!(sockets.is_subset(&families), "socket families {sockets:?} vs RestrictAddressFamilies={families:?}");
     assert!(used.contains("bpf"));
     eprintln!("{} distinct system calls, all allowed; socket families {sockets:?}", used.len());
@@ -490,12 +503,16 @@ fn build_sh_install_into_a_destdir() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let d = |p: &str| dest.path().join(p.trim_start_matches('/'));
-    let mode = |p: &Path| std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
+    let mode =
+        |p: &Path| std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
     assert_eq!(mode(&d("/opt/upstreamtop/bin/upstreamtop-probe")), 0o755);
     let unit = d("/etc/systemd/system/upstreamtop-probe.service");
     assert_eq!(mode(&unit), 0o644);
     let text = std::fs::read_to_string(&unit).unwrap();
-    assert!(text.contains("\nExecStart=/opt/upstreamtop/bin/upstreamtop-probe --table /run/upstreamtop/table"), "{text}");
+    assert!(
+        text.contains("\nExecStart=/opt/upstreamtop/bin/upstreamtop-probe --table /run/upstreamtop/table"),
+        "{text}"
+    );
     for example in ["nginx.conf", "prometheus.yml", "grafana-dashboard.json", "upstreamtop-probe.service"] {
         let p = d(&format!("/opt/upstreamtop/share/upstreamtop/{example}"));
         assert_eq!(mode(&p), 0o644, "{}", p.display());
@@ -504,7 +521,10 @@ fn build_sh_install_into_a_destdir() {
     // Nothing lands outside DESTDIR's /etc, PREFIX and the distro module dir.
     let mut tops: Vec<_> = std::fs::read_dir(dest.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     tops.sort();
-    assert!(tops.iter().all(|t| [OsStr::new("etc"), OsStr::new("opt"), OsStr::new("usr")].contains(&t.as_os_str())), "{tops:?}");
+    assert!(
+        tops.iter().all(|t| [OsStr::new("etc"), OsStr::new("opt"), OsStr::new("usr")].contains(&t.as_os_str())),
+        "{tops:?}"
+    );
 }
 
 /// The unit's pinning setup, reproduced: the ExecStartPre=+ step makes a
@@ -540,7 +560,11 @@ fn probe_as_nobody_pins_in_the_units_state_dir_and_a_restart_loses_nothing() {
     impl Drop for Detach {
         fn drop(&mut self) {
             if self.0.exists() {
-                let _ = Command::new(artifacts::probe_bin().unwrap()).arg("detach").arg("--state-dir").arg(&self.0).output();
+                let _ = Command::new(artifacts::probe_bin().unwrap())
+                    .arg("detach")
+                    .arg("--state-dir")
+                    .arg(&self.0)
+                    .output();
             }
         }
     }

@@ -13,8 +13,8 @@ use std::rc::Rc;
 
 use upstreamtop_table::histogram::bucket_of;
 use upstreamtop_table::{
-    Connections, HistorySample, Latency, PeerStats, ProbeCounters, ProbeMeta, RecentRequest,
-    Responses, RouteStats, Snapshot, Window,
+    Connections, HistorySample, Latency, PeerStats, ProbeCounters, ProbeMeta, RecentRequest, Responses, RouteStats,
+    Snapshot, Window,
 };
 
 use crate::bpf::{socket_addr, types, BpfStats};
@@ -418,8 +418,7 @@ impl Aggregator {
                 requests_per_sec: d_req as f64 / secs,
                 errors_5xx_per_sec: d_5xx as f64 / secs,
                 sent_bytes_per_sec: c.sent_bytes.saturating_sub(ps.prev.sent_bytes) as f64 / secs,
-                received_bytes_per_sec: c.received_bytes.saturating_sub(ps.prev.received_bytes) as f64
-                    / secs,
+                received_bytes_per_sec: c.received_bytes.saturating_sub(ps.prev.received_bytes) as f64 / secs,
                 latency_avg_ns: il.sum_ns.checked_div(il.count).unwrap_or(0),
                 latency_p50_ns: p50,
                 latency_p90_ns: p90,

@@ -234,12 +234,7 @@ fn add_u64(a: &mut u64, b: &u64) {
 /// The per-CPU values of `key` in `map`, summed with `add`; None when the
 /// key is absent (gone between listing and lookup). `what` names the map in
 /// errors.
-fn percpu_sum<T: Copy + Default>(
-    map: &impl MapCore,
-    key: &[u8],
-    what: &str,
-    add: fn(&mut T, &T),
-) -> Result<Option<T>> {
+fn percpu_sum<T: Copy + Default>(map: &impl MapCore, key: &[u8], what: &str, add: fn(&mut T, &T)) -> Result<Option<T>> {
     let Some(per_cpu) = map.lookup_percpu(key, MapFlags::ANY).with_context(|| format!("reading {what}"))? else {
         return Ok(None);
     };
@@ -264,9 +259,7 @@ fn explain_load_error(e: &libbpf_rs::Error) -> String {
     // EPERM is a missing capability; EACCES is the verifier refusing the
     // programs (its log went to stderr).
     if msg.contains("os error 1)") {
-        format!(
-            "{msg}: the probe needs root or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
-        )
+        format!("{msg}: the probe needs root or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
     } else if msg.contains("os error 13)") {
         format!("{msg}: the kernel's verifier rejected the programs (log above)")
     } else {
@@ -287,11 +280,8 @@ impl Programs {
         }
         // The skeleton borrows its object storage for its whole life; the
         // programs live as long as the process (or test), so leak it.
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = UpstreamtopSkelBuilder::default()
-            .open(storage)
-            .context("opening the BPF object")?;
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = UpstreamtopSkelBuilder::default().open(storage).context("opening the BPF object")?;
 
         open.maps.conns.set_max_entries(cfg.max_conns).context("sizing the conns map")?;
         open.maps.peers.set_max_entries(cfg.max_peers).context("sizing the peers map")?;
@@ -304,10 +294,7 @@ impl Programs {
             .set_max_entries(cfg.max_banked.saturating_mul(16))
             .context("sizing the banked_codes map")?;
         open.maps.codes.set_max_entries(cfg.max_codes).context("sizing the codes map")?;
-        open.maps
-            .common_codes
-            .set_max_entries(cfg.max_peers)
-            .context("sizing the common_codes map")?;
+        open.maps.common_codes.set_max_entries(cfg.max_peers).context("sizing the common_codes map")?;
         open.maps
             .events
             .set_max_entries(cfg.ring_bytes.next_power_of_two().max(4096))
@@ -364,9 +351,8 @@ impl Programs {
             }
         }
 
-        let mut skel = open.load().map_err(|e| {
-            anyhow::anyhow!("loading the BPF programs failed: {}", explain_load_error(&e))
-        })?;
+        let mut skel =
+            open.load().map_err(|e| anyhow::anyhow!("loading the BPF programs failed: {}", explain_load_error(&e)))?;
         if resumed {
             remap_reused_bss(&skel.maps.bss)?;
         } else if let Some(sd) = &state {
@@ -406,7 +392,8 @@ impl Programs {
         let mut by_index: BTreeMap<u32, (Option<Link>, Option<Link>)> = BTreeMap::new();
         for l in &pinned {
             let link = Link::open(&l.path).with_context(|| format!("opening {}", l.path.display()));
-            let prog = if l.egress { &self.skel.progs.upstreamtop_egress } else { &self.skel.progs.upstreamtop_ingress };
+            let prog =
+                if l.egress { &self.skel.progs.upstreamtop_egress } else { &self.skel.progs.upstreamtop_ingress };
             let adopted = self.resumed && ifaces.iter().any(|(i, _)| *i == l.ifindex);
             match link {
                 Ok(mut link) => {
@@ -594,11 +581,7 @@ impl Programs {
     /// Put an unlisted peer's slot back; false when the peer claimed another
     /// one meanwhile.
     pub fn relist_peer(&self, addr: SocketAddr, idx: u32) -> bool {
-        self.skel
-            .maps
-            .peer_ids
-            .update(bytes_of(&peer_key_of(addr)), &idx.to_ne_bytes(), MapFlags::NO_EXIST)
-            .is_ok()
+        self.skel.maps.peer_ids.update(bytes_of(&peer_key_of(addr)), &idx.to_ne_bytes(), MapFlags::NO_EXIST).is_ok()
     }
 
     /// Zero the counters of a slot that nothing refers to any more (not
@@ -618,19 +601,13 @@ impl Programs {
             .update_percpu(&key, &zero(size_of::<types::code_slots>()), MapFlags::ANY)
             .context("clearing a common_codes slot")?;
         let codes = &self.skel.maps.codes;
-        let stale: Vec<Vec<u8>> = codes
-            .keys()
-            .filter(|k| from_bytes::<types::code_key>(k).is_some_and(|ck| ck.peer_idx == idx))
-            .collect();
+        let stale: Vec<Vec<u8>> =
+            codes.keys().filter(|k| from_bytes::<types::code_key>(k).is_some_and(|ck| ck.peer_idx == idx)).collect();
         for k in stale {
             // Gone already is fine: nothing else deletes them.
             let _ = codes.delete(&k);
         }
-        self.skel
-            .maps
-            .free_peer_ids
-            .update(&[], &key, MapFlags::ANY)
-            .context("handing a peer slot back")
+        self.skel.maps.free_peer_ids.update(&[], &key, MapFlags::ANY).context("handing a peer slot back")
     }
 
     /// Totals of the peers whose slot was taken back, and their codes.
@@ -736,11 +713,9 @@ impl Programs {
         let counter = unsafe { std::sync::atomic::AtomicU32::from_ptr(self.tracked.add(slot)) };
         // Mirrors conn_delete() in the programs: lower the filter after
         // our successful delete.
-        let _ = counter.fetch_update(
-            std::sync::atomic::Ordering::SeqCst,
-            std::sync::atomic::Ordering::SeqCst,
-            |n| n.checked_sub(1),
-        );
+        let _ = counter.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+            n.checked_sub(1)
+        });
         true
     }
 
@@ -761,16 +736,8 @@ impl Programs {
     /// `repeat` times; returns its return value and the kernel-measured
     /// average time per run. The frame goes nowhere.
     pub fn test_run(&self, egress: bool, frame: &[u8], repeat: u32) -> Result<(i32, std::time::Duration)> {
-        let prog = if egress {
-            &self.skel.progs.upstreamtop_egress
-        } else {
-            &self.skel.progs.upstreamtop_ingress
-        };
-        let input = libbpf_rs::ProgramInput {
-            data_in: Some(frame),
-            repeat: repeat.max(1),
-            ..Default::default()
-        };
+        let prog = if egress { &self.skel.progs.upstreamtop_egress } else { &self.skel.progs.upstreamtop_ingress };
+        let input = libbpf_rs::ProgramInput { data_in: Some(frame), repeat: repeat.max(1), ..Default::default() };
         let out = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
         Ok((out.return_value as i32, out.duration))
     }
@@ -783,9 +750,7 @@ pub fn link_ids(path: &std::path::Path) -> Result<(u32, u32, bool)> {
     let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
     // SAFETY: `info` is a bpf_link_info of `len` bytes the kernel fills; the
     // fd is the link's, open for the call.
-    let rc = unsafe {
-        libbpf_sys::bpf_link_get_info_by_fd(link.as_fd().as_raw_fd(), &mut info, &mut len)
-    };
+    let rc = unsafe { libbpf_sys::bpf_link_get_info_by_fd(link.as_fd().as_raw_fd(), &mut info, &mut len) };
     if rc != 0 {
         bail!("querying {}: {}", path.display(), io::Error::from_raw_os_error(-rc));
     }
@@ -872,16 +837,11 @@ fn remap_reused_bss(bss: &libbpf_rs::MapMut<'_>) -> Result<()> {
 }
 
 fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, ifindex: u32) -> Result<Link> {
-    let opts = libbpf_sys::bpf_tcx_opts {
-        sz: size_of::<libbpf_sys::bpf_tcx_opts>() as _,
-        ..Default::default()
-    };
+    let opts = libbpf_sys::bpf_tcx_opts { sz: size_of::<libbpf_sys::bpf_tcx_opts>() as _, ..Default::default() };
     let ifindex = i32::try_from(ifindex).context("ifindex out of range")?;
     // SAFETY: the program pointer comes from a loaded skeleton that outlives
     // this call, and `opts` is a properly sized bpf_tcx_opts.
-    let ptr = unsafe {
-        libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), ifindex, &opts)
-    };
+    let ptr = unsafe { libbpf_sys::bpf_program__attach_tcx(prog.as_libbpf_object().as_ptr(), ifindex, &opts) };
     match NonNull::new(ptr) {
         // SAFETY: a non-NULL pointer from bpf_program__attach_tcx is a link
         // we own; Link frees (and detaches) it on drop.
@@ -889,9 +849,7 @@ fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, ifindex: u32) -> Result<Link> {
         None => {
             let err = io::Error::last_os_error();
             let hint = match err.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => {
-                    " (needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
-                }
+                Some(libc::EPERM) | Some(libc::EACCES) => " (needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
                 Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
                     " (this kernel lacks tcx attachment, added in Linux 6.6)"
                 }

@@ -149,9 +149,11 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv6Addr, u8), String> {
         IpAddr::V6(v6) => (v6, 128u8, 0u8),
     };
     let p = match prefix {
-        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
-            format!("invalid prefix length in {s:?} (0..={max})")
-        })?,
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("invalid prefix length in {s:?} (0..={max})"))?,
         None => max,
     };
     Ok((v6, p + offset))

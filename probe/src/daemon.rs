@@ -11,10 +11,10 @@ use upstreamtop_table::{Capacities, TableWriter};
 
 use crate::aggregate::{AggLimits, Aggregator};
 use crate::bpf::{ring_pending, types, BpfConfig, Programs};
+use crate::cli::Cli;
 use crate::peer_slots::PeerSlots;
 use crate::pins::StateDir;
 use crate::restore::Resume;
-use crate::cli::Cli;
 use crate::sweep::{collect, SweepConfig};
 use crate::{ifaces, notify};
 
@@ -135,9 +135,8 @@ pub fn run(cli: Cli) -> Result<()> {
     // that fails to attach, kill -9) leaves the previous run's totals,
     // routes and history for the next start. (Dropping the writer removes
     // its temporary file; one left by kill -9 goes at the next start.)
-    let mut writer = TableWriter::create(&cli.table, caps).with_context(|| {
-        format!("cannot create the table at {} (is its directory writable?)", cli.table.display())
-    })?;
+    let mut writer = TableWriter::create(&cli.table, caps)
+        .with_context(|| format!("cannot create the table at {} (is its directory writable?)", cli.table.display()))?;
     let (state, _lock) = state_dir(&cli)?;
     let mut progs = Programs::load(&cfg, state)?;
     // The previous run's last publish, which the first publish continues.
@@ -177,9 +176,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let a = agg.clone();
     let ring = progs.ring_buffer(move |ev: &types::exchange_event| a.borrow_mut().on_event(ev))?;
-    let sweep = SweepConfig {
-        idle_timeout_ns: cli.conn_idle.as_nanos() as u64,
-    };
+    let sweep = SweepConfig { idle_timeout_ns: cli.conn_idle.as_nanos() as u64 };
 
     // Events stay in the ring until just before a publish, unless it fills
     // up: an event folded but not yet published is lost if the probe is
@@ -191,9 +188,7 @@ pub fn run(cli: Cli) -> Result<()> {
         let names = progs.attached().into_iter().map(|(_, n)| n).collect();
         let mut agg = agg.borrow_mut();
         let snap = agg.snapshot(&totals, interval.as_nanos() as u64, names);
-        let report = writer
-            .publish(snap)
-            .with_context(|| format!("publishing to {}", cli.table.display()))?;
+        let report = writer.publish(snap).with_context(|| format!("publishing to {}", cli.table.display()))?;
         if report.peers_truncated + report.routes_truncated + report.recent_truncated > 0 {
             log(&format!("table full: {report:?}"));
         }

@@ -17,8 +17,8 @@ fn send(path: &std::ffi::OsStr, state: &str) -> Result<()> {
     let bytes = path.as_encoded_bytes();
     if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .context("NOTIFY_SOCKET abstract address")?;
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(name).context("NOTIFY_SOCKET abstract address")?;
         sock.send_to_addr(state.as_bytes(), &addr)
     } else {
         sock.send_to(state.as_bytes(), path)

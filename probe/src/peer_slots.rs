@@ -140,12 +140,8 @@ impl PeerSlots {
         // A connection opened just before the unlisting may have picked the
         // slot up: look again once any program that read it has stored it.
         std::thread::sleep(UNLIST_GRACE);
-        let now_referenced: HashSet<u32> = progs
-            .conns()?
-            .iter()
-            .map(|c| c.state.peer_idx)
-            .filter(|&i| i != NO_PEER)
-            .collect();
+        let now_referenced: HashSet<u32> =
+            progs.conns()?.iter().map(|c| c.state.peer_idx).filter(|&i| i != NO_PEER).collect();
         for (addr, idx) in unlisted {
             self.seen.remove(&idx);
             if !now_referenced.contains(&idx) {

@@ -68,9 +68,7 @@ fn has_cap_sys_admin() -> bool {
 fn mount_bpffs(mnt: &Path) -> std::io::Result<()> {
     let target = CString::new(mnt.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: all arguments are NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
-    };
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast()) };
     if rc == 0 {
         Ok(())
     } else {
@@ -174,8 +172,7 @@ impl StateDir {
         };
         let mut map = MapHandle::create(MapType::Array, Some("ut_meta"), 4, 8, 1, &opts)
             .context("creating the state fingerprint map")?;
-        map.update(&0u32.to_ne_bytes(), &fp.to_ne_bytes(), MapFlags::ANY)
-            .context("writing the state fingerprint")?;
+        map.update(&0u32.to_ne_bytes(), &fp.to_ne_bytes(), MapFlags::ANY).context("writing the state fingerprint")?;
         let _ = std::fs::remove_file(self.path.join(META));
         map.pin(self.path.join(META)).context("pinning the state fingerprint")?;
         Ok(())

@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use upstreamtop_table::{Responses, Snapshot};
 
 use crate::aggregate::{monotonic_ns, unix_ns, Aggregator, BpfTotals, RouteState};
-use crate::hist::Hist;
 use crate::bpf::{add_peer_counters, types, BpfStats};
+use crate::hist::Hist;
 
 /// How the previous run's state comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,11 @@ fn route_state(requests: u64, r: &Responses, no_response: u64, sum_ns: u64, coun
         requests,
         class: r.class,
         // Sorted: the fold looks codes up by binary search.
-        codes: { let mut c = r.codes.clone(); c.sort_unstable(); c },
+        codes: {
+            let mut c = r.codes.clone();
+            c.sort_unstable();
+            c
+        },
         no_response,
         // Buckets are not in the table: percentiles restart from new data.
         latency: Hist::with_totals(sum_ns, count),

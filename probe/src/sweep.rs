@@ -33,11 +33,7 @@ pub struct SweepConfig {
 pub fn syn_deadline_ns(c: &ConnEntry) -> u64 {
     let last = c.state.last_ts;
     // req_ts holds the SYN before the last one (0: only one so far).
-    let gap = if c.state.req_ts == 0 {
-        0
-    } else {
-        last.saturating_sub(c.state.req_ts)
-    };
+    let gap = if c.state.req_ts == 0 { 0 } else { last.saturating_sub(c.state.req_ts) };
     last + (2 * gap).max(SYN_RTO_NS) + SYN_SLACK_NS
 }
 
@@ -70,9 +66,8 @@ pub fn sweep(progs: &Programs, agg: &mut Aggregator, cfg: SweepConfig) -> Result
         }
         if now.saturating_sub(c.state.last_ts) > cfg.idle_timeout_ns {
             if progs.delete_conn(&c) {
-                let awaiting = (http
-                    && (phase == Phase::PHASE_AWAIT_RESPONSE || phase == Phase::PHASE_INTERIM))
-                    .then(|| {
+                let awaiting =
+                    (http && (phase == Phase::PHASE_AWAIT_RESPONSE || phase == Phase::PHASE_INTERIM)).then(|| {
                         let len = usize::from(c.state.req_len).min(c.state.req.len());
                         (&c.state.req[..len], c.state.req_ts)
                     });

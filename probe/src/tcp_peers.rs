@@ -68,12 +68,7 @@ impl TcpPeers {
 
     /// Take this publish's reading of the map. `http` are the HTTP peers
     /// (their parts are kept as long as they are).
-    pub fn update(
-        &mut self,
-        map: &[(SocketAddr, types::tcp_counters)],
-        http: &HashSet<SocketAddr>,
-        now_mono_ns: u64,
-    ) {
+    pub fn update(&mut self, map: &[(SocketAddr, types::tcp_counters)], http: &HashSet<SocketAddr>, now_mono_ns: u64) {
         let mut seen = HashSet::with_capacity(map.len());
         for (addr, c) in map {
             seen.insert(*addr);
@@ -97,18 +92,12 @@ impl TcpPeers {
                 }
                 p.last = Counts::default();
             }
-            http.contains(addr)
-                || seen.contains(addr)
-                || now_mono_ns.saturating_sub(p.touched_mono_ns) < FORGET_NS
+            http.contains(addr) || seen.contains(addr) || now_mono_ns.saturating_sub(p.touched_mono_ns) < FORGET_NS
         });
         let others = self.parts.keys().filter(|a| !http.contains(*a)).count();
         if others > self.max {
-            let mut by_age: Vec<(u64, SocketAddr)> = self
-                .parts
-                .iter()
-                .filter(|(a, _)| !http.contains(*a))
-                .map(|(a, p)| (p.touched_mono_ns, *a))
-                .collect();
+            let mut by_age: Vec<(u64, SocketAddr)> =
+                self.parts.iter().filter(|(a, _)| !http.contains(*a)).map(|(a, p)| (p.touched_mono_ns, *a)).collect();
             by_age.sort_unstable();
             for (_, a) in &by_age[..others - self.max] {
                 self.parts.remove(a);
@@ -156,12 +145,7 @@ mod tests {
     use super::*;
 
     fn tc(opened: u64, closed: u64) -> types::tcp_counters {
-        types::tcp_counters {
-            opened,
-            closed,
-            failed: 0,
-            reset: 0,
-        }
+        types::tcp_counters { opened, closed, failed: 0, reset: 0 }
     }
 
     #[test]
@@ -177,10 +161,7 @@ mod tests {
         let others = t.others(&http);
         assert_eq!(others.len(), 1);
         let c = others[0].1;
-        assert_eq!(
-            (c.conn_opened, c.conn_closed, c.conn_failed, c.requests),
-            (4, 2, 1, 0)
-        );
+        assert_eq!((c.conn_opened, c.conn_closed, c.conn_failed, c.requests), (4, 2, 1, 0));
         // Untouched past FORGET_NS and gone from the map: dropped.
         t.update(&[], &http, 3 + FORGET_NS);
         assert!(t.others(&http).is_empty());
@@ -194,10 +175,7 @@ mod tests {
         t.update(&[(a, tc(1, 1))], &http, 1);
         t.update(&[], &http, 2 * FORGET_NS);
         assert!(t.others(&http).is_empty());
-        let mut c = types::peer_counters {
-            conn_opened: 5,
-            ..Default::default()
-        };
+        let mut c = types::peer_counters { conn_opened: 5, ..Default::default() };
         t.add_to(&a, &mut c);
         assert_eq!((c.conn_opened, c.conn_closed), (6, 1));
     }

@@ -49,14 +49,7 @@ fn load() -> Programs {
 
 /// Ethernet + IPv4 + TCP (no options) + payload, sequence and
 /// acknowledgment numbers 1.
-fn frame4(
-    src: [u8; 4],
-    sport: u16,
-    dst: [u8; 4],
-    dport: u16,
-    flags: u8,
-    payload: &[u8],
-) -> Vec<u8> {
+fn frame4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     frame4_seq(src, sport, dst, dport, flags, 1, 1, payload)
 }
 
@@ -105,66 +98,24 @@ impl Flow {
     fn to(lport: u16, peer: [u8; 4], pport: u16) -> Flow {
         // Initial sequence numbers near the wrap, so that it is crossed.
         let isn = 0xffff_f000u32.wrapping_add(u32::from(lport) * 7);
-        Flow {
-            local: (LOCAL, lport),
-            peer: (peer, pport),
-            isn,
-            snd: isn,
-            rcv: 0x7fff_fff0,
-        }
+        Flow { local: (LOCAL, lport), peer: (peer, pport), isn, snd: isn, rcv: 0x7fff_fff0 }
     }
 
     fn out_at(&self, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
-        frame4_seq(
-            self.local.0,
-            self.local.1,
-            self.peer.0,
-            self.peer.1,
-            flags,
-            seq,
-            self.rcv,
-            payload,
-        )
+        frame4_seq(self.local.0, self.local.1, self.peer.0, self.peer.1, flags, seq, self.rcv, payload)
     }
 
     fn back_at(&self, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
-        frame4_seq(
-            self.peer.0,
-            self.peer.1,
-            self.local.0,
-            self.local.1,
-            flags,
-            seq,
-            self.snd,
-            payload,
-        )
+        frame4_seq(self.peer.0, self.peer.1, self.local.0, self.local.1, flags, seq, self.snd, payload)
     }
 
     fn syn(&mut self) -> Vec<u8> {
         self.snd = self.isn.wrapping_add(1);
-        frame4_seq(
-            self.local.0,
-            self.local.1,
-            self.peer.0,
-            self.peer.1,
-            SYN,
-            self.isn,
-            0,
-            b"",
-        )
+        frame4_seq(self.local.0, self.local.1, self.peer.0, self.peer.1, SYN, self.isn, 0, b"")
     }
 
     fn syn_ack(&mut self) -> Vec<u8> {
-        let f = frame4_seq(
-            self.peer.0,
-            self.peer.1,
-            self.local.0,
-            self.local.1,
-            SYN | ACK,
-            self.rcv,
-            self.snd,
-            b"",
-        );
+        let f = frame4_seq(self.peer.0, self.peer.1, self.local.0, self.local.1, SYN | ACK, self.rcv, self.snd, b"");
         self.rcv = self.rcv.wrapping_add(1);
         f
     }
@@ -186,17 +137,11 @@ impl Flow {
     /// `payload` from the backend cut into segments at `cuts`, in sequence
     /// order (the caller may reorder or repeat them).
     fn recv_segments(&mut self, payload: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
-        segments(payload, cuts)
-            .into_iter()
-            .map(|p| self.recv(p))
-            .collect()
+        segments(payload, cuts).into_iter().map(|p| self.recv(p)).collect()
     }
 
     fn send_segments(&mut self, payload: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
-        segments(payload, cuts)
-            .into_iter()
-            .map(|p| self.send(p))
-            .collect()
+        segments(payload, cuts).into_iter().map(|p| self.send(p)).collect()
     }
 }
 
@@ -260,11 +205,7 @@ fn handshake_and_exchanges_on_crafted_frames() {
         run(&p, true, &f.out_at(ACK, f.snd, b""));
     }
     // A POST whose body segment starts like a request.
-    run(
-        &p,
-        true,
-        &f.send(b"POST /b HTTP/1.1\r\nContent-Length: 20\r\n\r\n"),
-    );
+    run(&p, true, &f.send(b"POST /b HTTP/1.1\r\nContent-Length: 20\r\n\r\n"));
     run(&p, true, &f.send(b"GET /x HTTP/1.1\r\n\r\n!"));
     run(&p, false, &f.recv(b"HTTP/1.1 100 Continue\r\n\r\n"));
     run(&p, false, &f.recv(b"HTTP/1.1 201 Created\r\n\r\n"));
@@ -371,7 +312,10 @@ fn cost_per_path_is_printed() {
     let mut rows = vec![
         ("egress  pure ACK", cost(&p, true, &out(ACK, b""), n)),
         ("ingress pure ACK", cost(&p, false, &back(ACK, b""), n)),
-        ("egress  payload, untracked, server port", cost(&p, true, &frame4(LOCAL, 443, PEER, 50000, ACK, &[7; 1400]), n)),
+        (
+            "egress  payload, untracked, server port",
+            cost(&p, true, &frame4(LOCAL, 443, PEER, 50000, ACK, &[7; 1400]), n),
+        ),
         ("egress  payload, untracked, ephemeral port", cost(&p, true, &out(ACK, &[7; 1400]), n)),
         ("ingress payload, untracked", cost(&p, false, &back(ACK, &[7; 1400]), n)),
     ];
@@ -388,31 +332,15 @@ fn cost_per_path_is_printed() {
         treq += p.test_run(true, &req, 1).unwrap().1;
         tresp += p.test_run(false, &resp, 1).unwrap().1;
     }
-    rows.push((
-        "egress  request on tracked conn",
-        treq.as_nanos() as f64 / f64::from(rounds),
-    ));
-    rows.push((
-        "ingress response on tracked conn",
-        tresp.as_nanos() as f64 / f64::from(rounds),
-    ));
+    rows.push(("egress  request on tracked conn", treq.as_nanos() as f64 / f64::from(rounds)));
+    rows.push(("ingress response on tracked conn", tresp.as_nanos() as f64 / f64::from(rounds)));
     rows.push((
         "egress  retransmission on tracked conn",
-        cost(
-            &p,
-            true,
-            &f.out_at(ACK, f.snd.wrapping_sub(1400), &[7; 1400]),
-            n,
-        ),
+        cost(&p, true, &f.out_at(ACK, f.snd.wrapping_sub(1400), &[7; 1400]), n),
     ));
     rows.push((
         "ingress duplicate on tracked conn",
-        cost(
-            &p,
-            false,
-            &f.back_at(ACK, f.rcv.wrapping_sub(1400), &[7; 1400]),
-            n,
-        ),
+        cost(&p, false, &f.back_at(ACK, f.rcv.wrapping_sub(1400), &[7; 1400]), n),
     ));
     eprintln!("BPF cost per path (BPF_PROG_TEST_RUN average, ns):");
     for (what, ns) in rows {
@@ -517,8 +445,11 @@ fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
 fn ignore_port_without_only() {
     require_root!();
     // Wanted; ignored peer port; ignored local port.
-    let (peers, conns) =
-        through_filters(vec![8081, 41000, 41001], vec![], &[(LPORT, PEER, 8080), (LPORT, PEER, 8081), (41000, PEER, 8080)]);
+    let (peers, conns) = through_filters(
+        vec![8081, 41000, 41001],
+        vec![],
+        &[(LPORT, PEER, 8080), (LPORT, PEER, 8081), (41000, PEER, 8080)],
+    );
     assert_eq!(peers, vec![(peer_addr(), 1)]);
     assert_eq!(conns, 2, "the SYN and the request connection on the wanted ports");
 }
@@ -536,8 +467,16 @@ fn ring_events_carry_the_route_part_of_the_request() {
     let cases: Vec<(String, &[u8], String)> = vec![
         ("GET /a/1 HTTP/1.1\r\nHost: b\r\n\r\n".into(), b"HTTP/1.1 200 OK\r\n\r\n", "GET /a/1 ".into()),
         ("GET /q?token=SECRET123 HTTP/1.1\r\n\r\n".into(), b"HTTP/1.1 404 Not Found\r\n\r\n", "GET /q?".into()),
-        (format!("POST {long} HTTP/1.1\r\n\r\n"), b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n\r\n", format!("POST {long} ")),
-        (format!("GET {huge} HTTP/1.1\r\n\r\n"), b"HTTP/1.1 503 Busy\r\n\r\n", format!("GET {huge}")[..128].to_string()),
+        (
+            format!("POST {long} HTTP/1.1\r\n\r\n"),
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n\r\n",
+            format!("POST {long} "),
+        ),
+        (
+            format!("GET {huge} HTTP/1.1\r\n\r\n"),
+            b"HTTP/1.1 503 Busy\r\n\r\n",
+            format!("GET {huge}")[..128].to_string(),
+        ),
         // A request line cut short by its segment.
         ("PUT /x/y".into(), b"HTTP/1.0 204 No Content\r\n\r\n", "PUT /x/y".into()),
     ];
@@ -553,16 +492,17 @@ fn ring_events_carry_the_route_part_of_the_request() {
     let ring = p
         .ring_buffer(move |ev| {
             let req = String::from_utf8_lossy(&ev.req[..usize::from(ev.req_len)]).into_owned();
-            sink.borrow_mut().push((req, ev.status, ev.req[usize::from(ev.req_len).min(127)..].iter().all(|&b| b == 0)));
+            sink.borrow_mut().push((
+                req,
+                ev.status,
+                ev.req[usize::from(ev.req_len).min(127)..].iter().all(|&b| b == 0),
+            ));
         })
         .unwrap();
     ring.consume().unwrap();
     let got = got.borrow();
-    let want: Vec<(String, u16)> = cases
-        .iter()
-        .zip([200u16, 404, 201, 503, 204])
-        .map(|((_, _, route), code)| (route.clone(), code))
-        .collect();
+    let want: Vec<(String, u16)> =
+        cases.iter().zip([200u16, 404, 201, 503, 204]).map(|((_, _, route), code)| (route.clone(), code)).collect();
     assert_eq!(got.iter().map(|(r, c, _)| (r.clone(), *c)).collect::<Vec<_>>(), want);
     // Nothing past req_len crossed (the query above included).
     assert!(got.iter().take(3).all(|(_, _, zeros)| *zeros), "{got:?}");
@@ -980,7 +920,6 @@ fn idle_peers_give_their_slot_back_and_keep_their_totals() {
     let (banked, _) = p.banked().unwrap();
     assert!(banked.iter().any(|(a, _)| *a == peer(1)), "{banked:?}");
 }
-
 
 /// A final status line that cannot be read (not HTTP) loses only its own
 /// exchange's code: nginx's next request on the connection counts.

@@ -509,7 +509,8 @@ fn bpf_maps(pid: u32) -> BTreeMap<String, (u64, usize)> {
         else {
             continue;
         };
-        if !ids.contains(&id) || !["tcp_peers", "peer_ids", "banked", "banked_codes", "codes", "conns"].contains(&name) {
+        if !ids.contains(&id) || !["tcp_peers", "peer_ids", "banked", "banked_codes", "codes", "conns"].contains(&name)
+        {
             continue;
         }
         let id = id.to_string();
@@ -621,9 +622,8 @@ fn churn_of_non_http_destinations_and_http_backends_in_waves() {
         // Every request of the wave counted, none without a slot.
         let want: u64 = truth.lock().unwrap().values().flat_map(|b| b.codes.values()).sum();
         assert_eq!(want, client_requests);
-        let s = probe.wait_for(Duration::from_secs(10), |s| {
-            requests_in(s) >= want || s.meta.counters.peer_table_full > 0
-        });
+        let s =
+            probe.wait_for(Duration::from_secs(10), |s| requests_in(s) >= want || s.meta.counters.peer_table_full > 0);
         let tcp_rows = s.peers.iter().filter(|p| p.addr.port() == tls_port).count();
         most_tcp_rows = most_tcp_rows.max(tcp_rows);
         eprintln!(

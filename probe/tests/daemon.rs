@@ -31,8 +31,15 @@ fn help_documents_every_flag() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
-        "--iface", "--table", "--interval", "--ignore-port", "--only", "--max-peers", "--max-routes",
-        "--history", "dump",
+        "--iface",
+        "--table",
+        "--interval",
+        "--ignore-port",
+        "--only",
+        "--max-peers",
+        "--max-routes",
+        "--history",
+        "dump",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
@@ -58,10 +65,7 @@ fn bad_input_gets_clear_errors() {
 #[test]
 fn unwritable_table_path_is_reported() {
     require_root!();
-    let e = Command::new(BIN)
-        .args(["--iface", "lo", "--table", "/proc/upstreamtop/table"])
-        .output()
-        .unwrap();
+    let e = Command::new(BIN).args(["--iface", "lo", "--table", "/proc/upstreamtop/table"]).output().unwrap();
     assert!(!e.status.success());
     let e = String::from_utf8_lossy(&e.stderr);
     assert!(e.contains("cannot create the table at /proc/upstreamtop/table"), "{e}");
@@ -137,12 +141,8 @@ fn daemon_publishes_exact_counts_and_detaches_on_sigterm() {
     assert_eq!(snap.meta.pid, child_id);
     assert_eq!(snap.meta.interfaces, vec!["lo".to_string()]);
     let pi = snap.peers.iter().position(|q| q.addr == addr).unwrap() as u32;
-    let mut routes: Vec<(String, u64)> = snap
-        .routes
-        .iter()
-        .filter(|r| r.peer == pi)
-        .map(|r| (r.path.clone(), r.requests))
-        .collect();
+    let mut routes: Vec<(String, u64)> =
+        snap.routes.iter().filter(|r| r.peer == pi).map(|r| (r.path.clone(), r.requests)).collect();
     routes.sort();
     assert_eq!(routes, vec![("/daemon/:id".to_string(), 7), ("/status/:id".to_string(), 1)]);
 

@@ -36,12 +36,7 @@ impl Topology {
         // Unique per process and per topology (tests run in parallel).
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = 100 + (std::process::id() % 30) * 4 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
-        let mut t = Topology {
-            ns: format!("utprobe{n}"),
-            host_if: format!("utp{n}h"),
-            vlan_if: None,
-            n,
-        };
+        let mut t = Topology { ns: format!("utprobe{n}"), host_if: format!("utp{n}h"), vlan_if: None, n };
         let _ = Command::new("ip").args(["netns", "del", &t.ns]).output();
         ip(&format!("netns add {}", t.ns));
         ip(&format!("link add {} type veth peer name utp{n}n netns {}", t.host_if, t.ns));

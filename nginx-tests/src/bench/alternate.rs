@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{median, median_interval95, pair_ratios, procfs};
 use super::wrk::{self, WrkResult, WrkSpec};
+use super::{median, median_interval95, pair_ratios, procfs};
 
 /// Requests per second served in each block, pair by pair, and what each
 /// request cost the whole machine.

@@ -106,7 +106,15 @@ pub(super) fn measure(
                     v.new.push(block?);
                 } else {
                     let mut throwaway = ProbeCost::default();
-                    v.old.push(one_block(baseline, &v.args, lo, s.baseline_block, served, &mut throwaway, &mut v.old_bpf)?);
+                    v.old.push(one_block(
+                        baseline,
+                        &v.args,
+                        lo,
+                        s.baseline_block,
+                        served,
+                        &mut throwaway,
+                        &mut v.old_bpf,
+                    )?);
                 }
             }
             let (n, o) = (v.new[pair], v.old[pair]);
@@ -170,7 +178,10 @@ fn one_block(
 pub fn net_ns(d: &BTreeMap<String, ProgStats>) -> Result<(f64, u64)> {
     let (mut net, mut runs) = (0.0, 0);
     for hook in ["egress", "ingress"] {
-        let probe = d.get(&format!("upstreamtop_{hook}")).filter(|p| p.run_cnt > 0).with_context(|| format!("no runs of upstreamtop_{hook} (bpf_stats on?)"))?;
+        let probe = d
+            .get(&format!("upstreamtop_{hook}"))
+            .filter(|p| p.run_cnt > 0)
+            .with_context(|| format!("no runs of upstreamtop_{hook} (bpf_stats on?)"))?;
         let empty = d
             .get(&format!("{}{hook}", bpf_stats::EMPTY_PREFIX))
             .filter(|e| e.run_cnt > 0)
@@ -196,28 +207,58 @@ impl Versus {
             num(self.block.as_secs_f64())
         );
         let mut f = vec![
-            Figure::new(2, "bpf.versus.baseline_net_us", "BPF time per proxied request net of empty, baseline probe", median(&old), "µs", Target::None)
-                .interval(median_interval95(&old))
-                .note(format!("{how}; {}; {:.1} program runs per request; flags {}", self.baseline.display(), runs(&self.old), self.flags())),
-            Figure::new(2, "bpf.versus.new_net_us", "BPF time per proxied request net of empty, this build", median(&new), "µs", Target::None)
-                .interval(median_interval95(&new))
-                .note(format!("{how}; {:.1} program runs per request", runs(&self.new))),
-            Figure::new(2, "bpf.versus.ratio", "BPF time per proxied request net of empty, this build / baseline", median(&ratios), "", Target::AtMost(BUDGET))
-                .interval(median_interval95(&ratios))
-                .note(format!(
-                    "median of {} pair ratios (budget: at most +15%); pair ratios {}",
-                    ratios.len(),
-                    ratios.iter().map(|r| num(*r)).collect::<Vec<_>>().join(" ")
-                )),
+            Figure::new(
+                2,
+                "bpf.versus.baseline_net_us",
+                "BPF time per proxied request net of empty, baseline probe",
+                median(&old),
+                "µs",
+                Target::None,
+            )
+            .interval(median_interval95(&old))
+            .note(format!(
+                "{how}; {}; {:.1} program runs per request; flags {}",
+                self.baseline.display(),
+                runs(&self.old),
+                self.flags()
+            )),
+            Figure::new(
+                2,
+                "bpf.versus.new_net_us",
+                "BPF time per proxied request net of empty, this build",
+                median(&new),
+                "µs",
+                Target::None,
+            )
+            .interval(median_interval95(&new))
+            .note(format!("{how}; {:.1} program runs per request", runs(&self.new))),
+            Figure::new(
+                2,
+                "bpf.versus.ratio",
+                "BPF time per proxied request net of empty, this build / baseline",
+                median(&ratios),
+                "",
+                Target::AtMost(BUDGET),
+            )
+            .interval(median_interval95(&ratios))
+            .note(format!(
+                "median of {} pair ratios (budget: at most +15%); pair ratios {}",
+                ratios.len(),
+                ratios.iter().map(|r| num(*r)).collect::<Vec<_>>().join(" ")
+            )),
         ];
         for hook in ["egress", "ingress"] {
-            let per_run = |name: &str| self.old_bpf.get(name).filter(|d| d.run_cnt > 0).map(|d| d.run_time_ns as f64 / d.run_cnt as f64);
+            let per_run = |name: &str| {
+                self.old_bpf.get(name).filter(|d| d.run_cnt > 0).map(|d| d.run_time_ns as f64 / d.run_cnt as f64)
+            };
             let id = format!("bpf.versus.baseline_{hook}_net_ns");
             let label = format!("BPF {hook} program, per run net of empty, baseline probe");
             match (per_run(&format!("upstreamtop_{hook}")), per_run(&format!("{}{hook}", bpf_stats::EMPTY_PREFIX))) {
-                (Some(p), Some(e)) => f.push(
-                    Figure::new(2, &id, &label, p - e, "ns", Target::None).note(format!("raw {} ns, empty program {} ns, over the baseline's blocks", num(p), num(e))),
-                ),
+                (Some(p), Some(e)) => f.push(Figure::new(2, &id, &label, p - e, "ns", Target::None).note(format!(
+                    "raw {} ns, empty program {} ns, over the baseline's blocks",
+                    num(p),
+                    num(e)
+                ))),
                 _ => f.push(Figure::failed(2, &id, &label, "ns", Target::None, "no runs counted")),
             }
         }
@@ -302,7 +343,18 @@ Options:
 
     #[test]
     fn flags_the_baseline_does_not_know_are_left_out_with_their_values() {
-        let args = ["--iface", "lo", "--max-tcp-peers", "64", "--ignore-port", "8080", "--no-pin", "--interval=1s", "--max-conns", "100"];
+        let args = [
+            "--iface",
+            "lo",
+            "--max-tcp-peers",
+            "64",
+            "--ignore-port",
+            "8080",
+            "--no-pin",
+            "--interval=1s",
+            "--max-conns",
+            "100",
+        ];
         let (keep, drop) = common_flags(OLD_HELP, &args);
         assert_eq!(keep, ["--iface", "lo", "--ignore-port", "8080", "--no-pin", "--max-conns", "100"]);
         assert_eq!(drop, ["--max-tcp-peers", "64", "--interval=1s"]);

@@ -16,9 +16,9 @@ use anyhow::{Context, Result};
 use upstreamtop_report::{build_report, render_json, render_prometheus_view, NginxConfig, Query};
 use upstreamtop_table::{Capacities, SnapshotView, TableReader, TableWriter};
 
+use super::alternate::alternate;
 use super::figures::{num, Figure, Target};
 use super::wrk::{self, WrkSpec};
-use super::alternate::alternate;
 use super::{median, median_interval95, now_unix_ns, pair_ratios, percentile, proxy_setup, synthetic, Settings};
 use crate::nginx::{free_port, Nginx};
 use crate::probe::Probe;
@@ -290,12 +290,23 @@ fn polling_probe(s: &Settings) -> Result<Figure> {
     };
     drop(nginx);
     drop(probe);
-    Ok(Figure::new(4, "endpoint.poll_ratio", "proxy throughput polled 10/s / not polled (probe's table)", runs.ratio(), "", Target::AtLeast(0.99))
-        .interval(median_interval95(&runs.ratios()))
-        .note(runs.note(
-            &format!("{} pairs of {} s blocks in one wrk run, rates from what the backends served", s.poll_blocks, s.poll_block.as_secs()),
-            &format!("probe attached throughout; {body}"),
-        )))
+    Ok(Figure::new(
+        4,
+        "endpoint.poll_ratio",
+        "proxy throughput polled 10/s / not polled (probe's table)",
+        runs.ratio(),
+        "",
+        Target::AtLeast(0.99),
+    )
+    .interval(median_interval95(&runs.ratios()))
+    .note(runs.note(
+        &format!(
+            "{} pairs of {} s blocks in one wrk run, rates from what the backends served",
+            s.poll_blocks,
+            s.poll_block.as_secs()
+        ),
+        &format!("probe attached throughout; {body}"),
+    )))
 }
 
 /// The worst case beside it: the synthetic 1,000-peer table (republished
@@ -339,7 +350,17 @@ fn polling_synthetic(s: &Settings, table: &Path) -> Result<Vec<Figure>> {
             "",
             Target::None,
         )
-        .note(runs.note(&format!("{} pairs of {} s wrk runs", s.pairs, s.run.as_secs()), &format!("worst case: synthetic 1,000 peers × 16 routes republished every second; {body}"))),
-        Figure::new(4, "endpoint.poll_p99_ms", "GET /upstreamtop under load, p99, 1,000-peer table", percentile(&runs.poll_ms, 0.99), "ms", Target::None),
+        .note(runs.note(
+            &format!("{} pairs of {} s wrk runs", s.pairs, s.run.as_secs()),
+            &format!("worst case: synthetic 1,000 peers × 16 routes republished every second; {body}"),
+        )),
+        Figure::new(
+            4,
+            "endpoint.poll_p99_ms",
+            "GET /upstreamtop under load, p99, 1,000-peer table",
+            percentile(&runs.poll_ms, 0.99),
+            "ms",
+            Target::None,
+        ),
     ])
 }

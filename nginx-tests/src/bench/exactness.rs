@@ -180,11 +180,7 @@ pub(super) fn compare(doc: &serde_json::Value, want: &[(String, u64, BTreeMap<u1
         }
         let got_codes: BTreeMap<u16, u64> = peer
             .and_then(|p| p["responses"]["codes"].as_object())
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_u64()?)))
-                    .collect()
-            })
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_u64()?))).collect())
             .unwrap_or_default();
         for code in codes.keys().chain(got_codes.keys()).collect::<std::collections::BTreeSet<_>>() {
             let a = codes.get(code).copied().unwrap_or(0);

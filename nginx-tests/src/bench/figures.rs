@@ -280,7 +280,10 @@ mod tests {
         // Too few pairs for an interval: the point decides.
         assert_eq!(ratio(0.99, (0.0, 0.0)).interval(None).verdict(), Verdict::Pass);
         let t = table(&[ratio(0.95, (0.92, 1.01))]);
-        assert!(t.contains("0.950 (0.920–1.01)") && t.contains("UNSURE") && t.contains("0 PASS, 0 MISS/ERROR, 1 UNSURE"), "{t}");
+        assert!(
+            t.contains("0.950 (0.920–1.01)") && t.contains("UNSURE") && t.contains("0 PASS, 0 MISS/ERROR, 1 UNSURE"),
+            "{t}"
+        );
         let j = to_json(&[ratio(0.95, (0.92, 1.01))], json!({}));
         assert_eq!(j["figures"][0]["verdict"], "unsure");
         assert_eq!(j["figures"][0]["interval95"], json!([0.92, 1.01]));

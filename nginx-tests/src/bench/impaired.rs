@@ -117,11 +117,21 @@ fn figures(spec: &RunSpec, out: &Outcome) -> Vec<Figure> {
         let (target, detail) = if peer.asserted {
             (Target::Equal(0.0), detail)
         } else {
-            (Target::None, format!("known limit (interim responses reordered with the final status), not judged; {detail}"))
+            (
+                Target::None,
+                format!("known limit (interim responses reordered with the final status), not judged; {detail}"),
+            )
         };
         f.push(
-            Figure::new(7, &format!("impair.mismatch.{key}"), &format!("figures differing from the ground truth, {}", key.replace('_', " ")), mismatches.len() as f64, "", target)
-                .note(detail),
+            Figure::new(
+                7,
+                &format!("impair.mismatch.{key}"),
+                &format!("figures differing from the ground truth, {}", key.replace('_', " ")),
+                mismatches.len() as f64,
+                "",
+                target,
+            )
+            .note(detail),
         );
     }
     let (b, h) = (out.stats.to_backend, out.stats.to_host);
@@ -133,11 +143,31 @@ fn figures(spec: &RunSpec, out: &Outcome) -> Vec<Figure> {
     let per_dir = |get: fn(&LinkStats) -> u64| {
         format!("to backends {} of {} TCP frames, to host {} of {}", get(&b), b.tcp_frames, get(&h), h.tcp_frames)
     };
-    f.push(Figure::new(7, "impair.frames_lost", "frames the link lost", both(|s| s.dropped), "", Target::None).note(format!("{}{check}", per_dir(|s| s.dropped))));
-    f.push(Figure::new(7, "impair.frames_duplicated", "frames the link duplicated", both(|s| s.duplicated), "", Target::None).note(per_dir(|s| s.duplicated)));
     f.push(
-        Figure::new(7, "impair.frames_reordered", "frames that arrived after a later one", both(|s| s.reordered), "", Target::None)
-            .note(format!("{}; held back {} + {}", per_dir(|s| s.reordered), b.held, h.held)),
+        Figure::new(7, "impair.frames_lost", "frames the link lost", both(|s| s.dropped), "", Target::None)
+            .note(format!("{}{check}", per_dir(|s| s.dropped))),
+    );
+    f.push(
+        Figure::new(
+            7,
+            "impair.frames_duplicated",
+            "frames the link duplicated",
+            both(|s| s.duplicated),
+            "",
+            Target::None,
+        )
+        .note(per_dir(|s| s.duplicated)),
+    );
+    f.push(
+        Figure::new(
+            7,
+            "impair.frames_reordered",
+            "frames that arrived after a later one",
+            both(|s| s.reordered),
+            "",
+            Target::None,
+        )
+        .note(format!("{}; held back {} + {}", per_dir(|s| s.reordered), b.held, h.held)),
     );
     f.push(
         Figure::new(7, "impair.backend_retransmits", "backends' TCP retransmitted segments", out.tcp.retrans_segs as f64, "", Target::None).note(format!(
@@ -146,8 +176,15 @@ fn figures(spec: &RunSpec, out: &Outcome) -> Vec<Figure> {
         )),
     );
     f.push(
-        Figure::new(7, "impair.nginx_error_log", "problems in nginx's error log", out.error_log_problems.len() as f64, "", Target::Equal(0.0))
-            .note(out.error_log_problems.iter().take(3).cloned().collect::<Vec<_>>().join(" | ")),
+        Figure::new(
+            7,
+            "impair.nginx_error_log",
+            "problems in nginx's error log",
+            out.error_log_problems.len() as f64,
+            "",
+            Target::Equal(0.0),
+        )
+        .note(out.error_log_problems.iter().take(3).cloned().collect::<Vec<_>>().join(" | ")),
     );
     f
 }

@@ -96,8 +96,12 @@ impl Attach {
     pub fn switch(self) -> &'static str {
         match self {
             Attach::Probe => "the probe started and stopped between blocks, not timed",
-            Attach::Empty => "CHECK: empty tcx programs on lo's two hooks attached and detached between blocks, no probe",
-            Attach::Nothing => "A/A CHECK: the probe started and stopped before each \"attached\" block, nothing attached during it",
+            Attach::Empty => {
+                "CHECK: empty tcx programs on lo's two hooks attached and detached between blocks, no probe"
+            }
+            Attach::Nothing => {
+                "A/A CHECK: the probe started and stopped before each \"attached\" block, nothing attached during it"
+            }
         }
     }
 }
@@ -296,10 +300,7 @@ pub fn percentile(values: &[f64], q: f64) -> f64 {
 
 /// Wall-clock now as Unix ns.
 pub fn now_unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

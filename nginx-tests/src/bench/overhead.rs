@@ -89,7 +89,14 @@ pub fn run(s: &Settings) -> Vec<Figure> {
             let why = format!("{e:#}");
             eprintln!("bench: proxy overhead failed: {why}");
             let mut f = vec![
-                Figure::failed(1, "overhead.throughput_ratio", "proxy throughput attached/detached", "", Target::AtLeast(0.98), &why),
+                Figure::failed(
+                    1,
+                    "overhead.throughput_ratio",
+                    "proxy throughput attached/detached",
+                    "",
+                    Target::AtLeast(0.98),
+                    &why,
+                ),
                 Figure::failed(2, "bpf.egress_ns", "BPF egress per run", "ns", Target::AtMost(40.0), &why),
                 Figure::failed(2, "bpf.ingress_ns", "BPF ingress per run", "ns", Target::AtMost(40.0), &why),
                 Figure::failed(5, "probe.cpu_pct", "probe CPU (share of one core)", "%", Target::AtMost(2.0), &why),
@@ -118,7 +125,8 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     // Without part 1 (`--only 2,5`) only its setup runs, not its
     // measurements.
     let direct = if s.part1 {
-        wrk::run(&WrkSpec { url: format!("http://{}/api/orders", b1.addr()), ..spec.clone() }).context("wrk straight at a backend")?
+        wrk::run(&WrkSpec { url: format!("http://{}/api/orders", b1.addr()), ..spec.clone() })
+            .context("wrk straight at a backend")?
     } else {
         WrkResult::default()
     };
@@ -242,8 +250,22 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
                 median(&blocks.cpu_us_off)
             )),
     );
-    f.push(Figure::new(1, "overhead.rps_detached", "proxy throughput, probe detached", median(&blocks.off), "req/s", Target::None));
-    f.push(Figure::new(1, "overhead.rps_attached", "proxy throughput, probe attached", median(&blocks.on), "req/s", Target::None));
+    f.push(Figure::new(
+        1,
+        "overhead.rps_detached",
+        "proxy throughput, probe detached",
+        median(&blocks.off),
+        "req/s",
+        Target::None,
+    ));
+    f.push(Figure::new(
+        1,
+        "overhead.rps_attached",
+        "proxy throughput, probe attached",
+        median(&blocks.on),
+        "req/s",
+        Target::None,
+    ));
     let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, d)| a.requests_per_sec / d.requests_per_sec).collect();
     let ratio = median(&ratios);
     let p99_ratio = median(&on.iter().zip(&off).map(|(a, d)| a.p99_ms / d.p99_ms).collect::<Vec<_>>());
@@ -257,21 +279,38 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         ratios.iter().map(|r| num(*r)).collect::<Vec<_>>().join(" ")
     );
     f.push(
-        Figure::new(1, "overhead.throughput_ratio_runs", "proxy throughput attached/detached, separate wrk runs", ratio, "", Target::None)
-            .note(format!("{pairs}; separate runs differ by several % on this VM whatever runs in them")),
+        Figure::new(
+            1,
+            "overhead.throughput_ratio_runs",
+            "proxy throughput attached/detached, separate wrk runs",
+            ratio,
+            "",
+            Target::None,
+        )
+        .note(format!("{pairs}; separate runs differ by several % on this VM whatever runs in them")),
     );
     f.push(
-        Figure::new(1, "overhead.rps_backend_direct", "one backend alone (wrk straight at it)", direct.requests_per_sec, "req/s", Target::None)
-            .note("no nginx: if this were near the proxied figure, the backends would be the bottleneck"),
+        Figure::new(
+            1,
+            "overhead.rps_backend_direct",
+            "one backend alone (wrk straight at it)",
+            direct.requests_per_sec,
+            "req/s",
+            Target::None,
+        )
+        .note("no nginx: if this were near the proxied figure, the backends would be the bottleneck"),
     );
-    f.push(Figure::new(
-        1,
-        "overhead.nginx_worker_cpu_pct",
-        "nginx worker CPU, detached runs",
-        worker_cpu_s / off_wall_s * 100.0,
-        "%",
-        Target::None,
-    ).note(format!("pinned: {}", if s.pin { "nginx worker CPU 0, wrk CPU 1" } else { "no" })));
+    f.push(
+        Figure::new(
+            1,
+            "overhead.nginx_worker_cpu_pct",
+            "nginx worker CPU, detached runs",
+            worker_cpu_s / off_wall_s * 100.0,
+            "%",
+            Target::None,
+        )
+        .note(format!("pinned: {}", if s.pin { "nginx worker CPU 0, wrk CPU 1" } else { "no" })),
+    );
     f.push(Figure::new(1, "overhead.p99_detached", "proxy p99 latency, probe detached", p99(&off), "ms", Target::None));
     f.push(Figure::new(1, "overhead.p99_attached", "proxy p99 latency, probe attached", p99(&on), "ms", Target::None));
     f.push(Figure::new(1, "overhead.p99_ratio", "proxy p99 latency attached/detached", p99_ratio, "", Target::None));
@@ -295,8 +334,15 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         ),
     };
     f.push(
-        Figure::new(2, "overhead.rps_instrumented", "proxy throughput, probe attached with bpf_stats on + empty programs", instrumented_rps, "req/s", Target::None)
-            .note(instrumented_note),
+        Figure::new(
+            2,
+            "overhead.rps_instrumented",
+            "proxy throughput, probe attached with bpf_stats on + empty programs",
+            instrumented_rps,
+            "req/s",
+            Target::None,
+        )
+        .note(instrumented_note),
     );
     for hook in ["egress", "ingress"] {
         let name = format!("upstreamtop_{hook}");
@@ -314,10 +360,10 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
             ));
             continue;
         };
-        f.push(
-            Figure::new(2, &id, &label, per_run(d), "ns", Target::AtMost(40.0))
-                .note(format!("{} runs over the instrumented runs; raw bpf_stats figure, its own bookkeeping included", d.run_cnt)),
-        );
+        f.push(Figure::new(2, &id, &label, per_run(d), "ns", Target::AtMost(40.0)).note(format!(
+            "{} runs over the instrumented runs; raw bpf_stats figure, its own bookkeeping included",
+            d.run_cnt
+        )));
         let empty_name = format!("{}{hook}", bpf_stats::EMPTY_PREFIX);
         match cost.bpf.get(&empty_name).filter(|e| e.run_cnt > 0) {
             Some(e) => {
@@ -326,8 +372,15 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
                         .note(format!("returns TCX_NEXT, attached next to the probe's during the same runs ({} runs): bpf_stats' own cost", e.run_cnt)),
                 );
                 f.push(
-                    Figure::new(2, &format!("bpf.{hook}_net_ns"), &format!("BPF {hook} program, net of the empty one"), per_run(d) - per_run(e), "ns", Target::None)
-                        .note("probe minus empty program, same packets"),
+                    Figure::new(
+                        2,
+                        &format!("bpf.{hook}_net_ns"),
+                        &format!("BPF {hook} program, net of the empty one"),
+                        per_run(d) - per_run(e),
+                        "ns",
+                        Target::None,
+                    )
+                    .note("probe minus empty program, same packets"),
                 );
             }
             None => f.push(Figure::failed(
@@ -375,7 +428,15 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let net_us = net_ns / attached_requests as f64 / 1000.0;
         f.push(
-            Figure::new(2, "bpf.per_request_net_us", "BPF time per proxied request, net of bpf_stats", net_us, "µs", Target::None).note(format!(
+            Figure::new(
+                2,
+                "bpf.per_request_net_us",
+                "BPF time per proxied request, net of bpf_stats",
+                net_us,
+                "µs",
+                Target::None,
+            )
+            .note(format!(
                 "~{:.1}% of the CPU a request costs here: what the programs add to a request as users run them",
                 net_us / (cpus * 1e6 / instrumented_rps) * 100.0
             )),
@@ -386,12 +447,8 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     }
     let cpu_pct = if cost.wall_s > 0.0 { cost.cpu_s / cost.wall_s * 100.0 } else { f64::NAN };
     f.push(
-        Figure::new(5, "probe.cpu_pct", "probe CPU (share of one core)", cpu_pct, "%", Target::AtMost(2.0)).note(format!(
-            "utime+stime {} s over {} s at {} req/s",
-            num(cost.cpu_s),
-            num(cost.wall_s),
-            num(rps(&on))
-        )),
+        Figure::new(5, "probe.cpu_pct", "probe CPU (share of one core)", cpu_pct, "%", Target::AtMost(2.0))
+            .note(format!("utime+stime {} s over {} s at {} req/s", num(cost.cpu_s), num(cost.wall_s), num(rps(&on)))),
     );
     f.push(Figure::new(5, "probe.rss_mib", "probe VmRSS at peak", cost.rss_mib, "MiB", Target::AtMost(50.0)));
     f.push(Figure::new(5, "probe.hwm_mib", "probe VmHWM at peak", cost.hwm_mib, "MiB", Target::AtMost(50.0)));

@@ -5,7 +5,8 @@ use anyhow::{bail, Context, Result};
 
 /// utime + stime of the whole process, in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read /proc/{pid}/stat"))?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read /proc/{pid}/stat"))?;
     seconds(parse_stat_ticks(&stat)?)
 }
 
@@ -31,7 +32,8 @@ pub fn busy_seconds() -> Result<f64> {
 /// here).
 fn parse_busy_ticks(stat: &str) -> Result<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().context("bad tick count")).collect::<Result<_>>()?;
+    let v: Vec<u64> =
+        line.split_whitespace().skip(1).map(|f| f.parse().context("bad tick count")).collect::<Result<_>>()?;
     anyhow::ensure!(v.len() >= 8, "short cpu line in /proc/stat");
     Ok(v[0] + v[1] + v[2] + v[5] + v[6])
 }

@@ -57,12 +57,8 @@ struct Series {
 type Kind = fn(&procfs::Memory) -> f64;
 
 /// The kinds of resident memory kept per sample, with how to get each.
-const KINDS: [(&str, Kind); 4] = [
-    ("VmRSS", |m| m.rss_mib),
-    ("anon", |m| m.anon_mib),
-    ("file", |m| m.file_mib),
-    ("shmem", |m| m.shmem_mib),
-];
+const KINDS: [(&str, Kind); 4] =
+    [("VmRSS", |m| m.rss_mib), ("anon", |m| m.anon_mib), ("file", |m| m.file_mib), ("shmem", |m| m.shmem_mib)];
 
 impl Series {
     fn kind(&self, get: Kind) -> Vec<(f64, f64)> {
@@ -248,9 +244,8 @@ pub fn run(minutes: u64, poll: bool, out: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
     let max_routes = MAX_ROUTES.to_string();
-    let mut probe =
-        Probe::start(&["--iface", ns.host_if(), "--max-routes", &max_routes, "--interval", "500ms"])
-            .context("start probe")?;
+    let mut probe = Probe::start(&["--iface", ns.host_if(), "--max-routes", &max_routes, "--interval", "500ms"])
+        .context("start probe")?;
     let addrs: Vec<_> = backends.iter().map(Backend::addr).collect();
     let conf = NginxConf::vendored_with_module()?
         .port(port)
@@ -330,7 +325,9 @@ pub fn run(minutes: u64, poll: bool, out: &Path) -> Result<()> {
                         other => {
                             poll_errors.fetch_add(1, Ordering::Relaxed);
                             let why = match other {
-                                Ok(r) => format!("{q}: {} {}", r.status, r.text().chars().take(160).collect::<String>()),
+                                Ok(r) => {
+                                    format!("{q}: {} {}", r.status, r.text().chars().take(160).collect::<String>())
+                                }
                                 Err(e) => format!("{q}: {e:#}"),
                             };
                             let mut f = poll_failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -385,7 +382,9 @@ pub fn run(minutes: u64, poll: bool, out: &Path) -> Result<()> {
                     busy_prev = busy;
                     let line: Vec<String> = series
                         .iter()
-                        .map(|s| s.samples.last().map_or("-".into(), |(_, m)| format!("{:.2}/{:.2}", m.rss_mib, m.anon_mib)))
+                        .map(|s| {
+                            s.samples.last().map_or("-".into(), |(_, m)| format!("{:.2}/{:.2}", m.rss_mib, m.anon_mib))
+                        })
                         .collect();
                     eprintln!(
                         "soak: [{t:6.0} s] VmRSS/anon MiB (workers, probe) {}; machine busy {:.0}%",
@@ -583,7 +582,8 @@ pub fn run(minutes: u64, poll: bool, out: &Path) -> Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    std::fs::write(out, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("write {}", out.display()))?;
+    std::fs::write(out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("write {}", out.display()))?;
     println!("written to {}", out.display());
     Ok(())
 }

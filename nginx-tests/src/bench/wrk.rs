@@ -48,8 +48,12 @@ fn command(spec: &WrkSpec, secs: u64) -> Command {
         }
         None => Command::new("wrk"),
     };
-    cmd.args(["--latency", "-t", &spec.threads.to_string(), "-c", &spec.connections.to_string()])
-        .args(["-d", &format!("{secs}s"), "--timeout", "5s"]);
+    cmd.args(["--latency", "-t", &spec.threads.to_string(), "-c", &spec.connections.to_string()]).args([
+        "-d",
+        &format!("{secs}s"),
+        "--timeout",
+        "5s",
+    ]);
     for (name, value) in &spec.headers {
         cmd.arg("-H").arg(format!("{name}: {value}"));
     }
@@ -133,10 +137,7 @@ pub fn parse(text: &str) -> Result<WrkResult> {
             ["Non-2xx", "or", "3xx", "responses:", n] => r.non_2xx_3xx = n.parse().context("non-2xx")?,
             ["Socket", "errors:", rest @ ..] => {
                 // "connect 0, read 0, write 0, timeout 0"
-                r.socket_errors = rest
-                    .iter()
-                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
-                    .sum();
+                r.socket_errors = rest.iter().filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok()).sum();
             }
             _ => {}
         }

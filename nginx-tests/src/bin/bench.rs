@@ -129,7 +129,8 @@ fn run() -> Result<()> {
         let out = out.clone().unwrap_or_else(|| artifacts::target_dir().join("bench").join("soak.json"));
         return bench::soak::run(*minutes, !*no_poll, &out);
     }
-    let wanted: BTreeSet<u8> = if args.only.is_empty() { (1..=7).collect() } else { args.only.iter().copied().collect() };
+    let wanted: BTreeSet<u8> =
+        if args.only.is_empty() { (1..=7).collect() } else { args.only.iter().copied().collect() };
     if let Some(bad) = wanted.iter().find(|p| !(1..=7).contains(*p)) {
         bail!("--only: no part {bad} (parts are 1 to 7)");
     }
@@ -168,7 +169,10 @@ fn run() -> Result<()> {
     let load_before = loadavg();
     let mut figs = Vec::new();
     if wanted.iter().any(|p| [1, 2, 5].contains(p)) {
-        eprintln!("bench: [{:5.1} s] parts 1, 2, 5 — proxy overhead, BPF cost, probe cost", started.elapsed().as_secs_f64());
+        eprintln!(
+            "bench: [{:5.1} s] parts 1, 2, 5 — proxy overhead, BPF cost, probe cost",
+            started.elapsed().as_secs_f64()
+        );
         figs.extend(bench::overhead::run(&s).into_iter().filter(|f| wanted.contains(&f.section)));
     }
     bench::check_interrupt()?;
@@ -216,7 +220,8 @@ fn run() -> Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("write {}", out.display()))?;
+    std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("write {}", out.display()))?;
     print!("{}", figures::table(&figs));
     println!(
         "written to {} ({:.0} s; load average before {load_before}, after {})",
@@ -257,9 +262,7 @@ fn prefer_release_artifacts() {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
 }
 
 /// CPU model, core count, kernel: what the figures were measured on.

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+use nginx_tests::artifacts;
 use nginx_tests::backend::{Backend, BackendBuilder, Profile};
 use nginx_tests::load::{self, Headers, LoadSpec, Route};
 use nginx_tests::netns::Netns;
 use nginx_tests::nginx::{Nginx, NginxConf};
-use nginx_tests::artifacts;
 
 /// Run nginx + the upstreamtop module in front of three test backends under
 /// a realistic load, so the probe and the dashboard have something to show.
@@ -135,11 +135,14 @@ fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
     let mut conf = NginxConf::new(&nginx_bin)
         .port(args.port)
         .workers(args.workers)
-        .upstream("app", &[
-            format!("server {} max_fails=0", app1.addr()),
-            format!("server {} max_fails=0", app2.addr()),
-            "keepalive 32".to_owned(),
-        ])
+        .upstream(
+            "app",
+            &[
+                format!("server {} max_fails=0", app1.addr()),
+                format!("server {} max_fails=0", app2.addr()),
+                "keepalive 32".to_owned(),
+            ],
+        )
         .upstream("checkout", &[format!("server {} max_fails=0", checkout.addr()), "keepalive 16".to_owned()])
         .extra_server(
             "location /checkout {\n    proxy_pass http://checkout;\n    proxy_http_version 1.1;\n    \
@@ -197,8 +200,13 @@ fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
         load.join().expect("load thread")
     })?;
 
-    println!("\nstopping. client saw {} responses in {:.1}s, by status {:?}, {} errors",
-        result.responses(), result.elapsed.as_secs_f64(), result.by_status, result.errors);
+    println!(
+        "\nstopping. client saw {} responses in {:.1}s, by status {:?}, {} errors",
+        result.responses(),
+        result.elapsed.as_secs_f64(),
+        result.by_status,
+        result.errors
+    );
     for (name, backend) in [("app", &app1), ("app", &app2), ("checkout", &checkout)] {
         println!("  {name} {} served {} by status {:?}", backend.addr(), backend.total(), backend.by_status());
     }
@@ -233,7 +241,13 @@ fn pick_binaries(args: &Args) -> Result<(PathBuf, Option<PathBuf>)> {
 
 fn print_banner(args: &Args, nginx: &Nginx, module: &Option<PathBuf>, ns: Option<&Netns>, backends: [&Backend; 3]) {
     let status_url = nginx.url("/upstreamtop");
-    println!("simulate: nginx {} (pid {}, {} workers) on {}", nginx.conf().binary.display(), nginx.pid(), args.workers, nginx.url("/"));
+    println!(
+        "simulate: nginx {} (pid {}, {} workers) on {}",
+        nginx.conf().binary.display(),
+        nginx.pid(),
+        args.workers,
+        nginx.url("/")
+    );
     println!("  config: {}/conf/nginx.conf", nginx.prefix().display());
     match module {
         Some(m) => println!("  module: {} (table {})", m.display(), args.table.display()),

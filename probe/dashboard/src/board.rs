@@ -152,12 +152,10 @@ impl Board {
             b.errors_rps += r.totals.errors_rps;
             b.window_ms = b.window_ms.max(r.probe.interval_ms);
             b.timestamp = b.timestamp.max(r.timestamp);
-            b.drops += r.probe.drops.iter().filter(|(k, _)| k.as_str() != "recent_sampled_out").map(|(_, v)| v).sum::<u64>();
-            let groups = r
-                .upstreams
-                .iter()
-                .map(|(n, u)| (n.as_str(), u))
-                .chain(std::iter::once((UNLISTED, &r.unlisted)));
+            b.drops +=
+                r.probe.drops.iter().filter(|(k, _)| k.as_str() != "recent_sampled_out").map(|(_, v)| v).sum::<u64>();
+            let groups =
+                r.upstreams.iter().map(|(n, u)| (n.as_str(), u)).chain(std::iter::once((UNLISTED, &r.unlisted)));
             for (group, up) in groups {
                 for p in &up.peers {
                     b.backends.push(Backend {

@@ -101,10 +101,8 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     } else {
         (t, 1.0)
     };
-    let value: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try `1`, `0.5`, `500ms`, `2s`)"))?;
+    let value: f64 =
+        num.trim().parse().map_err(|_| format!("`{text}` is not a duration (try `1`, `0.5`, `500ms`, `2s`)"))?;
     let secs = value * scale;
     if !secs.is_finite() || !(0.05..=3600.0).contains(&secs) {
         return Err(format!("`{text}`: interval must be between 50ms and 1h"));
@@ -132,8 +130,16 @@ mod tests {
     fn flags_parse() {
         Args::command().debug_assert();
         let a = Args::try_parse_from([
-            "upstreamtop", "--url", "http://a/upstreamtop", "--url", "http://b:8080/x", "--sort",
-            "errors", "--once", "--backends", "3",
+            "upstreamtop",
+            "--url",
+            "http://a/upstreamtop",
+            "--url",
+            "http://b:8080/x",
+            "--sort",
+            "errors",
+            "--once",
+            "--backends",
+            "3",
         ])
         .unwrap();
         assert_eq!(a.urls.len(), 2);

@@ -114,7 +114,13 @@ fn restore_terminal() {
     let _ = execute!(io::stdout(), terminal::LeaveAlternateScreen, cursor::Show);
 }
 
-fn run_tui(mut app: App, spec: SourceSpec, interval: Duration, deadline: Option<Instant>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+fn run_tui(
+    mut app: App,
+    spec: SourceSpec,
+    interval: Duration,
+    deadline: Option<Instant>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     // The poller lives on its own thread so a slow or dead endpoint never
     // freezes the keys; it ends when the receiver is dropped.
     let (tx, rx) = mpsc::channel::<Vec<HostResult>>();
@@ -158,7 +164,8 @@ fn run_tui(mut app: App, spec: SourceSpec, interval: Duration, deadline: Option<
     }));
     terminal::enable_raw_mode().context("switching the terminal to raw mode")?;
     let result = (|| -> anyhow::Result<()> {
-        execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide).context("entering the alternate screen")?;
+        execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)
+            .context("entering the alternate screen")?;
         let mut term = Terminal::new(CrosstermBackend::new(io::stdout())).context("opening the terminal")?;
         term.clear().context("clearing the terminal")?;
         let mut dirty = true;

@@ -97,10 +97,7 @@ fn route(r: &mut Route) {
 
 fn responses(r: &mut Responses) {
     if r.codes.keys().any(|k| matches!(clean(k), Cow::Owned(_))) {
-        r.codes = std::mem::take(&mut r.codes)
-            .into_iter()
-            .map(|(k, v)| (clean(&k).into_owned(), v))
-            .collect();
+        r.codes = std::mem::take(&mut r.codes).into_iter().map(|(k, v)| (clean(&k).into_owned(), v)).collect();
     }
 }
 

@@ -81,9 +81,7 @@ impl Endpoint {
     pub fn parse(url: &str, upstream: Option<&str>) -> anyhow::Result<Endpoint> {
         let rest = match url.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some((scheme, _)) => anyhow::bail!(
-                "{url}: only plain http:// endpoints are supported, not {scheme}://"
-            ),
+            Some((scheme, _)) => anyhow::bail!("{url}: only plain http:// endpoints are supported, not {scheme}://"),
             None => url,
         };
         let (authority, path) = match rest.find(['/', '?']) {
@@ -94,9 +92,8 @@ impl Endpoint {
             anyhow::bail!("{url}: no host");
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| anyhow::anyhow!("{url}: unclosed `[` in IPv6 address"))?;
+            let (h, after) =
+                v6.split_once(']').ok_or_else(|| anyhow::anyhow!("{url}: unclosed `[` in IPv6 address"))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => p.parse().map_err(|_| anyhow::anyhow!("{url}: bad port `{p}`"))?,
                 None if after.is_empty() => 80,
@@ -105,9 +102,7 @@ impl Endpoint {
             (h.to_string(), port)
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => {
-                    (h.to_string(), p.parse().map_err(|_| anyhow::anyhow!("{url}: bad port `{p}`"))?)
-                }
+                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| anyhow::anyhow!("{url}: bad port `{p}`"))?),
                 None => (authority.to_string(), 80),
             }
         };
@@ -128,8 +123,13 @@ impl Endpoint {
         }
         target.push(if target.contains('?') { '&' } else { '?' });
         target.push_str(&params.join("&"));
-        let authority =
-            if port == 80 { authority.to_string() } else if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let authority = if port == 80 {
+            authority.to_string()
+        } else if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         Ok(Endpoint { authority, host, port, target })
     }
 
@@ -250,10 +250,7 @@ pub fn parse_response(raw: &[u8]) -> Result<(u16, String, Vec<u8>), String> {
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunked answer cut short")?;
+        let eol = data.windows(2).position(|w| w == b"\r\n").ok_or("chunked answer cut short")?;
         let size_text = String::from_utf8_lossy(&data[..eol]);
         let size_text = size_text.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16)
@@ -272,8 +269,8 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Parses and sanitises a report body.
 pub fn parse_report(body: &[u8]) -> Result<Report, SourceError> {
-    let mut report: Report = serde_json::from_slice(body)
-        .map_err(|e| SourceError::BadAnswer(format!("not an upstreamtop report: {e}")))?;
+    let mut report: Report =
+        serde_json::from_slice(body).map_err(|e| SourceError::BadAnswer(format!("not an upstreamtop report: {e}")))?;
     sanitize::report(&mut report);
     Ok(report)
 }
@@ -335,9 +332,7 @@ impl Source {
                     .zip(handles)
                     .map(|(ep, h)| HostResult {
                         host: ep.authority.clone(),
-                        result: h
-                            .join()
-                            .unwrap_or_else(|_| Err(SourceError::BadAnswer("poll thread failed".into()))),
+                        result: h.join().unwrap_or_else(|_| Err(SourceError::BadAnswer("poll thread failed".into()))),
                     })
                     .collect()
             }),

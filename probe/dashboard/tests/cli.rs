@@ -64,7 +64,10 @@ fn once_prints_a_snapshot() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     let req = lines.lock().unwrap()[0].clone();
-    assert!(req.starts_with("GET /upstreamtop?routes=") && req.contains("&upstream=api") && req.ends_with(" HTTP/1.1"), "{req}");
+    assert!(
+        req.starts_with("GET /upstreamtop?routes=") && req.contains("&upstream=api") && req.ends_with(" HTTP/1.1"),
+        "{req}"
+    );
     assert!(stdout.starts_with("upstreamtop — nginx upstreams · 248.0 req/s"), "{stdout}");
     assert!(stdout.contains("api 10.0.1.10:8080"), "{stdout}");
     assert!(!stdout.contains("checkout"), "--upstream api filters list and feed:\n{stdout}");

@@ -60,10 +60,7 @@ fn type_text(app: &mut App, text: &str) {
 
 /// Row index of the first line containing `needle`.
 fn row_of(screen: &str, needle: &str) -> usize {
-    screen
-        .lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("`{needle}` not on screen:\n{screen}"))
+    screen.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("`{needle}` not on screen:\n{screen}"))
 }
 
 fn assert_no_terminal_controls(text: &str) {
@@ -84,14 +81,22 @@ fn normal_shows_header_backends_routes_and_feed() {
     assert!(s.contains("probe up"), "{s}");
     assert!(s.contains("23:51:02 UTC"), "{s}");
     assert!(s.contains(HOST), "{s}");
-    for peer in ["10.0.1.10:8080", "10.0.1.11:8080", "10.0.1.12:8080", "10.0.1.13:8080", "10.0.1.14:8080", "127.0.0.1:9100"] {
+    for peer in
+        ["10.0.1.10:8080", "10.0.1.11:8080", "10.0.1.12:8080", "10.0.1.13:8080", "10.0.1.14:8080", "127.0.0.1:9100"]
+    {
         assert!(s.contains(peer), "{peer} missing:\n{s}");
     }
     // Ranked by req/s: 104 > 97 > 31 > 16 > idle ones.
-    let order: Vec<usize> = ["api 10.0.1.10:8080", "api 10.0.1.11:8080", "checkout 10.0.1.12:8080", "unlisted 127.0.0.1:9100", "api 10.0.1.13:8080"]
-        .iter()
-        .map(|n| row_of(&s, n))
-        .collect();
+    let order: Vec<usize> = [
+        "api 10.0.1.10:8080",
+        "api 10.0.1.11:8080",
+        "checkout 10.0.1.12:8080",
+        "unlisted 127.0.0.1:9100",
+        "api 10.0.1.13:8080",
+    ]
+    .iter()
+    .map(|n| row_of(&s, n))
+    .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "order {order:?}:\n{s}");
     // Figures of the top backend and its top routes beneath it.
     let top = s.lines().nth(order[0]).unwrap();
@@ -129,7 +134,14 @@ fn sort_key_cycles_and_reorders() {
     assert!(row_of(&s, "api 10.0.1.10") < row_of(&s, "api 10.0.1.11"), "{s}");
     key(&mut app, KeyCode::Char('s'));
     let s = render(&app, 140, 40);
-    let names = ["api 10.0.1.10", "api 10.0.1.11", "api 10.0.1.13", "api 10.0.1.14", "checkout 10.0.1.12", "unlisted 127.0.0.1:9100"];
+    let names = [
+        "api 10.0.1.10",
+        "api 10.0.1.11",
+        "api 10.0.1.13",
+        "api 10.0.1.14",
+        "checkout 10.0.1.12",
+        "unlisted 127.0.0.1:9100",
+    ];
     let rows: Vec<usize> = names.iter().map(|n| row_of(&s, n)).collect();
     assert!(rows.windows(2).all(|w| w[0] < w[1]), "{s}");
     key(&mut app, KeyCode::Char('s'));
@@ -153,9 +165,23 @@ fn selection_and_drill_down() {
     // All four routes (the main screen shows --routes of them), exact
     // codes, both latency rows, history.
     for text in [
-        "api 10.0.1.10:8080", "app1.internal:8080", "/api/orders", "/healthz", "/api/orders/:id/items", "/api/orders/:id",
-        "routes (4)", "200 ×61000", "304 ×400", "404 ×120", "500 ×610", "last interval", "since start", "history req/s",
-        "history 5xx/s", "history p99", "opened 40",
+        "api 10.0.1.10:8080",
+        "app1.internal:8080",
+        "/api/orders",
+        "/healthz",
+        "/api/orders/:id/items",
+        "/api/orders/:id",
+        "routes (4)",
+        "200 ×61000",
+        "304 ×400",
+        "404 ×120",
+        "500 ×610",
+        "last interval",
+        "since start",
+        "history req/s",
+        "history 5xx/s",
+        "history p99",
+        "opened 40",
     ] {
         assert!(s.contains(text), "`{text}` missing:\n{s}");
     }

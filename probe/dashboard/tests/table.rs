@@ -63,7 +63,9 @@ fn peer(addr: &str, ok: u64, errors: u64, rps: f64, errs_rps: f64, lat_ns: u64, 
             latency_p90_ns: lat_ns,
             latency_p99_ns: lat_ns,
         },
-        history: (1..=4).map(|i| HistorySample { requests: (rps as u32) * i / 4, errors_5xx: 0, conn_failed: 0, latency_p99_us: 0 }).collect(),
+        history: (1..=4)
+            .map(|i| HistorySample { requests: (rps as u32) * i / 4, errors_5xx: 0, conn_failed: 0, latency_p99_us: 0 })
+            .collect(),
         first_seen_unix_ns: now - 60_000_000_000,
         last_seen_unix_ns: now - 100_000_000,
     }
@@ -115,16 +117,13 @@ fn write_table(path: &Path, published_ns: u64) {
             latency_ns: 40_000_000,
         }],
     };
-    let mut w = TableWriter::create(path, Capacities { max_peers: 16, max_routes: 64, max_recent: 16, history_len: 4 }).unwrap();
+    let mut w = TableWriter::create(path, Capacities { max_peers: 16, max_routes: 64, max_recent: 16, history_len: 4 })
+        .unwrap();
     w.publish(&snap).unwrap();
 }
 
 fn run_once(table: &Path) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_upstreamtop"))
-        .args(["--once", "--table"])
-        .arg(table)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_upstreamtop")).args(["--once", "--table"]).arg(table).output().unwrap();
     (out.status.code(), String::from_utf8(out.stdout).unwrap())
 }
 

@@ -59,7 +59,12 @@ pub fn synthetic_snapshot(peers: u32, routes: u32) -> Snapshot {
                 latency_p99_ns: 110_000_000,
             },
             history: (0..HISTORY)
-                .map(|h| HistorySample { requests: 10 + (h + i) % 40, errors_5xx: h % 3, conn_failed: 0, latency_p99_us: 900 + h })
+                .map(|h| HistorySample {
+                    requests: 10 + (h + i) % 40,
+                    errors_5xx: h % 3,
+                    conn_failed: 0,
+                    latency_p99_us: 900 + h,
+                })
                 .collect(),
             first_seen_unix_ns: now - 3_600_000_000_000,
             last_seen_unix_ns: now - 200_000_000,
@@ -73,7 +78,11 @@ pub fn synthetic_snapshot(peers: u32, routes: u32) -> Snapshot {
             method: if r.is_multiple_of(5) { "POST" } else { "GET" }.into(),
             path: format!("/api/v1/resource{r}/:id/items"),
             requests,
-            responses: Responses { class: [0, requests - 2, 0, 1, 1], codes: vec![(200, requests - 2), (404, 1), (503, 1)], codes_other: 0 },
+            responses: Responses {
+                class: [0, requests - 2, 0, 1, 1],
+                codes: vec![(200, requests - 2), (404, 1), (503, 1)],
+                codes_other: 0,
+            },
             no_response: 0,
             latency_sum_ns: requests * 3_500_000,
             latency_count: requests,
@@ -132,7 +141,12 @@ pub fn table_dir() -> std::path::PathBuf {
 
 /// Table capacities that hold [`synthetic_snapshot`]`(peers, routes)`.
 pub fn capacities(peers: u32, routes: u32) -> Capacities {
-    Capacities { max_peers: peers.max(1), max_routes: (peers * routes).max(1), max_recent: RECENT, history_len: HISTORY }
+    Capacities {
+        max_peers: peers.max(1),
+        max_routes: (peers * routes).max(1),
+        max_recent: RECENT,
+        history_len: HISTORY,
+    }
 }
 
 /// What [`endpoint_cost`] measured, µs per answer.
@@ -180,7 +194,8 @@ pub fn endpoint_cost(table: &Path, peers: u32, routes: u32, renders: usize) -> i
     let mut reader = TableReader::new(table);
     let conf = NginxConfig { nginx_version: "bench".into(), ..NginxConfig::default() };
     let query = Query { routes: routes as usize, ..Query::default() };
-    let mut cost = EndpointCost { fresh_us: Vec::with_capacity(renders), cached_us: Vec::with_capacity(renders), body_bytes: 0 };
+    let mut cost =
+        EndpointCost { fresh_us: Vec::with_capacity(renders), cached_us: Vec::with_capacity(renders), body_bytes: 0 };
     // As the module does: the body of the previous publish, no longer
     // served, is the buffer the next render writes into.
     let mut spare: Vec<u8> = Vec::new();

@@ -146,7 +146,8 @@ pub fn build_report(snap: &Snapshot, conf: &NginxConfig, query: &Query, now_unix
             unlisted.rps += p.window.requests_per_sec;
         }
         unlisted.rps = round3(unlisted.rps);
-        unlisted.peers = idx.iter().map(|&i| peer::peer(show(&keys[i]), None, Some(&snap.peers[i]), &routes_of[i], &cx)).collect();
+        unlisted.peers =
+            idx.iter().map(|&i| peer::peer(show(&keys[i]), None, Some(&snap.peers[i]), &routes_of[i], &cx)).collect();
         unlisted.peers.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.server.cmp(&b.server)));
     }
 
@@ -166,7 +167,12 @@ pub fn build_report(snap: &Snapshot, conf: &NginxConfig, query: &Query, now_unix
 
 /// The `recent` list: newest first, nginx's own sockets left out, the
 /// group resolved, `?upstream=` and `?recent=` applied.
-pub(crate) fn recent_list(recent: &[RecentRequest], listeners: &Listeners, index: &ConfigIndex, query: &Query) -> Vec<Recent> {
+pub(crate) fn recent_list(
+    recent: &[RecentRequest],
+    listeners: &Listeners,
+    index: &ConfigIndex,
+    query: &Query,
+) -> Vec<Recent> {
     recent
         .iter()
         .rev()

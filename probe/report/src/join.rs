@@ -123,7 +123,11 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let ip = if i % 3 == 0 { IpAddr::from([0, 0, 0, (i % 256) as u8]) } else { IpAddr::from((x as u32).to_be_bytes()) };
+            let ip = if i % 3 == 0 {
+                IpAddr::from([0, 0, 0, (i % 256) as u8])
+            } else {
+                IpAddr::from((x as u32).to_be_bytes())
+            };
             let a = SocketAddr::new(ip, (x >> 32) as u16);
             assert_eq!(show(&key(&a)), a.to_string());
         }

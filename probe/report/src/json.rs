@@ -18,13 +18,8 @@ use crate::model::{
 /// from the wire cannot break the document.
 pub fn render_json(report: &Report) -> String {
     let peers = report.upstreams.values().map(|u| u.peers.len()).sum::<usize>() + report.unlisted.peers.len();
-    let routes: usize = report
-        .upstreams
-        .values()
-        .chain([&report.unlisted])
-        .flat_map(|u| &u.peers)
-        .map(|p| p.routes.len())
-        .sum();
+    let routes: usize =
+        report.upstreams.values().chain([&report.unlisted]).flat_map(|u| &u.peers).map(|p| p.routes.len()).sum();
     let mut w = W(Vec::with_capacity(2048 + peers * 1600 + routes * 320 + report.recent.len() * 160));
     w.report(report);
     w.into_string()
@@ -125,7 +120,10 @@ pub(crate) fn plain(bytes: &[u8]) -> bool {
     fn word_plain(w: u64) -> bool {
         let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
         let control = w.wrapping_sub(0x20 * ONES) & !w & HIGH;
-        (control | zero(w ^ (u64::from(b'"') * ONES)) | zero(w ^ (u64::from(b'\\') * ONES)) | zero(w ^ (u64::from(b'?') * ONES)))
+        (control
+            | zero(w ^ (u64::from(b'"') * ONES))
+            | zero(w ^ (u64::from(b'\\') * ONES))
+            | zero(w ^ (u64::from(b'?') * ONES)))
             == 0
     }
     let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
@@ -208,7 +206,10 @@ impl W {
             let word = if hi < 10 {
                 u64::from(b'0' + hi as u8) | u64::from(PAIRS[l]) << 8 | u64::from(PAIRS[l + 1]) << 16
             } else {
-                u64::from(PAIRS[h]) | u64::from(PAIRS[h + 1]) << 8 | u64::from(PAIRS[l]) << 16 | u64::from(PAIRS[l + 1]) << 24
+                u64::from(PAIRS[h])
+                    | u64::from(PAIRS[h + 1]) << 8
+                    | u64::from(PAIRS[l]) << 16
+                    | u64::from(PAIRS[l + 1]) << 24
             };
             self.put_word(word, if hi < 10 { 3 } else { 4 });
             return;
@@ -869,7 +870,21 @@ mod tests {
             w.f64(v);
             w.into_string()
         };
-        let mut vals = vec![0.0, -0.0, 0.5, -0.5, 1e12, 1e12 - 1.0, -1e12, 999_999_999_999.999, 1e15, 1e20, 0.1 + 0.2, 2.0005, -2.0005];
+        let mut vals = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1e12,
+            1e12 - 1.0,
+            -1e12,
+            999_999_999_999.999,
+            1e15,
+            1e20,
+            0.1 + 0.2,
+            2.0005,
+            -2.0005,
+        ];
         let mut x = 0x2545_F491_4F6C_DD1Du64;
         for _ in 0..200_000 {
             x ^= x << 13;
@@ -915,8 +930,9 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let around = |c: u64| c.saturating_sub(3) + x % 7;
-            let ns = [i, x, x >> (x % 64), around((x >> 20) / 1000 * 1000 + 500), around(1 << 50), around((x >> 14) * 1000)]
-                [(i % 6) as usize];
+            let ns =
+                [i, x, x >> (x % 64), around((x >> 20) / 1000 * 1000 + 500), around(1 << 50), around((x >> 14) * 1000)]
+                    [(i % 6) as usize];
             assert_eq!(ms(ns), f(crate::peer::ms(ns)), "{ns}");
         }
         let r3 = |x: f64| {
@@ -937,11 +953,25 @@ mod tests {
             let scale = [1.0, 1e-3, 1e3, 1e6, 1e-6, 1e9, 1e12, 1e15][(x % 8) as usize];
             let sign = if x & 1 == 0 { 1.0 } else { -1.0 };
             // Random magnitudes, exact halves of a thousandth, integers.
-            let v = [unit * scale * sign, ((x >> 20) as f64 + 0.5) / 1000.0 * sign, (x >> (x % 64)) as f64 * sign][(i % 3) as usize];
+            let v = [unit * scale * sign, ((x >> 20) as f64 + 0.5) / 1000.0 * sign, (x >> (x % 64)) as f64 * sign]
+                [(i % 3) as usize];
             assert_eq!(r3(v), f(crate::peer::round3(v)), "{v:?}");
             assert_eq!(wh(x as u32), f(f64::from(x as u32)), "{}", x as u32);
         }
-        for v in [0.0, -0.0, 0.0004, -0.0004, 0.0005, -0.0005, 1e12, 999_999_999_999.999_5, f64::NAN, f64::INFINITY, -f64::INFINITY, 1e300] {
+        for v in [
+            0.0,
+            -0.0,
+            0.0004,
+            -0.0004,
+            0.0005,
+            -0.0005,
+            1e12,
+            999_999_999_999.999_5,
+            f64::NAN,
+            f64::INFINITY,
+            -f64::INFINITY,
+            1e300,
+        ] {
             assert_eq!(r3(v), f(crate::peer::round3(v)), "{v:?}");
         }
         for n in [0, 9, 10, 99_999, 999_999, 1_000_000, u32::MAX] {

@@ -8,9 +8,7 @@ use upstreamtop_table::histogram::{bucket_of, quantiles_ns, BUCKETS};
 use upstreamtop_table::{HistorySample, PeerStats, RouteStats};
 
 use crate::config::{Query, ServerConf};
-use crate::model::{
-    Connections, HeaderTimeHistogram, History, Percentiles, Peer, Responses, Route, HEADER_TIME_LE_NS,
-};
+use crate::model::{Connections, HeaderTimeHistogram, History, Peer, Percentiles, Responses, Route, HEADER_TIME_LE_NS};
 
 /// Intervals without requests after which a peer is `idle`.
 pub const IDLE_INTERVALS: usize = 10;

@@ -72,7 +72,12 @@ pub fn render_prometheus_view(view: &SnapshotView, conf: &NginxConfig, query: &Q
             ..RouteStats::default()
         })
         .collect();
-    let snap = Snapshot { meta: view.meta().clone(), peers: view.peers().map(|p| p.to_stats()).collect(), routes, recent: Vec::new() };
+    let snap = Snapshot {
+        meta: view.meta().clone(),
+        peers: view.peers().map(|p| p.to_stats()).collect(),
+        routes,
+        recent: Vec::new(),
+    };
     render_prometheus_snapshot(&snap, conf, query, now_unix_ns)
 }
 
@@ -80,7 +85,12 @@ pub fn render_prometheus_view(view: &SnapshotView, conf: &NginxConfig, query: &Q
 /// snapshot. The report is built without its per-peer history arrays,
 /// which no series uses (about a seventh of `build_report`'s time at a
 /// thousand peers). Only the view path and the tests call it.
-pub(crate) fn render_prometheus_snapshot(snap: &Snapshot, conf: &NginxConfig, query: &Query, now_unix_ns: u64) -> String {
+pub(crate) fn render_prometheus_snapshot(
+    snap: &Snapshot,
+    conf: &NginxConfig,
+    query: &Query,
+    now_unix_ns: u64,
+) -> String {
     let lean = Query { history: false, ..query.clone() };
     render_prometheus(&crate::build_report(snap, conf, &lean, now_unix_ns), query)
 }
@@ -108,9 +118,16 @@ pub fn render_prometheus(report: &Report, query: &Query) -> String {
             let _ = writeln!(o, "{name}{{{l}}} {}", get(p));
         }
     };
-    counter(o, "upstreamtop_requests_total", "Requests nginx sent to the backend, counted on the wire.", &|p| p.requests);
+    counter(o, "upstreamtop_requests_total", "Requests nginx sent to the backend, counted on the wire.", &|p| {
+        p.requests
+    });
     if query.route_labels {
-        family(o, "upstreamtop_route_requests_total", "counter", "Completed exchanges per route (method and folded path).");
+        family(
+            o,
+            "upstreamtop_route_requests_total",
+            "counter",
+            "Completed exchanges per route (method and folded path).",
+        );
         for (l, p) in &peers {
             for r in &p.routes {
                 let _ = writeln!(
@@ -123,7 +140,12 @@ pub fn render_prometheus(report: &Report, query: &Query) -> String {
             }
         }
     }
-    family(o, "upstreamtop_responses_total", "counter", "Responses by exact status code (\"other\": codes beyond the probe's per-peer limit).");
+    family(
+        o,
+        "upstreamtop_responses_total",
+        "counter",
+        "Responses by exact status code (\"other\": codes beyond the probe's per-peer limit).",
+    );
     for (l, p) in &peers {
         for (code, n) in &p.responses.codes {
             let _ = writeln!(o, "upstreamtop_responses_total{{{l},code=\"{}\"}} {n}", esc(code));
@@ -132,7 +154,9 @@ pub fn render_prometheus(report: &Report, query: &Query) -> String {
             let _ = writeln!(o, "upstreamtop_responses_total{{{l},code=\"other\"}} {}", p.responses.codes_other);
         }
     }
-    counter(o, "upstreamtop_no_response_total", "Exchanges that ended (close, reset) before a response.", &|p| p.no_response);
+    counter(o, "upstreamtop_no_response_total", "Exchanges that ended (close, reset) before a response.", &|p| {
+        p.no_response
+    });
 
     let h = "upstreamtop_response_header_seconds";
     family(o, h, "histogram", "Time from request sent to the first response byte (header time).");
@@ -152,7 +176,12 @@ pub fn render_prometheus(report: &Report, query: &Query) -> String {
     for (l, p) in &peers {
         let _ = writeln!(o, "upstreamtop_connections{{{l},state=\"active\"}} {}", p.active);
     }
-    family(o, "upstreamtop_connections_total", "counter", "Connection events: opened, closed, failed (refused or unanswered), reset.");
+    family(
+        o,
+        "upstreamtop_connections_total",
+        "counter",
+        "Connection events: opened, closed, failed (refused or unanswered), reset.",
+    );
     for (l, p) in &peers {
         let c = &p.connections;
         for (event, n) in [("opened", c.opened), ("closed", c.closed), ("failed", c.failed), ("reset", c.reset)] {
@@ -174,7 +203,12 @@ pub fn render_prometheus(report: &Report, query: &Query) -> String {
     for (reason, n) in &probe.drops {
         let _ = writeln!(o, "upstreamtop_probe_drops_total{{reason=\"{}\"}} {n}", esc(reason));
     }
-    family(o, "upstreamtop_probe_overflows_total", "counter", "Detail folded away because a table was full (totals stay exact).");
+    family(
+        o,
+        "upstreamtop_probe_overflows_total",
+        "counter",
+        "Detail folded away because a table was full (totals stay exact).",
+    );
     for (reason, n) in &probe.overflows {
         let _ = writeln!(o, "upstreamtop_probe_overflows_total{{reason=\"{}\"}} {n}", esc(reason));
     }

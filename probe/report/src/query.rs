@@ -88,7 +88,8 @@ mod tests {
     #[test]
     fn defaults_and_every_parameter() {
         assert_eq!(parse_query("").unwrap(), Query::default());
-        let q = parse_query("upstream=api%20v2&routes=3&history=0&recent=5&format=prometheus&route_labels=0&x=y").unwrap();
+        let q =
+            parse_query("upstream=api%20v2&routes=3&history=0&recent=5&format=prometheus&route_labels=0&x=y").unwrap();
         assert_eq!(
             q,
             Query { upstream: Some("api v2".into()), routes: 3, history: false, recent: 5, route_labels: false }

@@ -27,7 +27,11 @@ fn stats(a: &str, requests: u64, rps: f64) -> PeerStats {
     PeerStats {
         addr: addr(a),
         requests,
-        responses: Responses { class: [0, requests - 1, 0, 0, 1], codes: vec![(200, requests - 1), (502, 1)], codes_other: 0 },
+        responses: Responses {
+            class: [0, requests - 1, 0, 0, 1],
+            codes: vec![(200, requests - 1), (502, 1)],
+            codes_other: 0,
+        },
         no_response: 0,
         sent_bytes: requests * 100,
         received_bytes: requests * 1000,
@@ -95,9 +99,30 @@ fn snapshot() -> Snapshot {
             route(3, "GET", "/front", 1000),
         ],
         recent: vec![
-            RecentRequest { unix_ns: NOW - 3 * SEC, peer: addr("127.0.0.1:9001"), method: "GET".into(), path: "/a".into(), status: 200, latency_ns: 2_000_000 },
-            RecentRequest { unix_ns: NOW - 2 * SEC, peer: addr("127.0.0.1:8080"), method: "GET".into(), path: "/front".into(), status: 200, latency_ns: 1 },
-            RecentRequest { unix_ns: NOW - SEC, peer: addr("10.9.9.9:80"), method: "PUT".into(), path: "/u".into(), status: 0, latency_ns: 0 },
+            RecentRequest {
+                unix_ns: NOW - 3 * SEC,
+                peer: addr("127.0.0.1:9001"),
+                method: "GET".into(),
+                path: "/a".into(),
+                status: 200,
+                latency_ns: 2_000_000,
+            },
+            RecentRequest {
+                unix_ns: NOW - 2 * SEC,
+                peer: addr("127.0.0.1:8080"),
+                method: "GET".into(),
+                path: "/front".into(),
+                status: 200,
+                latency_ns: 1,
+            },
+            RecentRequest {
+                unix_ns: NOW - SEC,
+                peer: addr("10.9.9.9:80"),
+                method: "PUT".into(),
+                path: "/u".into(),
+                status: 0,
+                latency_ns: 0,
+            },
         ],
     }
 }
@@ -118,7 +143,7 @@ fn config() -> NginxConfig {
                 servers: vec![
                     server("localhost:9001", "127.0.0.1:9001", false, false, 3),
                     server("127.0.0.1:9002", "127.0.0.1:9002", true, false, 1),
-                    server("spare:9003", "[::1]:9003", false, false, 1),  // no traffic
+                    server("spare:9003", "[::1]:9003", false, false, 1), // no traffic
                     server("gone:9004", "127.0.0.1:9004", false, true, 1), // down
                 ],
             },
@@ -166,7 +191,10 @@ fn config_join() {
     // Unlisted: only the unknown peer; the listener is nowhere.
     assert_eq!(r.unlisted.peers.len(), 1);
     let u = &r.unlisted.peers[0];
-    assert_eq!((u.server.as_str(), u.name.as_str(), u.configured, u.requests), ("10.9.9.9:80", "10.9.9.9:80", false, 5));
+    assert_eq!(
+        (u.server.as_str(), u.name.as_str(), u.configured, u.requests),
+        ("10.9.9.9:80", "10.9.9.9:80", false, 5)
+    );
     assert_eq!(u.state, "up");
     let json = render_json(&r);
     assert!(!json.contains("8080") && !json.contains("/front"), "listener leaked: {json}");
@@ -321,7 +349,8 @@ fn unavailable_body() {
 /// rendered once here (the bench measures the time).
 pub fn big_snapshot() -> Snapshot {
     let mut s = snapshot();
-    s.peers = (0..1000u32).map(|i| stats(&format!("10.1.{}.{}:8080", i / 250, i % 250), 1000 + u64::from(i), 1.0)).collect();
+    s.peers =
+        (0..1000u32).map(|i| stats(&format!("10.1.{}.{}:8080", i / 250, i % 250), 1000 + u64::from(i), 1.0)).collect();
     s.routes = (0..1000u32)
         .flat_map(|p| (0..16u64).map(move |r| route(p, "GET", &format!("/api/v1/resource{r}/:id"), 10 + r)))
         .collect();
@@ -337,7 +366,11 @@ fn renders_a_thousand_peers() {
     let report = build_report(&s, &config(), &q, NOW);
     let built = start.elapsed();
     let json = render_json(&report);
-    eprintln!("1000 peers x 16 routes: built in {built:?}, {} bytes rendered in {:?}", json.len(), start.elapsed() - built);
+    eprintln!(
+        "1000 peers x 16 routes: built in {built:?}, {} bytes rendered in {:?}",
+        json.len(),
+        start.elapsed() - built
+    );
     let v: Report = serde_json::from_str(&json).unwrap();
     assert_eq!(v.unlisted.peers.len(), 1000);
     assert!(v.unlisted.peers.iter().all(|p| p.routes.len() == 16));
@@ -407,7 +440,8 @@ impl Table {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("upstreamtop-report-{name}-{}-{n}", std::process::id()));
         let path = dir.join("table");
-        let caps = upstreamtop_table::Capacities { max_peers: 1000, max_routes: 16_000, max_recent: 100, history_len: 60 };
+        let caps =
+            upstreamtop_table::Capacities { max_peers: 1000, max_routes: 16_000, max_recent: 100, history_len: 60 };
         let writer = upstreamtop_table::TableWriter::create(&path, caps).unwrap();
         Table { dir, writer, reader: upstreamtop_table::TableReader::new(&path) }
     }
@@ -477,7 +511,13 @@ fn report_path_cases() -> (Vec<Snapshot>, Vec<NginxConfig>, Vec<Query>) {
     dup_group.upstreams.push(UpstreamConf {
         name: "api".into(),
         implicit: true,
-        servers: vec![ServerConf { name: "again".into(), addr: addr("127.0.0.1:9002"), backup: false, down: false, weight: 2 }],
+        servers: vec![ServerConf {
+            name: "again".into(),
+            addr: addr("127.0.0.1:9002"),
+            backup: false,
+            down: false,
+            weight: 2,
+        }],
     });
     let queries = [
         Query::default(),
@@ -492,7 +532,11 @@ fn report_path_cases() -> (Vec<Snapshot>, Vec<NginxConfig>, Vec<Query>) {
     let mut quarter = snapshot();
     quarter.meta.interval_ns = 250_000_000;
     quarter.peers[0].history.push(HistorySample { requests: 7, errors_5xx: 3, conn_failed: 0, latency_p99_us: 1234 });
-    (vec![snapshot(), odd, quarter, big_snapshot()], vec![config(), NginxConfig::default(), dup_group], queries.to_vec())
+    (
+        vec![snapshot(), odd, quarter, big_snapshot()],
+        vec![config(), NginxConfig::default(), dup_group],
+        queries.to_vec(),
+    )
 }
 
 #[test]

@@ -266,7 +266,14 @@ struct PeerWriter<'c, 'q, 'v> {
 impl<'v> PeerWriter<'_, '_, 'v> {
     /// Same fields and rules as [`peer::peer`] + `W::peer`.
     /// `routes` are the peer's route indices in the view.
-    fn peer(&mut self, w: &mut W, server: &str, conf: Option<&ServerConf>, stats: Option<&PeerView<'v>>, routes: &[u32]) {
+    fn peer(
+        &mut self,
+        w: &mut W,
+        server: &str,
+        conf: Option<&ServerConf>,
+        stats: Option<&PeerView<'v>>,
+        routes: &[u32],
+    ) {
         let Some(p) = stats else {
             // No traffic: nothing to read from the table.
             w.peer(&peer::peer(server.to_owned(), conf, None, &[], self.cx));

@@ -79,11 +79,9 @@ impl fmt::Display for ReadError {
             ),
             ReadError::Truncated(p) => write!(f, "table {} is truncated", p.display()),
             ReadError::Corrupt(p, e) => write!(f, "table {} is corrupt: {e}", p.display()),
-            ReadError::Busy(p) => write!(
-                f,
-                "table {} busy: the probe rewrote it during {MAX_ATTEMPTS} read attempts",
-                p.display()
-            ),
+            ReadError::Busy(p) => {
+                write!(f, "table {} busy: the probe rewrote it during {MAX_ATTEMPTS} read attempts", p.display())
+            }
             ReadError::NotPublished(p) => write!(f, "probe starting: table {} not published yet", p.display()),
             ReadError::NotRegular { path, what } => {
                 write!(f, "table {} is {what}, not a regular file: refused", path.display())
@@ -204,18 +202,12 @@ pub(crate) fn open_table(path: &Path) -> Result<(File, fs::Metadata), ReadError>
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => ReadError::NotRegular {
-                path: path.to_owned(),
-                what: "a symbolic link",
-            },
+            Some(libc::ELOOP) => ReadError::NotRegular { path: path.to_owned(), what: "a symbolic link" },
             _ => io_error(path, e),
         })?;
     let meta = file.metadata().map_err(|e| io_error(path, e))?;
     if !meta.is_file() {
-        return Err(ReadError::NotRegular {
-            path: path.to_owned(),
-            what: file_kind(meta.file_type()),
-        });
+        return Err(ReadError::NotRegular { path: path.to_owned(), what: file_kind(meta.file_type()) });
     }
     Ok((file, meta))
 }
@@ -361,14 +353,16 @@ impl TableReader {
         // path names by now.
         let len = file.metadata().map_err(|e| self.io_err(e))?.len();
         if len > MAX_FILE_SIZE {
-            return Err(self.corrupt(format!(
-                "file is {len} bytes, more than any table (at most {MAX_FILE_SIZE})"
-            )));
+            return Err(self.corrupt(format!("file is {len} bytes, more than any table (at most {MAX_FILE_SIZE})")));
         }
         let mut h = [0u8; HEADER_READ];
         let n = read_up_to(file, &mut h, 0).map_err(|e| self.io_err(e))?;
         if n < 8 || h[H_MAGIC..H_MAGIC + 8] != MAGIC {
-            return Err(if n < 8 { ReadError::Truncated(self.path.clone()) } else { ReadError::BadMagic(self.path.clone()) });
+            return Err(if n < 8 {
+                ReadError::Truncated(self.path.clone())
+            } else {
+                ReadError::BadMagic(self.path.clone())
+            });
         }
         if n < 12 {
             return Err(ReadError::Truncated(self.path.clone()));
@@ -414,15 +408,14 @@ impl TableReader {
                 hd.max_peers, hd.max_routes, hd.max_recent, hd.history_len
             ))
         })?;
-        if hd.slot_size != want_slot
-            || hd.slot_off[0] != HEADER_SIZE
-            || hd.slot_off[1] != HEADER_SIZE + want_slot
-        {
+        if hd.slot_size != want_slot || hd.slot_off[0] != HEADER_SIZE || hd.slot_off[1] != HEADER_SIZE + want_slot {
             return Err(self.corrupt("slot layout does not match capacities"));
         }
         let file_size = u64_at(&h, H_FILE_SIZE);
         if file_size != HEADER_SIZE + 2 * want_slot {
-            return Err(self.corrupt(format!("header says {file_size} bytes, capacities need {}", HEADER_SIZE + 2 * want_slot)));
+            return Err(
+                self.corrupt(format!("header says {file_size} bytes, capacities need {}", HEADER_SIZE + 2 * want_slot))
+            );
         }
         if len < file_size {
             return Err(ReadError::Truncated(self.path.clone()));
@@ -572,7 +565,16 @@ pub(crate) fn decode_head(buf: &[u8]) -> DecResult<SlotHead> {
         let len = d.u8()? as usize;
         interfaces.push(d.str_field(len, IFACE_LEN - 1, "interface name")?);
     }
-    let meta = ProbeMeta { pid, started_unix_ns, published_unix_ns, interval_ns, publish_seq, history_len, interfaces, counters };
+    let meta = ProbeMeta {
+        pid,
+        started_unix_ns,
+        published_unix_ns,
+        interval_ns,
+        publish_seq,
+        history_len,
+        interfaces,
+        counters,
+    };
     Ok(SlotHead { meta, n_peers, n_routes, n_recent })
 }
 

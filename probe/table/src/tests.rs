@@ -127,7 +127,11 @@ fn full_snapshot() -> Snapshot {
             route(3, "PROPFIND", "/", 1),
             route(2, "GET", "", 0),
         ],
-        recent: vec![recent(1, "[::1]:9002", "/a"), recent(2, "127.0.0.1:9001", "/b/€"), recent(3, "[fe80::1%3]:8443", "/")],
+        recent: vec![
+            recent(1, "[::1]:9002", "/a"),
+            recent(2, "127.0.0.1:9001", "/b/€"),
+            recent(3, "[fe80::1%3]:8443", "/"),
+        ],
     }
 }
 
@@ -158,10 +162,8 @@ fn round_trip_at_full_capacity() {
 
 /// Names of the entries of `dir`, sorted.
 fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -175,30 +177,13 @@ fn file_and_directory_modes() {
     // Built under a hidden temporary name, 0644 from the start.
     let tmp = entries(&dir.path().join("a/b"));
     assert_eq!(tmp.len(), 1, "{tmp:?}");
-    assert!(
-        tmp[0].starts_with(&format!(".table.{}.", std::process::id())) && tmp[0].ends_with(".tmp"),
-        "{tmp:?}"
-    );
-    assert_eq!(
-        fs::metadata(dir.path().join("a/b").join(&tmp[0]))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o644
-    );
+    assert!(tmp[0].starts_with(&format!(".table.{}.", std::process::id())) && tmp[0].ends_with(".tmp"), "{tmp:?}");
+    assert_eq!(fs::metadata(dir.path().join("a/b").join(&tmp[0])).unwrap().permissions().mode() & 0o777, 0o644);
     assert!(!path.exists() && !w.is_published());
     w.publish(&full_snapshot()).unwrap();
     assert!(w.is_published());
-    assert_eq!(
-        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o644
-    );
-    assert_eq!(
-        entries(&dir.path().join("a/b")),
-        ["table"],
-        "no temp file left behind"
-    );
+    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(entries(&dir.path().join("a/b")), ["table"], "no temp file left behind");
 }
 
 #[test]
@@ -276,10 +261,7 @@ fn missing_and_unpublished() {
         b[off..off + 8].fill(0);
     }
     fs::write(&path, &b).unwrap();
-    assert_eq!(
-        r.snapshot().unwrap_err(),
-        ReadError::NotPublished(path.clone())
-    );
+    assert_eq!(r.snapshot().unwrap_err(), ReadError::NotPublished(path.clone()));
     fs::remove_file(&path).unwrap();
     assert_eq!(r.snapshot().unwrap_err(), ReadError::Missing(path.clone()));
 }
@@ -294,13 +276,7 @@ fn special_files_never_block() {
         assert_eq!(e, ReadError::NotRegular { path: fifo.clone(), what: "a FIFO" });
     }
     let e = TableReader::new(dir.path()).snapshot().unwrap_err();
-    assert_eq!(
-        e,
-        ReadError::NotRegular {
-            path: dir.path().to_owned(),
-            what: "a directory"
-        }
-    );
+    assert_eq!(e, ReadError::NotRegular { path: dir.path().to_owned(), what: "a directory" });
 }
 
 fn publish_one(path: &Path) -> Vec<u8> {
@@ -332,7 +308,10 @@ fn wrong_magic_version_and_size() {
         assert_eq!(r.view_unless(None).unwrap_err(), e);
         assert_eq!(
             e.to_string(),
-            format!("table {} has wrong ABI version {version} (expected 2): upgrade the module or the probe", path.display())
+            format!(
+                "table {} has wrong ABI version {version} (expected 2): upgrade the module or the probe",
+                path.display()
+            )
         );
     }
 
@@ -377,8 +356,10 @@ fn pool_references_are_checked() {
     let snap = full_snapshot();
     let n_peers = snap.peers.len().min(CAPS.max_peers as usize);
     let routes = body + n_peers * (PEER_REC_SIZE + CAPS.history_len as usize * HISTORY_REC_SIZE);
-    let n_routes = u32::from_le_bytes(good[body - SLOT_HEADER_SIZE as usize + S_N_ROUTES..][..4].try_into().unwrap()) as usize;
-    let n_recent = u32::from_le_bytes(good[body - SLOT_HEADER_SIZE as usize + S_N_RECENT..][..4].try_into().unwrap()) as usize;
+    let n_routes =
+        u32::from_le_bytes(good[body - SLOT_HEADER_SIZE as usize + S_N_ROUTES..][..4].try_into().unwrap()) as usize;
+    let n_recent =
+        u32::from_le_bytes(good[body - SLOT_HEADER_SIZE as usize + S_N_RECENT..][..4].try_into().unwrap()) as usize;
     let pool = routes + n_routes * ROUTE_REC_SIZE + n_recent * RECENT_REC_SIZE;
     // Peer 0's bucket offset and count; route 0's string offset.
     let p_at = body + ADDR_SIZE + 32 + 5 * 8 + 16 + PEER_CODES * 10 + 5 * 8 + 2 * 8 + 3 * 8;
@@ -521,12 +502,15 @@ fn derived(n: u64) -> Snapshot {
     let n_peers = 1 + (n % 4) as usize;
     let peers = (0..n_peers)
         .map(|i| {
-            let mut p = peer(&format!("127.0.0.{}:{}", i + 1, 9000 + n % 1000), n, (n % 6).min(5) as usize, (n % 33) as usize);
+            let mut p =
+                peer(&format!("127.0.0.{}:{}", i + 1, 9000 + n % 1000), n, (n % 6).min(5) as usize, (n % 33) as usize);
             p.requests = n;
             p
         })
         .collect();
-    let routes = (0..(n % 7) as usize).map(|i| route((i % n_peers) as u32, "GET", &format!("/r/{n}/{i}"), (n % 9) as usize)).collect();
+    let routes = (0..(n % 7) as usize)
+        .map(|i| route((i % n_peers) as u32, "GET", &format!("/r/{n}/{i}"), (n % 9) as usize))
+        .collect();
     let recent = (0..(n % 4)).map(|i| recent(n + i, "[::1]:80", &format!("/{n}"))).collect();
     let mut meta = meta();
     meta.publish_seq = n;
@@ -661,11 +645,9 @@ fn view_shows_what_snapshot_decodes() {
     let path = dir.path().join("table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     let mut r = TableReader::new(&path);
-    assert_eq!(
-        r.view_unless(None).unwrap_err(),
-        ReadError::Missing(path.clone())
-    );
-    for snap in [full_snapshot(), derived(1), derived(2), derived(7), Snapshot { meta: meta(), ..Snapshot::default() }] {
+    assert_eq!(r.view_unless(None).unwrap_err(), ReadError::Missing(path.clone()));
+    for snap in [full_snapshot(), derived(1), derived(2), derived(7), Snapshot { meta: meta(), ..Snapshot::default() }]
+    {
         w.publish(&snap).unwrap();
         let decoded = r.snapshot().unwrap();
         let view = r.view_unless(None).unwrap().unwrap();
@@ -712,22 +694,13 @@ fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
     let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
-    assert_eq!(
-        rc,
-        0,
-        "mkfifo {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "mkfifo {}: {}", path.display(), std::io::Error::last_os_error());
 }
 
 fn header_u64(path: &Path, off: usize) -> u64 {
     use std::os::unix::fs::FileExt;
     let mut b = [0u8; 8];
-    fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut b, off as u64)
-        .unwrap();
+    fs::File::open(path).unwrap().read_exact_at(&mut b, off as u64).unwrap();
     u64::from_le_bytes(b)
 }
 
@@ -735,12 +708,7 @@ fn header_u64(path: &Path, off: usize) -> u64 {
 /// process editing the table would.
 fn poke_u64(path: &Path, off: u64, v: u64) {
     use std::os::unix::fs::FileExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .write_all_at(&v.to_le_bytes(), off)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(&v.to_le_bytes(), off).unwrap();
 }
 
 #[test]
@@ -760,18 +728,9 @@ fn fifo_at_the_path_is_refused_without_blocking() {
         let opened = crate::reader::open_table(&p).map(|_| ()).unwrap_err();
         (snap, view, opened)
     });
-    let want = ReadError::NotRegular {
-        path: path.clone(),
-        what: "a FIFO",
-    };
+    let want = ReadError::NotRegular { path: path.clone(), what: "a FIFO" };
     assert_eq!((&snap, &view, &opened), (&want, &want, &want));
-    assert_eq!(
-        snap.to_string(),
-        format!(
-            "table {} is a FIFO, not a regular file: refused",
-            path.display()
-        )
-    );
+    assert_eq!(snap.to_string(), format!("table {} is a FIFO, not a regular file: refused", path.display()));
 
     // Swapped in by rename over a table the reader already has open.
     fs::remove_file(&path).unwrap();
@@ -796,26 +755,14 @@ fn symlink_at_the_path_is_refused() {
     let good = publish_one(&real);
     let path = dir.path().join("table");
     std::os::unix::fs::symlink(&real, &path).unwrap();
-    let want = ReadError::NotRegular {
-        path: path.clone(),
-        what: "a symbolic link",
-    };
+    let want = ReadError::NotRegular { path: path.clone(), what: "a symbolic link" };
     let mut r = TableReader::new(&path);
     assert_eq!(r.snapshot().unwrap_err(), want);
     assert_eq!(r.view_unless(None).map(|_| ()).unwrap_err(), want);
     // O_NOFOLLOW on the open itself (ELOOP), for a symlink swapped in
     // after the lstat.
-    assert_eq!(
-        crate::reader::open_table(&path).map(|_| ()).unwrap_err(),
-        want
-    );
-    assert_eq!(
-        want.to_string(),
-        format!(
-            "table {} is a symbolic link, not a regular file: refused",
-            path.display()
-        )
-    );
+    assert_eq!(crate::reader::open_table(&path).map(|_| ()).unwrap_err(), want);
+    assert_eq!(want.to_string(), format!("table {} is a symbolic link, not a regular file: refused", path.display()));
 
     // A symlink renamed over the table an open reader was reading.
     fs::remove_file(&path).unwrap();
@@ -831,9 +778,7 @@ fn symlink_at_the_path_is_refused() {
     fs::remove_file(&path).unwrap();
     std::os::unix::fs::symlink(&fifo, &path).unwrap();
     let p = path.clone();
-    let e = within(10, "reader on a symlink to a FIFO", move || {
-        TableReader::new(&p).snapshot().unwrap_err()
-    });
+    let e = within(10, "reader on a symlink to a FIFO", move || TableReader::new(&p).snapshot().unwrap_err());
     assert_eq!(e, want);
 }
 
@@ -862,12 +807,7 @@ fn huge_sparse_file_is_refused_without_allocating() {
     let huge: u64 = 64 << 30;
     let write_sparse = |len: u64| {
         fs::write(&path, &header).unwrap();
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len)
-            .unwrap();
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len).unwrap();
     };
     write_sparse(huge);
     assert_eq!(fs::metadata(&path).unwrap().len(), huge);
@@ -880,10 +820,7 @@ fn huge_sparse_file_is_refused_without_allocating() {
     });
     let want = ReadError::Corrupt(
         path.clone(),
-        format!(
-            "file is {huge} bytes, more than any table (at most {})",
-            4096 + (512u64 << 20)
-        ),
+        format!("file is {huge} bytes, more than any table (at most {})", 4096 + (512u64 << 20)),
     );
     assert_eq!((snap, view), (want.clone(), want));
     assert_eq!(cap, 0, "nothing allocated for the slot");
@@ -906,23 +843,11 @@ fn huge_sparse_file_is_refused_without_allocating() {
 
     // A real table grown (sparse) past what its header implies.
     fs::write(&path, &good).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(good.len() as u64 + 4096)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(good.len() as u64 + 4096).unwrap();
     let e = r.snapshot().unwrap_err();
     assert_eq!(
         e,
-        ReadError::Corrupt(
-            path.clone(),
-            format!(
-                "file is {} bytes, header says {}",
-                good.len() + 4096,
-                good.len()
-            )
-        )
+        ReadError::Corrupt(path.clone(), format!("file is {} bytes, header says {}", good.len() + 4096, good.len()))
     );
 }
 
@@ -934,41 +859,23 @@ fn a_refused_big_slot_releases_its_buffer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("table");
     // Peers only, ~64 MiB per slot.
-    let caps = Capacities {
-        max_peers: 30_000,
-        max_routes: 0,
-        max_recent: 0,
-        history_len: 60,
-    };
+    let caps = Capacities { max_peers: 30_000, max_routes: 0, max_recent: 0, history_len: 60 };
     let slot = slot_size(caps.max_peers, 0, 0, 60).unwrap();
     assert!(slot > 60 << 20 && slot <= MAX_SLOT_SIZE, "{slot}");
     let mut w = TableWriter::create(&path, caps).unwrap();
-    w.publish(&Snapshot {
-        meta: ProbeMeta {
-            history_len: 60,
-            ..meta()
-        },
-        ..Snapshot::default()
-    })
-    .unwrap();
+    w.publish(&Snapshot { meta: ProbeMeta { history_len: 60, ..meta() }, ..Snapshot::default() }).unwrap();
     drop(w);
     let mut r = TableReader::new(&path);
     assert!(r.snapshot().is_ok());
     let small = r.buffer_capacity();
-    assert!(
-        small < 64 << 10,
-        "an empty publish copies a slot header: {small}"
-    );
+    assert!(small < 64 << 10, "an empty publish copies a slot header: {small}");
     // Slot 1 (active) now claims every peer; its body is zeros.
     let s1 = HEADER_SIZE + slot;
     let used = body_len(caps.max_peers.into(), 60, 0, 0).unwrap();
     poke_u64(&path, s1 + S_USED as u64, used);
     poke_u64(&path, s1 + S_N_PEERS as u64, u64::from(caps.max_peers)); // n_peers, n_routes = 0
     poke_u64(&path, s1 + S_POOL_LEN as u64, 0);
-    assert_eq!(
-        r.snapshot().unwrap_err(),
-        ReadError::Corrupt(path.clone(), "slot checksum mismatch".into())
-    );
+    assert_eq!(r.snapshot().unwrap_err(), ReadError::Corrupt(path.clone(), "slot checksum mismatch".into()));
     assert_eq!(r.buffer_capacity(), 0, "the slot-sized buffer was released");
 }
 
@@ -985,11 +892,7 @@ fn file_truncated_or_swapped_between_reads() {
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     for len in [HEADER_SIZE + 10, 100, 0] {
         f.set_len(len).unwrap();
-        assert_eq!(
-            r.snapshot().unwrap_err(),
-            ReadError::Truncated(path.clone()),
-            "len {len}"
-        );
+        assert_eq!(r.snapshot().unwrap_err(), ReadError::Truncated(path.clone()), "len {len}");
     }
     {
         use std::os::unix::fs::FileExt;
@@ -1038,14 +941,9 @@ fn file_truncated_or_swapped_between_reads() {
                 ok += 1;
             }
             Err(
-                e @ (ReadError::Truncated(_)
-                | ReadError::Corrupt(..)
-                | ReadError::Busy(_)
-                | ReadError::BadMagic(_)),
+                e @ (ReadError::Truncated(_) | ReadError::Corrupt(..) | ReadError::Busy(_) | ReadError::BadMagic(_)),
             ) => {
-                *errors
-                    .entry(format!("{:?}", std::mem::discriminant(&e)))
-                    .or_insert(0) += 1;
+                *errors.entry(format!("{:?}", std::mem::discriminant(&e))).or_insert(0) += 1;
             }
             Err(e) => panic!("unexpected error {e}"),
         }
@@ -1065,13 +963,7 @@ fn writer_ignores_a_tampered_sequence_number() {
     let path = dir.path().join("table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     w.publish(&derived(1)).unwrap();
-    let header = |p: &Path| {
-        (
-            header_u64(p, H_ACTIVE),
-            header_u64(p, H_SEQ[0]),
-            header_u64(p, H_SEQ[1]),
-        )
-    };
+    let header = |p: &Path| (header_u64(p, H_ACTIVE), header_u64(p, H_SEQ[0]), header_u64(p, H_SEQ[1]));
     assert_eq!(header(&path), (1, 0, 2));
 
     // Point readers at slot 0 and make both sequence numbers odd, one
@@ -1081,18 +973,10 @@ fn writer_ignores_a_tampered_sequence_number() {
     poke_u64(&path, H_SEQ[0] as u64, u64::MAX);
     poke_u64(&path, H_SEQ[1] as u64, 1_000_001);
     let mut r = TableReader::new(&path);
-    assert_eq!(
-        r.snapshot().unwrap_err(),
-        ReadError::Busy(path.clone()),
-        "readers see a slot being written"
-    );
+    assert_eq!(r.snapshot().unwrap_err(), ReadError::Busy(path.clone()), "readers see a slot being written");
 
     w.publish(&derived(2)).unwrap();
-    assert_eq!(
-        header(&path),
-        (0, 2, 1_000_001),
-        "slot 0, its own sequence number"
-    );
+    assert_eq!(header(&path), (0, 2, 1_000_001), "slot 0, its own sequence number");
     assert_eq!(r.snapshot().unwrap(), derived(2));
     w.publish(&derived(3)).unwrap();
     assert_eq!(header(&path), (1, 2, 4), "slot 1 again, 2 + 2");
@@ -1128,14 +1012,7 @@ fn the_previous_table_stays_until_the_first_publish() {
     assert_eq!(r.snapshot().unwrap(), full_snapshot());
     let generation = r.generation();
 
-    let w = TableWriter::create(
-        &path,
-        Capacities {
-            max_peers: 99,
-            ..CAPS
-        },
-    )
-    .unwrap();
+    let w = TableWriter::create(&path, Capacities { max_peers: 99, ..CAPS }).unwrap();
     assert!(!w.is_published());
     assert_eq!(fs::read(&path).unwrap(), good, "the path is untouched");
     assert_eq!(r.snapshot().unwrap(), full_snapshot());
@@ -1148,12 +1025,7 @@ fn the_previous_table_stays_until_the_first_publish() {
     // files that only look similar.
     let dead = format!(".table.{}.0123456789abcdef.tmp", u32::MAX);
     let alive = format!(".table.{}.0123456789abcdef.tmp", std::process::id());
-    for n in [
-        dead.as_str(),
-        alive.as_str(),
-        ".table.1.notes.tmp",
-        ".tables.1.0123456789abcdef.tmp",
-    ] {
+    for n in [dead.as_str(), alive.as_str(), ".table.1.notes.tmp", ".tables.1.0123456789abcdef.tmp"] {
         fs::write(dir.path().join(n), b"x").unwrap();
     }
     let mut w = TableWriter::create(&path, CAPS).unwrap();
@@ -1167,14 +1039,7 @@ fn the_previous_table_stays_until_the_first_publish() {
     assert_eq!(r.generation(), Some(w.generation()));
     let mut left = entries(dir.path());
     left.retain(|n| n != "table");
-    assert_eq!(
-        left,
-        [
-            ".table.1.notes.tmp",
-            alive.as_str(),
-            ".tables.1.0123456789abcdef.tmp"
-        ]
-    );
+    assert_eq!(left, [".table.1.notes.tmp", alive.as_str(), ".tables.1.0123456789abcdef.tmp"]);
 }
 
 /// A temporary name is created exclusively and without following a
@@ -1185,9 +1050,7 @@ fn create_failure_leaves_nothing() {
     // A "directory" that is a file: the temporary file cannot be created.
     let blocker = dir.path().join("blocker");
     fs::write(&blocker, b"keep").unwrap();
-    let e = TableWriter::create(&blocker.join("table"), CAPS)
-        .err()
-        .unwrap();
+    let e = TableWriter::create(&blocker.join("table"), CAPS).err().unwrap();
     assert!(e.to_string().contains("blocker"), "{e}");
     assert_eq!(fs::read(&blocker).unwrap(), b"keep");
     assert_eq!(entries(dir.path()), ["blocker"]);

@@ -187,7 +187,8 @@ impl<'a> SnapshotView<'a> {
             if n > BUCKETS {
                 return Err(format!("peer {i} has {n} latency buckets (at most {BUCKETS})"));
             }
-            let entries = pool.get(at..at + n * BUCKET_ENTRY_SIZE).ok_or_else(|| format!("peer {i} buckets past the pool"))?;
+            let entries =
+                pool.get(at..at + n * BUCKET_ENTRY_SIZE).ok_or_else(|| format!("peer {i} buckets past the pool"))?;
             // Strictly ascending indices: each bucket at most once.
             let mut next = 0usize;
             for e in entries.chunks_exact(BUCKET_ENTRY_SIZE) {

@@ -87,14 +87,8 @@ fn temp_name(file_name: &OsStr) -> std::ffi::OsString {
 
 /// The pid in a temporary name [`temp_name`] made for `file_name`.
 fn temp_owner(candidate: &OsStr, file_name: &OsStr) -> Option<u32> {
-    let rest = candidate
-        .as_bytes()
-        .strip_prefix(b".")?
-        .strip_prefix(file_name.as_bytes())?;
-    let rest = std::str::from_utf8(rest)
-        .ok()?
-        .strip_prefix('.')?
-        .strip_suffix(".tmp")?;
+    let rest = candidate.as_bytes().strip_prefix(b".")?.strip_prefix(file_name.as_bytes())?;
+    let rest = std::str::from_utf8(rest).ok()?.strip_prefix('.')?.strip_suffix(".tmp")?;
     let (pid, random) = rest.split_once('.')?;
     (random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
     pid.parse().ok()
@@ -148,17 +142,24 @@ impl TableWriter {
     /// previous table. Dropping the writer before that removes the temporary
     /// file.
     pub fn create(path: &Path, caps: Capacities) -> io::Result<Self> {
-        let slot_size = slot_size(caps.max_peers, caps.max_routes, caps.max_recent, caps.history_len)
-            .ok_or_else(|| {
+        let slot_size =
+            slot_size(caps.max_peers, caps.max_routes, caps.max_recent, caps.history_len).ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("table {}: capacities {caps:?} need more than {MAX_SLOT_SIZE} bytes per slot", path.display()),
+                    format!(
+                        "table {}: capacities {caps:?} need more than {MAX_SLOT_SIZE} bytes per slot",
+                        path.display()
+                    ),
                 )
             })?;
         let file_size = HEADER_SIZE + 2 * slot_size;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
-                DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|e| err_at(dir, "creating directory", e))?;
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)
+                    .map_err(|e| err_at(dir, "creating directory", e))?;
                 // The mode above is filtered by the umask; nginx workers
                 // (another user) must be able to reach the file.
                 fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
@@ -188,7 +189,8 @@ impl TableWriter {
             .map_err(|e| err_at(&tmp, "creating", e))?;
         let build = || -> io::Result<(MmapMut, u64)> {
             // Readable by nginx workers whatever the probe's umask.
-            file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(|e| err_at(&tmp, "setting permissions of", e))?;
+            file.set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(|e| err_at(&tmp, "setting permissions of", e))?;
             file.set_len(file_size).map_err(|e| err_at(&tmp, "sizing", e))?;
             // SAFETY: we just created this file (O_EXCL) and only this
             // writer maps it writable; readers use pread and never map it.

@@ -136,7 +136,15 @@ fn arb_peer() -> impl Strategy<Value = PeerStats> {
 }
 
 fn arb_route() -> impl Strategy<Value = RouteStats> {
-    (any::<u32>(), any::<bool>(), any::<String>(), any::<String>(), any::<[u64; 7]>(), arb_responses(), any::<[f64; 2]>())
+    (
+        any::<u32>(),
+        any::<bool>(),
+        any::<String>(),
+        any::<String>(),
+        any::<[u64; 7]>(),
+        arb_responses(),
+        any::<[f64; 2]>(),
+    )
         .prop_map(|(peer, is_other, method, path, n, responses, rates)| RouteStats {
             peer,
             is_other,
@@ -157,7 +165,14 @@ fn arb_route() -> impl Strategy<Value = RouteStats> {
 
 fn arb_recent() -> impl Strategy<Value = RecentRequest> {
     (any::<u64>(), arb_addr(), any::<String>(), any::<String>(), any::<u16>(), any::<u64>()).prop_map(
-        |(unix_ns, peer, method, path, status, latency_ns)| RecentRequest { unix_ns, peer, method, path, status, latency_ns },
+        |(unix_ns, peer, method, path, status, latency_ns)| RecentRequest {
+            unix_ns,
+            peer,
+            method,
+            path,
+            status,
+            latency_ns,
+        },
     )
 }
 
@@ -170,28 +185,30 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
         prop::collection::vec(arb_route(), 0..10),
         prop::collection::vec(arb_recent(), 0..6),
     )
-        .prop_map(|((pid, started, published, interval, seq, hist), interfaces, c, peers, routes, recent)| Snapshot {
-            meta: ProbeMeta {
-                pid,
-                started_unix_ns: started,
-                published_unix_ns: published,
-                interval_ns: interval,
-                publish_seq: seq,
-                history_len: hist,
-                interfaces,
-                counters: ProbeCounters {
-                    events_dropped: c[0],
-                    conn_table_full: c[1],
-                    conn_evicted: c[2],
-                    peer_table_full: c[3],
-                    route_overflow: c[4],
-                    recent_sampled_out: c[5],
-                    parse_errors: c[6],
+        .prop_map(|((pid, started, published, interval, seq, hist), interfaces, c, peers, routes, recent)| {
+            Snapshot {
+                meta: ProbeMeta {
+                    pid,
+                    started_unix_ns: started,
+                    published_unix_ns: published,
+                    interval_ns: interval,
+                    publish_seq: seq,
+                    history_len: hist,
+                    interfaces,
+                    counters: ProbeCounters {
+                        events_dropped: c[0],
+                        conn_table_full: c[1],
+                        conn_evicted: c[2],
+                        peer_table_full: c[3],
+                        route_overflow: c[4],
+                        recent_sampled_out: c[5],
+                        parse_errors: c[6],
+                    },
                 },
-            },
-            peers,
-            routes,
-            recent,
+                peers,
+                routes,
+                recent,
+            }
         })
 }
 
@@ -210,23 +227,45 @@ enum Damage {
 
 /// The numeric fields a hostile file would lie in: sizes, counts, offsets.
 const HEADER_FIELDS: &[usize] = &[
-    H_HEADER_SIZE, H_FILE_SIZE, H_MAX_PEERS, H_MAX_ROUTES, H_MAX_RECENT, H_HISTORY_LEN, H_PEER_REC, H_ROUTE_REC,
-    H_RECENT_REC, H_HISTORY_REC, H_BUCKETS, H_PEER_CODES, H_ROUTE_CODES, H_MAX_IFACES, H_SLOT0, H_SLOT1,
-    H_SLOT_SIZE, H_ACTIVE, H_SEQ[0], H_SEQ[1],
+    H_HEADER_SIZE,
+    H_FILE_SIZE,
+    H_MAX_PEERS,
+    H_MAX_ROUTES,
+    H_MAX_RECENT,
+    H_HISTORY_LEN,
+    H_PEER_REC,
+    H_ROUTE_REC,
+    H_RECENT_REC,
+    H_HISTORY_REC,
+    H_BUCKETS,
+    H_PEER_CODES,
+    H_ROUTE_CODES,
+    H_MAX_IFACES,
+    H_SLOT0,
+    H_SLOT1,
+    H_SLOT_SIZE,
+    H_ACTIVE,
+    H_SEQ[0],
+    H_SEQ[1],
 ];
 const SLOT_FIELDS: &[usize] = &[S_USED, S_HISTORY_LEN, S_N_IFACES, S_N_PEERS, S_N_ROUTES, S_N_RECENT, S_IFACES];
 
 fn arb_damage() -> impl Strategy<Value = Damage> {
     prop_oneof![
         prop::collection::vec((any::<usize>(), any::<u8>()), 1..16).prop_map(Damage::Bytes),
-        (any::<bool>(), any::<usize>(), prop_oneof![
-            any::<u64>(),
-            Just(0u64),
-            Just(u64::MAX),
-            Just(u32::MAX as u64),
-            (0u64..300),
-            Just(HEADER_SIZE),
-        ], prop_oneof![Just(4u8), Just(8u8)])
+        (
+            any::<bool>(),
+            any::<usize>(),
+            prop_oneof![
+                any::<u64>(),
+                Just(0u64),
+                Just(u64::MAX),
+                Just(u32::MAX as u64),
+                (0u64..300),
+                Just(HEADER_SIZE),
+            ],
+            prop_oneof![Just(4u8), Just(8u8)]
+        )
             .prop_map(|(slot_relative, i, value, width)| {
                 let fields = if slot_relative { SLOT_FIELDS } else { HEADER_FIELDS };
                 Damage::Field { slot_relative, offset: fields[i % fields.len()], value, width }
@@ -557,6 +596,8 @@ fn hostile_writer_racing_the_reader() {
     stop.store(true, Ordering::Relaxed);
     let published = publisher.join().expect("the publisher never fails");
     let rounds = scribbler.join().unwrap();
-    eprintln!("{reads} racing reads: {ok} snapshots, {errors} refusals; {published} publishes, {rounds} hostile rounds");
+    eprintln!(
+        "{reads} racing reads: {ok} snapshots, {errors} refusals; {published} publishes, {rounds} hostile rounds"
+    );
     assert!(errors > 0, "the scribbler was noticed");
 }

@@ -125,7 +125,9 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
         }
         if path == "/early" {
             record(200);
-            put(&mut w, me, 
+            put(
+                &mut w,
+                me,
                 b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
             )?;
             continue;
@@ -138,11 +140,8 @@ fn handle(stream: TcpStream, served: &Served) -> std::io::Result<()> {
             put(&mut w, me, b)?;
             continue;
         }
-        let code: u16 = path
-            .strip_prefix("/status/")
-            .and_then(|c| c.split('/').next())
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(200);
+        let code: u16 =
+            path.strip_prefix("/status/").and_then(|c| c.split('/').next()).and_then(|c| c.parse().ok()).unwrap_or(200);
         record(code);
         let reason = if code < 400 { "OK" } else { "Err" };
         put(&mut w, me, format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 1\r\n\r\nx").as_bytes())?;
@@ -265,18 +264,15 @@ impl Harness {
             max_tcp_peers: 256,
         })));
         let a = agg.clone();
-        let ring = progs
-            .ring_buffer(move |ev: &types::exchange_event| a.borrow_mut().on_event(ev))
-            .expect("ring buffer");
+        let ring =
+            progs.ring_buffer(move |ev: &types::exchange_event| a.borrow_mut().on_event(ev)).expect("ring buffer");
         let slots = RefCell::new(PeerSlots::new(&progs, Duration::from_secs(600)).expect("peer slots"));
         Harness { progs, agg, ring, slots }
     }
 
     pub fn snapshot(&self) -> Snapshot {
         self.ring.consume().expect("consume ring");
-        let sweep = SweepConfig {
-            idle_timeout_ns: 600_000_000_000,
-        };
+        let sweep = SweepConfig { idle_timeout_ns: 600_000_000_000 };
         let mut agg = self.agg.borrow_mut();
         let totals = collect(&self.progs, &mut agg, &mut self.slots.borrow_mut(), sweep).expect("collect");
         agg.snapshot(&totals, 1_000_000_000, vec![]).clone()
@@ -320,10 +316,8 @@ pub fn run_traffic(addr: SocketAddr) -> u64 {
     assert_eq!(c.exchange(head.as_bytes(), Some(body)), Some(200));
     sent += 1;
     // 100-continue: the interim response must not end the exchange.
-    let head = format!(
-        "PUT /upload/5 HTTP/1.1\r\nHost: b\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head =
+        format!("PUT /upload/5 HTTP/1.1\r\nHost: b\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", body.len());
     assert_eq!(c.exchange(head.as_bytes(), Some(body)), Some(200));
     sent += 1;
     // 103 Early Hints and the final response in one segment.
@@ -404,4 +398,3 @@ pub fn wait_for(h: &Harness, addr: SocketAddr, sent: u64) -> Snapshot {
             .is_some_and(|p| p.requests >= sent && p.conns.closed >= 3 && p.latency.count + p.no_response >= sent)
     })
 }
-

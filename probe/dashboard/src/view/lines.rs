@@ -113,7 +113,10 @@ pub fn banners(board: &Board, retry: Option<Duration>, polls: u64) -> Vec<Line<'
             if let Some(every) = retry {
                 text.push_str(&format!(" — retrying every {:.1}s", every.as_secs_f64()));
             }
-            out.push(Line::from(wire(&text, Style::default().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD))));
+            out.push(Line::from(wire(
+                &text,
+                Style::default().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD),
+            )));
         } else if h.probe_state == ProbeState::Stale {
             let text = format!(
                 " ⚠ {}: probe stale — last publish {:.1}s ago; figures are frozen (is upstreamtop-probe running?)",
@@ -245,7 +248,11 @@ pub fn backend_lines(b: &Backend, max_share: f64, name_w: usize, routes: usize, 
     let p = &b.peer;
     let quiet = p.state == "idle" || p.state == "down" || p.down;
     let base = if quiet { dim() } else { Style::default() };
-    let name_style = if p.state == "unhealthy" { base.fg(Color::Red).add_modifier(Modifier::BOLD) } else { base.add_modifier(Modifier::BOLD) };
+    let name_style = if p.state == "unhealthy" {
+        base.fg(Color::Red).add_modifier(Modifier::BOLD)
+    } else {
+        base.add_modifier(Modifier::BOLD)
+    };
     let marker = if selected { "▶ " } else { "  " };
     let (tag_text, tag_style) = tag(b);
     let share_frac = if max_share > 0.0 { p.share / max_share } else { 0.0 };
@@ -358,7 +365,15 @@ pub fn footer(sort: &str, filter: &str, editing: bool, detail: bool) -> Line<'st
     let keys: &[(&str, &str)] = if detail {
         &[("Esc", "back"), ("↑↓", "scroll"), ("p", "pause"), ("?", "help"), ("q", "quit")]
     } else {
-        &[("q", "quit"), ("s", "sort"), ("p", "pause"), ("/", "filter"), ("↑↓", "select"), ("⏎", "details"), ("?", "help")]
+        &[
+            ("q", "quit"),
+            ("s", "sort"),
+            ("p", "pause"),
+            ("/", "filter"),
+            ("↑↓", "select"),
+            ("⏎", "details"),
+            ("?", "help"),
+        ]
     };
     for (k, what) in keys {
         spans.push(Span::raw("  "));

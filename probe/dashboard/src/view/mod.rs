@@ -51,7 +51,8 @@ pub fn draw(frame: &mut Frame, app: &App) {
                 frame.render_widget(Paragraph::new(text).scroll((scroll, 0)), body);
             }
             None => {
-                let msg = Line::from(Span::styled("this backend is gone from the latest answer — Esc to go back", dim()));
+                let msg =
+                    Line::from(Span::styled("this backend is gone from the latest answer — Esc to go back", dim()));
                 frame.render_widget(Paragraph::new(msg), body);
             }
         },
@@ -68,7 +69,11 @@ fn draw_main(frame: &mut Frame, app: &App, area: Rect) {
     let mut rows = Rows::new(area);
     let feed_lines = if area.height >= 12 {
         let want = board.recent.iter().filter(|r| r.matches(&app.filter)).count().min((area.height as usize) / 3);
-        if want > 0 { want + 1 } else { 0 }
+        if want > 0 {
+            want + 1
+        } else {
+            0
+        }
     } else {
         0
     };
