@@ -703,3 +703,67 @@ fn view_profile() {
         wall(0.99)
     );
 }
+
+/// FNV-1a, 64 bits: a short, stable fingerprint of a body for the golden
+/// matrix (whole bodies of the bigger cases would be megabytes of fixtures).
+fn fnv64(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Every body of the report-path matrix, named: `(name, bytes)`.
+fn golden_bodies() -> Vec<(String, Vec<u8>)> {
+    let mut t = Table::new("golden");
+    let (snaps, confs, mut queries) = report_path_cases();
+    queries.push(Query { route_labels: false, ..Query::default() });
+    let mut out = Vec::new();
+    for (si, s) in snaps.iter().enumerate() {
+        t.writer.publish(s).unwrap();
+        let view = t.reader.view_unless(None).unwrap().unwrap();
+        for (ci, conf) in confs.iter().enumerate() {
+            for (qi, q) in queries.iter().enumerate() {
+                let name = format!("snap{si}-conf{ci}-query{qi}");
+                out.push((format!("{name}.json"), render_view_json(&view, conf, q, NOW).body));
+                let mut pq = q.clone();
+                pq.routes = if qi == 0 { usize::MAX } else { pq.routes };
+                out.push((format!("{name}.prom"), render_prometheus_view(&view, conf, &pq, NOW).into_bytes()));
+            }
+        }
+    }
+    out
+}
+
+/// The answers for the report-path matrix, held to the files in
+/// `tests/golden/`: `sample.json` and `sample.prom` in full (the sample
+/// table, the sample configuration, default queries) and every case's
+/// length and fingerprint in `matrix.txt`. A change to the output is a
+/// change to these files, reviewed as such: regenerate them with
+/// `UPDATE_GOLDEN=1 cargo test -p upstreamtop-report golden`.
+#[test]
+fn golden_answers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let bodies = golden_bodies();
+    let matrix: String = bodies.iter().map(|(n, b)| format!("{n} {} {:016x}\n", b.len(), fnv64(b))).collect();
+    let full = |name: &str| bodies.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone()).unwrap();
+    let files = [
+        ("matrix.txt", matrix.into_bytes()),
+        ("sample.json", full("snap0-conf0-query0.json")),
+        ("sample.prom", full("snap0-conf0-query0.prom")),
+    ];
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (f, b) in &files {
+            std::fs::write(dir.join(f), b).unwrap();
+        }
+    }
+    for (f, b) in &files {
+        let want = std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e} (UPDATE_GOLDEN=1 writes it)"));
+        if *b != want {
+            let at = b.iter().zip(&want).position(|(x, y)| x != y).unwrap_or(b.len().min(want.len()));
+            panic!(
+                "{f} differs at byte {at}:\n got  …{}\n want …{}",
+                String::from_utf8_lossy(&b[at.saturating_sub(60)..(at + 60).min(b.len())]),
+                String::from_utf8_lossy(&want[at.saturating_sub(60)..(at + 60).min(want.len())])
+            );
+        }
+    }
+}
