@@ -17,10 +17,11 @@ use upstreamtop_table::{
     Snapshot, Window,
 };
 
-use crate::bpf::{socket_addr, types, BpfStats};
+use crate::bpf::{socket_addr, types};
 use crate::hist::Hist;
 use crate::http;
 use crate::tcp_peers::TcpPeers;
+use crate::totals::{Base, BpfTotals};
 
 /// Limits of the userspace side.
 #[derive(Debug, Clone, Copy)]
@@ -34,18 +35,6 @@ pub struct AggLimits {
     pub recent_len: usize,
     /// Peers of other TCP kept (the least recently active dropped first).
     pub max_tcp_peers: usize,
-}
-
-/// Everything read from the BPF maps for one publish.
-#[derive(Debug, Clone, Default)]
-pub struct BpfTotals {
-    pub peers: Vec<(SocketAddr, types::peer_counters)>,
-    /// Connection counts of connections that carried no HTTP.
-    pub tcp: Vec<(SocketAddr, types::tcp_counters)>,
-    pub codes: Vec<(SocketAddr, u16, u64)>,
-    pub stats: BpfStats,
-    /// Established tracked connections per peer.
-    pub active: HashMap<SocketAddr, u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -122,7 +111,7 @@ pub struct Aggregator {
     pub(crate) parse_errors: u64,
     /// Totals of a previous run whose BPF maps are gone (see restore.rs),
     /// added to what the fresh maps count.
-    pub(crate) base: crate::restore::Base,
+    pub(crate) base: Base,
     /// Peers of other TCP, and the other-TCP share of HTTP peers.
     tcp: TcpPeers,
     /// The route key of the event being folded (one buffer for all).

@@ -15,3 +15,4 @@ pub mod pins;
 pub mod restore;
 pub mod sweep;
 pub mod tcp_peers;
+pub mod totals;

@@ -8,21 +8,23 @@
 //!   finished exchanges; only the userspace aggregates come from the table.
 //! - the maps are new ([`Resume::TableOnly`]: `--no-pin`, no writable
 //!   bpffs, or incompatible pins): the last published per-peer totals become
-//!   a [`Base`] added to what the new maps count, so totals never go
-//!   backwards; what crossed the wire while no probe ran is not counted.
+//!   the aggregator's [`Base`](crate::totals::Base), added to what the new
+//!   maps count, so totals never go backwards; what crossed the wire while
+//!   no probe ran is not counted.
 //!
 //! What the table cannot give back: per-route latency buckets (it keeps
 //! only their sum, count and percentiles), so route percentiles start over
 //! while route latency sums and counts continue.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use upstreamtop_table::{Responses, Snapshot};
 
-use crate::aggregate::{monotonic_ns, unix_ns, Aggregator, BpfTotals, RouteState};
-use crate::bpf::{add_peer_counters, types, BpfStats};
+use crate::aggregate::{monotonic_ns, unix_ns, Aggregator, RouteState};
+use crate::bpf::{types, BpfStats};
 use crate::hist::Hist;
+use crate::totals::BpfTotals;
 
 /// How the previous run's state comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,50 +33,6 @@ pub enum Resume {
     Maps,
     /// New maps: the table's totals are the base.
     TableOnly,
-}
-
-/// Totals of a previous run added to fresh maps' counters.
-#[derive(Debug, Clone, Default)]
-pub struct Base {
-    peers: HashMap<SocketAddr, types::peer_counters>,
-    codes: HashMap<SocketAddr, BTreeMap<u16, u64>>,
-    stats: BpfStats,
-}
-
-impl Base {
-    pub fn is_empty(&self) -> bool {
-        self.peers.is_empty() && self.stats == BpfStats::default()
-    }
-
-    /// `totals` plus the base; peers known only to the base are kept.
-    pub fn add_to(&self, totals: &BpfTotals) -> BpfTotals {
-        let mut out = totals.clone();
-        for (addr, b) in &self.peers {
-            let i = match out.peers.iter().position(|(a, _)| a == addr) {
-                Some(i) => i,
-                None => {
-                    out.peers.push((*addr, types::peer_counters::default()));
-                    out.peers.len() - 1
-                }
-            };
-            add_peer_counters(&mut out.peers[i].1, b);
-        }
-        for (addr, codes) in &self.codes {
-            for (code, n) in codes {
-                match out.codes.iter_mut().find(|(a, c, _)| a == addr && c == code) {
-                    Some(e) => e.2 += n,
-                    None => out.codes.push((*addr, *code, *n)),
-                }
-            }
-        }
-        let s = &mut out.stats;
-        s.events_dropped += self.stats.events_dropped;
-        s.conn_table_full += self.stats.conn_table_full;
-        s.peer_table_full += self.stats.peer_table_full;
-        s.parse_errors += self.stats.parse_errors;
-        s.codes_full += self.stats.codes_full;
-        out
-    }
 }
 
 fn counters_of(p: &upstreamtop_table::PeerStats) -> types::peer_counters {

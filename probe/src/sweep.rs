@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 
-use crate::aggregate::{monotonic_ns, Aggregator, BpfTotals};
+use crate::aggregate::{monotonic_ns, Aggregator};
 use crate::bpf::{socket_addr, ConnEntry, Phase, Programs, NO_PEER};
 use crate::peer_slots::PeerSlots;
+use crate::totals::BpfTotals;
 
 /// The kernel's first SYN retransmission timeout (TCP_TIMEOUT_INIT).
 const SYN_RTO_NS: u64 = 1_000_000_000;

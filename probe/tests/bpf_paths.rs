@@ -403,7 +403,7 @@ fn ignore_port_and_only_filters() {
 
 #[test]
 fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
-    use upstreamtop_probe::aggregate::BpfTotals;
+    use upstreamtop_probe::totals::BpfTotals;
     require_root!();
     let p = load();
     // One connection awaiting a response, one SYN never answered (sent
