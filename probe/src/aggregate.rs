@@ -348,9 +348,13 @@ impl Aggregator {
         }
     }
 
-    /// Build the snapshot for this publish and start a new interval. The
-    /// snapshot is the previous one rewritten in place.
-    pub fn snapshot(&mut self, totals: &BpfTotals, interval_ns: u64, interfaces: Vec<String>) -> &Snapshot {
+    /// End the interval: fold its deltas (`totals` against the previous
+    /// reading, and the events folded meanwhile) into the peers' windows
+    /// and the routes' rates, push each peer's history sample, and start
+    /// the next interval. Returns the snapshot to publish: the previous one
+    /// rewritten in place. `interval_ns` is the configured interval (the
+    /// first window's length); `interfaces` are the ones attached.
+    pub fn end_interval(&mut self, totals: &BpfTotals, interval_ns: u64, interfaces: Vec<String>) -> &Snapshot {
         let with_base;
         let totals = if self.base.is_empty() {
             totals
@@ -584,7 +588,7 @@ mod tests {
         a.on_event(&event(peer, b"GET /a/1 HTTP/1.1\r\n", 200, 1_000_000));
         a.on_event(&event(peer, b"GET /a/2 HTTP/1.1\r\n", 404, 2_000_000));
         a.on_event(&event(peer, b"POST /b HTTP/1.1\r\n", 503, 3_000_000));
-        let s = a.snapshot(&totals(peer, 3), 1_000_000_000, vec!["lo".into()]);
+        let s = a.end_interval(&totals(peer, 3), 1_000_000_000, vec!["lo".into()]);
         let regular: Vec<_> = s.routes.iter().filter(|r| !r.is_other).collect();
         assert_eq!(regular.len(), 1);
         assert_eq!((regular[0].method.as_str(), regular[0].path.as_str(), regular[0].requests), ("GET", "/a/:id", 2));
@@ -605,7 +609,7 @@ mod tests {
         for _ in 0..5 {
             a.on_event(&event(peer, b"GET / HTTP/1.1\r\n", 200, 1000));
         }
-        let s = a.snapshot(&totals(peer, 5), 1_000_000_000, vec![]);
+        let s = a.end_interval(&totals(peer, 5), 1_000_000_000, vec![]);
         assert_eq!(s.recent.len(), 2);
         assert_eq!(s.meta.counters.recent_sampled_out, 3);
         assert_eq!(s.recent[0].peer, peer);
@@ -613,15 +617,15 @@ mod tests {
         for _ in 0..5 {
             a.on_event(&event(peer, b"GET /x HTTP/1.1\r\n", 201, 1000));
         }
-        let s = a.snapshot(&totals(peer, 10), 1_000_000_000, vec![]);
+        let s = a.end_interval(&totals(peer, 10), 1_000_000_000, vec![]);
         assert_eq!(s.recent.len(), 4);
         assert_eq!(s.recent.last().unwrap().status, 201);
         assert_eq!(s.peers[0].history.len(), 2);
     }
 
-    /// Figures that depend on how often a snapshot was taken (rates,
-    /// windows, history, publish counters, the per-interval recent feed)
-    /// cleared, to compare what is cumulative.
+    /// Figures that depend on how often an interval ended (rates, windows,
+    /// history, publish counters, the per-interval recent feed) cleared, to
+    /// compare what is cumulative.
     fn cumulative(s: &Snapshot) -> Snapshot {
         let mut s = s.clone();
         s.meta = ProbeMeta::default();
@@ -667,11 +671,11 @@ mod tests {
             }
             // A peer missing from most publishes (round 4 has all four, the
             // final one three): fewer peers and routes than the one before.
-            let _ = often.snapshot(&totals_of(&counts, round % 5), 1_000_000_000, vec!["lo".into()]);
+            let _ = often.end_interval(&totals_of(&counts, round % 5), 1_000_000_000, vec!["lo".into()]);
         }
         let last = totals_of(&counts, 1);
-        let fresh = cumulative(once.snapshot(&last, 1_000_000_000, vec![]));
-        let reused = cumulative(often.snapshot(&last, 1_000_000_000, vec![]));
+        let fresh = cumulative(once.end_interval(&last, 1_000_000_000, vec![]));
+        let reused = cumulative(often.end_interval(&last, 1_000_000_000, vec![]));
         assert_eq!(reused, fresh);
         assert_eq!(fresh.peers.len(), 3);
         assert!(fresh.routes.iter().all(|r| fresh.peers[r.peer as usize].addr != peers[1]));
@@ -687,7 +691,7 @@ mod tests {
         let peer: SocketAddr = "10.0.0.3:80".parse().unwrap();
         let mut a = Aggregator::new(limits(10));
         a.on_event(&event(peer, b"\x00\x01garbage", 200, 1000));
-        let s = a.snapshot(&totals(peer, 1), 1_000_000_000, vec![]);
+        let s = a.end_interval(&totals(peer, 1), 1_000_000_000, vec![]);
         assert_eq!(s.meta.counters.parse_errors, 1);
         assert_eq!(s.meta.counters.route_overflow, 0);
         assert!(s.routes.iter().all(|r| r.is_other));

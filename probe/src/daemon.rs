@@ -187,7 +187,7 @@ pub fn run(cli: Cli) -> Result<()> {
         ring.consume().context("draining the events ring buffer")?;
         let names = progs.attached().into_iter().map(|(_, n)| n).collect();
         let mut agg = agg.borrow_mut();
-        let snap = agg.snapshot(&totals, interval.as_nanos() as u64, names);
+        let snap = agg.end_interval(&totals, interval.as_nanos() as u64, names);
         let report = writer.publish(snap).with_context(|| format!("publishing to {}", cli.table.display()))?;
         if report.peers_truncated + report.routes_truncated + report.recent_truncated > 0 {
             log(&format!("table full: {report:?}"));

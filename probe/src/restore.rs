@@ -183,7 +183,7 @@ mod tests {
             a.on_event(&event(peer, r, 200));
         }
         a.on_unanswered_syn(peer, true);
-        a.snapshot(&totals(peer, 3, 3, 0), 1_000_000_000, vec!["lo".into()]).clone()
+        a.end_interval(&totals(peer, 3, 3, 0), 1_000_000_000, vec!["lo".into()]).clone()
     }
 
     fn route(s: &Snapshot, path: &str) -> u64 {
@@ -202,7 +202,7 @@ mod tests {
         a.restore(&last, &totals(peer, 3, 3, 0), Resume::Maps);
         a.on_event(&event(peer, b"GET /a/3 HTTP/1.1\r\n", 200));
         a.on_event(&event(peer, b"GET /c HTTP/1.1\r\n", 200));
-        let s = a.snapshot(&now, 1_000_000_000, vec!["lo".into()]);
+        let s = a.end_interval(&now, 1_000_000_000, vec!["lo".into()]);
         assert_eq!(s.peers[0].requests, 5);
         assert_eq!(s.peers[0].conns.failed, 1, "the sweeper's count survives");
         assert_eq!((route(s, "/a/:id"), route(s, "/b"), route(s, "/c")), (3, 1, 1));
@@ -224,7 +224,7 @@ mod tests {
         let mut a = agg();
         a.restore(&last, &BpfTotals::default(), Resume::TableOnly);
         a.on_event(&event(peer, b"GET /a/9 HTTP/1.1\r\n", 200));
-        let s = a.snapshot(&totals(peer, 1, 1, 0), 1_000_000_000, vec![]);
+        let s = a.end_interval(&totals(peer, 1, 1, 0), 1_000_000_000, vec![]);
         let p = s.peers.iter().find(|p| p.addr == peer).unwrap();
         assert_eq!(p.requests, 4);
         assert_eq!(p.responses.codes, vec![(200, 4)]);

@@ -430,7 +430,7 @@ fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
     // Everything counts as idle.
     let mut slots = PeerSlots::new(&p, Duration::from_secs(600)).unwrap();
     let totals: BpfTotals = collect(&p, &mut agg, &mut slots, SweepConfig { idle_timeout_ns: 0 }).unwrap();
-    let s = agg.snapshot(&totals, 1_000_000_000, vec![]);
+    let s = agg.end_interval(&totals, 1_000_000_000, vec![]);
     let peer = s.peers.iter().find(|q| q.addr == peer_addr()).unwrap();
     assert_eq!((peer.requests, peer.no_response, peer.conns.failed, peer.conns.active), (1, 1, 1, 0));
     assert_eq!(s.meta.counters.conn_evicted, 1);
@@ -881,7 +881,7 @@ fn idle_peers_give_their_slot_back_and_keep_their_totals() {
     };
     let publish = |p: &Programs, agg: &mut Aggregator, slots: &mut PeerSlots| {
         let totals = collect(p, agg, slots, sweep).unwrap();
-        let s = agg.snapshot(&totals, 1_000_000_000, vec![]).clone();
+        let s = agg.end_interval(&totals, 1_000_000_000, vec![]).clone();
         let mut peers: Vec<PeerRow> =
             s.peers.iter().map(|q| (q.addr, q.requests, q.responses.codes.clone(), q.conns.opened)).collect();
         peers.sort();

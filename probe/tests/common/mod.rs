@@ -275,7 +275,7 @@ impl Harness {
         let sweep = SweepConfig { idle_timeout_ns: 600_000_000_000 };
         let mut agg = self.agg.borrow_mut();
         let totals = collect(&self.progs, &mut agg, &mut self.slots.borrow_mut(), sweep).expect("collect");
-        agg.snapshot(&totals, 1_000_000_000, vec![]).clone()
+        agg.end_interval(&totals, 1_000_000_000, vec![]).clone()
     }
 
     /// Snapshot once `done` holds for it (packets are processed
