@@ -1,5 +1,11 @@
 //! The byte layout of the table file: the one definition both the writer and
-//! the reader use.
+//! the reader use. Every offset of the format is named here once; the
+//! encoder (`records.rs`, `writer.rs`) writes each field at its name and the
+//! readers (`view.rs`, `slot.rs`, `reader.rs`) read it at the same name, so
+//! the two sides cannot drift apart. To change a record, edit its offsets
+//! here, its encoding in `records.rs` and its accessor in `view.rs`; any
+//! change to the bytes is a new [`ABI_VERSION`] (a reader refuses a file of
+//! another version rather than misread it).
 //!
 //! Everything is little-endian and encoded by hand (no `transmute`, no
 //! `unsafe`): the reader decodes from a private copy of the bytes, so a
@@ -21,10 +27,12 @@
 //! records the counts, the pool length, the body length and a checksum over
 //! them.
 //!
-//! ABI 2 (this one) moved route strings and peer histograms out of fixed
-//! fields into the pool and added each peer's whole-life latency
-//! percentiles: a slot of 1,000 peers × 16 routes went from 9.3 to ~5.6 MB,
-//! and every reader copies and checksums the whole slot per publish.
+//! Why a pool: every reader copies and checksums the whole slot on each
+//! publish, so the slot should hold what was seen, not room for it. Fixed
+//! fields sized for the longest path and the full histogram were mostly
+//! zeros; ABI 2 (this one) moved route strings and peer histograms into the
+//! pool, and added each peer's whole-life latency percentiles so readers
+//! that only print them skip the histogram.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -100,46 +108,195 @@ pub const METHOD_LEN: usize = 16;
 /// Longest path stored, bytes.
 pub const PATH_LEN: usize = 128;
 
-/// Socket address: ip[16], port u16, family u8, pad u8, flowinfo u32, scope_id u32, pad u32.
+// Record sizes are ABI: the file header carries them and a reader refuses a
+// file whose sizes differ from its own. They are stated as numbers so that
+// a field change which moves them fails the asserts in the record modules
+// below, and comes with an `ABI_VERSION` bump.
+
+/// A socket address; fields in [`addr`].
 pub const ADDR_SIZE: usize = 32;
-
-pub const PEER_REC_SIZE: usize = ADDR_SIZE
-    + 4 * 8 // requests, no_response, sent, received
-    + 5 * 8 // class
-    + 8 // codes_other
-    + 4 + 4 // n_codes, history_count
-    + PEER_CODES * 2
-    + PEER_CODES * 8
-    + 5 * 8 // conns
-    + 2 * 8 // latency sum, count
-    + 3 * 8 // latency p50, p90, p99 over all buckets
-    + 4 + 4 // buckets: pool offset, number of non-zero buckets
-    + 8 * 8 // window
-    + 2 * 8; // first/last seen
-
-/// One non-zero latency bucket in the pool: index byte, then its count.
-pub const BUCKET_ENTRY_SIZE: usize = 1 + 8;
+/// A peer record; fields in [`peer`].
+pub const PEER_REC_SIZE: usize = 608;
+/// A route record; fields in [`route`].
+pub const ROUTE_REC_SIZE: usize = 224;
+/// A sampled request; fields in [`recent`].
+pub const RECENT_REC_SIZE: usize = 200;
+/// One history sample; fields in [`history`].
+pub const HISTORY_REC_SIZE: usize = 16;
+/// One non-zero latency bucket in the pool; fields in [`bucket_entry`].
+pub const BUCKET_ENTRY_SIZE: usize = 9;
 const _: () = assert!(BUCKETS <= 256, "bucket index is a byte");
 
-pub const ROUTE_REC_SIZE: usize = 4 + 1 + 1 + 1 + 1 // peer, is_other, method_len, path_len, pad
-    + 4 + 4 // pool offset of method then path, pad
-    + 2 * 8 // requests, no_response
-    + 5 * 8 // class
-    + 8 // codes_other
-    + 4 + 4 // n_codes, pad
-    + ROUTE_CODES * 2
-    + ROUTE_CODES * 8
-    + 5 * 8 // latency sum, count, p50, p90, p99
-    + 2 * 8; // rps, 5xx rps
+// Field offsets, relative to the start of their record. Each field starts
+// where the one before it ends (a comment names its type and any padding
+// before it), so a record is read back exactly as `records.rs` wrote it:
+// both go through these names, never through counted bytes.
 
-pub const RECENT_REC_SIZE: usize = 8 // unix_ns
-    + ADDR_SIZE
-    + 1 + 1 + 2 + 4 // method_len, path_len, status, pad
-    + METHOD_LEN
-    + PATH_LEN
-    + 8; // latency
+/// A socket address (inside peer and recent records).
+pub mod addr {
+    /// 16 bytes: an IPv6 address, or an IPv4 one in the first 4 (rest zero).
+    pub const IP: usize = 0;
+    pub const PORT: usize = IP + 16; // u16
+    /// 4 or 6; anything else is refused.
+    pub const FAMILY: usize = PORT + 2; // u8
+    pub const FLOWINFO: usize = FAMILY + 2; // u32 after a pad byte; 0 for IPv4
+    pub const SCOPE_ID: usize = FLOWINFO + 4; // u32; 0 for IPv4
 
-pub const HISTORY_REC_SIZE: usize = 16;
+    // Then 4 bytes of padding, so records stay 8-aligned.
+    const _: () = assert!(SCOPE_ID + 4 + 4 == super::ADDR_SIZE);
+}
+
+/// A responses block (inside peer and route records; `cap` is
+/// [`PEER_CODES`] or [`ROUTE_CODES`]). The exact codes are two arrays,
+/// keys then counts, so neither needs padding.
+pub mod responses {
+    pub const CLASS: usize = 0; // 5 × u64: 1xx, 2xx, 3xx, 4xx, 5xx
+    pub const CODES_OTHER: usize = CLASS + 5 * 8; // u64
+    /// How many of the `cap` code slots are used (the rest are zero).
+    pub const N_CODES: usize = CODES_OTHER + 8; // u32
+    /// A word the block leaves to its record: a peer keeps its history
+    /// count here ([`peer::HISTORY_COUNT`](super::peer::HISTORY_COUNT)); a
+    /// route leaves it zero.
+    pub const SPARE: usize = N_CODES + 4; // u32
+    pub const KEYS: usize = SPARE + 4; // cap × u16, ascending
+    /// The counts of [`KEYS`], in the same order.
+    pub const fn counts(cap: usize) -> usize {
+        KEYS + cap * 2 // cap × u64
+    }
+    /// Bytes of a block with `cap` code slots.
+    pub const fn size(cap: usize) -> usize {
+        counts(cap) + cap * 8
+    }
+}
+
+/// A peer record. Its history samples are in the history array, its
+/// latency buckets in the pool.
+pub mod peer {
+    use super::{responses, ADDR_SIZE, PEER_CODES, PEER_REC_SIZE};
+
+    pub const ADDR: usize = 0; // ADDR_SIZE, see `addr`
+    pub const REQUESTS: usize = ADDR + ADDR_SIZE; // u64
+    pub const NO_RESPONSE: usize = REQUESTS + 8; // u64
+    pub const SENT_BYTES: usize = NO_RESPONSE + 8; // u64
+    pub const RECEIVED_BYTES: usize = SENT_BYTES + 8; // u64
+    pub const RESPONSES: usize = RECEIVED_BYTES + 8; // responses block of PEER_CODES
+    /// Samples of this peer's history ring in use (at most the ring length).
+    pub const HISTORY_COUNT: usize = RESPONSES + responses::SPARE; // u32
+    pub const CONNS_OPENED: usize = RESPONSES + responses::size(PEER_CODES); // u64
+    pub const CONNS_CLOSED: usize = CONNS_OPENED + 8; // u64
+    pub const CONNS_FAILED: usize = CONNS_CLOSED + 8; // u64
+    pub const CONNS_RESET: usize = CONNS_FAILED + 8; // u64
+    pub const CONNS_ACTIVE: usize = CONNS_RESET + 8; // u64
+    pub const LATENCY_SUM: usize = CONNS_ACTIVE + 8; // u64, ns
+    pub const LATENCY_COUNT: usize = LATENCY_SUM + 8; // u64
+    /// Percentiles of the whole-life histogram, computed once by the probe
+    /// so that readers which only print them skip the histogram.
+    pub const LATENCY_P50: usize = LATENCY_COUNT + 8; // u64, ns; 0 = none
+    pub const LATENCY_P90: usize = LATENCY_P50 + 8; // u64, ns
+    pub const LATENCY_P99: usize = LATENCY_P90 + 8; // u64, ns
+    /// Where this peer's non-zero buckets start in the pool.
+    pub const BUCKETS_AT: usize = LATENCY_P99 + 8; // u32
+    /// How many bucket entries follow there (at most `BUCKETS`).
+    pub const N_BUCKETS: usize = BUCKETS_AT + 4; // u32
+    pub const WINDOW_REQUESTS_PER_SEC: usize = N_BUCKETS + 4; // f64
+    pub const WINDOW_ERRORS_5XX_PER_SEC: usize = WINDOW_REQUESTS_PER_SEC + 8; // f64
+    pub const WINDOW_SENT_BYTES_PER_SEC: usize = WINDOW_ERRORS_5XX_PER_SEC + 8; // f64
+    pub const WINDOW_RECEIVED_BYTES_PER_SEC: usize = WINDOW_SENT_BYTES_PER_SEC + 8; // f64
+    pub const WINDOW_LATENCY_AVG: usize = WINDOW_RECEIVED_BYTES_PER_SEC + 8; // u64, ns
+    pub const WINDOW_LATENCY_P50: usize = WINDOW_LATENCY_AVG + 8; // u64, ns
+    pub const WINDOW_LATENCY_P90: usize = WINDOW_LATENCY_P50 + 8; // u64, ns
+    pub const WINDOW_LATENCY_P99: usize = WINDOW_LATENCY_P90 + 8; // u64, ns
+    pub const FIRST_SEEN: usize = WINDOW_LATENCY_P99 + 8; // u64, unix ns
+    pub const LAST_SEEN: usize = FIRST_SEEN + 8; // u64, unix ns
+    const _: () = assert!(LAST_SEEN + 8 == PEER_REC_SIZE, "peer fields must end at PEER_REC_SIZE");
+}
+
+/// A route record. Its method and path are in the pool.
+pub mod route {
+    use super::{responses, ROUTE_CODES, ROUTE_REC_SIZE};
+
+    /// Index of the peer record this route belongs to.
+    pub const PEER: usize = 0; // u32
+    /// 1 for the peer's overflow route ("other"), else 0.
+    pub const IS_OTHER: usize = PEER + 4; // u8
+    /// Bytes of the method in the pool (at most `METHOD_LEN`).
+    pub const N_METHOD: usize = IS_OTHER + 1; // u8
+    /// Bytes of the path in the pool, right after the method (at most `PATH_LEN`).
+    pub const N_PATH: usize = N_METHOD + 1; // u8
+    /// Where the method starts in the pool.
+    pub const STRINGS_AT: usize = N_PATH + 2; // u32 after a pad byte
+    pub const REQUESTS: usize = STRINGS_AT + 8; // u64 after a pad word
+    pub const NO_RESPONSE: usize = REQUESTS + 8; // u64
+    pub const RESPONSES: usize = NO_RESPONSE + 8; // responses block of ROUTE_CODES
+    pub const LATENCY_SUM: usize = RESPONSES + responses::size(ROUTE_CODES); // u64, ns
+    pub const LATENCY_COUNT: usize = LATENCY_SUM + 8; // u64
+    pub const LATENCY_P50: usize = LATENCY_COUNT + 8; // u64, ns
+    pub const LATENCY_P90: usize = LATENCY_P50 + 8; // u64, ns
+    pub const LATENCY_P99: usize = LATENCY_P90 + 8; // u64, ns
+    pub const REQUESTS_PER_SEC: usize = LATENCY_P99 + 8; // f64
+    pub const ERRORS_5XX_PER_SEC: usize = REQUESTS_PER_SEC + 8; // f64
+    const _: () = assert!(ERRORS_5XX_PER_SEC + 8 == ROUTE_REC_SIZE, "route fields must end at ROUTE_REC_SIZE");
+}
+
+/// A sampled request. Its strings are in the record, not the pool: the feed
+/// is short, and a fixed record keeps it simple.
+pub mod recent {
+    use super::{ADDR_SIZE, METHOD_LEN, PATH_LEN, RECENT_REC_SIZE};
+
+    pub const UNIX_NS: usize = 0; // u64
+    pub const PEER: usize = UNIX_NS + 8; // ADDR_SIZE, see `addr`
+    /// Bytes of [`METHOD`] in use.
+    pub const N_METHOD: usize = PEER + ADDR_SIZE; // u8
+    /// Bytes of [`PATH`] in use.
+    pub const N_PATH: usize = N_METHOD + 1; // u8
+    /// Final status code; 0 when the exchange ended without one.
+    pub const STATUS: usize = N_PATH + 1; // u16
+    pub const METHOD: usize = STATUS + 2 + 4; // METHOD_LEN bytes after a pad word, zero-padded
+    pub const PATH: usize = METHOD + METHOD_LEN; // PATH_LEN bytes, zero-padded
+    pub const LATENCY: usize = PATH + PATH_LEN; // u64, ns
+    const _: () = assert!(LATENCY + 8 == RECENT_REC_SIZE, "recent fields must end at RECENT_REC_SIZE");
+}
+
+/// One sample of a peer's history ring (each peer's ring has the header's
+/// `history_len` samples; unused ones are zero).
+pub mod history {
+    pub const REQUESTS: usize = 0; // u32
+    pub const ERRORS_5XX: usize = REQUESTS + 4; // u32
+    pub const CONN_FAILED: usize = ERRORS_5XX + 4; // u32
+    pub const LATENCY_P99_US: usize = CONN_FAILED + 4; // u32, µs
+    const _: () = assert!(LATENCY_P99_US + 4 == super::HISTORY_REC_SIZE);
+}
+
+/// One non-zero latency bucket of a peer, in the pool. A peer's entries
+/// are in strictly ascending bucket order.
+pub mod bucket_entry {
+    pub const INDEX: usize = 0; // u8, below `BUCKETS`
+    pub const COUNT: usize = INDEX + 1; // u64, unaligned
+    const _: () = assert!(COUNT + 8 == super::BUCKET_ENTRY_SIZE);
+}
+
+/// The probe's counters in the slot header (offsets relative to the slot
+/// start, like the `S_*` fields).
+pub mod counters {
+    use super::{S_COUNTERS, S_N_IFACES};
+
+    pub const EVENTS_DROPPED: usize = S_COUNTERS; // u64
+    pub const CONN_TABLE_FULL: usize = EVENTS_DROPPED + 8; // u64
+    pub const CONN_EVICTED: usize = CONN_TABLE_FULL + 8; // u64
+    pub const PEER_TABLE_FULL: usize = CONN_EVICTED + 8; // u64
+    pub const ROUTE_OVERFLOW: usize = PEER_TABLE_FULL + 8; // u64
+    pub const RECENT_SAMPLED_OUT: usize = ROUTE_OVERFLOW + 8; // u64
+    pub const PARSE_ERRORS: usize = RECENT_SAMPLED_OUT + 8; // u64
+    const _: () = assert!(PARSE_ERRORS + 8 == S_N_IFACES);
+}
+
+/// One interface name in the slot header (`MAX_IFACES` of them from
+/// `S_IFACES` on, `IFACE_LEN` bytes each).
+pub mod iface {
+    /// Bytes of the name in use.
+    pub const N_NAME: usize = 0; // u8
+    pub const NAME: usize = N_NAME + 1; // IFACE_LEN - 1 bytes, zero-padded
+}
 
 /// Largest slot we agree to create or read (guards against absurd capacities
 /// and hostile headers alike). 65,536 peers (`--max-peers`' own limit) with
@@ -278,10 +435,68 @@ pub fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Writes little-endian fields into a byte slice from a cursor on. The
-/// writer encodes straight into the table's inactive slot (no second
-/// slot-sized buffer), so this writes in place rather than appending; the
-/// capacities bound what is encoded, and a write past the end panics.
+/// Stores little-endian fields at their offsets in one record (or header):
+/// `records.rs` writes every field at its name from this module, so the
+/// order of the calls does not matter and cannot drift from the reader's.
+/// An offset past the record panics; the record sizes bound them all.
+pub struct RecordWriter<'a> {
+    rec: &'a mut [u8],
+}
+
+impl<'a> RecordWriter<'a> {
+    /// Writes into `rec` as it is: bytes no field covers keep their value
+    /// (a freshly created, zeroed file for the header; [`Enc::record`]
+    /// zeroes slot records first).
+    pub fn new(rec: &'a mut [u8]) -> Self {
+        RecordWriter { rec }
+    }
+    #[inline]
+    pub fn bytes(&mut self, at: usize, b: &[u8]) {
+        self.rec[at..at + b.len()].copy_from_slice(b);
+    }
+    #[inline]
+    pub fn u8(&mut self, at: usize, v: u8) {
+        self.rec[at] = v;
+    }
+    #[inline]
+    pub fn u16(&mut self, at: usize, v: u16) {
+        self.bytes(at, &v.to_le_bytes());
+    }
+    #[inline]
+    pub fn u32(&mut self, at: usize, v: u32) {
+        self.bytes(at, &v.to_le_bytes());
+    }
+    #[inline]
+    pub fn u64(&mut self, at: usize, v: u64) {
+        self.bytes(at, &v.to_le_bytes());
+    }
+    #[inline]
+    pub fn f64(&mut self, at: usize, v: f64) {
+        self.u64(at, v.to_bits());
+    }
+    /// A socket address ([`addr`]) starting at `at`.
+    pub fn addr(&mut self, at: usize, a: &SocketAddr) {
+        let (ip, family, flowinfo, scope_id) = match a {
+            SocketAddr::V4(v4) => {
+                let mut ip = [0u8; 16];
+                ip[..4].copy_from_slice(&v4.ip().octets());
+                (ip, 4, 0, 0)
+            }
+            SocketAddr::V6(v6) => (v6.ip().octets(), 6, v6.flowinfo(), v6.scope_id()),
+        };
+        self.bytes(at + addr::IP, &ip);
+        self.u16(at + addr::PORT, a.port());
+        self.u8(at + addr::FAMILY, family);
+        self.u32(at + addr::FLOWINFO, flowinfo);
+        self.u32(at + addr::SCOPE_ID, scope_id);
+    }
+}
+
+/// Hands out consecutive pieces of a slot (records, the history array, the
+/// pool). The writer encodes straight into the table's inactive slot (no
+/// second slot-sized buffer), so this writes in place rather than
+/// appending; the capacities bound what is encoded, and a write past the
+/// end panics.
 pub struct Enc<'a> {
     buf: &'a mut [u8],
     pos: usize,
@@ -291,127 +506,74 @@ impl<'a> Enc<'a> {
     pub fn new(buf: &'a mut [u8]) -> Self {
         Enc { buf, pos: 0 }
     }
-    /// Bytes written so far.
+    /// Bytes handed out so far.
     pub fn pos(&self) -> usize {
         self.pos
     }
-    /// Everything written so far.
-    pub fn written(&mut self) -> &mut [u8] {
-        &mut self.buf[..self.pos]
+    /// The next `size` bytes, zeroed, to write fields into. The slot still
+    /// holds the publish before last: zeroing first means padding, unused
+    /// code slots and any field not written read as zero, never as what
+    /// was there before.
+    #[inline]
+    pub fn record(&mut self, size: usize) -> RecordWriter<'_> {
+        let rec = &mut self.buf[self.pos..self.pos + size];
+        rec.fill(0);
+        self.pos += size;
+        RecordWriter::new(rec)
     }
     #[inline]
     pub fn bytes(&mut self, b: &[u8]) {
         self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
         self.pos += b.len();
     }
-    pub fn u8(&mut self, v: u8) {
-        self.bytes(&[v]);
-    }
-    pub fn u16(&mut self, v: u16) {
-        self.bytes(&v.to_le_bytes());
-    }
-    pub fn u32(&mut self, v: u32) {
-        self.bytes(&v.to_le_bytes());
-    }
-    pub fn u64(&mut self, v: u64) {
-        self.bytes(&v.to_le_bytes());
-    }
-    pub fn f64(&mut self, v: f64) {
-        self.u64(v.to_bits());
-    }
     pub fn zeros(&mut self, n: usize) {
         self.buf[self.pos..self.pos + n].fill(0);
         self.pos += n;
-    }
-    /// `bytes` (already bounded by the caller) padded with zeros to `width`.
-    pub fn padded(&mut self, bytes: &[u8], width: usize) {
-        debug_assert!(bytes.len() <= width);
-        let n = bytes.len().min(width);
-        self.bytes(&bytes[..n]);
-        self.zeros(width - n);
-    }
-    pub fn addr(&mut self, a: &SocketAddr) {
-        match a {
-            SocketAddr::V4(v4) => {
-                self.padded(&v4.ip().octets(), 16);
-                self.u16(v4.port());
-                self.u8(4);
-                self.u8(0);
-                self.u32(0);
-                self.u32(0);
-            }
-            SocketAddr::V6(v6) => {
-                self.padded(&v6.ip().octets(), 16);
-                self.u16(v6.port());
-                self.u8(6);
-                self.u8(0);
-                self.u32(v6.flowinfo());
-                self.u32(v6.scope_id());
-            }
-        }
-        self.u32(0);
     }
 }
 
 /// Why a record did not decode; the reader wraps it into `ReadError::Corrupt`.
 pub type DecResult<T> = Result<T, String>;
 
-/// Reads little-endian fields from a byte slice, never past its end.
-pub struct Dec<'a> {
-    b: &'a [u8],
-    pos: usize,
+// Little-endian loads at fixed offsets. Callers only pass offsets inside
+// records whose length they checked, so the slicing cannot go out of bounds.
+#[inline]
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+#[inline]
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+#[inline]
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+#[inline]
+pub(crate) fn f64_at(b: &[u8], at: usize) -> f64 {
+    f64::from_bits(u64_at(b, at))
 }
 
-impl<'a> Dec<'a> {
-    pub fn new(b: &'a [u8]) -> Self {
-        Dec { b, pos: 0 }
-    }
-    pub fn at(b: &'a [u8], pos: usize) -> Self {
-        Dec { b, pos }
-    }
-    pub fn bytes(&mut self, n: usize) -> DecResult<&'a [u8]> {
-        let end = self.pos.checked_add(n).ok_or("offset overflow")?;
-        let s = self.b.get(self.pos..end).ok_or_else(|| format!("record cut at byte {}", self.pos))?;
-        self.pos = end;
-        Ok(s)
-    }
-    pub fn u8(&mut self) -> DecResult<u8> {
-        Ok(self.bytes(1)?[0])
-    }
-    pub fn u16(&mut self) -> DecResult<u16> {
-        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().map_err(|_| "u16")?))
-    }
-    pub fn u32(&mut self) -> DecResult<u32> {
-        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().map_err(|_| "u32")?))
-    }
-    pub fn u64(&mut self) -> DecResult<u64> {
-        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().map_err(|_| "u64")?))
-    }
-    pub fn f64(&mut self) -> DecResult<f64> {
-        Ok(f64::from_bits(self.u64()?))
-    }
-    pub fn skip(&mut self, n: usize) -> DecResult<()> {
-        self.bytes(n).map(|_| ())
-    }
-    /// A string of `len` bytes stored in a `width`-byte field.
-    pub fn str_field(&mut self, len: usize, width: usize, what: &str) -> DecResult<String> {
-        let field = self.bytes(width)?;
-        let s = field.get(..len).ok_or_else(|| format!("{what} length {len} exceeds {width}"))?;
-        std::str::from_utf8(s).map(str::to_owned).map_err(|_| format!("{what} is not UTF-8"))
-    }
-    pub fn addr(&mut self) -> DecResult<SocketAddr> {
-        let ip: [u8; 16] = self.bytes(16)?.try_into().map_err(|_| "ip")?;
-        let port = self.u16()?;
-        let family = self.u8()?;
-        self.skip(1)?;
-        let flowinfo = self.u32()?;
-        let scope_id = self.u32()?;
-        self.skip(4)?;
-        match family {
-            4 => Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]), port))),
-            6 => Ok(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope_id))),
-            f => Err(format!("address family {f}")),
-        }
+/// The socket address ([`addr`]) starting at `at`; an unknown family is
+/// an error.
+#[inline]
+pub(crate) fn addr_at(b: &[u8], at: usize) -> DecResult<SocketAddr> {
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&b[at + addr::IP..at + addr::IP + 16]);
+    let port = u16_at(b, at + addr::PORT);
+    match b[at + addr::FAMILY] {
+        4 => Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]), port))),
+        6 => Ok(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(ip),
+            port,
+            u32_at(b, at + addr::FLOWINFO),
+            u32_at(b, at + addr::SCOPE_ID),
+        ))),
+        f => Err(format!("address family {f}")),
     }
 }
 
@@ -449,6 +611,71 @@ mod tests {
             }
             assert_eq!(c.finish(), checksum(&[&data]), "pieces of {cut}");
         }
+    }
+
+    /// The offsets of ABI 2 as numbers. The record modules derive each
+    /// offset from the one before, so moving a field moves the rest without
+    /// any size changing; this catches that. A failure here means the byte
+    /// format changed: bump `ABI_VERSION`, then update these numbers.
+    #[test]
+    fn abi_2_offsets() {
+        assert_eq!(ABI_VERSION, 2);
+        assert_eq!([addr::IP, addr::PORT, addr::FAMILY, addr::FLOWINFO, addr::SCOPE_ID], [0, 16, 18, 20, 24]);
+        assert_eq!(
+            [responses::CLASS, responses::CODES_OTHER, responses::N_CODES, responses::SPARE, responses::KEYS],
+            [0, 40, 48, 52, 56]
+        );
+        assert_eq!([responses::counts(PEER_CODES), responses::size(PEER_CODES)], [120, 376]);
+        assert_eq!([responses::counts(ROUTE_CODES), responses::size(ROUTE_CODES)], [72, 136]);
+        assert_eq!(
+            [peer::ADDR, peer::REQUESTS, peer::NO_RESPONSE, peer::SENT_BYTES, peer::RECEIVED_BYTES, peer::RESPONSES],
+            [0, 32, 40, 48, 56, 64]
+        );
+        assert_eq!(peer::HISTORY_COUNT, 116);
+        assert_eq!(
+            [peer::CONNS_OPENED, peer::CONNS_CLOSED, peer::CONNS_FAILED, peer::CONNS_RESET, peer::CONNS_ACTIVE],
+            [440, 448, 456, 464, 472]
+        );
+        assert_eq!(
+            [peer::LATENCY_SUM, peer::LATENCY_COUNT, peer::LATENCY_P50, peer::LATENCY_P90, peer::LATENCY_P99],
+            [480, 488, 496, 504, 512]
+        );
+        assert_eq!([peer::BUCKETS_AT, peer::N_BUCKETS], [520, 524]);
+        assert_eq!(
+            [
+                peer::WINDOW_REQUESTS_PER_SEC,
+                peer::WINDOW_ERRORS_5XX_PER_SEC,
+                peer::WINDOW_SENT_BYTES_PER_SEC,
+                peer::WINDOW_RECEIVED_BYTES_PER_SEC,
+                peer::WINDOW_LATENCY_AVG,
+                peer::WINDOW_LATENCY_P50,
+                peer::WINDOW_LATENCY_P90,
+                peer::WINDOW_LATENCY_P99,
+            ],
+            [528, 536, 544, 552, 560, 568, 576, 584]
+        );
+        assert_eq!([peer::FIRST_SEEN, peer::LAST_SEEN, PEER_REC_SIZE], [592, 600, 608]);
+        assert_eq!(
+            [route::PEER, route::IS_OTHER, route::N_METHOD, route::N_PATH, route::STRINGS_AT, route::REQUESTS],
+            [0, 4, 5, 6, 8, 16]
+        );
+        assert_eq!(
+            [route::NO_RESPONSE, route::RESPONSES, route::LATENCY_SUM, route::LATENCY_COUNT],
+            [24, 32, 168, 176]
+        );
+        assert_eq!([route::LATENCY_P50, route::LATENCY_P90, route::LATENCY_P99], [184, 192, 200]);
+        assert_eq!([route::REQUESTS_PER_SEC, route::ERRORS_5XX_PER_SEC, ROUTE_REC_SIZE], [208, 216, 224]);
+        assert_eq!(
+            [recent::UNIX_NS, recent::PEER, recent::N_METHOD, recent::N_PATH, recent::STATUS, recent::METHOD],
+            [0, 8, 40, 41, 42, 48]
+        );
+        assert_eq!([recent::PATH, recent::LATENCY, RECENT_REC_SIZE], [64, 192, 200]);
+        assert_eq!(
+            [history::REQUESTS, history::ERRORS_5XX, history::CONN_FAILED, history::LATENCY_P99_US],
+            [0, 4, 8, 12]
+        );
+        assert_eq!([bucket_entry::INDEX, bucket_entry::COUNT], [0, 1]);
+        assert_eq!([counters::EVENTS_DROPPED, counters::PARSE_ERRORS, iface::N_NAME, iface::NAME], [56, 104, 0, 1]);
     }
 
     #[test]

@@ -33,9 +33,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::layout::*;
-use crate::records;
+use crate::slot::PublishId;
 use crate::view::SnapshotView;
-use crate::{ProbeMeta, Snapshot};
+use crate::Snapshot;
 
 /// Read attempts before giving up with [`ReadError::Busy`].
 pub const MAX_ATTEMPTS: usize = 8;
@@ -107,18 +107,6 @@ pub struct TableReader {
     buf: Vec<u8>,
     /// The last snapshot decoded and which publish it was, for [`Self::latest`].
     cached: Option<(PublishId, Arc<Snapshot>)>,
-}
-
-/// Identifies one publish: the file, its generation, the slot and the
-/// slot's sequence number (which only grows). Readers that cache what they
-/// made of a publish key the cache with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublishId {
-    dev: u64,
-    ino: u64,
-    generation: u64,
-    active: u64,
-    seq: u64,
 }
 
 /// A slot copy in the reader's buffer whose sequence number held and whose
@@ -210,13 +198,6 @@ pub(crate) fn open_table(path: &Path) -> Result<(File, fs::Metadata), ReadError>
         return Err(ReadError::NotRegular { path: path.to_owned(), what: file_kind(meta.file_type()) });
     }
     Ok((file, meta))
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
 }
 
 impl TableReader {
@@ -533,49 +514,6 @@ fn read_up_to(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// The slot header's figures: the probe's meta and the record counts.
-pub(crate) struct SlotHead {
-    pub meta: ProbeMeta,
-    pub n_peers: usize,
-    pub n_routes: usize,
-    pub n_recent: usize,
-}
-
-/// Decodes the slot header of a checksummed slot copy.
-pub(crate) fn decode_head(buf: &[u8]) -> DecResult<SlotHead> {
-    let mut d = Dec::at(buf, S_PID);
-    let pid = d.u32()?;
-    let history_len = d.u32()?;
-    let started_unix_ns = d.u64()?;
-    let published_unix_ns = d.u64()?;
-    let interval_ns = d.u64()?;
-    let publish_seq = d.u64()?;
-    let counters = records::dec_counters(&mut d)?;
-    let n_ifaces = d.u32()? as usize;
-    let n_peers = d.u32()? as usize;
-    let n_routes = d.u32()? as usize;
-    let n_recent = d.u32()? as usize;
-    if n_ifaces > MAX_IFACES {
-        return Err(format!("{n_ifaces} interfaces"));
-    }
-    let mut interfaces = Vec::with_capacity(n_ifaces);
-    for _ in 0..n_ifaces {
-        let len = d.u8()? as usize;
-        interfaces.push(d.str_field(len, IFACE_LEN - 1, "interface name")?);
-    }
-    let meta = ProbeMeta {
-        pid,
-        started_unix_ns,
-        published_unix_ns,
-        interval_ns,
-        publish_seq,
-        history_len,
-        interfaces,
-        counters,
-    };
-    Ok(SlotHead { meta, n_peers, n_routes, n_recent })
 }
 
 /// Decodes a checksummed slot copy (header + body whose length already

@@ -9,97 +9,23 @@
 //! once when the view is made (the same checks [`crate::TableReader::snapshot`]
 //! makes), so the accessors are plain fixed-offset loads that cannot fail.
 //!
-//! Field offsets below mirror `records.rs` (the encoder); the reader's
-//! owned [`Snapshot`] is this view's [`SnapshotView::to_snapshot`], and the
+//! Every field is read at its name in [`crate::layout`], where `records.rs`
+//! (the encoder) writes it: to change a record, edit the offsets there, the
+//! encoding in `records.rs` and the accessor here. The reader's owned
+//! [`Snapshot`] is this view's [`SnapshotView::to_snapshot`], and the
 //! round-trip tests compare it with what was published, field by field.
 
 use std::net::SocketAddr;
 
 use crate::histogram::BUCKETS;
 use crate::layout::*;
-use crate::reader::{decode_head, PublishId, SlotHead};
+use crate::slot::{decode_head, PublishId, SlotHead};
 use crate::{Connections, HistorySample, PeerStats, ProbeMeta, RecentRequest, Responses, RouteStats, Snapshot, Window};
 
-// Peer record.
-const P_REQUESTS: usize = ADDR_SIZE;
-const P_NO_RESPONSE: usize = P_REQUESTS + 8;
-const P_SENT: usize = P_REQUESTS + 16;
-const P_RECEIVED: usize = P_REQUESTS + 24;
-const P_RESPONSES: usize = P_REQUESTS + 32;
-const P_HISTORY_COUNT: usize = P_RESPONSES + R_PAD;
-const P_CONNS: usize = P_RESPONSES + responses_size(PEER_CODES);
-const P_LAT_SUM: usize = P_CONNS + 5 * 8;
-const P_LAT_COUNT: usize = P_LAT_SUM + 8;
-const P_QUANTILES: usize = P_LAT_COUNT + 8;
-const P_BUCKETS_AT: usize = P_QUANTILES + 3 * 8;
-const P_BUCKETS_N: usize = P_BUCKETS_AT + 4;
-const P_WINDOW: usize = P_BUCKETS_N + 4;
-const P_FIRST_SEEN: usize = P_WINDOW + 8 * 8;
-const P_LAST_SEEN: usize = P_FIRST_SEEN + 8;
-const _: () = assert!(P_LAST_SEEN + 8 == PEER_REC_SIZE);
-
-// Responses block (inside peer and route records).
-const R_CODES_OTHER: usize = 5 * 8;
-const R_N_CODES: usize = R_CODES_OTHER + 8;
-const R_PAD: usize = R_N_CODES + 4;
-const R_KEYS: usize = R_PAD + 4;
-const fn responses_size(cap: usize) -> usize {
-    R_KEYS + cap * 2 + cap * 8
-}
-
-// Route record.
-const T_PEER: usize = 0;
-const T_OTHER: usize = 4;
-const T_METHOD_LEN: usize = 5;
-const T_PATH_LEN: usize = 6;
-const T_STRINGS: usize = 8;
-const T_REQUESTS: usize = T_STRINGS + 8;
-const T_NO_RESPONSE: usize = T_REQUESTS + 8;
-const T_RESPONSES: usize = T_NO_RESPONSE + 8;
-const T_LAT: usize = T_RESPONSES + responses_size(ROUTE_CODES);
-const T_RPS: usize = T_LAT + 5 * 8;
-const _: () = assert!(T_RPS + 16 == ROUTE_REC_SIZE);
-
-// Recent record.
-const C_ADDR: usize = 8;
-const C_METHOD_LEN: usize = C_ADDR + ADDR_SIZE;
-const C_PATH_LEN: usize = C_METHOD_LEN + 1;
-const C_STATUS: usize = C_METHOD_LEN + 2;
-const C_METHOD: usize = C_METHOD_LEN + 8;
-const C_PATH: usize = C_METHOD + METHOD_LEN;
-const C_LATENCY: usize = C_PATH + PATH_LEN;
-const _: () = assert!(C_LATENCY + 8 == RECENT_REC_SIZE);
-
-// Callers only pass offsets inside records whose length the view checked,
-// so the slicing below cannot go out of bounds.
-#[inline]
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(w)
-}
-#[inline]
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(w)
-}
-#[inline]
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-#[inline]
-fn f64_at(b: &[u8], off: usize) -> f64 {
-    f64::from_bits(u64_at(b, off))
-}
 /// A string field the view validated (length within the field, UTF-8).
 #[inline]
 fn str_at(b: &[u8], off: usize, len: usize) -> &str {
     std::str::from_utf8(&b[off..off + len]).unwrap_or("")
-}
-#[inline]
-fn addr_at(b: &[u8], off: usize) -> DecResult<SocketAddr> {
-    Dec::at(b, off).addr()
 }
 fn check_str(b: &[u8], off: usize, len: usize, width: usize, what: &str) -> DecResult<()> {
     if len > width {
@@ -121,20 +47,20 @@ fn check_utf8(b: &[u8], what: &str) -> DecResult<()> {
 /// empty if not, which cannot happen for a view that was made).
 #[inline]
 fn route_strings<'a>(rec: &[u8], pool: &'a [u8]) -> &'a [u8] {
-    let at = u32_at(rec, T_STRINGS) as usize;
-    let len = usize::from(rec[T_METHOD_LEN]) + usize::from(rec[T_PATH_LEN]);
+    let at = u32_at(rec, route::STRINGS_AT) as usize;
+    let len = usize::from(rec[route::N_METHOD]) + usize::from(rec[route::N_PATH]);
     pool.get(at..at + len).unwrap_or(&[])
 }
 /// A peer's non-zero buckets in the pool (`BUCKET_ENTRY_SIZE` bytes each;
 /// checked in `SnapshotView::new`).
 #[inline]
 fn bucket_entries<'a>(rec: &[u8], pool: &'a [u8]) -> &'a [u8] {
-    let at = u32_at(rec, P_BUCKETS_AT) as usize;
-    let n = u32_at(rec, P_BUCKETS_N) as usize;
+    let at = u32_at(rec, peer::BUCKETS_AT) as usize;
+    let n = u32_at(rec, peer::N_BUCKETS) as usize;
     pool.get(at..at + n * BUCKET_ENTRY_SIZE).unwrap_or(&[])
 }
 fn check_codes(rec: &[u8], at: usize, cap: usize) -> DecResult<()> {
-    let n = u32_at(rec, at + R_N_CODES) as usize;
+    let n = u32_at(rec, at + responses::N_CODES) as usize;
     if n > cap {
         return Err(format!("{n} status codes (at most {cap})"));
     }
@@ -176,14 +102,14 @@ impl<'a> SnapshotView<'a> {
         let pool_len = usize::try_from(u64_at(slot, S_POOL_LEN)).map_err(|_| "pool length overflow")?;
         let pool = take(1, pool_len)?;
         for (i, rec) in peers.chunks_exact(PEER_REC_SIZE).enumerate() {
-            addr_at(rec, 0)?;
-            check_codes(rec, P_RESPONSES, PEER_CODES)?;
-            let hcount = u32_at(rec, P_HISTORY_COUNT) as usize;
+            addr_at(rec, peer::ADDR)?;
+            check_codes(rec, peer::RESPONSES, PEER_CODES)?;
+            let hcount = u32_at(rec, peer::HISTORY_COUNT) as usize;
             if hcount > stride {
                 return Err(format!("peer {i} has {hcount} history samples (ring of {stride})"));
             }
-            let at = u32_at(rec, P_BUCKETS_AT) as usize;
-            let n = u32_at(rec, P_BUCKETS_N) as usize;
+            let at = u32_at(rec, peer::BUCKETS_AT) as usize;
+            let n = u32_at(rec, peer::N_BUCKETS) as usize;
             if n > BUCKETS {
                 return Err(format!("peer {i} has {n} latency buckets (at most {BUCKETS})"));
             }
@@ -192,7 +118,7 @@ impl<'a> SnapshotView<'a> {
             // Strictly ascending indices: each bucket at most once.
             let mut next = 0usize;
             for e in entries.chunks_exact(BUCKET_ENTRY_SIZE) {
-                let b = usize::from(e[0]);
+                let b = usize::from(e[bucket_entry::INDEX]);
                 if b < next || b >= BUCKETS {
                     return Err(format!("peer {i} bucket index {b} out of order or range"));
                 }
@@ -200,34 +126,34 @@ impl<'a> SnapshotView<'a> {
             }
         }
         for rec in routes.chunks_exact(ROUTE_REC_SIZE) {
-            match rec[T_OTHER] {
+            match rec[route::IS_OTHER] {
                 0 | 1 => {}
                 v => return Err(format!("route flag {v}")),
             }
-            let (m, p) = (usize::from(rec[T_METHOD_LEN]), usize::from(rec[T_PATH_LEN]));
+            let (m, p) = (usize::from(rec[route::N_METHOD]), usize::from(rec[route::N_PATH]));
             if m > METHOD_LEN {
                 return Err(format!("route method length {m} exceeds {METHOD_LEN}"));
             }
             if p > PATH_LEN {
                 return Err(format!("route path length {p} exceeds {PATH_LEN}"));
             }
-            let at = u32_at(rec, T_STRINGS) as usize;
+            let at = u32_at(rec, route::STRINGS_AT) as usize;
             let strs = pool.get(at..at + m + p).ok_or("route strings past the pool")?;
             // Both ASCII (nearly always) in one test, else each on its own.
             if !strs.is_ascii() {
                 check_utf8(&strs[..m], "route method")?;
                 check_utf8(&strs[m..], "route path")?;
             }
-            check_codes(rec, T_RESPONSES, ROUTE_CODES)?;
-            let peer = u32_at(rec, T_PEER);
+            check_codes(rec, route::RESPONSES, ROUTE_CODES)?;
+            let peer = u32_at(rec, route::PEER);
             if peer as usize >= n_peers {
                 return Err(format!("route names peer {peer} of {n_peers}"));
             }
         }
         for rec in recent.chunks_exact(RECENT_REC_SIZE) {
-            addr_at(rec, C_ADDR)?;
-            check_str(rec, C_METHOD, rec[C_METHOD_LEN].into(), METHOD_LEN, "recent method")?;
-            check_str(rec, C_PATH, rec[C_PATH_LEN].into(), PATH_LEN, "recent path")?;
+            addr_at(rec, recent::PEER)?;
+            check_str(rec, recent::METHOD, rec[recent::N_METHOD].into(), METHOD_LEN, "recent method")?;
+            check_str(rec, recent::PATH, rec[recent::N_PATH].into(), PATH_LEN, "recent path")?;
         }
         Ok(SnapshotView { id, meta, stride, peers, history, routes, recent, pool })
     }
@@ -259,7 +185,7 @@ impl<'a> SnapshotView<'a> {
     #[inline]
     fn peer_at(&self, i: usize) -> PeerView<'a> {
         let rec = &self.peers[i * PEER_REC_SIZE..(i + 1) * PEER_REC_SIZE];
-        let hcount = u32_at(rec, P_HISTORY_COUNT) as usize;
+        let hcount = u32_at(rec, peer::HISTORY_COUNT) as usize;
         let ring = &self.history[i * self.stride * HISTORY_REC_SIZE..][..hcount * HISTORY_REC_SIZE];
         PeerView { rec, history: ring, buckets: bucket_entries(rec, self.pool) }
     }
@@ -318,18 +244,18 @@ impl ResponsesView<'_> {
     /// `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     #[inline]
     pub fn class(&self) -> [u64; 5] {
-        std::array::from_fn(|i| u64_at(self.rec, self.at + i * 8))
+        std::array::from_fn(|i| u64_at(self.rec, self.at + responses::CLASS + i * 8))
     }
     #[inline]
     pub fn codes_other(&self) -> u64 {
-        u64_at(self.rec, self.at + R_CODES_OTHER)
+        u64_at(self.rec, self.at + responses::CODES_OTHER)
     }
     /// Exact codes as stored (ascending by code), `(code, count)`.
     #[inline]
     pub fn codes(&self) -> impl ExactSizeIterator<Item = (u16, u64)> + '_ {
-        let n = (u32_at(self.rec, self.at + R_N_CODES) as usize).min(self.cap);
-        let keys = self.at + R_KEYS;
-        let counts = keys + self.cap * 2;
+        let n = (u32_at(self.rec, self.at + responses::N_CODES) as usize).min(self.cap);
+        let keys = self.at + responses::KEYS;
+        let counts = self.at + responses::counts(self.cap);
         (0..n).map(move |i| (u16_at(self.rec, keys + i * 2), u64_at(self.rec, counts + i * 8)))
     }
     pub fn to_responses(&self) -> Responses {
@@ -350,40 +276,46 @@ impl<'a> PeerView<'a> {
     #[inline]
     pub fn addr(&self) -> SocketAddr {
         // Validated in SnapshotView::new.
-        addr_at(self.rec, 0).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        addr_at(self.rec, peer::ADDR).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
     #[inline]
     pub fn requests(&self) -> u64 {
-        u64_at(self.rec, P_REQUESTS)
+        u64_at(self.rec, peer::REQUESTS)
     }
     #[inline]
     pub fn no_response(&self) -> u64 {
-        u64_at(self.rec, P_NO_RESPONSE)
+        u64_at(self.rec, peer::NO_RESPONSE)
     }
     #[inline]
     pub fn sent_bytes(&self) -> u64 {
-        u64_at(self.rec, P_SENT)
+        u64_at(self.rec, peer::SENT_BYTES)
     }
     #[inline]
     pub fn received_bytes(&self) -> u64 {
-        u64_at(self.rec, P_RECEIVED)
+        u64_at(self.rec, peer::RECEIVED_BYTES)
     }
     #[inline]
     pub fn responses(&self) -> ResponsesView<'a> {
-        ResponsesView { rec: self.rec, at: P_RESPONSES, cap: PEER_CODES }
+        ResponsesView { rec: self.rec, at: peer::RESPONSES, cap: PEER_CODES }
     }
     #[inline]
     pub fn conns(&self) -> Connections {
-        let c = |i: usize| u64_at(self.rec, P_CONNS + i * 8);
-        Connections { opened: c(0), closed: c(1), failed: c(2), reset: c(3), active: c(4) }
+        let c = |at: usize| u64_at(self.rec, at);
+        Connections {
+            opened: c(peer::CONNS_OPENED),
+            closed: c(peer::CONNS_CLOSED),
+            failed: c(peer::CONNS_FAILED),
+            reset: c(peer::CONNS_RESET),
+            active: c(peer::CONNS_ACTIVE),
+        }
     }
     #[inline]
     pub fn latency_sum_ns(&self) -> u64 {
-        u64_at(self.rec, P_LAT_SUM)
+        u64_at(self.rec, peer::LATENCY_SUM)
     }
     #[inline]
     pub fn latency_count(&self) -> u64 {
-        u64_at(self.rec, P_LAT_COUNT)
+        u64_at(self.rec, peer::LATENCY_COUNT)
     }
     /// The cumulative latency histogram (`histogram::BUCKETS` counters).
     #[inline]
@@ -391,8 +323,8 @@ impl<'a> PeerView<'a> {
         let mut b = [0u64; BUCKETS];
         for e in self.buckets.chunks_exact(BUCKET_ENTRY_SIZE) {
             // Index checked against BUCKETS in SnapshotView::new.
-            if let Some(slot) = b.get_mut(usize::from(e[0])) {
-                *slot = u64_at(e, 1);
+            if let Some(slot) = b.get_mut(usize::from(e[bucket_entry::INDEX])) {
+                *slot = u64_at(e, bucket_entry::COUNT);
             }
         }
         b
@@ -402,20 +334,20 @@ impl<'a> PeerView<'a> {
     /// it publishes, so readers that only print them skip the histogram.
     #[inline]
     pub fn latency_quantiles_ns(&self) -> [u64; 3] {
-        std::array::from_fn(|i| u64_at(self.rec, P_QUANTILES + i * 8))
+        [peer::LATENCY_P50, peer::LATENCY_P90, peer::LATENCY_P99].map(|at| u64_at(self.rec, at))
     }
     #[inline]
     pub fn window(&self) -> Window {
-        let w = |i: usize| P_WINDOW + i * 8;
+        let r = self.rec;
         Window {
-            requests_per_sec: f64_at(self.rec, w(0)),
-            errors_5xx_per_sec: f64_at(self.rec, w(1)),
-            sent_bytes_per_sec: f64_at(self.rec, w(2)),
-            received_bytes_per_sec: f64_at(self.rec, w(3)),
-            latency_avg_ns: u64_at(self.rec, w(4)),
-            latency_p50_ns: u64_at(self.rec, w(5)),
-            latency_p90_ns: u64_at(self.rec, w(6)),
-            latency_p99_ns: u64_at(self.rec, w(7)),
+            requests_per_sec: f64_at(r, peer::WINDOW_REQUESTS_PER_SEC),
+            errors_5xx_per_sec: f64_at(r, peer::WINDOW_ERRORS_5XX_PER_SEC),
+            sent_bytes_per_sec: f64_at(r, peer::WINDOW_SENT_BYTES_PER_SEC),
+            received_bytes_per_sec: f64_at(r, peer::WINDOW_RECEIVED_BYTES_PER_SEC),
+            latency_avg_ns: u64_at(r, peer::WINDOW_LATENCY_AVG),
+            latency_p50_ns: u64_at(r, peer::WINDOW_LATENCY_P50),
+            latency_p90_ns: u64_at(r, peer::WINDOW_LATENCY_P90),
+            latency_p99_ns: u64_at(r, peer::WINDOW_LATENCY_P99),
         }
     }
     #[inline]
@@ -426,19 +358,19 @@ impl<'a> PeerView<'a> {
     #[inline]
     pub fn history(&self) -> impl ExactSizeIterator<Item = HistorySample> + DoubleEndedIterator + Clone + 'a {
         self.history.chunks_exact(HISTORY_REC_SIZE).map(|h| HistorySample {
-            requests: u32_at(h, 0),
-            errors_5xx: u32_at(h, 4),
-            conn_failed: u32_at(h, 8),
-            latency_p99_us: u32_at(h, 12),
+            requests: u32_at(h, history::REQUESTS),
+            errors_5xx: u32_at(h, history::ERRORS_5XX),
+            conn_failed: u32_at(h, history::CONN_FAILED),
+            latency_p99_us: u32_at(h, history::LATENCY_P99_US),
         })
     }
     #[inline]
     pub fn first_seen_unix_ns(&self) -> u64 {
-        u64_at(self.rec, P_FIRST_SEEN)
+        u64_at(self.rec, peer::FIRST_SEEN)
     }
     #[inline]
     pub fn last_seen_unix_ns(&self) -> u64 {
-        u64_at(self.rec, P_LAST_SEEN)
+        u64_at(self.rec, peer::LAST_SEEN)
     }
     pub fn to_stats(&self) -> PeerStats {
         PeerStats {
@@ -474,11 +406,11 @@ impl<'a> RouteView<'a> {
     /// Index of the peer (always below the view's peer count).
     #[inline]
     pub fn peer(&self) -> u32 {
-        u32_at(self.rec, T_PEER)
+        u32_at(self.rec, route::PEER)
     }
     #[inline]
     pub fn is_other(&self) -> bool {
-        self.rec[T_OTHER] == 1
+        self.rec[route::IS_OTHER] == 1
     }
     #[inline]
     pub fn method(&self) -> &'a str {
@@ -492,52 +424,52 @@ impl<'a> RouteView<'a> {
     /// orders the same, without a second UTF-8 check.
     #[inline]
     pub fn method_bytes(&self) -> &'a [u8] {
-        self.strings.get(..usize::from(self.rec[T_METHOD_LEN])).unwrap_or(&[])
+        self.strings.get(..usize::from(self.rec[route::N_METHOD])).unwrap_or(&[])
     }
     /// [`Self::path`] as bytes.
     #[inline]
     pub fn path_bytes(&self) -> &'a [u8] {
-        self.strings.get(usize::from(self.rec[T_METHOD_LEN])..).unwrap_or(&[])
+        self.strings.get(usize::from(self.rec[route::N_METHOD])..).unwrap_or(&[])
     }
     #[inline]
     pub fn requests(&self) -> u64 {
-        u64_at(self.rec, T_REQUESTS)
+        u64_at(self.rec, route::REQUESTS)
     }
     #[inline]
     pub fn no_response(&self) -> u64 {
-        u64_at(self.rec, T_NO_RESPONSE)
+        u64_at(self.rec, route::NO_RESPONSE)
     }
     #[inline]
     pub fn responses(&self) -> ResponsesView<'a> {
-        ResponsesView { rec: self.rec, at: T_RESPONSES, cap: ROUTE_CODES }
+        ResponsesView { rec: self.rec, at: route::RESPONSES, cap: ROUTE_CODES }
     }
     #[inline]
     pub fn latency_sum_ns(&self) -> u64 {
-        u64_at(self.rec, T_LAT)
+        u64_at(self.rec, route::LATENCY_SUM)
     }
     #[inline]
     pub fn latency_count(&self) -> u64 {
-        u64_at(self.rec, T_LAT + 8)
+        u64_at(self.rec, route::LATENCY_COUNT)
     }
     #[inline]
     pub fn latency_p50_ns(&self) -> u64 {
-        u64_at(self.rec, T_LAT + 16)
+        u64_at(self.rec, route::LATENCY_P50)
     }
     #[inline]
     pub fn latency_p90_ns(&self) -> u64 {
-        u64_at(self.rec, T_LAT + 24)
+        u64_at(self.rec, route::LATENCY_P90)
     }
     #[inline]
     pub fn latency_p99_ns(&self) -> u64 {
-        u64_at(self.rec, T_LAT + 32)
+        u64_at(self.rec, route::LATENCY_P99)
     }
     #[inline]
     pub fn requests_per_sec(&self) -> f64 {
-        f64_at(self.rec, T_RPS)
+        f64_at(self.rec, route::REQUESTS_PER_SEC)
     }
     #[inline]
     pub fn errors_5xx_per_sec(&self) -> f64 {
-        f64_at(self.rec, T_RPS + 8)
+        f64_at(self.rec, route::ERRORS_5XX_PER_SEC)
     }
     pub fn to_stats(&self) -> RouteStats {
         RouteStats {
@@ -568,27 +500,27 @@ pub struct RecentView<'a> {
 impl<'a> RecentView<'a> {
     #[inline]
     pub fn unix_ns(&self) -> u64 {
-        u64_at(self.rec, 0)
+        u64_at(self.rec, recent::UNIX_NS)
     }
     #[inline]
     pub fn peer(&self) -> SocketAddr {
-        addr_at(self.rec, C_ADDR).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        addr_at(self.rec, recent::PEER).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
     #[inline]
     pub fn method(&self) -> &'a str {
-        str_at(self.rec, C_METHOD, self.rec[C_METHOD_LEN].into())
+        str_at(self.rec, recent::METHOD, self.rec[recent::N_METHOD].into())
     }
     #[inline]
     pub fn path(&self) -> &'a str {
-        str_at(self.rec, C_PATH, self.rec[C_PATH_LEN].into())
+        str_at(self.rec, recent::PATH, self.rec[recent::N_PATH].into())
     }
     #[inline]
     pub fn status(&self) -> u16 {
-        u16_at(self.rec, C_STATUS)
+        u16_at(self.rec, recent::STATUS)
     }
     #[inline]
     pub fn latency_ns(&self) -> u64 {
-        u64_at(self.rec, C_LATENCY)
+        u64_at(self.rec, recent::LATENCY)
     }
     pub fn to_request(&self) -> RecentRequest {
         RecentRequest {

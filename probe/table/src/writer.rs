@@ -196,28 +196,27 @@ impl TableWriter {
             // writer maps it writable; readers use pread and never map it.
             let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| err_at(&tmp, "mapping", e))?;
             let generation = random_u64();
-            let mut e = Enc::new(&mut map[..HEADER_READ]);
-            e.padded(&MAGIC, 8);
-            e.u32(ABI_VERSION);
-            e.u32(HEADER_SIZE as u32);
-            e.u64(file_size);
-            e.u64(generation);
-            e.u32(caps.max_peers);
-            e.u32(caps.max_routes);
-            e.u32(caps.max_recent);
-            e.u32(caps.history_len);
-            e.u32(PEER_REC_SIZE as u32);
-            e.u32(ROUTE_REC_SIZE as u32);
-            e.u32(RECENT_REC_SIZE as u32);
-            e.u32(HISTORY_REC_SIZE as u32);
-            e.u32(crate::histogram::BUCKETS as u32);
-            e.u32(PEER_CODES as u32);
-            e.u32(ROUTE_CODES as u32);
-            e.u32(MAX_IFACES as u32);
-            e.u64(HEADER_SIZE);
-            e.u64(HEADER_SIZE + slot_size);
-            e.u64(slot_size);
-            debug_assert_eq!(e.pos(), H_SLOT_SIZE + 8);
+            let mut h = RecordWriter::new(&mut map[..HEADER_READ]);
+            h.bytes(H_MAGIC, &MAGIC);
+            h.u32(H_VERSION, ABI_VERSION);
+            h.u32(H_HEADER_SIZE, HEADER_SIZE as u32);
+            h.u64(H_FILE_SIZE, file_size);
+            h.u64(H_GENERATION, generation);
+            h.u32(H_MAX_PEERS, caps.max_peers);
+            h.u32(H_MAX_ROUTES, caps.max_routes);
+            h.u32(H_MAX_RECENT, caps.max_recent);
+            h.u32(H_HISTORY_LEN, caps.history_len);
+            h.u32(H_PEER_REC, PEER_REC_SIZE as u32);
+            h.u32(H_ROUTE_REC, ROUTE_REC_SIZE as u32);
+            h.u32(H_RECENT_REC, RECENT_REC_SIZE as u32);
+            h.u32(H_HISTORY_REC, HISTORY_REC_SIZE as u32);
+            h.u32(H_BUCKETS, crate::histogram::BUCKETS as u32);
+            h.u32(H_PEER_CODES, PEER_CODES as u32);
+            h.u32(H_ROUTE_CODES, ROUTE_CODES as u32);
+            h.u32(H_MAX_IFACES, MAX_IFACES as u32);
+            h.u64(H_SLOT0, HEADER_SIZE);
+            h.u64(H_SLOT1, HEADER_SIZE + slot_size);
+            h.u64(H_SLOT_SIZE, slot_size);
             // active = 0, seq = [0, 0]: "never published" (the file is zeroed).
             Ok((map, generation))
         };
@@ -324,7 +323,6 @@ impl TableWriter {
         let n_ifaces = snap.meta.interfaces.len().min(MAX_IFACES);
         rep.interfaces_truncated = (snap.meta.interfaces.len() - n_ifaces) as u64;
 
-        let m = &snap.meta;
         let hist_len = caps.history_len as usize;
         // The fixed-size records, then the pool they point into.
         let fixed = body_len(n_peers as u64, caps.history_len as u64, routes.len() as u64, n_recent as u64)
@@ -332,26 +330,9 @@ impl TableWriter {
         let (records, pool_area) = slot.split_at_mut(SLOT_HEADER_SIZE as usize + fixed);
         let mut e = Enc::new(records);
         let mut pool = Enc::new(pool_area);
-        e.u64(0); // used, patched below
-        e.u64(0); // checksum, patched below
-        e.u32(m.pid);
-        e.u32(m.history_len);
-        e.u64(m.started_unix_ns);
-        e.u64(m.published_unix_ns);
-        e.u64(m.interval_ns);
-        e.u64(m.publish_seq);
-        records::enc_counters(&mut e, &m.counters);
-        e.u32(n_ifaces as u32);
-        e.u32(n_peers as u32);
-        e.u32(routes.len() as u32);
-        e.u32(n_recent as u32);
-        debug_assert_eq!(e.pos(), S_IFACES);
-        for name in &m.interfaces[..n_ifaces] {
-            let name = truncate_utf8(name, IFACE_LEN - 1);
-            e.u8(name.len() as u8);
-            e.padded(name.as_bytes(), IFACE_LEN - 1);
-        }
-        e.zeros(SLOT_HEADER_SIZE as usize - e.pos());
+        // Used length, pool length and checksum are filled in below.
+        let counts = records::Counts { ifaces: n_ifaces, peers: n_peers, routes: routes.len(), recent: n_recent };
+        records::enc_slot_head(&mut e, &snap.meta, &counts);
 
         for p in &snap.peers[..n_peers] {
             let h = p.history.len().min(hist_len);
