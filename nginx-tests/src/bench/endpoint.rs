@@ -96,7 +96,7 @@ fn render_times(table: &Path, renders: usize) -> Result<Vec<Figure>> {
         let (mut times, mut bytes) = (Vec::with_capacity(renders), 0);
         for _ in 0..renders {
             let t = Instant::now();
-            let view = reader.view_unless(None).map_err(|e| anyhow::anyhow!("{e}"))?.context("no publish")?;
+            let view = reader.view_if_new(None).map_err(|e| anyhow::anyhow!("{e}"))?.context("no publish")?;
             let body = render(&view);
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             bytes = body.len();

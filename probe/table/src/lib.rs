@@ -9,7 +9,7 @@
 //! The writer maps the file and double-buffers with per-slot sequence
 //! numbers; readers `pread` (never map) so a file truncated under them
 //! cannot SIGBUS an nginx worker. Readers that only turn figures into text
-//! can skip decoding with [`TableReader::view_unless`] ([`SnapshotView`]:
+//! can skip decoding with [`TableReader::view_if_new`] ([`SnapshotView`]:
 //! the same checks, fields read in place).
 //!
 //! # Where things are

@@ -227,12 +227,14 @@ impl TableReader {
         }
     }
 
-    /// A borrowed, validated view of the latest publish, or `Ok(None)` when
-    /// it is still `known` (then only the file header was read). Unlike
-    /// [`Self::snapshot`] nothing is decoded up front: readers that only
-    /// render the figures (the nginx module) skip allocating a [`Snapshot`]
-    /// of tens of thousands of strings and vectors per publish.
-    pub fn view_unless(&mut self, known: Option<PublishId>) -> Result<Option<SnapshotView<'_>>, ReadError> {
+    /// A borrowed, validated view of the latest publish if it is new to the
+    /// caller: `Ok(None)` when the newest publish is `known` (then only the
+    /// file header was read); `None` for `known` always gives a view.
+    /// Unlike [`Self::snapshot`] nothing is decoded up front: readers that
+    /// only render the figures (the nginx module) skip allocating a
+    /// [`Snapshot`] of tens of thousands of strings and vectors per publish,
+    /// and keep what they rendered keyed by [`SnapshotView::id`].
+    pub fn view_if_new(&mut self, known: Option<PublishId>) -> Result<Option<SnapshotView<'_>>, ReadError> {
         self.ensure_open()?;
         match self.read_loop(known)? {
             Fresh::Unchanged => Ok(None),

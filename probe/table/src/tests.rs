@@ -305,7 +305,7 @@ fn wrong_magic_version_and_size() {
         fs::write(&path, &b).unwrap();
         let e = r.snapshot().unwrap_err();
         assert_eq!(e, ReadError::WrongVersion { path: path.clone(), found: version, expected: ABI_VERSION });
-        assert_eq!(r.view_unless(None).unwrap_err(), e);
+        assert_eq!(r.view_if_new(None).unwrap_err(), e);
         assert_eq!(
             e.to_string(),
             format!(
@@ -368,7 +368,7 @@ fn pool_references_are_checked() {
         fs::write(&path, b).unwrap();
         let mut r = TableReader::new(&path);
         let e = r.snapshot().unwrap_err();
-        assert_eq!(r.view_unless(None).unwrap_err(), e);
+        assert_eq!(r.view_if_new(None).unwrap_err(), e);
         e.to_string()
     };
     let put32 = |b: &mut Vec<u8>, at: usize, v: u32| {
@@ -480,7 +480,7 @@ fn random_and_mutated_files_never_panic() {
         let got = r.snapshot();
         // The in-place view accepts exactly what the decoder accepts, and
         // shows the same figures.
-        let viewed = r.view_unless(None).map(|v| v.map(|v| v.to_snapshot()));
+        let viewed = r.view_if_new(None).map(|v| v.map(|v| v.to_snapshot()));
         match (&got, viewed) {
             (Ok(s), Ok(Some(v))) => assert_eq!(*s, v),
             (Err(e), Err(f)) => assert_eq!(*e, f),
@@ -606,7 +606,7 @@ fn read_timing() {
         assert_eq!(got.routes.len(), 16_000);
         drop(got);
         let t = std::time::Instant::now();
-        let view = r.view_unless(None).unwrap().unwrap();
+        let view = r.view_if_new(None).unwrap().unwrap();
         view_us = view_us.min(t.elapsed().as_micros());
         assert_eq!(view.route_count(), 16_000);
     }
@@ -645,12 +645,12 @@ fn view_shows_what_snapshot_decodes() {
     let path = dir.path().join("table");
     let mut w = TableWriter::create(&path, CAPS).unwrap();
     let mut r = TableReader::new(&path);
-    assert_eq!(r.view_unless(None).unwrap_err(), ReadError::Missing(path.clone()));
+    assert_eq!(r.view_if_new(None).unwrap_err(), ReadError::Missing(path.clone()));
     for snap in [full_snapshot(), derived(1), derived(2), derived(7), Snapshot { meta: meta(), ..Snapshot::default() }]
     {
         w.publish(&snap).unwrap();
         let decoded = r.snapshot().unwrap();
-        let view = r.view_unless(None).unwrap().unwrap();
+        let view = r.view_if_new(None).unwrap().unwrap();
         assert_eq!(view.to_snapshot(), decoded);
         assert_eq!(view.meta(), &decoded.meta);
         assert_eq!((view.peer_count(), view.route_count()), (decoded.peers.len(), decoded.routes.len()));
@@ -667,9 +667,9 @@ fn view_shows_what_snapshot_decodes() {
         }
         let id = view.id();
         // Unchanged publish: nothing copied, nothing returned.
-        assert!(r.view_unless(Some(id)).unwrap().is_none());
+        assert!(r.view_if_new(Some(id)).unwrap().is_none());
         w.publish(&snap).unwrap();
-        assert_ne!(r.view_unless(Some(id)).unwrap().unwrap().id(), id);
+        assert_ne!(r.view_if_new(Some(id)).unwrap().unwrap().id(), id);
     }
 }
 
@@ -722,7 +722,7 @@ fn fifo_at_the_path_is_refused_without_blocking() {
     let (snap, view, opened) = within(10, "reader on a FIFO", move || {
         let mut r = TableReader::new(&p);
         let snap = r.snapshot().map(|_| ()).unwrap_err();
-        let view = r.view_unless(None).map(|_| ()).unwrap_err();
+        let view = r.view_if_new(None).map(|_| ()).unwrap_err();
         // The descriptor-level check, as when the FIFO is swapped in
         // between the reader's lstat and its open.
         let opened = crate::reader::open_table(&p).map(|_| ()).unwrap_err();
@@ -758,7 +758,7 @@ fn symlink_at_the_path_is_refused() {
     let want = ReadError::NotRegular { path: path.clone(), what: "a symbolic link" };
     let mut r = TableReader::new(&path);
     assert_eq!(r.snapshot().unwrap_err(), want);
-    assert_eq!(r.view_unless(None).map(|_| ()).unwrap_err(), want);
+    assert_eq!(r.view_if_new(None).map(|_| ()).unwrap_err(), want);
     // O_NOFOLLOW on the open itself (ELOOP), for a symlink swapped in
     // after the lstat.
     assert_eq!(crate::reader::open_table(&path).map(|_| ()).unwrap_err(), want);
@@ -815,7 +815,7 @@ fn huge_sparse_file_is_refused_without_allocating() {
     let (snap, view, cap) = within(10, "reader on a 64 GiB file", move || {
         let mut r = TableReader::new(&p);
         let snap = r.snapshot().unwrap_err();
-        let view = r.view_unless(None).map(|_| ()).unwrap_err();
+        let view = r.view_if_new(None).map(|_| ()).unwrap_err();
         (snap, view, r.buffer_capacity())
     });
     let want = ReadError::Corrupt(

@@ -46,7 +46,7 @@ fn watchdog<T: Send + 'static>(what: &str, limit: Duration, f: impl FnOnce() -> 
 /// Read the file both ways and check they agree; returns the decoder's answer.
 fn read_both(r: &mut TableReader) -> Result<Snapshot, ReadError> {
     let got = r.snapshot();
-    let viewed = r.view_unless(None).map(|v| v.map(|v| v.to_snapshot()));
+    let viewed = r.view_if_new(None).map(|v| v.map(|v| v.to_snapshot()));
     match (&got, viewed) {
         (Ok(s), Ok(Some(v))) => assert_eq!(*s, v, "view and decoder disagree"),
         (Err(e), Err(f)) => assert_eq!(*e, f, "view and decoder fail differently"),
@@ -589,7 +589,7 @@ fn hostile_writer_racing_the_reader() {
                     errors += 1;
                 }
             }
-            let _ = r.view_unless(None);
+            let _ = r.view_if_new(None);
         }
         (ok, errors)
     });
