@@ -28,8 +28,8 @@ pub struct ProbeMeta {
     pub pid: u32,
     /// Wall clock (Unix epoch, ns) when the probe started.
     pub started_unix_ns: u64,
-    /// Wall clock (Unix epoch, ns) of this publish. Readers compare it with
-    /// their own clock to tell a stale table.
+    /// Wall clock (Unix epoch, ns) of this publish; 0 = never. Readers
+    /// compare it with their own clock: [`Self::is_stale`], [`Self::age_ns`].
     pub published_unix_ns: u64,
     /// The publish interval, ns.
     pub interval_ns: u64,
@@ -40,6 +40,33 @@ pub struct ProbeMeta {
     /// Interfaces the programs are attached to.
     pub interfaces: Vec<String>,
     pub counters: ProbeCounters,
+}
+
+impl ProbeMeta {
+    /// A probe that last published this many intervals ago missed three
+    /// publishes in a row: it is stuck or gone, not merely late.
+    const STALE_AFTER_INTERVALS: u64 = 3;
+    /// The least age at which a table is stale, ns: with a short interval,
+    /// three intervals is too little time to tell a stuck probe from a
+    /// late one.
+    const STALE_AFTER_MIN_NS: u64 = 5_000_000_000;
+
+    /// Whether the figures are too old to trust: the probe never published
+    /// (`published_unix_ns == 0`), or its last publish is more than
+    /// `max(3 × interval, 5 s)` before `now_unix_ns`. Readers show a stale
+    /// table as the probe being down rather than as current traffic. This
+    /// is the one definition every reader uses.
+    pub fn is_stale(&self, now_unix_ns: u64) -> bool {
+        let after = self.interval_ns.saturating_mul(Self::STALE_AFTER_INTERVALS).max(Self::STALE_AFTER_MIN_NS);
+        self.published_unix_ns == 0 || self.age_ns(now_unix_ns) > after
+    }
+
+    /// How long ago the probe published this, ns (`now_unix_ns -
+    /// published_unix_ns`; 0 when the reader's clock is behind the probe's,
+    /// so a small skew between the two never shows as a negative age).
+    pub fn age_ns(&self, now_unix_ns: u64) -> u64 {
+        now_unix_ns.saturating_sub(self.published_unix_ns)
+    }
 }
 
 /// Drop and overflow counters: everything the probe could not count in full
@@ -192,4 +219,47 @@ pub struct RecentRequest {
     /// Final status code; 0 when the exchange ended without one.
     pub status: u16,
     pub latency_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProbeMeta;
+
+    const SEC: u64 = 1_000_000_000;
+    const NOW: u64 = 1_700_000_000 * SEC;
+
+    fn meta(published_unix_ns: u64, interval_ns: u64) -> ProbeMeta {
+        ProbeMeta { published_unix_ns, interval_ns, ..ProbeMeta::default() }
+    }
+
+    #[test]
+    fn stale_after_five_seconds_for_short_intervals() {
+        assert!(!meta(NOW, SEC).is_stale(NOW));
+        assert!(!meta(NOW - 5 * SEC, SEC).is_stale(NOW), "exactly 5 s is not stale");
+        assert!(meta(NOW - 5 * SEC - 1, SEC).is_stale(NOW));
+        assert_eq!(meta(NOW - 5 * SEC - 1, SEC).age_ns(NOW), 5 * SEC + 1);
+    }
+
+    #[test]
+    fn stale_after_three_intervals_for_long_ones() {
+        let interval = 10 * SEC;
+        assert!(!meta(NOW - 30 * SEC, interval).is_stale(NOW), "exactly three intervals is not stale");
+        assert!(meta(NOW - 30 * SEC - 1, interval).is_stale(NOW));
+    }
+
+    #[test]
+    fn never_published_is_stale() {
+        assert!(meta(0, SEC).is_stale(NOW));
+        assert!(meta(0, SEC).is_stale(0));
+    }
+
+    #[test]
+    fn clocks_and_intervals_at_the_extremes() {
+        // The reader's clock behind the probe's: age 0, fresh.
+        assert_eq!(meta(NOW + SEC, SEC).age_ns(NOW), 0);
+        assert!(!meta(NOW + SEC, SEC).is_stale(NOW));
+        // An absurd interval saturates instead of overflowing.
+        assert!(!meta(1, u64::MAX).is_stale(u64::MAX));
+        assert!(meta(1, SEC).is_stale(u64::MAX));
+    }
 }
