@@ -11,8 +11,9 @@ use upstreamtop_table::{
     Snapshot, TableReader, TableWriter, Window,
 };
 
-use crate::config::{NginxConfig, Query};
-use crate::render_view_json_into;
+use crate::config::NginxConfig;
+use crate::query::Query;
+use crate::render;
 
 /// History samples per peer in [`synthetic_snapshot`] (the probe's default).
 pub const HISTORY: u32 = 60;
@@ -208,19 +209,19 @@ pub fn endpoint_cost(table: &Path, peers: u32, routes: u32, renders: usize) -> i
         writer.publish(&snap)?;
 
         let t = Instant::now();
-        let view = reader.view_unless(None).map_err(io::Error::other)?.ok_or_else(|| io::Error::other("no publish"))?;
+        let view = reader.view_if_new(None).map_err(io::Error::other)?.ok_or_else(|| io::Error::other("no publish"))?;
         let id = view.id();
-        let json = render_view_json_into(&view, &conf, &query, now_ns(), std::mem::take(&mut spare));
+        let json = render(&view, &conf, &query, now_ns(), std::mem::take(&mut spare));
         cost.fresh_us.push(t.elapsed().as_micros() as u64);
         cost.body_bytes = json.body.len();
 
         let t = Instant::now();
-        let unchanged = reader.view_unless(Some(id)).map_err(io::Error::other)?.is_none();
+        let unchanged = reader.view_if_new(Some(id)).map_err(io::Error::other)?.is_none();
         out.clear();
-        for piece in json.restamped(now_ns()) {
+        for piece in json.at(now_ns()) {
             match piece {
-                crate::Piece::Bytes(b) => out.extend_from_slice(b),
-                crate::Piece::Num(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+                crate::BodyPart::Bytes(b) => out.extend_from_slice(b),
+                crate::BodyPart::Number(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
             }
         }
         cost.cached_us.push(t.elapsed().as_micros() as u64);

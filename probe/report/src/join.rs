@@ -1,10 +1,40 @@
-//! Joining wire addresses with nginx's configuration: address
-//! normalisation, nginx's own listening sockets, and which group lists a peer.
+//! The one join of the table with nginx's configuration: which peers each
+//! group lists, which wire peers no group lists, which routes each peer
+//! shows, the totals and the recent feed. Every answer is written from a
+//! [`Joined`]: JSON ([`crate::json`]), Prometheus ([`crate::prometheus`]),
+//! `upstreamtop-probe dump` and the dashboard's `--table` mode (both JSON).
+//!
+//! Rules:
+//! - every configured server of every group is listed, with zero counts
+//!   when the wire saw nothing; a peer listed by several groups shows the
+//!   same wire figures in each (the wire cannot tell groups apart);
+//!   same-named groups merge, in configuration order; groups come in name
+//!   order;
+//! - wire peers no group lists go to `unlisted`, never dropped; should the
+//!   table hold one address twice (e.g. mapped and plain IPv4), the first
+//!   joins the configuration and the others are unlisted;
+//! - nginx's own listening sockets (client traffic to nginx) are left out
+//!   everywhere, totals included;
+//! - `totals` and `share` cover every peer that is not a listener,
+//!   whatever `?upstream=` selects;
+//! - `?upstream=NAME` keeps only that group (`unlisted` stays empty unless
+//!   NAME is `unlisted`, then it is the only one), and the recent feed
+//!   keeps only requests to the selected peers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
+use upstreamtop_table::{HistorySample, PeerView, RecentView, RouteView, SnapshotView};
+
 use crate::config::{NginxConfig, ServerConf};
+use crate::query::Query;
+use crate::schema::{Probe, Responses, Totals};
+
+/// The group name `?upstream=` uses for peers no group lists.
+pub const UNLISTED: &str = "unlisted";
+
+/// Intervals without requests after which a peer is `idle`.
+pub const IDLE_INTERVALS: usize = 10;
 
 /// An address as compared across the wire and the configuration: IP and
 /// port only (IPv6 flow info and scope do not identify a backend), with
@@ -23,8 +53,8 @@ pub fn normalise_ip(ip: IpAddr) -> IpAddr {
 }
 
 /// `IP:port` as shown to people: `127.0.0.1:80`, `[::1]:80`. IPv4 (nearly
-/// every peer) is spelled out by hand: `Display` through `fmt` costs more
-/// than the rest of a peer's fixed fields in the endpoint's render.
+/// every peer) is spelled out by hand: `Display` goes through `fmt`, which
+/// costs more than the rest of a peer's fixed fields.
 pub fn show(k: &AddrKey) -> String {
     match k.0 {
         IpAddr::V4(ip) => {
@@ -80,84 +110,423 @@ impl Listeners {
 }
 
 /// For each peer address, the groups (by index in `NginxConfig::upstreams`)
-/// and servers that list it, in configuration order.
-pub struct ConfigIndex<'a> {
-    conf: &'a NginxConfig,
-    by_addr: HashMap<AddrKey, Vec<(usize, &'a ServerConf)>>,
+/// that list it, in configuration order.
+struct ConfigIndex<'c> {
+    conf: &'c NginxConfig,
+    by_addr: HashMap<AddrKey, Vec<usize>>,
 }
 
-impl<'a> ConfigIndex<'a> {
-    pub fn new(conf: &'a NginxConfig) -> Self {
-        let mut by_addr: HashMap<AddrKey, Vec<(usize, &'a ServerConf)>> = HashMap::new();
+impl<'c> ConfigIndex<'c> {
+    fn new(conf: &'c NginxConfig) -> Self {
+        let mut by_addr: HashMap<AddrKey, Vec<usize>> = HashMap::new();
         for (g, up) in conf.upstreams.iter().enumerate() {
             for s in &up.servers {
-                by_addr.entry(key(&s.addr)).or_default().push((g, s));
+                by_addr.entry(key(&s.addr)).or_default().push(g);
             }
         }
         ConfigIndex { conf, by_addr }
     }
 
-    pub fn is_listed(&self, k: &AddrKey) -> bool {
+    fn is_listed(&self, k: &AddrKey) -> bool {
         self.by_addr.contains_key(k)
     }
 
     /// Name of the first group (configuration order) listing `k`.
-    pub fn first_group(&self, k: &AddrKey) -> Option<&'a str> {
-        self.by_addr.get(k).and_then(|v| v.first()).map(|(g, _)| self.conf.upstreams[*g].name.as_str())
+    fn first_group(&self, k: &AddrKey) -> Option<&'c str> {
+        self.by_addr.get(k).and_then(|v| v.first()).map(|g| self.conf.upstreams[*g].name.as_str())
     }
 
     /// Does the group called `name` list `k`?
-    pub fn group_lists(&self, k: &AddrKey, name: &str) -> bool {
-        self.by_addr.get(k).is_some_and(|v| v.iter().any(|(g, _)| self.conf.upstreams[*g].name == name))
+    fn group_lists(&self, k: &AddrKey, name: &str) -> bool {
+        self.by_addr.get(k).is_some_and(|v| v.iter().any(|g| self.conf.upstreams[*g].name == name))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// One group of the answer: an `upstream {}` block (same-named blocks
+/// merged), an implicit group of `proxy_pass http://IP:port`, or the
+/// unlisted peers.
+pub struct Group<'c> {
+    /// The group's name; `""` for the unlisted peers.
+    pub name: &'c str,
+    pub implicit: bool,
+    /// Requests to the group's distinct peers.
+    pub requests: u64,
+    /// Requests per second over the last interval (rounded as shown).
+    pub rps: f64,
+    pub members: Vec<Member<'c>>,
+}
 
-    #[test]
-    fn show_is_display() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for i in 0..20_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let ip = if i % 3 == 0 {
-                IpAddr::from([0, 0, 0, (i % 256) as u8])
-            } else {
-                IpAddr::from((x as u32).to_be_bytes())
-            };
-            let a = SocketAddr::new(ip, (x >> 32) as u16);
-            assert_eq!(show(&key(&a)), a.to_string());
+/// A peer as its group shows it.
+pub struct Member<'c> {
+    pub server: AddrKey,
+    /// Its `server` line, when the group lists it.
+    pub conf: Option<&'c ServerConf>,
+    /// Its index among the table's peers, when the wire saw it.
+    pub peer: Option<usize>,
+}
+
+/// A request of the recent feed.
+pub struct RecentEntry<'v, 'c> {
+    pub request: RecentView<'v>,
+    pub server: AddrKey,
+    /// The group it is shown under; `""` when none lists the peer.
+    pub upstream: &'c str,
+}
+
+/// The routes a peer shows: the top named ones by requests (ties by path,
+/// then method), then its overflow bucket(s). The table keeps at most one
+/// overflow bucket per peer; should a hostile table hold more, writers
+/// merge them.
+#[derive(Default)]
+pub struct SelectedRoutes<'v> {
+    pub named: Vec<RouteView<'v>>,
+    pub other: Vec<RouteView<'v>>,
+}
+
+/// A publish joined with nginx's configuration for one query; see the
+/// module docs for the rules.
+pub struct Joined<'v, 'c> {
+    pub view: &'c SnapshotView<'v>,
+    pub conf: &'c NginxConfig,
+    pub query: &'c Query,
+    /// The reader's wall clock.
+    pub now_unix_ns: u64,
+    pub probe: Probe,
+    pub totals: Totals,
+    /// Selected groups, by name.
+    pub groups: Vec<Group<'c>>,
+    /// Peers no group lists (empty when `?upstream=` selects a group).
+    pub unlisted: Group<'c>,
+    /// Newest first, at most `?recent=`.
+    pub recent: Vec<RecentEntry<'v, 'c>>,
+    /// Some shown peer has no history, so its state was judged against the
+    /// clock: the answer must not be reused at a later time.
+    pub clock_dependent: bool,
+    peers: Vec<PeerView<'v>>,
+    /// Requests per second over every non-listener peer, unrounded: the
+    /// denominator of `share`.
+    total_rps: f64,
+    /// Each peer's routes as ranges of `route_index`, in table order.
+    route_start: Vec<usize>,
+    route_index: Vec<u32>,
+}
+
+impl<'v, 'c> Joined<'v, 'c> {
+    /// Joins `view` with `conf` for `query` at `now_unix_ns`.
+    pub fn new(view: &'c SnapshotView<'v>, conf: &'c NginxConfig, query: &'c Query, now_unix_ns: u64) -> Self {
+        let listeners = Listeners::new(&conf.listen);
+        let index = ConfigIndex::new(conf);
+        let peers: Vec<PeerView<'v>> = view.peers().collect();
+        let keys: Vec<AddrKey> = peers.iter().map(|p| key(&p.addr())).collect();
+        let counted: Vec<bool> = keys.iter().map(|k| !listeners.is_listener(k)).collect();
+        let mut by_key: HashMap<AddrKey, usize> = HashMap::with_capacity(peers.len());
+        let mut extra: Vec<usize> = Vec::new();
+        for (i, k) in keys.iter().enumerate().filter(|(i, _)| counted[*i]) {
+            if by_key.insert(*k, i).is_some() {
+                extra.push(i);
+            }
         }
-        for a in ["[::1]:80", "[fe80::1%3]:8443", "[::ffff:10.0.0.1]:80", "255.255.255.255:65535", "0.0.0.0:0"] {
-            let a: SocketAddr = a.parse().unwrap();
-            assert_eq!(show(&key(&a)), SocketAddr::new(normalise_ip(a.ip()), a.port()).to_string());
+
+        // Route indices rather than views: a quarter of the memory, small
+        // enough to stay under the allocator's mmap threshold, so no fresh
+        // pages to fault in on every render.
+        let mut route_start = vec![0usize; peers.len() + 1];
+        // The view checked every route's peer index.
+        for r in view.routes() {
+            route_start[r.peer() as usize + 1] += 1;
+        }
+        for i in 0..peers.len() {
+            route_start[i + 1] += route_start[i];
+        }
+        let mut fill = route_start.clone();
+        let mut route_index: Vec<u32> = vec![0; route_start[peers.len()]];
+        for (j, r) in view.routes().enumerate() {
+            let at = &mut fill[r.peer() as usize];
+            route_index[*at] = j as u32;
+            *at += 1;
+        }
+
+        let mut totals = Totals::default();
+        for (p, _) in peers.iter().zip(&counted).filter(|(_, c)| **c) {
+            let w = p.window();
+            let r = p.responses();
+            totals.requests += p.requests();
+            totals.rps += w.requests_per_sec;
+            add_responses(&mut totals.responses, r.class(), r.codes(), r.codes_other());
+            totals.errors_rps += w.errors_5xx_per_sec;
+            totals.sent += p.sent_bytes();
+            totals.received += p.received_bytes();
+        }
+        let total_rps = totals.rps;
+        totals.rps = round3(totals.rps);
+        totals.errors_rps = round3(totals.errors_rps);
+
+        let wanted = |name: &str| query.upstream.as_deref().is_none_or(|u| u == name);
+        let mut by_name: BTreeMap<&'c str, Vec<usize>> = BTreeMap::new();
+        for (g, up) in conf.upstreams.iter().enumerate().filter(|(_, u)| wanted(&u.name)) {
+            by_name.entry(up.name.as_str()).or_default().push(g);
+        }
+        let mut groups = Vec::with_capacity(by_name.len());
+        for (name, blocks) in by_name {
+            let mut group = Group { name, implicit: false, requests: 0, rps: 0.0, members: Vec::new() };
+            for g in blocks {
+                let up = &conf.upstreams[g];
+                group.implicit = up.implicit;
+                let mut seen: HashSet<AddrKey> = HashSet::new();
+                for s in &up.servers {
+                    let k = key(&s.addr);
+                    let peer = by_key.get(&k).copied();
+                    if let (Some(i), true) = (peer, seen.insert(k)) {
+                        group.requests += peers[i].requests();
+                        group.rps += peers[i].window().requests_per_sec;
+                    }
+                    group.members.push(Member { server: k, conf: Some(s), peer });
+                }
+                group.rps = round3(group.rps);
+            }
+            groups.push(group);
+        }
+
+        let mut unlisted = Group { name: "", implicit: false, requests: 0, rps: 0.0, members: Vec::new() };
+        if wanted(UNLISTED) {
+            let mut idx: Vec<usize> = by_key.iter().filter(|(k, _)| !index.is_listed(k)).map(|(_, &i)| i).collect();
+            idx.extend(&extra);
+            // Table order, not hash order: the rate sum and the order of
+            // equal servers below must not depend on the hasher's seed.
+            idx.sort_unstable();
+            for &i in &idx {
+                unlisted.requests += peers[i].requests();
+                unlisted.rps += peers[i].window().requests_per_sec;
+            }
+            unlisted.rps = round3(unlisted.rps);
+            let mut shown: Vec<(String, usize)> = idx.iter().map(|&i| (show(&keys[i]), i)).collect();
+            shown.sort_by(|a, b| peers[b.1].requests().cmp(&peers[a.1].requests()).then_with(|| a.0.cmp(&b.0)));
+            unlisted.members =
+                shown.into_iter().map(|(_, i)| Member { server: keys[i], conf: None, peer: Some(i) }).collect();
+        }
+
+        let recent = view
+            .recent()
+            .rev()
+            .filter_map(|request| {
+                let k = key(&request.peer());
+                if listeners.is_listener(&k) {
+                    return None;
+                }
+                let group = index.first_group(&k);
+                let upstream: &'c str = match &query.upstream {
+                    None => group.unwrap_or(""),
+                    Some(u) if index.group_lists(&k, u) => u.as_str(),
+                    Some(u) if u == UNLISTED && group.is_none() => "",
+                    Some(_) => return None,
+                };
+                Some(RecentEntry { request, server: k, upstream })
+            })
+            .take(query.recent)
+            .collect();
+
+        let clock_dependent = groups
+            .iter()
+            .chain([&unlisted])
+            .flat_map(|g| &g.members)
+            .any(|m| m.peer.is_some_and(|i| peers[i].history_len() == 0));
+
+        Joined {
+            view,
+            conf,
+            query,
+            now_unix_ns,
+            probe: probe(view.meta(), now_unix_ns),
+            totals,
+            groups,
+            unlisted,
+            recent,
+            clock_dependent,
+            peers,
+            total_rps,
+            route_start,
+            route_index,
         }
     }
 
-    fn k(s: &str) -> AddrKey {
-        key(&s.parse().unwrap())
+    /// The wire figures of a member, when the wire saw it.
+    pub fn peer(&self, m: &Member) -> Option<&PeerView<'v>> {
+        m.peer.map(|i| &self.peers[i])
     }
 
-    #[test]
-    fn mapped_ipv6_is_ipv4() {
-        assert_eq!(k("[::ffff:127.0.0.1]:80"), k("127.0.0.1:80"));
-        assert_eq!(k("[fe80::1%2]:80"), k("[fe80::1]:80"));
-        assert_eq!(show(&k("[::1]:9")), "[::1]:9");
+    /// Percent of all requests per second that went to `p` in the last
+    /// interval (unrounded).
+    pub fn share(&self, p: &PeerView) -> f64 {
+        if self.total_rps > 0.0 {
+            p.window().requests_per_sec / self.total_rps * 100.0
+        } else {
+            0.0
+        }
     }
 
-    #[test]
-    fn listeners() {
-        let l = Listeners::new(&["0.0.0.0:8080".parse().unwrap(), "10.0.0.5:443".parse().unwrap()]);
-        assert!(l.is_listener(&k("127.0.0.1:8080")));
-        assert!(l.is_listener(&k("[::1]:8080")));
-        assert!(l.is_listener(&k("10.0.0.5:8080")));
-        assert!(l.is_listener(&k("10.0.0.5:443")));
-        assert!(l.is_listener(&k("[::ffff:10.0.0.5]:443")));
-        assert!(!l.is_listener(&k("10.0.0.6:8080")));
-        assert!(!l.is_listener(&k("127.0.0.1:443")));
-        assert!(!l.is_listener(&k("127.0.0.1:9001")));
+    /// The member's state: see [`state`].
+    pub fn state(&self, m: &Member) -> &'static str {
+        let down = m.conf.is_some_and(|c| c.down);
+        let p = self.peer(m).map(|p| {
+            let w = p.window();
+            StateInput {
+                requests: p.requests(),
+                window_rps: w.requests_per_sec,
+                window_5xx_rps: w.errors_5xx_per_sec,
+                last_seen_unix_ns: p.last_seen_unix_ns(),
+                history: p.history(),
+            }
+        });
+        state(p, down, self.view.meta().interval_ns, self.now_unix_ns)
     }
+
+    /// The routes peer `m` shows under this query (`?routes=` named ones,
+    /// then its overflow bucket when it counted anything), reusing
+    /// `into`'s allocation.
+    pub fn routes(&self, m: &Member, into: &mut SelectedRoutes<'v>) {
+        into.named.clear();
+        into.other.clear();
+        let Some(i) = m.peer else { return };
+        let view = self.view;
+        let all = || {
+            self.route_index[self.route_start[i]..self.route_start[i + 1]]
+                .iter()
+                .filter_map(|&j| view.route(j as usize))
+        };
+        let limit = self.query.routes;
+        let named = &mut into.named;
+        named.extend(all().filter(|r| !r.is_other()));
+        let cmp = |a: &RouteView, b: &RouteView| {
+            // Byte order is str order.
+            b.requests()
+                .cmp(&a.requests())
+                .then_with(|| a.path_bytes().cmp(b.path_bytes()))
+                .then_with(|| a.method_bytes().cmp(b.method_bytes()))
+        };
+        if named.len() > limit {
+            named.select_nth_unstable_by(limit, cmp);
+            named.truncate(limit);
+        }
+        named.sort_unstable_by(cmp);
+        into.other.extend(all().filter(|r| r.is_other() && r.requests() > 0));
+    }
+}
+
+/// The probe object: who published, when, and what it could not count.
+fn probe(m: &upstreamtop_table::ProbeMeta, now_ns: u64) -> Probe {
+    let c = &m.counters;
+    let stale = m.is_stale(now_ns);
+    Probe {
+        up: !stale,
+        stale,
+        pid: m.pid,
+        started: m.started_unix_ns / 1_000_000,
+        last_publish: m.published_unix_ns / 1_000_000,
+        age_ms: m.age_ns(now_ns) / 1_000_000,
+        interval_ms: m.interval_ns / 1_000_000,
+        interfaces: m.interfaces.clone(),
+        drops: BTreeMap::from([
+            ("events_dropped".to_owned(), c.events_dropped),
+            ("conn_table_full".to_owned(), c.conn_table_full),
+            ("peer_table_full".to_owned(), c.peer_table_full),
+            ("recent_sampled_out".to_owned(), c.recent_sampled_out),
+            ("parse_errors".to_owned(), c.parse_errors),
+        ]),
+        overflows: BTreeMap::from([
+            ("route_overflow".to_owned(), c.route_overflow),
+            ("conn_evicted".to_owned(), c.conn_evicted),
+        ]),
+    }
+}
+
+/// Adds a table responses block, given by its parts, into `a`.
+pub(crate) fn add_responses(a: &mut Responses, class: [u64; 5], codes: impl Iterator<Item = (u16, u64)>, other: u64) {
+    a.c1xx += class[0];
+    a.c2xx += class[1];
+    a.c3xx += class[2];
+    a.c4xx += class[3];
+    a.c5xx += class[4];
+    for (c, n) in codes {
+        let mut buf = itoa::Buffer::new();
+        let c = buf.format(c);
+        match a.codes.get_mut(c) {
+            Some(v) => *v += n,
+            None => {
+                a.codes.insert(c.to_owned(), n);
+            }
+        }
+    }
+    a.codes_other += other;
+    a.total += class.iter().sum::<u64>();
+}
+
+/// Rounds to 3 decimals: µs for ms figures, thousandths for rates. Keeps
+/// the answer short and readable.
+pub fn round3(v: f64) -> f64 {
+    if !v.is_finite() {
+        return 0.0;
+    }
+    let x = v * 1000.0;
+    // Same as x.round(), minus a libm call per figure (hot: history arrays).
+    let r = if x.abs() < 1e15 { (crate::out::round_i64(x) as f64).copysign(x) } else { x.round() };
+    r / 1000.0
+}
+
+/// Nanoseconds as milliseconds, rounded to µs.
+pub fn ms(ns: u64) -> f64 {
+    round3(ns as f64 / 1e6)
+}
+
+/// Paths come from the wire: the probe strips query strings, but be sure.
+pub fn clean_path(p: &str) -> &str {
+    p.split('?').next().unwrap_or("")
+}
+
+/// What the state rules read from a peer's wire figures.
+pub struct StateInput<H> {
+    pub requests: u64,
+    pub window_rps: f64,
+    pub window_5xx_rps: f64,
+    pub last_seen_unix_ns: u64,
+    /// History samples, oldest first.
+    pub history: H,
+}
+
+/// `down` (configured), `unhealthy` (the last interval had connect
+/// failures and no successful response, or ≥ 50% 5xx out of ≥ 5), `idle`
+/// (no requests in the last 10 intervals, or never), else `up`.
+pub fn state<H>(p: Option<StateInput<H>>, down: bool, interval_ns: u64, now_ns: u64) -> &'static str
+where
+    H: DoubleEndedIterator<Item = HistorySample> + Clone,
+{
+    if down {
+        return "down";
+    }
+    let Some(p) = p else { return "idle" };
+    let interval_s = interval_ns as f64 / 1e9;
+    // The latest interval, and whether any of the last few had requests.
+    let (requests, errors_5xx, conn_failed, active_lately) = match p.history.clone().next_back() {
+        Some(h) => (
+            u64::from(h.requests),
+            u64::from(h.errors_5xx),
+            u64::from(h.conn_failed),
+            p.history.clone().rev().take(IDLE_INTERVALS).any(|h| h.requests > 0),
+        ),
+        // No history ring (`--history 0`): the window rates and last_seen.
+        None => (
+            (p.window_rps * interval_s).round() as u64,
+            (p.window_5xx_rps * interval_s).round() as u64,
+            0,
+            p.last_seen_unix_ns != 0
+                && now_ns.saturating_sub(p.last_seen_unix_ns) <= interval_ns.saturating_mul(IDLE_INTERVALS as u64),
+        ),
+    };
+    let ok = requests.saturating_sub(errors_5xx);
+    if (conn_failed > 0 && ok == 0) || (requests >= 5 && errors_5xx * 2 >= requests) {
+        return "unhealthy";
+    }
+    if p.requests == 0 || !active_lately {
+        return "idle";
+    }
+    "up"
 }

@@ -1,28 +1,74 @@
-//! The JSON bodies: the report and the 503 "unavailable" answer.
+//! The JSON answer, written from a [`Joined`] publish.
 //!
-//! [`render_json`] writes the document by hand rather than through
-//! `serde_json::to_string`: the endpoint's target is a few milliseconds for
-//! a thousand peers (megabytes of JSON), and writing keys as literal chunks
-//! into a pre-sized buffer is about twice as fast. The output is exactly
-//! the serde representation of [`Report`] (same fields, order and
-//! escaping; numbers may be spelled differently, e.g. `1.5`/`1.50`); a test
-//! checks that on every field, so the dashboard's `Deserialize` and any
-//! other client see one format.
+//! The document is [`crate::schema::Report`]: every answer parses into
+//! those types and serializes back to the same value (`crate::tests`), and
+//! the golden files in `tests/golden/` pin the exact text. Per-peer and
+//! per-route figures go from the table's bytes to the output directly;
+//! only the small parts (probe, totals) go through the schema types.
 
-use crate::model::{
-    Connections, History, Peer, Percentiles, Probe, Recent, Report, Responses, Route, Totals, Unavailable,
-    UnavailableProbe, Upstream,
-};
+use std::collections::BTreeMap;
+use std::ops::Range;
 
-/// The report as JSON. Every string is escaped, so names and paths taken
-/// from the wire cannot break the document.
-pub fn render_json(report: &Report) -> String {
-    let peers = report.upstreams.values().map(|u| u.peers.len()).sum::<usize>() + report.unlisted.peers.len();
-    let routes: usize =
-        report.upstreams.values().chain([&report.unlisted]).flat_map(|u| &u.peers).map(|p| p.routes.len()).sum();
-    let mut w = W(Vec::with_capacity(2048 + peers * 1600 + routes * 320 + report.recent.len() * 160));
-    w.report(report);
-    w.into_string()
+use upstreamtop_table::{ResponsesView, RouteView};
+
+use crate::join::{add_responses, clean_path, ms, round3, show, Joined, Member, RecentEntry, SelectedRoutes};
+use crate::out::{nothing_to_escape_or_cut, Out};
+use crate::schema::{Probe, Responses, Totals, Unavailable, UnavailableProbe, SCHEMA_VERSION};
+use crate::{ClockFields, RenderedBody};
+
+/// The JSON answer for `joined`, written into `buf` (cleared first): a
+/// caller that renders every publish hands back a body it no longer
+/// serves, so megabytes of output land in memory that is already mapped
+/// instead of fresh pages the kernel must fault in and zero.
+pub fn render_json(joined: &Joined, buf: Vec<u8>) -> RenderedBody {
+    let query = joined.query;
+    let peers = joined.groups.iter().chain([&joined.unlisted]).map(|g| g.members.len()).sum::<usize>();
+    let mut w = Out(buf);
+    w.0.clear();
+    w.0.reserve(2048 + peers * 1600 + joined.view.route_count().min(peers * query.routes.saturating_add(1)) * 320);
+
+    w.raw("{\"version\":");
+    w.u64(SCHEMA_VERSION.into());
+    w.raw(",\"nginx_version\":");
+    w.str(&joined.conf.nginx_version);
+    w.raw(",\"timestamp\":");
+    let at = w.0.len();
+    w.u64(joined.now_unix_ns / 1_000_000);
+    let timestamp_at = at..w.0.len();
+    w.raw(",\"probe\":");
+    let age_at = probe(&mut w, &joined.probe);
+    w.raw(",\"totals\":");
+    totals(&mut w, &joined.totals);
+
+    let mut routes = SelectedRoutes::default();
+    w.raw(",\"upstreams\":{");
+    for (n, g) in joined.groups.iter().enumerate() {
+        if n > 0 {
+            w.raw(",");
+        }
+        w.str(g.name);
+        w.raw(":");
+        group(&mut w, joined, g, &mut routes);
+    }
+    w.raw("},\"unlisted\":");
+    group(&mut w, joined, &joined.unlisted, &mut routes);
+    w.raw(",\"recent\":[");
+    for (n, r) in joined.recent.iter().enumerate() {
+        if n > 0 {
+            w.raw(",");
+        }
+        recent(&mut w, r);
+    }
+    w.raw("]}");
+    RenderedBody {
+        body: w.0,
+        clock_fields: Some(ClockFields {
+            timestamp_at,
+            age_at,
+            published_unix_ns: joined.view.meta().published_unix_ns,
+        }),
+        clock_dependent: joined.clock_dependent,
+    }
 }
 
 /// The body of a 503 when there is no usable table, e.g.
@@ -32,962 +78,392 @@ pub fn unavailable_json(reason: &str, table: &str) -> String {
     serde_json::to_string(&body).unwrap_or_else(|_| r#"{"error":"unavailable","probe":{"up":false}}"#.to_owned())
 }
 
-/// `x.round() as i64` (half away from zero) for `|x| < 1e15`, without the
-/// libm call `round` compiles to on baseline x86-64: truncation is exact
-/// there, and so is the fraction it leaves.
-pub(crate) fn round_i64(x: f64) -> i64 {
-    let t = x as i64;
-    let f = x - t as f64;
-    if f >= 0.5 {
-        t + 1
-    } else if f <= -0.5 {
-        t - 1
-    } else {
-        t
+/// Writes the probe object; returns where its `age_ms` value sits.
+fn probe(w: &mut Out, p: &Probe) -> Range<usize> {
+    w.raw("{\"up\":");
+    w.bool(p.up);
+    w.raw(",\"stale\":");
+    w.bool(p.stale);
+    w.raw(",\"pid\":");
+    w.u64(p.pid.into());
+    w.raw(",\"started\":");
+    w.u64(p.started);
+    w.raw(",\"last_publish\":");
+    w.u64(p.last_publish);
+    w.raw(",\"age_ms\":");
+    let at = w.0.len();
+    w.u64(p.age_ms);
+    let age_at = at..w.0.len();
+    w.raw(",\"interval_ms\":");
+    w.u64(p.interval_ms);
+    w.raw(",\"interfaces\":[");
+    for (n, s) in p.interfaces.iter().enumerate() {
+        if n > 0 {
+            w.raw(",");
+        }
+        w.str(s);
     }
+    w.raw("],\"drops\":");
+    map_u64(w, &p.drops);
+    w.raw(",\"overflows\":");
+    map_u64(w, &p.overflows);
+    w.raw("}");
+    age_at
 }
 
-/// Two-digit decimal pairs, "00" to "99".
-const PAIRS: &[u8; 200] = b"\
-0001020304050607080910111213141516171819\
-2021222324252627282930313233343536373839\
-4041424344454647484950515253545556575859\
-6061626364656667686970717273747576777879\
-8081828384858687888990919293949596979899";
-
-/// Writes the decimal digits of `v` from `out[start]` on; returns where
-/// they end. `start` must leave room for 20 digits.
-#[inline(always)]
-fn digits_at(out: &mut [u8; 24], start: usize, mut v: u64) -> usize {
-    let end = start + v.checked_ilog10().map_or(1, |l| l as usize + 1);
-    let mut i = end;
-    while v >= 100 {
-        let p = (v % 100) as usize * 2;
-        v /= 100;
-        i -= 2;
-        out[i] = PAIRS[p];
-        out[i + 1] = PAIRS[p + 1];
+fn map_u64(w: &mut Out, m: &BTreeMap<String, u64>) {
+    w.raw("{");
+    for (n, (k, v)) in m.iter().enumerate() {
+        if n > 0 {
+            w.raw(",");
+        }
+        w.str(k);
+        w.raw(":");
+        w.u64(*v);
     }
-    if v >= 10 {
-        let p = v as usize * 2;
-        i -= 2;
-        out[i] = PAIRS[p];
-        out[i + 1] = PAIRS[p + 1];
-    } else {
-        i -= 1;
-        out[i] = b'0' + v as u8;
-    }
-    end
+    w.raw("}");
 }
 
-/// The eight decimal digits of `v < 10^8` (leading zeros included) as
-/// ASCII in the bytes of a little-endian word, most significant first:
-/// split into 4-digit halves, then pairs, then digits, all lanes at once
-/// (the multiply-shift pairs divide exactly by 100 below 43,699 and by 10
-/// below 179, and no lane carries into its neighbour).
-#[inline(always)]
-fn swar8(v: u32) -> u64 {
-    let x = u64::from(v / 10_000) | (u64::from(v % 10_000) << 32);
-    let q = ((x * 10_486) >> 20) & 0x0000_007F_0000_007F;
-    let y = q | ((x - q * 100) << 16);
-    let q = ((y * 103) >> 10) & 0x000F_000F_000F_000F;
-    let z = q | ((y - q * 10) << 8);
-    z + 0x3030_3030_3030_3030
+fn totals(w: &mut Out, t: &Totals) {
+    w.raw("{\"requests\":");
+    w.u64(t.requests);
+    w.raw(",\"rps\":");
+    w.f64(t.rps);
+    w.raw(",\"responses\":");
+    responses(w, &t.responses);
+    w.raw(",\"errors_rps\":");
+    w.f64(t.errors_rps);
+    w.raw(",\"sent\":");
+    w.u64(t.sent);
+    w.raw(",\"received\":");
+    w.u64(t.received);
+    w.raw("}");
 }
 
-/// Decimals printed of `frac < 1000` thousandths: trailing zeros dropped,
-/// at least one kept (`.0`, `.5`, `.25`, `.125`).
-#[inline(always)]
-fn keep_digits(frac: u32) -> usize {
-    if !frac.is_multiple_of(10) {
-        3
-    } else if !frac.is_multiple_of(100) {
-        2
-    } else {
-        1
+/// A responses block of the schema type (totals, merged routes).
+fn responses(w: &mut Out, r: &Responses) {
+    w.raw("{\"1xx\":");
+    w.u64(r.c1xx);
+    w.raw(",\"2xx\":");
+    w.u64(r.c2xx);
+    w.raw(",\"3xx\":");
+    w.u64(r.c3xx);
+    w.raw(",\"4xx\":");
+    w.u64(r.c4xx);
+    w.raw(",\"5xx\":");
+    w.u64(r.c5xx);
+    w.raw(",\"codes\":");
+    map_u64(w, &r.codes);
+    if r.codes_other != 0 {
+        w.raw(",\"codes_other\":");
+        w.u64(r.codes_other);
     }
+    w.raw(",\"total\":");
+    w.u64(r.total);
+    w.raw("}");
 }
 
-/// True when `bytes` holds no control byte, `"`, `\\` or `?`: a string
-/// JSON takes as it is, and a path with no query to cut. Eight bytes per
-/// step (the exact zero-byte tests of "Bit Twiddling Hacks"); the
-/// byte-by-byte scans this replaces were a third of a route's cost.
-#[inline]
-pub(crate) fn plain(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    #[inline(always)]
-    fn word_plain(w: u64) -> bool {
-        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-        let control = w.wrapping_sub(0x20 * ONES) & !w & HIGH;
-        (control
-            | zero(w ^ (u64::from(b'"') * ONES))
-            | zero(w ^ (u64::from(b'\\') * ONES))
-            | zero(w ^ (u64::from(b'?') * ONES)))
-            == 0
-    }
-    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
-    if bytes.len() < 8 {
-        // Assembled in a register: a padded stack copy read back as a word
-        // would stall on store forwarding.
-        let w = bytes.iter().rev().fold(0u64, |w, &b| w << 8 | u64::from(b));
-        return word_plain(w | (u64::from(b'a') * ONES) << (bytes.len() * 8));
-    }
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        if !word_plain(word(c)) {
-            return false;
+fn group<'v>(w: &mut Out, joined: &Joined<'v, '_>, g: &crate::join::Group, routes: &mut SelectedRoutes<'v>) {
+    w.raw("{\"implicit\":");
+    w.bool(g.implicit);
+    w.raw(",\"requests\":");
+    w.u64(g.requests);
+    w.raw(",\"rps\":");
+    w.f64(g.rps);
+    w.raw(",\"peers\":[");
+    for (n, m) in g.members.iter().enumerate() {
+        if n > 0 {
+            w.raw(",");
         }
+        peer(w, joined, m, routes);
     }
-    // The last 8 bytes again, overlapping what was checked.
-    chunks.remainder().is_empty() || word_plain(word(&bytes[bytes.len() - 8..]))
+    w.raw("]}");
 }
 
-/// The output buffer, with one method per JSON shape. Bytes rather than a
-/// `String` so numbers go in with one copy from a stack buffer; everything
-/// written is ASCII or comes from a `&str`, so it stays UTF-8.
-pub(crate) struct W(pub(crate) Vec<u8>);
-
-impl W {
-    /// The text written (always UTF-8: see the type's comment).
-    pub(crate) fn into_string(self) -> String {
-        String::from_utf8(self.0).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-    }
-
-    #[inline]
-    pub(crate) fn raw(&mut self, s: &str) {
-        self.0.extend_from_slice(s.as_bytes());
-    }
-
-    /// Decimal digits of `v`. Below 10^16 (every counter in practice) the
-    /// digits are computed in registers and stored as whole words:
-    /// building them byte by byte in a stack array and copying that out
-    /// made the CPU wait on store forwarding for every number.
-    #[inline(always)]
-    pub(crate) fn u64(&mut self, v: u64) {
-        if v < 100_000_000 {
-            self.digits8(v as u32);
-        } else {
-            self.u64_long(v);
+/// One peer: its configuration entry, its state and its wire figures
+/// (zeros when the wire has not seen it).
+fn peer<'v>(w: &mut Out, joined: &Joined<'v, '_>, m: &Member, routes: &mut SelectedRoutes<'v>) {
+    let server = show(&m.server);
+    let conf = m.conf;
+    let query = joined.query;
+    w.raw("{\"server\":");
+    w.str(&server);
+    w.raw(",\"name\":");
+    w.str(conf.map_or(server.as_str(), |c| c.name.as_str()));
+    w.raw(",\"configured\":");
+    w.bool(conf.is_some());
+    w.raw(",\"backup\":");
+    w.bool(conf.is_some_and(|c| c.backup));
+    w.raw(",\"down\":");
+    w.bool(conf.is_some_and(|c| c.down));
+    w.raw(",\"weight\":");
+    w.u64(conf.map_or(0, |c| c.weight).into());
+    w.raw(",\"state\":");
+    w.str(joined.state(m));
+    let Some(p) = joined.peer(m) else {
+        // Listed, never seen on the wire.
+        w.raw(
+            ",\"requests\":0,\"rps\":0.0,\"share\":0.0,\"responses\":{\"1xx\":0,\"2xx\":0,\"3xx\":0,\"4xx\":0,\
+             \"5xx\":0,\"codes\":{},\"total\":0},\"no_response\":0,\"header_time\":0.0,\
+             \"header_time_window\":{\"avg\":0.0,\"p50\":0.0,\"p90\":0.0,\"p99\":0.0},\
+             \"header_time_total\":{\"avg\":0.0,\"p50\":0.0,\"p90\":0.0,\"p99\":0.0},\"sent\":0,\"received\":0,\
+             \"active\":0,\"connections\":{\"opened\":0,\"closed\":0,\"failed\":0,\"reset\":0},\"errors_rps\":0.0",
+        );
+        if query.history {
+            w.raw(",\"history\":{\"rps\":[],\"5xx\":[],\"p99\":[]}");
         }
-    }
-
-    /// [`Self::u64`] from 10^8 on (byte counts, timestamps).
-    #[inline(never)]
-    fn u64_long(&mut self, v: u64) {
-        if v < 10_000_000_000_000_000 {
-            self.digits8((v / 100_000_000) as u32);
-            self.put_word(swar8((v % 100_000_000) as u32), 8);
-        } else {
-            let mut out = [0u8; 24];
-            let n = digits_at(&mut out, 0, v);
-            self.put(&out, n);
-        }
-    }
-
-    /// `v < 10^8` without leading zeros.
-    #[inline(always)]
-    fn digits8(&mut self, v: u32) {
-        if v < 10 {
-            // Zeros and single digits: most class and code counts of a
-            // route, no conversion needed.
-            self.0.push(b'0' + v as u8);
-            return;
-        }
-        if v < 100 {
-            let p = v as usize * 2;
-            self.0.extend_from_slice(&[PAIRS[p], PAIRS[p + 1]]);
-            return;
-        }
-        if v < 10_000 {
-            // Three or four digits: two pairs.
-            let (hi, lo) = (v / 100, v % 100);
-            let (h, l) = (hi as usize * 2, lo as usize * 2);
-            let word = if hi < 10 {
-                u64::from(b'0' + hi as u8) | u64::from(PAIRS[l]) << 8 | u64::from(PAIRS[l + 1]) << 16
+        w.raw(",\"routes\":[],\"last_seen\":0}");
+        return;
+    };
+    let win = p.window();
+    w.raw(",\"requests\":");
+    w.u64(p.requests());
+    w.raw(",\"rps\":");
+    w.round3(win.requests_per_sec);
+    w.raw(",\"share\":");
+    w.round3(joined.share(p));
+    w.raw(",\"responses\":");
+    responses_view(w, p.responses());
+    w.raw(",\"no_response\":");
+    w.u64(p.no_response());
+    w.raw(",\"header_time\":");
+    w.ms(win.latency_avg_ns);
+    w.raw(",\"header_time_window\":");
+    w.ms_percentiles(win.latency_avg_ns, win.latency_p50_ns, win.latency_p90_ns, win.latency_p99_ns);
+    w.raw(",\"header_time_total\":");
+    // Precomputed by the probe from the buckets.
+    let [p50, p90, p99] = p.latency_quantiles_ns();
+    let avg = p.latency_sum_ns().checked_div(p.latency_count()).unwrap_or(0);
+    w.ms_percentiles(avg, p50, p90, p99);
+    w.raw(",\"sent\":");
+    w.u64(p.sent_bytes());
+    w.raw(",\"received\":");
+    w.u64(p.received_bytes());
+    let c = p.conns();
+    w.raw(",\"active\":");
+    w.u64(c.active);
+    w.raw(",\"connections\":{\"opened\":");
+    w.u64(c.opened);
+    w.raw(",\"closed\":");
+    w.u64(c.closed);
+    w.raw(",\"failed\":");
+    w.u64(c.failed);
+    w.raw(",\"reset\":");
+    w.u64(c.reset);
+    w.raw("},\"errors_rps\":");
+    w.round3(win.errors_5xx_per_sec);
+    if query.history {
+        // 60 samples × 3 figures per peer: the bulk of the numbers. With
+        // the usual 1 s interval a count per second is the count itself
+        // (`N.0`), and µs → ms is exact in integers; the text is what
+        // `round3` + `f64` give (`out.rs` tests both ways).
+        let interval_ns = joined.view.meta().interval_ns;
+        let secs = (interval_ns as f64 / 1e9).max(1e-9);
+        let per_sec = |w: &mut Out, n: u32| {
+            if interval_ns == 1_000_000_000 {
+                w.count_as_float(n);
             } else {
-                u64::from(PAIRS[h])
-                    | u64::from(PAIRS[h + 1]) << 8
-                    | u64::from(PAIRS[l]) << 16
-                    | u64::from(PAIRS[l + 1]) << 24
-            };
-            self.put_word(word, if hi < 10 { 3 } else { 4 });
-            return;
-        }
-        let n = v.ilog10() as usize + 1;
-        self.put_word(swar8(v) >> ((8 - n) * 8), n);
-    }
-
-    /// Appends the first `n` (≤ 8) bytes of `word` (little-endian): one
-    /// 8-byte store, then the length is cut back.
-    #[inline(always)]
-    fn put_word(&mut self, word: u64, n: usize) {
-        let len = self.0.len();
-        self.0.extend_from_slice(&word.to_le_bytes());
-        self.0.truncate(len + n);
-    }
-
-    /// `a / 1000` as `int.frac` with 1–3 decimals (what [`Self::f64`]
-    /// prints for a float with at most three): below 10^8 the integer and
-    /// the fraction come from one SWAR conversion of `a`.
-    #[inline(always)]
-    fn milli(&mut self, a: u64) {
-        if a < 100_000 {
-            // Up to "99.999" (most latencies in ms, most rates): integer
-            // digits, point and decimals assembled in one word from the
-            // pairs table (cheaper than a full SWAR conversion for five
-            // digits).
-            let a = a as u32;
-            let int = a / 1000;
-            let frac = a - int * 1000;
-            let hundreds = frac / 100;
-            let p = (frac - hundreds * 100) as usize * 2;
-            let (tens, ones) = (PAIRS[p], PAIRS[p + 1]);
-            let decimals = u64::from(b'0' + hundreds as u8) | u64::from(tens) << 8 | u64::from(ones) << 16;
-            let (int_word, n_int) = if int < 10 {
-                (u64::from(b'0' + int as u8), 1)
-            } else {
-                let q = int as usize * 2;
-                (u64::from(PAIRS[q]) | u64::from(PAIRS[q + 1]) << 8, 2)
-            };
-            // Trailing zeros dropped, one decimal always kept.
-            let keep = if ones != b'0' {
-                3
-            } else if tens != b'0' {
-                2
-            } else {
-                1
-            };
-            self.put_word(int_word | u64::from(b'.') << (8 * n_int) | decimals << (8 * (n_int + 1)), n_int + 1 + keep);
-        } else if a < 100_000_000 {
-            let a = a as u32;
-            let digits = swar8(a);
-            // Integer digits: those above the last three, at least one.
-            let n_int = a.checked_ilog10().map_or(1, |l| (l as usize + 1).saturating_sub(3).max(1));
-            self.put_word(digits >> ((5 - n_int) * 8), n_int);
-            self.put_word(u64::from(b'.') | ((digits >> 40) << 8), 1 + keep_digits(a % 1000));
-        } else {
-            self.u64(a / 1000);
-            self.frac3((a % 1000) as u32);
-        }
-    }
-
-    /// `.d`, `.dd` or `.ddd` for `frac < 1000` thousandths, trailing zeros
-    /// dropped but one digit always kept (`.0`, `.5`, `.25`, `.125`).
-    #[inline(always)]
-    fn frac3(&mut self, frac: u32) {
-        // swar8 puts the three digits in bytes 5..8.
-        self.put_word(u64::from(b'.') | ((swar8(frac) >> 40) << 8), 1 + keep_digits(frac));
-    }
-
-    /// Appends `out[..n]`. The whole array goes in as one fixed-size copy
-    /// (a few vector moves, where a variable-length copy is a `memcpy`
-    /// call), then the length is cut back.
-    #[inline]
-    fn put(&mut self, out: &[u8; 24], n: usize) {
-        let len = self.0.len();
-        self.0.extend_from_slice(out);
-        self.0.truncate(len + n);
-    }
-
-    pub(crate) fn bool(&mut self, v: bool) {
-        self.raw(if v { "true" } else { "false" });
-    }
-
-    /// Report floats are rounded to 3 decimals: print those as fixed point
-    /// (exact: the text parses back to the same f64); anything else falls
-    /// back to Rust's shortest round-trip form.
-    pub(crate) fn f64(&mut self, v: f64) {
-        if !v.is_finite() {
-            // JSON has no NaN/inf; the report never produces them.
-            return self.raw("0.0");
-        }
-        // Whole numbers (counts per second, most history figures): no
-        // division needed to know the text is exact. -0.0 prints "0.0".
-        let t = v as i64;
-        if t as f64 == v && t.unsigned_abs() < 1_000_000_000_000 {
-            if t < 0 {
-                self.0.push(b'-');
+                w.round3(f64::from(n) / secs);
             }
-            self.u64(t.unsigned_abs());
-            self.raw(".0");
-            return;
-        }
-        let x = v * 1000.0;
-        if x.abs() < 1e15 {
-            let m = round_i64(x);
-            if m.unsigned_abs() < 1_000_000_000_000_000 && m as f64 / 1000.0 == v {
-                // Sign, integer part, point, 1–3 decimals.
-                if m < 0 {
-                    self.0.push(b'-');
-                }
-                self.milli(m.unsigned_abs());
-                return;
+        };
+        w.raw(",\"history\":{\"rps\":[");
+        for (n, h) in p.history().enumerate() {
+            if n > 0 {
+                w.raw(",");
             }
+            per_sec(w, h.requests);
         }
-        use std::io::Write;
-        let _ = write!(self.0, "{v:?}");
-    }
-
-    /// What [`Self::f64`] prints for [`crate::peer::round3`]`(x)`, from
-    /// the rounded integer thousandths directly: below 10^15 thousandths
-    /// `round3(x)` is the double nearest `r / 1000` for the integer
-    /// `r = round(x × 1000)`, and `f64` finds that same `r` again (the
-    /// double's error, times 1000, is far below one half) and prints its
-    /// digits. This skips the division and the second rounding.
-    #[inline]
-    pub(crate) fn round3(&mut self, x: f64) {
-        let y = x * 1000.0;
-        // False for NaN and infinities too.
-        if y.abs() < 1e15 {
-            let r = round_i64(y);
-            if r < 0 {
-                self.0.push(b'-');
+        w.raw("],\"5xx\":[");
+        for (n, h) in p.history().enumerate() {
+            if n > 0 {
+                w.raw(",");
             }
-            self.milli(r.unsigned_abs());
-        } else {
-            self.f64(crate::peer::round3(x));
+            per_sec(w, h.errors_5xx);
         }
-    }
-
-    /// `n` then `.0`: a whole count as [`Self::f64`] prints it, in one
-    /// word below 10^6.
-    #[inline(always)]
-    pub(crate) fn whole(&mut self, n: u32) {
-        const POINT_ZERO: u64 = 0x302e; // ".0"
-        if n < 10 {
-            // Most 5xx counts of a history (and quiet peers' requests).
-            self.put_word(u64::from(b'0' + n as u8) | POINT_ZERO << 8, 3);
-        } else if n < 100 {
-            let p = n as usize * 2;
-            self.put_word(u64::from(PAIRS[p]) | u64::from(PAIRS[p + 1]) << 8 | POINT_ZERO << 16, 4);
-        } else if n < 1_000_000 {
-            let d = n.checked_ilog10().map_or(1, |l| l as usize + 1);
-            let word = (swar8(n) >> ((8 - d) * 8)) | (u64::from(u16::from_le_bytes(*b".0")) << (d * 8));
-            self.put_word(word, d + 2);
-        } else {
-            self.u64(n.into());
-            self.raw(".0");
-        }
-    }
-
-    /// `n / 1000` as [`Self::f64`] prints `round3(n as f64 / 1000.0)`, for
-    /// `n < 2^32`: that float is the double nearest `n / 1000`, whose
-    /// three-decimal text is exactly the integer's digits (no float work).
-    #[inline]
-    pub(crate) fn thousandths(&mut self, n: u32) {
-        self.milli(n.into());
-    }
-
-    /// What [`Self::f64`] prints for [`crate::peer::ms`]`(ns)`, in
-    /// integers when that is provably the same text: below 2^50 ns the two
-    /// float roundings in `ms` move `ns / 1000` by less than 0.0003, so
-    /// rounding to whole µs can only differ from integer rounding at an
-    /// exact half (`ns % 1000 == 500`), which takes the float path.
-    #[inline(always)]
-    pub(crate) fn ms(&mut self, ns: u64) {
-        if ns < 1 << 50 && ns % 1000 != 500 {
-            self.milli((ns + 500) / 1000);
-        } else {
-            self.f64(crate::peer::ms(ns));
-        }
-    }
-
-    /// `{"avg":…,"p50":…,"p90":…,"p99":…}` of nanosecond figures in ms, as
-    /// [`Self::percentiles`] prints [`crate::peer::percentiles`].
-    pub(crate) fn ms_percentiles(&mut self, avg: u64, p50: u64, p90: u64, p99: u64) {
-        self.raw("{\"avg\":");
-        self.ms(avg);
-        self.raw(",\"p50\":");
-        self.ms(p50);
-        self.raw(",\"p90\":");
-        self.ms(p90);
-        self.raw(",\"p99\":");
-        self.ms(p99);
-        self.raw("}");
-    }
-
-    /// `"bytes"`, for bytes [`plain`] accepted.
-    #[inline]
-    pub(crate) fn quoted(&mut self, bytes: &[u8]) {
-        self.0.reserve(bytes.len() + 2);
-        self.0.push(b'"');
-        self.short(bytes);
-        self.0.push(b'"');
-    }
-
-    /// Appends `b`; strings up to 64 bytes (methods, paths, addresses) as
-    /// fixed-size 8- or 16-byte copies, the last one overlapping, instead
-    /// of a `memcpy` call each.
-    #[inline(always)]
-    fn short(&mut self, b: &[u8]) {
-        fn at<const N: usize>(b: &[u8], i: usize) -> &[u8; N] {
-            b[i..i + N].try_into().expect("N bytes")
-        }
-        let (n, start) = (b.len(), self.0.len());
-        if (16..=64).contains(&n) {
-            let mut i = 0;
-            while i + 16 <= n {
-                self.0.extend_from_slice(at::<16>(b, i));
-                i += 16;
+        w.raw("],\"p99\":[");
+        for (n, h) in p.history().enumerate() {
+            if n > 0 {
+                w.raw(",");
             }
-            if i < n {
-                self.0.truncate(start + n - 16);
-                self.0.extend_from_slice(at::<16>(b, n - 16));
-            }
-        } else if (8..16).contains(&n) {
-            self.0.extend_from_slice(at::<8>(b, 0));
-            self.0.truncate(start + n - 8);
-            self.0.extend_from_slice(at::<8>(b, n - 8));
-        } else {
-            self.0.extend_from_slice(b);
+            w.thousandths(h.latency_p99_us);
+        }
+        w.raw("]}");
+    }
+    w.raw(",\"routes\":[");
+    joined.routes(m, routes);
+    for (n, r) in routes.named.iter().enumerate() {
+        if n > 0 {
+            w.raw(",");
+        }
+        route(w, r);
+    }
+    if !routes.other.is_empty() {
+        if !routes.named.is_empty() {
+            w.raw(",");
+        }
+        match &routes.other[..] {
+            [one] => route(w, one),
+            several => merged_other(w, several),
         }
     }
-
-    /// A quoted, escaped string (the escapes serde_json uses).
-    pub(crate) fn str(&mut self, s: &str) {
-        self.str_bytes(s.as_bytes());
-    }
-
-    /// [`Self::str`] for the bytes of a `&str` (callers pass whole strings
-    /// or prefixes cut at an ASCII byte, so the output stays UTF-8).
-    pub(crate) fn str_bytes(&mut self, bytes: &[u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        // Nearly every string (addresses, names, paths) needs no escape.
-        if plain(bytes) || !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
-            self.0.reserve(bytes.len() + 2);
-            self.0.push(b'"');
-            self.0.extend_from_slice(bytes);
-            self.0.push(b'"');
-            return;
-        }
-        self.0.push(b'"');
-        for &b in bytes {
-            let esc: &[u8] = match b {
-                b'"' => b"\\\"",
-                b'\\' => b"\\\\",
-                b'\n' => b"\\n",
-                b'\r' => b"\\r",
-                b'\t' => b"\\t",
-                0x08 => b"\\b",
-                0x0c => b"\\f",
-                0..=0x1f => &[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]],
-                _ => {
-                    self.0.push(b);
-                    continue;
-                }
-            };
-            self.0.extend_from_slice(esc);
-        }
-        self.0.push(b'"');
-    }
-
-    pub(crate) fn list<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Self, &T)) {
-        self.raw("[");
-        for (i, it) in items.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            each(self, it);
-        }
-        self.raw("]");
-    }
-
-    pub(crate) fn f64s(&mut self, v: &[f64]) {
-        self.list(v, |w, x| w.f64(*x));
-    }
-
-    pub(crate) fn map_u64<'a>(&mut self, m: impl IntoIterator<Item = (&'a String, &'a u64)>) {
-        self.raw("{");
-        for (i, (k, v)) in m.into_iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            self.str(k);
-            self.raw(":");
-            self.u64(*v);
-        }
-        self.raw("}");
-    }
-
-    pub(crate) fn report(&mut self, r: &Report) {
-        self.raw("{\"version\":");
-        self.u64(r.version.into());
-        self.raw(",\"nginx_version\":");
-        self.str(&r.nginx_version);
-        self.raw(",\"timestamp\":");
-        self.u64(r.timestamp);
-        self.raw(",\"probe\":");
-        self.probe(&r.probe);
-        self.raw(",\"totals\":");
-        self.totals(&r.totals);
-        self.raw(",\"upstreams\":{");
-        for (i, (name, up)) in r.upstreams.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            self.str(name);
-            self.raw(":");
-            self.upstream(up);
-        }
-        self.raw("},\"unlisted\":");
-        self.upstream(&r.unlisted);
-        self.raw(",\"recent\":");
-        self.list(&r.recent, Self::recent);
-        self.raw("}");
-    }
-
-    pub(crate) fn probe(&mut self, p: &Probe) {
-        self.raw("{\"up\":");
-        self.bool(p.up);
-        self.raw(",\"stale\":");
-        self.bool(p.stale);
-        self.raw(",\"pid\":");
-        self.u64(p.pid.into());
-        self.raw(",\"started\":");
-        self.u64(p.started);
-        self.raw(",\"last_publish\":");
-        self.u64(p.last_publish);
-        self.raw(",\"age_ms\":");
-        self.u64(p.age_ms);
-        self.raw(",\"interval_ms\":");
-        self.u64(p.interval_ms);
-        self.raw(",\"interfaces\":");
-        self.list(&p.interfaces, |w, s| w.str(s));
-        self.raw(",\"drops\":");
-        self.map_u64(&p.drops);
-        self.raw(",\"overflows\":");
-        self.map_u64(&p.overflows);
-        self.raw("}");
-    }
-
-    pub(crate) fn totals(&mut self, t: &Totals) {
-        self.raw("{\"requests\":");
-        self.u64(t.requests);
-        self.raw(",\"rps\":");
-        self.f64(t.rps);
-        self.raw(",\"responses\":");
-        self.responses(&t.responses);
-        self.raw(",\"errors_rps\":");
-        self.f64(t.errors_rps);
-        self.raw(",\"sent\":");
-        self.u64(t.sent);
-        self.raw(",\"received\":");
-        self.u64(t.received);
-        self.raw("}");
-    }
-
-    pub(crate) fn upstream(&mut self, u: &Upstream) {
-        self.raw("{\"implicit\":");
-        self.bool(u.implicit);
-        self.raw(",\"requests\":");
-        self.u64(u.requests);
-        self.raw(",\"rps\":");
-        self.f64(u.rps);
-        self.raw(",\"peers\":");
-        self.list(&u.peers, Self::peer);
-        self.raw("}");
-    }
-
-    pub(crate) fn responses(&mut self, r: &Responses) {
-        self.raw("{\"1xx\":");
-        self.u64(r.c1xx);
-        self.raw(",\"2xx\":");
-        self.u64(r.c2xx);
-        self.raw(",\"3xx\":");
-        self.u64(r.c3xx);
-        self.raw(",\"4xx\":");
-        self.u64(r.c4xx);
-        self.raw(",\"5xx\":");
-        self.u64(r.c5xx);
-        self.raw(",\"codes\":");
-        self.map_u64(&r.codes);
-        if r.codes_other != 0 {
-            self.raw(",\"codes_other\":");
-            self.u64(r.codes_other);
-        }
-        self.raw(",\"total\":");
-        self.u64(r.total);
-        self.raw("}");
-    }
-
-    pub(crate) fn percentiles(&mut self, p: &Percentiles) {
-        self.raw("{\"avg\":");
-        self.f64(p.avg);
-        self.raw(",\"p50\":");
-        self.f64(p.p50);
-        self.raw(",\"p90\":");
-        self.f64(p.p90);
-        self.raw(",\"p99\":");
-        self.f64(p.p99);
-        self.raw("}");
-    }
-
-    pub(crate) fn connections(&mut self, c: &Connections) {
-        self.raw("{\"opened\":");
-        self.u64(c.opened);
-        self.raw(",\"closed\":");
-        self.u64(c.closed);
-        self.raw(",\"failed\":");
-        self.u64(c.failed);
-        self.raw(",\"reset\":");
-        self.u64(c.reset);
-        self.raw("}");
-    }
-
-    pub(crate) fn history(&mut self, h: &History) {
-        self.raw("{\"rps\":");
-        self.f64s(&h.rps);
-        self.raw(",\"5xx\":");
-        self.f64s(&h.errors);
-        self.raw(",\"p99\":");
-        self.f64s(&h.p99);
-        self.raw("}");
-    }
-
-    pub(crate) fn peer(&mut self, p: &Peer) {
-        self.raw("{\"server\":");
-        self.str(&p.server);
-        self.raw(",\"name\":");
-        self.str(&p.name);
-        self.raw(",\"configured\":");
-        self.bool(p.configured);
-        self.raw(",\"backup\":");
-        self.bool(p.backup);
-        self.raw(",\"down\":");
-        self.bool(p.down);
-        self.raw(",\"weight\":");
-        self.u64(p.weight.into());
-        self.raw(",\"state\":");
-        self.str(&p.state);
-        self.raw(",\"requests\":");
-        self.u64(p.requests);
-        self.raw(",\"rps\":");
-        self.f64(p.rps);
-        self.raw(",\"share\":");
-        self.f64(p.share);
-        self.raw(",\"responses\":");
-        self.responses(&p.responses);
-        self.raw(",\"no_response\":");
-        self.u64(p.no_response);
-        self.raw(",\"header_time\":");
-        self.f64(p.header_time);
-        self.raw(",\"header_time_window\":");
-        self.percentiles(&p.header_time_window);
-        self.raw(",\"header_time_total\":");
-        self.percentiles(&p.header_time_total);
-        self.raw(",\"sent\":");
-        self.u64(p.sent);
-        self.raw(",\"received\":");
-        self.u64(p.received);
-        self.raw(",\"active\":");
-        self.u64(p.active);
-        self.raw(",\"connections\":");
-        self.connections(&p.connections);
-        self.raw(",\"errors_rps\":");
-        self.f64(p.errors_rps);
-        if let Some(h) = &p.history {
-            self.raw(",\"history\":");
-            self.history(h);
-        }
-        self.raw(",\"routes\":");
-        self.list(&p.routes, Self::route);
-        self.raw(",\"last_seen\":");
-        self.u64(p.last_seen);
-        self.raw("}");
-    }
-
-    pub(crate) fn route(&mut self, r: &Route) {
-        self.raw("{\"method\":");
-        self.str(&r.method);
-        self.raw(",\"path\":");
-        self.str(&r.path);
-        self.raw(",\"other\":");
-        self.bool(r.other);
-        self.raw(",\"requests\":");
-        self.u64(r.requests);
-        self.raw(",\"rps\":");
-        self.f64(r.rps);
-        self.raw(",\"errors_rps\":");
-        self.f64(r.errors_rps);
-        self.raw(",\"responses\":");
-        self.responses(&r.responses);
-        self.raw(",\"no_response\":");
-        self.u64(r.no_response);
-        self.raw(",\"header_time\":");
-        self.percentiles(&r.header_time);
-        self.raw("}");
-    }
-
-    pub(crate) fn recent(&mut self, r: &Recent) {
-        self.raw("{\"time\":");
-        self.u64(r.time);
-        self.raw(",\"method\":");
-        self.str(&r.method);
-        self.raw(",\"path\":");
-        self.str(&r.path);
-        self.raw(",\"server\":");
-        self.str(&r.server);
-        self.raw(",\"upstream\":");
-        self.str(&r.upstream);
-        self.raw(",\"status\":");
-        self.u64(r.status.into());
-        self.raw(",\"header_time\":");
-        self.f64(r.header_time);
-        self.raw("}");
-    }
+    w.raw("],\"last_seen\":");
+    w.u64(p.last_seen_unix_ns() / 1_000_000);
+    w.raw("}");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::Value;
-
-    /// Structural equality with numbers compared as f64 (`1` == `1.0`).
-    fn same(a: &Value, b: &Value, at: &str) {
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let kx: Vec<_> = x.keys().collect();
-                let ky: Vec<_> = y.keys().collect();
-                assert_eq!(kx, ky, "keys at {at}");
-                for (k, v) in x {
-                    same(v, &y[k], &format!("{at}.{k}"));
-                }
-            }
-            (Value::Array(x), Value::Array(y)) => {
-                assert_eq!(x.len(), y.len(), "length at {at}");
-                for (i, (v, w)) in x.iter().zip(y).enumerate() {
-                    same(v, w, &format!("{at}[{i}]"));
-                }
-            }
-            (Value::Number(x), Value::Number(y)) => assert_eq!(x.as_f64(), y.as_f64(), "at {at}"),
-            _ => assert_eq!(a, b, "at {at}"),
-        }
-    }
-
-    fn check(r: &Report) {
-        let hand = render_json(r);
-        let serde = serde_json::to_string(r).unwrap();
-        // Object key order is kept (serde_json's preserve_order is off, so
-        // compare the raw key sequence separately below).
-        same(&serde_json::from_str(&hand).unwrap(), &serde_json::from_str(&serde).unwrap(), "$");
-        let keys = |s: &str| s.split('"').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>();
-        assert_eq!(keys(&hand), keys(&serde), "same strings in the same order");
-    }
-
-    #[test]
-    fn matches_serde_exactly() {
-        let mut r = crate::tests::sample_report();
-        check(&r);
-        let p = &mut r.upstreams.get_mut("api").unwrap().peers[0];
-        p.routes[0].path = "/\"q\\\u{1}\u{1f}\n\r\t\u{8}\u{c}é€/".into();
-        p.responses.codes_other = 3;
-        p.rps = 0.1 + 0.2; // not 3-decimal: the fallback path
-        p.share = -2.5;
-        p.header_time = 1e20;
-        p.history = None;
-        check(&r);
-        let back: Report = serde_json::from_str(&render_json(&r)).unwrap();
-        let p2 = &back.upstreams["api"].peers[0];
-        assert_eq!((p2.rps, p2.share, p2.header_time), (0.1 + 0.2, -2.5, 1e20));
-        assert_eq!(p2.routes[0].path, "/\"q\\\u{1}\u{1f}\n\r\t\u{8}\u{c}é€/");
-    }
-
-    #[test]
-    fn matches_serde_on_a_thousand_peers() {
-        let s = crate::tests::big_snapshot();
-        let q = crate::Query { routes: 16, ..crate::Query::default() };
-        check(&crate::build_report(&s, &crate::NginxConfig::default(), &q, 1_700_000_000_000_000_000));
-    }
-
-    #[test]
-    fn plain_finds_every_special_byte() {
-        for len in 0..40usize {
-            for at in 0..len.max(1) {
-                for b in 0..=255u8 {
-                    let mut v = vec![b'x'; len];
-                    if len > 0 {
-                        v[at] = b;
-                    }
-                    let special = len > 0 && (b < 0x20 || b == b'"' || b == b'\\' || b == b'?');
-                    assert_eq!(plain(&v), !special, "len {len} at {at} byte {b}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn short_copies_any_length() {
-        let src: Vec<u8> = (0..200u8).map(|i| b'a' + i % 26).collect();
-        for n in 0..200 {
-            let mut w = W(b"xy".to_vec());
-            w.quoted(&src[..n]);
-            assert_eq!(w.0, [&b"xy\""[..], &src[..n], b"\""].concat(), "{n}");
-        }
-    }
-
-    #[test]
-    fn fixed_point_floats() {
-        let f = |v: f64| {
-            let mut w = W(Vec::new());
-            w.f64(v);
-            w.into_string()
-        };
-        assert_eq!(f(4.0), "4.0");
-        assert_eq!(f(0.6), "0.6");
-        assert_eq!(f(1.25), "1.25");
-        assert_eq!(f(0.001), "0.001");
-        assert_eq!(f(-0.05), "-0.05");
-        assert_eq!(f(f64::NAN), "0.0");
-        for m in 0..20_000i64 {
-            let v = m as f64 / 1000.0;
-            assert_eq!(f(v).parse::<f64>().unwrap(), v);
-        }
-    }
-
-    /// The straightforward spelling the fast paths replace: `round()` and a
-    /// fixed-point print when exact, else Rust's shortest form.
-    fn reference(v: f64) -> String {
-        if !v.is_finite() {
-            return "0.0".into();
-        }
-        let m = (v * 1000.0).round();
-        if m.abs() < 1e15 && m / 1000.0 == v {
-            let m = m as i64;
-            let frac = format!("{:03}", m.unsigned_abs() % 1000);
-            let frac = frac.trim_end_matches('0');
-            let sign = if m < 0 { "-" } else { "" };
-            format!("{sign}{}.{}", m.unsigned_abs() / 1000, if frac.is_empty() { "0" } else { frac })
+fn route(w: &mut Out, r: &RouteView) {
+    let other = r.is_other();
+    w.raw("{\"method\":");
+    w.str_bytes(if other { b"" } else { r.method_bytes() });
+    w.raw(",\"path\":");
+    if other {
+        w.str("(other)");
+    } else {
+        // Cut at '?' (ASCII, so still whole UTF-8).
+        let p = r.path_bytes();
+        if nothing_to_escape_or_cut(p) {
+            w.quoted(p);
         } else {
-            format!("{v:?}")
+            w.str_bytes(p.iter().position(|&b| b == b'?').map_or(p, |i| &p[..i]));
         }
     }
+    // Keys with the values they nearly always have as single literals.
+    w.raw(if other { ",\"other\":true,\"requests\":" } else { ",\"other\":false,\"requests\":" });
+    w.u64(r.requests());
+    w.raw(",\"rps\":");
+    w.round3(r.requests_per_sec());
+    let errors = r.errors_5xx_per_sec();
+    if errors == 0.0 {
+        w.raw(",\"errors_rps\":0.0,\"responses\":");
+    } else {
+        w.raw(",\"errors_rps\":");
+        w.round3(errors);
+        w.raw(",\"responses\":");
+    }
+    responses_view(w, r.responses());
+    let no_response = r.no_response();
+    if no_response == 0 {
+        w.raw(",\"no_response\":0,\"header_time\":");
+    } else {
+        w.raw(",\"no_response\":");
+        w.u64(no_response);
+        w.raw(",\"header_time\":");
+    }
+    let avg = r.latency_sum_ns().checked_div(r.latency_count()).unwrap_or(0);
+    w.ms_percentiles(avg, r.latency_p50_ns(), r.latency_p90_ns(), r.latency_p99_ns());
+    w.raw("}");
+}
 
-    #[test]
-    fn fast_floats_match_the_reference() {
-        let f = |v: f64| {
-            let mut w = W(Vec::new());
-            w.f64(v);
-            w.into_string()
-        };
-        let mut vals = vec![
-            0.0,
-            -0.0,
-            0.5,
-            -0.5,
-            1e12,
-            1e12 - 1.0,
-            -1e12,
-            999_999_999_999.999,
-            1e15,
-            1e20,
-            0.1 + 0.2,
-            2.0005,
-            -2.0005,
-        ];
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let scale = [1.0, 1e-3, 1e3, 1e6, 1e-6, 1e9][(x % 6) as usize];
-            let v = (x >> 11) as f64 / (1u64 << 53) as f64 * scale * if x & 1 == 0 { 1.0 } else { -1.0 };
-            vals.extend([v, crate::peer::round3(v), (v * 1000.0).round() / 1000.0, v.trunc()]);
-        }
-        let u = |v: u64| {
-            let mut w = W(Vec::new());
-            w.u64(v);
-            w.into_string()
-        };
-        for v in [0, 9, 10, 99, 100, 101, 999, 1000, 12345, u64::from(u32::MAX), u64::MAX - 1, u64::MAX]
-            .into_iter()
-            .chain((0..64).map(|b| 1u64 << b))
-            .chain((1..20).map(|e| 10u64.pow(e) - 1))
-        {
-            assert_eq!(u(v), v.to_string());
-        }
-        let th = |n: u32| {
-            let mut w = W(Vec::new());
-            w.thousandths(n);
-            w.into_string()
-        };
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for i in 0..300_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Every digit count, and every value up to 10^5.
-            let v = [i, x, x >> (x % 64), 99_999_990 + i % 20, 9_999_999_999_999_990 + i % 20][(i % 5) as usize];
-            assert_eq!(u(v), v.to_string());
-        }
-        let ms = |ns: u64| {
-            let mut w = W(Vec::new());
-            w.ms(ns);
-            w.into_string()
-        };
-        for i in 0..400_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let around = |c: u64| c.saturating_sub(3) + x % 7;
-            let ns =
-                [i, x, x >> (x % 64), around((x >> 20) / 1000 * 1000 + 500), around(1 << 50), around((x >> 14) * 1000)]
-                    [(i % 6) as usize];
-            assert_eq!(ms(ns), f(crate::peer::ms(ns)), "{ns}");
-        }
-        let r3 = |x: f64| {
-            let mut w = W(Vec::new());
-            w.round3(x);
-            w.into_string()
-        };
-        let wh = |n: u32| {
-            let mut w = W(Vec::new());
-            w.whole(n);
-            w.into_string()
-        };
-        for i in 0..400_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
-            let scale = [1.0, 1e-3, 1e3, 1e6, 1e-6, 1e9, 1e12, 1e15][(x % 8) as usize];
-            let sign = if x & 1 == 0 { 1.0 } else { -1.0 };
-            // Random magnitudes, exact halves of a thousandth, integers.
-            let v = [unit * scale * sign, ((x >> 20) as f64 + 0.5) / 1000.0 * sign, (x >> (x % 64)) as f64 * sign]
-                [(i % 3) as usize];
-            assert_eq!(r3(v), f(crate::peer::round3(v)), "{v:?}");
-            assert_eq!(wh(x as u32), f(f64::from(x as u32)), "{}", x as u32);
-        }
-        for v in [
-            0.0,
-            -0.0,
-            0.0004,
-            -0.0004,
-            0.0005,
-            -0.0005,
-            1e12,
-            999_999_999_999.999_5,
-            f64::NAN,
-            f64::INFINITY,
-            -f64::INFINITY,
-            1e300,
-        ] {
-            assert_eq!(r3(v), f(crate::peer::round3(v)), "{v:?}");
-        }
-        for n in [0, 9, 10, 99_999, 999_999, 1_000_000, u32::MAX] {
-            assert_eq!(wh(n), f(f64::from(n)), "{n}");
-        }
-        for n in 0..200_000u32 {
-            assert_eq!(wh(n), f(f64::from(n)), "{n}");
-            assert_eq!(u(n.into()), n.to_string());
-        }
-        for n in (0..200_000u32).chain([u32::MAX, u32::MAX - 1, 4_294_967_000, 1 << 31]) {
-            assert_eq!(th(n), f(crate::peer::round3(f64::from(n) / 1000.0)), "{n}");
-        }
-        for v in vals {
-            assert_eq!(f(v), reference(v), "{v:?}");
-            let r3 = if v.is_finite() { (v * 1000.0).round() / 1000.0 } else { 0.0 };
-            assert_eq!(crate::peer::round3(v).to_bits(), r3.to_bits(), "round3({v:?})");
-        }
+/// Several overflow buckets of one peer (a table breaking its contract)
+/// as one: counts and rates added, the first bucket's header times.
+fn merged_other(w: &mut Out, others: &[RouteView]) {
+    let (mut requests, mut rps, mut errors_rps, mut no_response) = (0u64, 0f64, 0f64, 0u64);
+    let mut sum = Responses::default();
+    for r in others {
+        requests += r.requests();
+        rps = round3(rps + round3(r.requests_per_sec()));
+        errors_rps = round3(errors_rps + round3(r.errors_5xx_per_sec()));
+        no_response += r.no_response();
+        let v = r.responses();
+        add_responses(&mut sum, v.class(), v.codes(), v.codes_other());
     }
+    w.raw("{\"method\":\"\",\"path\":\"(other)\",\"other\":true,\"requests\":");
+    w.u64(requests);
+    w.raw(",\"rps\":");
+    w.f64(rps);
+    w.raw(",\"errors_rps\":");
+    w.f64(errors_rps);
+    w.raw(",\"responses\":");
+    responses(w, &sum);
+    w.raw(",\"no_response\":");
+    w.u64(no_response);
+    w.raw(",\"header_time\":");
+    let r = &others[0];
+    let avg = r.latency_sum_ns().checked_div(r.latency_count()).unwrap_or(0);
+    w.ms_percentiles(avg, r.latency_p50_ns(), r.latency_p90_ns(), r.latency_p99_ns());
+    w.raw("}");
+}
+
+/// A responses block straight from the table.
+fn responses_view(w: &mut Out, r: ResponsesView) {
+    let class = r.class();
+    // 1xx and 3xx are nearly always 0 for a backend: one literal then.
+    if class[0] == 0 {
+        w.raw("{\"1xx\":0,\"2xx\":");
+    } else {
+        w.raw("{\"1xx\":");
+        w.u64(class[0]);
+        w.raw(",\"2xx\":");
+    }
+    w.u64(class[1]);
+    if class[2] == 0 {
+        w.raw(",\"3xx\":0");
+    } else {
+        w.raw(",\"3xx\":");
+        w.u64(class[2]);
+    }
+    w.raw(",\"4xx\":");
+    w.u64(class[3]);
+    w.raw(",\"5xx\":");
+    w.u64(class[4]);
+    w.raw(",\"codes\":{");
+    // Codes are keyed by their decimal text (text order, duplicates
+    // summed). Three-digit codes in ascending order, as the probe writes
+    // them, are already in that order: write them as they come, and start
+    // over through a map should one break the pattern.
+    let at = w.0.len();
+    let mut last = 0u16;
+    for (c, count) in r.codes() {
+        if !(100..=999).contains(&c) || c <= last {
+            w.0.truncate(at);
+            let mut m: BTreeMap<String, u64> = BTreeMap::new();
+            for (c, n) in r.codes() {
+                *m.entry(c.to_string()).or_insert(0) += n;
+            }
+            for (n, (c, count)) in m.iter().enumerate() {
+                if n > 0 {
+                    w.raw(",");
+                }
+                w.str(c);
+                w.raw(":");
+                w.u64(*count);
+            }
+            break;
+        }
+        if last != 0 {
+            w.0.push(b',');
+        }
+        last = c;
+        let d = [b'"', b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8, b'"', b':'];
+        w.0.extend_from_slice(&d);
+        w.u64(count);
+    }
+    w.raw("}");
+    let other = r.codes_other();
+    if other != 0 {
+        w.raw(",\"codes_other\":");
+        w.u64(other);
+    }
+    w.raw(",\"total\":");
+    w.u64(class.iter().sum());
+    w.raw("}");
+}
+
+fn recent(w: &mut Out, e: &RecentEntry) {
+    let r = &e.request;
+    w.raw("{\"time\":");
+    w.u64(r.unix_ns() / 1_000_000);
+    w.raw(",\"method\":");
+    w.str(r.method());
+    w.raw(",\"path\":");
+    w.str(clean_path(r.path()));
+    w.raw(",\"server\":");
+    w.str(&show(&e.server));
+    w.raw(",\"upstream\":");
+    w.str(e.upstream);
+    w.raw(",\"status\":");
+    w.u64(r.status().into());
+    w.raw(",\"header_time\":");
+    w.f64(ms(r.latency_ns()));
+    w.raw("}");
 }

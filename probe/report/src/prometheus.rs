@@ -1,5 +1,5 @@
-//! The report as Prometheus text exposition format 0.0.4
-//! (`?format=prometheus`).
+//! The Prometheus answer (`?format=prometheus`, text exposition format
+//! 0.0.4), written from a [`Joined`] publish.
 //!
 //! Series are per `(upstream, server)`; peers no group lists carry
 //! `upstream=""`. Routes get their own family,
@@ -9,27 +9,54 @@
 //! (`?route_labels=0` / `upstreamtop_status prometheus noroutes;` drop the
 //! route family and nothing else), and `sum by (server)` over
 //! `upstreamtop_requests_total` never depends on how many routes the probe
-//! kept. Route series cover the routes the report lists (`?routes=N` per
-//! peer, plus the overflow bucket as `route="(other)"`), so their number is
-//! bounded by the probe's `--max-routes`.
+//! kept. Route series cover the routes the query selects (every route the
+//! probe keeps unless `?routes=N`, plus the overflow bucket as
+//! `route="(other)"`), so their number is bounded by the probe's
+//! `--max-routes`.
+//!
+//! To add a family: a `family(..)` header and one line per peer in
+//! [`render_prometheus`], a test line in `tests`, and its row in
+//! `docs/prometheus.md`.
 //!
 //! When there is no usable table the module still answers Prometheus with
 //! [`unavailable_prometheus`]: `upstreamtop_probe_up 0`.
 
-use std::collections::HashSet;
-use std::fmt::Write;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::OnceLock;
 
-use upstreamtop_table::{RouteStats, Snapshot, SnapshotView};
+use upstreamtop_table::histogram::bucket_of;
+use upstreamtop_table::PeerView;
 
-use crate::config::{NginxConfig, Query};
-use crate::model::{Peer, Report};
+use crate::join::{clean_path, show, Joined, Member, SelectedRoutes};
+use crate::out::Out;
+use crate::RenderedBody;
 
-/// `le` labels matching [`crate::model::HEADER_TIME_LE_NS`], in seconds.
-const LE_LABELS: [&str; 14] =
-    ["0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10"];
+/// The `le` bounds of `upstreamtop_response_header_seconds`, in ns, with
+/// their labels. Each is an exact bound of the probe's fine histogram
+/// ([`upstreamtop_table::histogram`]), so the cumulative counts are exact.
+pub const HEADER_TIME_LE: [(u64, &str); 14] = [
+    (500_000, "0.0005"),
+    (1_000_000, "0.001"),
+    (2_500_000, "0.0025"),
+    (5_000_000, "0.005"),
+    (10_000_000, "0.01"),
+    (25_000_000, "0.025"),
+    (50_000_000, "0.05"),
+    (100_000_000, "0.1"),
+    (250_000_000, "0.25"),
+    (500_000_000, "0.5"),
+    (1_000_000_000, "1"),
+    (2_500_000_000, "2.5"),
+    (5_000_000_000, "5"),
+    (10_000_000_000, "10"),
+];
+
+const PROBE_UP_HELP: &str = "1 when the probe publishes on time, 0 when its table is stale or missing.";
+const LAST_PUBLISH_HELP: &str = "When the probe last published its table (Unix time).";
 
 /// Escapes a label value: backslash, double quote and newline.
-fn esc(v: &str) -> std::borrow::Cow<'_, str> {
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
     if !v.contains(['\\', '"', '\n']) {
         return v.into();
     }
@@ -45,174 +72,170 @@ fn esc(v: &str) -> std::borrow::Cow<'_, str> {
     s.into()
 }
 
-const PROBE_UP_HELP: &str = "1 when the probe publishes on time, 0 when its table is stale or missing.";
-const LAST_PUBLISH_HELP: &str = "When the probe last published its table (Unix time).";
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+fn family(out: &mut Out, name: &str, kind: &str, help: &str) {
+    for part in ["# HELP ", name, " ", help, "\n# TYPE ", name, " ", kind, "\n"] {
+        out.raw(part);
+    }
 }
 
-/// What the module answers `?format=prometheus` with, from the table's
-/// view: [`render_prometheus_snapshot`] of a snapshot that holds only what
-/// the series read. Peers come in full (their history decides `peer_up`);
-/// routes only as method, path and request count (route series show
-/// nothing else, and only those rank them), without the status codes and
-/// latencies that cost most of the copy; no recent requests. At a thousand
-/// peers × 16 routes that is about a third less CPU time than going
-/// through [`SnapshotView::to_snapshot`] and the full report.
-pub fn render_prometheus_view(view: &SnapshotView, conf: &NginxConfig, query: &Query, now_unix_ns: u64) -> String {
-    let routes = view
-        .routes()
-        .map(|r| RouteStats {
-            peer: r.peer(),
-            is_other: r.is_other(),
-            method: r.method().to_owned(),
-            path: r.path().to_owned(),
-            requests: r.requests(),
-            ..RouteStats::default()
-        })
-        .collect();
-    let snap = Snapshot {
-        meta: view.meta().clone(),
-        peers: view.peers().map(|p| p.to_stats()).collect(),
-        routes,
-        recent: Vec::new(),
-    };
-    render_prometheus_snapshot(&snap, conf, query, now_unix_ns)
+/// One series of a peer: its label set, and its wire figures if any.
+struct Series<'j, 'v> {
+    /// `upstream="…",server="…"`, escaped.
+    labels: String,
+    member: &'j Member<'j>,
+    peer: Option<&'j PeerView<'v>>,
 }
 
-/// [`render_prometheus`] of [`build_report`](crate::build_report) for a
-/// snapshot. The report is built without its per-peer history arrays,
-/// which no series uses (about a seventh of `build_report`'s time at a
-/// thousand peers). Only the view path and the tests call it.
-pub(crate) fn render_prometheus_snapshot(
-    snap: &Snapshot,
-    conf: &NginxConfig,
-    query: &Query,
-    now_unix_ns: u64,
-) -> String {
-    let lean = Query { history: false, ..query.clone() };
-    render_prometheus(&crate::build_report(snap, conf, &lean, now_unix_ns), query)
+/// Index of the fine bucket whose upper bound is each `le`.
+fn le_buckets() -> &'static [usize; HEADER_TIME_LE.len()] {
+    static LE: OnceLock<[usize; HEADER_TIME_LE.len()]> = OnceLock::new();
+    LE.get_or_init(|| HEADER_TIME_LE.map(|(ns, _)| bucket_of(ns)))
 }
 
-/// Renders the report. `query.route_labels` decides whether per-route
-/// series are included.
-pub fn render_prometheus(report: &Report, query: &Query) -> String {
-    // Unique (upstream, peer) pairs: a server listed twice in one group
+/// The Prometheus text for `joined`.
+pub fn render_prometheus(joined: &Joined, buf: Vec<u8>) -> RenderedBody {
+    // One series per (group, server): a server listed twice in one group
     // must not produce duplicate series.
     let mut seen = HashSet::new();
-    let peers: Vec<(String, &Peer)> = report
-        .upstreams
+    let series: Vec<Series> = joined
+        .groups
         .iter()
-        .flat_map(|(name, up)| up.peers.iter().map(move |p| (name.as_str(), p)))
-        .chain(report.unlisted.peers.iter().map(|p| ("", p)))
-        .filter(|(u, p)| seen.insert((*u, p.server.as_str())))
-        .map(|(u, p)| (format!("upstream=\"{}\",server=\"{}\"", esc(u), esc(&p.server)), p))
+        .chain([&joined.unlisted])
+        .flat_map(|g| g.members.iter().map(move |m| (g.name, m)))
+        .filter(|(g, m)| seen.insert((*g, m.server)))
+        .map(|(g, m)| Series {
+            labels: format!("upstream=\"{}\",server=\"{}\"", escape_label(g), escape_label(&show(&m.server))),
+            member: m,
+            peer: joined.peer(m),
+        })
         .collect();
-    let mut out = String::with_capacity(4096 + peers.len() * 2048);
-    let o = &mut out;
-
-    let counter = |o: &mut String, name: &str, help: &str, get: &dyn Fn(&Peer) -> u64| {
+    let mut o = Out(buf);
+    o.0.clear();
+    o.0.reserve(4096 + series.len() * 2048);
+    let o = &mut o;
+    let line = |o: &mut Out, name: &str, labels: &str, extra: &str, v: u64| {
+        for part in [name, "{", labels, extra, "} "] {
+            o.raw(part);
+        }
+        o.u64(v);
+        o.raw("\n");
+    };
+    let counter = |o: &mut Out, name: &str, help: &str, get: &dyn Fn(&PeerView) -> u64| {
         family(o, name, "counter", help);
-        for (l, p) in &peers {
-            let _ = writeln!(o, "{name}{{{l}}} {}", get(p));
+        for s in &series {
+            line(o, name, &s.labels, "", s.peer.map_or(0, get));
         }
     };
+
     counter(o, "upstreamtop_requests_total", "Requests nginx sent to the backend, counted on the wire.", &|p| {
-        p.requests
+        p.requests()
     });
-    if query.route_labels {
-        family(
-            o,
-            "upstreamtop_route_requests_total",
-            "counter",
-            "Completed exchanges per route (method and folded path).",
-        );
-        for (l, p) in &peers {
-            for r in &p.routes {
-                let _ = writeln!(
-                    o,
-                    "upstreamtop_route_requests_total{{{l},method=\"{}\",route=\"{}\"}} {}",
-                    esc(&r.method),
-                    esc(&r.path),
-                    r.requests
+    if joined.query.route_labels {
+        let name = "upstreamtop_route_requests_total";
+        family(o, name, "counter", "Completed exchanges per route (method and folded path).");
+        let mut routes = SelectedRoutes::default();
+        for s in &series {
+            joined.routes(s.member, &mut routes);
+            for r in &routes.named {
+                let extra = format!(
+                    ",method=\"{}\",route=\"{}\"",
+                    escape_label(r.method()),
+                    escape_label(clean_path(r.path()))
                 );
+                line(o, name, &s.labels, &extra, r.requests());
+            }
+            if !routes.other.is_empty() {
+                let requests = routes.other.iter().map(|r| r.requests()).sum();
+                line(o, name, &s.labels, ",method=\"\",route=\"(other)\"", requests);
             }
         }
     }
-    family(
-        o,
-        "upstreamtop_responses_total",
-        "counter",
-        "Responses by exact status code (\"other\": codes beyond the probe's per-peer limit).",
-    );
-    for (l, p) in &peers {
-        for (code, n) in &p.responses.codes {
-            let _ = writeln!(o, "upstreamtop_responses_total{{{l},code=\"{}\"}} {n}", esc(code));
+    let name = "upstreamtop_responses_total";
+    family(o, name, "counter", "Responses by exact status code (\"other\": codes beyond the probe's per-peer limit).");
+    for s in &series {
+        let Some(p) = s.peer else { continue };
+        let r = p.responses();
+        // By the code's text, duplicates summed (what the JSON shows).
+        let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+        for (c, n) in r.codes() {
+            *codes.entry(c.to_string()).or_insert(0) += n;
         }
-        if p.responses.codes_other > 0 {
-            let _ = writeln!(o, "upstreamtop_responses_total{{{l},code=\"other\"}} {}", p.responses.codes_other);
+        for (code, n) in &codes {
+            line(o, name, &s.labels, &format!(",code=\"{code}\""), *n);
+        }
+        if r.codes_other() > 0 {
+            line(o, name, &s.labels, ",code=\"other\"", r.codes_other());
         }
     }
     counter(o, "upstreamtop_no_response_total", "Exchanges that ended (close, reset) before a response.", &|p| {
-        p.no_response
+        p.no_response()
     });
 
     let h = "upstreamtop_response_header_seconds";
     family(o, h, "histogram", "Time from request sent to the first response byte (header time).");
-    for (l, p) in &peers {
-        let hist = &p.header_time_histogram;
-        for (i, le) in LE_LABELS.iter().enumerate() {
-            let _ = writeln!(o, "{h}_bucket{{{l},le=\"{le}\"}} {}", hist.le.get(i).copied().unwrap_or(0));
+    let (bucket, sum, count) = (format!("{h}_bucket"), format!("{h}_sum"), format!("{h}_count"));
+    for s in &series {
+        let (mut acc, mut i) = (0u64, 0usize);
+        let buckets = s.peer.map(|p| p.buckets());
+        let b: &[u64] = buckets.as_ref().map_or(&[], |b| &b[..]);
+        for (&last, (_, label)) in le_buckets().iter().zip(HEADER_TIME_LE) {
+            while i <= last && i < b.len() {
+                acc += b[i];
+                i += 1;
+            }
+            line(o, &bucket, &s.labels, &format!(",le=\"{label}\""), acc);
         }
-        let _ = writeln!(o, "{h}_bucket{{{l},le=\"+Inf\"}} {}", hist.count);
-        let _ = writeln!(o, "{h}_sum{{{l}}} {}", hist.sum_ns as f64 / 1e9);
-        let _ = writeln!(o, "{h}_count{{{l}}} {}", hist.count);
+        let total = acc + b.get(i..).map_or(0, |rest| rest.iter().sum());
+        line(o, &bucket, &s.labels, ",le=\"+Inf\"", total);
+        let sum_s = s.peer.map_or(0, |p| p.latency_sum_ns()) as f64 / 1e9;
+        for part in [sum.as_str(), "{", &s.labels, "} "] {
+            o.raw(part);
+        }
+        let _ = writeln!(o, "{sum_s}");
+        line(o, &count, &s.labels, "", total);
     }
 
-    counter(o, "upstreamtop_sent_bytes_total", "TCP payload bytes sent to the backend.", &|p| p.sent);
-    counter(o, "upstreamtop_received_bytes_total", "TCP payload bytes received from the backend.", &|p| p.received);
+    counter(o, "upstreamtop_sent_bytes_total", "TCP payload bytes sent to the backend.", &|p| p.sent_bytes());
+    counter(o, "upstreamtop_received_bytes_total", "TCP payload bytes received from the backend.", &|p| {
+        p.received_bytes()
+    });
     family(o, "upstreamtop_connections", "gauge", "Open connections to the backend.");
-    for (l, p) in &peers {
-        let _ = writeln!(o, "upstreamtop_connections{{{l},state=\"active\"}} {}", p.active);
+    for s in &series {
+        line(o, "upstreamtop_connections", &s.labels, ",state=\"active\"", s.peer.map_or(0, |p| p.conns().active));
     }
-    family(
-        o,
-        "upstreamtop_connections_total",
-        "counter",
-        "Connection events: opened, closed, failed (refused or unanswered), reset.",
-    );
-    for (l, p) in &peers {
-        let c = &p.connections;
+    let name = "upstreamtop_connections_total";
+    family(o, name, "counter", "Connection events: opened, closed, failed (refused or unanswered), reset.");
+    for s in &series {
+        let c = s.peer.map(|p| p.conns()).unwrap_or_default();
         for (event, n) in [("opened", c.opened), ("closed", c.closed), ("failed", c.failed), ("reset", c.reset)] {
-            let _ = writeln!(o, "upstreamtop_connections_total{{{l},event=\"{event}\"}} {n}");
+            line(o, name, &s.labels, &format!(",event=\"{event}\""), n);
         }
     }
-    family(o, "upstreamtop_peer_up", "gauge", "1 when the backend is up or idle, 0 when unhealthy or configured down.");
-    for (l, p) in &peers {
-        let up = matches!(p.state.as_str(), "up" | "idle");
-        let _ = writeln!(o, "upstreamtop_peer_up{{{l}}} {}", u8::from(up));
+    let name = "upstreamtop_peer_up";
+    family(o, name, "gauge", "1 when the backend is up or idle, 0 when unhealthy or configured down.");
+    for s in &series {
+        let up = matches!(joined.state(s.member), "up" | "idle");
+        line(o, name, &s.labels, "", u64::from(up));
     }
 
-    let probe = &report.probe;
+    let probe = &joined.probe;
     family(o, "upstreamtop_probe_up", "gauge", PROBE_UP_HELP);
-    let _ = writeln!(o, "upstreamtop_probe_up {}", u8::from(probe.up));
+    o.raw("upstreamtop_probe_up ");
+    o.u64(u64::from(probe.up));
+    o.raw("\n");
     family(o, "upstreamtop_probe_last_publish_timestamp_seconds", "gauge", LAST_PUBLISH_HELP);
     let _ = writeln!(o, "upstreamtop_probe_last_publish_timestamp_seconds {}", probe.last_publish as f64 / 1e3);
-    family(o, "upstreamtop_probe_drops_total", "counter", "Events the probe could not count in full detail.");
+    let name = "upstreamtop_probe_drops_total";
+    family(o, name, "counter", "Events the probe could not count in full detail.");
     for (reason, n) in &probe.drops {
-        let _ = writeln!(o, "upstreamtop_probe_drops_total{{reason=\"{}\"}} {n}", esc(reason));
+        line(o, name, &format!("reason=\"{}\"", escape_label(reason)), "", *n);
     }
-    family(
-        o,
-        "upstreamtop_probe_overflows_total",
-        "counter",
-        "Detail folded away because a table was full (totals stay exact).",
-    );
+    let name = "upstreamtop_probe_overflows_total";
+    family(o, name, "counter", "Detail folded away because a table was full (totals stay exact).");
     for (reason, n) in &probe.overflows {
-        let _ = writeln!(o, "upstreamtop_probe_overflows_total{{reason=\"{}\"}} {n}", esc(reason));
+        line(o, name, &format!("reason=\"{}\"", escape_label(reason)), "", *n);
     }
-    out
+    RenderedBody { body: std::mem::take(&mut o.0), clock_fields: None, clock_dependent: joined.clock_dependent }
 }
 
 /// The Prometheus answer when there is no usable table (missing, torn,
@@ -224,51 +247,56 @@ pub fn render_prometheus(report: &Report, query: &Query) -> String {
 pub fn unavailable_prometheus(reason: &str, last_publish_unix_ns: Option<u64>) -> String {
     // A comment ends at the newline: keep the reason on one line.
     let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let mut out = format!("# upstreamtop: table unavailable: {reason}\n");
+    let mut out = Out(format!("# upstreamtop: table unavailable: {reason}\n").into_bytes());
     family(&mut out, "upstreamtop_probe_up", "gauge", PROBE_UP_HELP);
-    out.push_str("upstreamtop_probe_up 0\n");
+    out.raw("upstreamtop_probe_up 0\n");
     if let Some(ns) = last_publish_unix_ns.filter(|&ns| ns > 0) {
         family(&mut out, "upstreamtop_probe_last_publish_timestamp_seconds", "gauge", LAST_PUBLISH_HELP);
         let _ = writeln!(out, "upstreamtop_probe_last_publish_timestamp_seconds {}", ns as f64 / 1e9);
     }
-    out
+    out.into_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::HEADER_TIME_LE_NS;
+    use crate::tests::sample_prometheus;
+    use crate::{NginxConfig, Query};
     use std::io::Write as _;
     use std::process::{Command, Stdio};
+    use upstreamtop_table::Snapshot;
 
     #[test]
     fn le_labels_match_the_bounds() {
-        for (ns, label) in HEADER_TIME_LE_NS.iter().zip(LE_LABELS) {
-            assert_eq!((*ns as f64 / 1e9).to_string(), label);
-            let b = upstreamtop_table::histogram::bucket_of(*ns);
-            assert_eq!(upstreamtop_table::histogram::upper_bound_ns(b), *ns, "{label} is an exact fine bound");
+        for (ns, label) in HEADER_TIME_LE {
+            assert_eq!((ns as f64 / 1e9).to_string(), label);
+            let b = upstreamtop_table::histogram::bucket_of(ns);
+            assert_eq!(upstreamtop_table::histogram::upper_bound_ns(b), ns, "{label} is an exact fine bound");
         }
     }
 
     #[test]
     fn escapes_label_values() {
-        assert_eq!(esc("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
-        assert_eq!(esc("/plain"), "/plain");
+        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        assert_eq!(escape_label("/plain"), "/plain");
     }
 
-    fn report() -> Report {
-        let mut r = crate::tests::sample_report();
-        // A hostile route label and a duplicate server line.
-        let api = r.upstreams.get_mut("api").unwrap();
-        api.peers[0].routes[0].path = "/we\"ird\\\npath".into();
-        let dup = api.peers[0].clone();
-        api.peers.push(dup);
-        r
+    /// A hostile route label and a duplicate server line.
+    fn hostile(s: &mut Snapshot, c: &mut NginxConfig) {
+        let post = s.routes.iter_mut().find(|r| r.method == "POST").unwrap();
+        post.path = "/we\"ird\\\npath".into();
+        let api = c.upstreams.iter_mut().find(|u| u.name == "api").unwrap();
+        let dup = api.servers[0].clone();
+        api.servers.push(dup);
+    }
+
+    fn sample(q: &Query) -> String {
+        sample_prometheus(hostile, q)
     }
 
     #[test]
     fn exact_series() {
-        let text = render_prometheus(&report(), &Query::default());
+        let text = sample(&Query::default());
         let l = "upstream=\"api\",server=\"127.0.0.1:9001\"";
         for line in [
             format!("upstreamtop_requests_total{{{l}}} 10"),
@@ -292,7 +320,7 @@ mod tests {
             assert!(text.lines().any(|x| x == line), "missing {line}\n{text}");
         }
         assert_eq!(text.matches(&format!("upstreamtop_requests_total{{{l}}}")).count(), 1, "deduplicated");
-        let quiet = render_prometheus(&report(), &Query { route_labels: false, ..Query::default() });
+        let quiet = sample(&Query { route_labels: false, ..Query::default() });
         assert!(!quiet.contains("upstreamtop_route_requests_total"));
     }
 
@@ -321,20 +349,30 @@ mod tests {
 
     #[test]
     fn promtool_accepts_it() {
-        promtool_check(&render_prometheus(&report(), &Query::default()));
-        promtool_check(&render_prometheus(&report(), &Query { route_labels: false, ..Query::default() }));
+        promtool_check(&sample(&Query::default()));
+        promtool_check(&sample(&Query { route_labels: false, ..Query::default() }));
     }
 
     #[test]
     fn hostile_group_names_and_no_peers() {
-        let mut r = report();
-        let api = r.upstreams.remove("api").unwrap();
-        r.upstreams.insert("we\"ird\\gr\noup\u{7f}é".into(), api);
-        let text = render_prometheus(&r, &Query::default());
+        let text = sample_prometheus(
+            |s, c| {
+                hostile(s, c);
+                c.upstreams.iter_mut().find(|u| u.name == "api").unwrap().name = "we\"ird\\gr\noup\u{7f}é".into();
+            },
+            &Query::default(),
+        );
         assert!(text.contains("upstream=\"we\\\"ird\\\\gr\\noup\u{7f}é\""), "{text}");
         promtool_check(&text);
-        let empty = Report { upstreams: Default::default(), unlisted: Default::default(), ..report() };
-        let text = render_prometheus(&empty, &Query::default());
+        let text = sample_prometheus(
+            |s, c| {
+                s.peers.clear();
+                s.routes.clear();
+                s.recent.clear();
+                c.upstreams.clear();
+            },
+            &Query::default(),
+        );
         assert!(text.contains("# TYPE upstreamtop_requests_total counter"), "families stay declared: {text}");
         promtool_check(&text);
     }

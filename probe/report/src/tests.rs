@@ -1,5 +1,7 @@
-//! Report tests over hand-built snapshots: the configuration join, exact
-//! figures, filters, and the JSON round trip the dashboard relies on.
+//! Answers for hand-built snapshots, published to a real table file and
+//! rendered the way the module renders them: the configuration join, exact
+//! figures, filters, the schema round trip the dashboard relies on, and the
+//! golden files that pin the exact text.
 
 use std::net::SocketAddr;
 
@@ -9,7 +11,9 @@ use upstreamtop_table::{
     Snapshot, Window,
 };
 
-use crate::model::Report;
+use serde_json::Value;
+
+use crate::schema::{self as model, Report};
 use crate::*;
 
 const SEC: u64 = 1_000_000_000;
@@ -158,14 +162,47 @@ fn config() -> NginxConfig {
     }
 }
 
-/// The report of the hand-built snapshot, for the renderers' tests.
-pub fn sample_report() -> Report {
-    build_report(&snapshot(), &config(), &Query::default(), NOW)
+/// `s` published to a table of its own and rendered for `q` at `now`.
+fn answer(s: &Snapshot, conf: &NginxConfig, q: &Query, now: u64) -> String {
+    let mut t = Table::new("answer");
+    t.writer.publish(s).unwrap();
+    let view = t.reader.view_if_new(None).unwrap().unwrap();
+    String::from_utf8(render(&view, conf, q, now, Vec::new()).body).expect("answers are UTF-8")
+}
+
+/// The JSON answer, parsed into the schema (which checks it round-trips).
+fn report(s: &Snapshot, conf: &NginxConfig, q: &Query, now: u64) -> Report {
+    let text = answer(s, conf, &Query { format: Format::Json, ..q.clone() }, now);
+    parse_round_trip(text.as_bytes())
+}
+
+/// The Prometheus answer.
+fn prometheus(s: &Snapshot, conf: &NginxConfig, q: &Query) -> String {
+    answer(s, conf, &Query { format: Format::Prometheus, ..q.clone() }, NOW)
+}
+
+/// The sample snapshot's Prometheus answer, for `prometheus.rs`'s tests.
+pub fn sample_prometheus(edit: impl FnOnce(&mut Snapshot, &mut NginxConfig), q: &Query) -> String {
+    let (mut s, mut c) = (snapshot(), config());
+    edit(&mut s, &mut c);
+    prometheus(&s, &c, q)
+}
+
+/// Parses a JSON answer into the schema and checks that serializing it
+/// gives the same value back: every field the writer writes is in the
+/// schema, with the type the schema says, and nothing is lost.
+fn parse_round_trip(body: &[u8]) -> Report {
+    let report: Report = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("answer does not parse into the schema: {e}\n{}", String::from_utf8_lossy(body)));
+    let written: Value = serde_json::from_slice(body).unwrap();
+    let back = serde_json::to_value(&report).unwrap();
+    assert_eq!(back, written, "the answer round-trips through the schema");
+    report
 }
 
 #[test]
 fn config_join() {
-    let r = build_report(&snapshot(), &config(), &Query::default(), NOW);
+    let r = report(&snapshot(), &config(), &Query::default(), NOW);
     assert_eq!(r.upstreams.keys().collect::<Vec<_>>(), vec!["127.0.0.1:9001", "api"]);
     let api = &r.upstreams["api"];
     assert!(!api.implicit);
@@ -196,13 +233,13 @@ fn config_join() {
         ("10.9.9.9:80", "10.9.9.9:80", false, 5)
     );
     assert_eq!(u.state, "up");
-    let json = render_json(&r);
+    let json = answer(&snapshot(), &config(), &Query::default(), NOW);
     assert!(!json.contains("8080") && !json.contains("/front"), "listener leaked: {json}");
 }
 
 #[test]
 fn exact_figures() {
-    let r = build_report(&snapshot(), &config(), &Query { routes: 2, ..Query::default() }, NOW);
+    let r = report(&snapshot(), &config(), &Query { routes: 2, ..Query::default() }, NOW);
     // Totals: the three backends, not nginx's listener.
     assert_eq!(r.totals.requests, 35);
     assert_eq!(r.totals.rps, 4.0);
@@ -233,9 +270,15 @@ fn exact_figures() {
     assert_eq!(routes, vec![("POST", "/c", 6, false), ("GET", "/a", 2, false), ("", "(other)", 7, true)]);
     assert_eq!(p.routes[0].header_time.avg, 2.0);
     assert_eq!(p.routes[0].rps, 0.6);
-    let hist = &p.header_time_histogram;
-    assert_eq!(hist.le[..6], [0, 0, 4, 4, 4, 5]);
-    assert_eq!((hist.count, hist.sum_ns), (5, 28_000_000));
+    // The cumulative histogram Prometheus gets, at its exact bounds.
+    let prom = prometheus(&snapshot(), &config(), &Query::default());
+    let l = "upstream=\"api\",server=\"127.0.0.1:9001\"";
+    for (le, n) in [("0.0005", 0), ("0.001", 0), ("0.0025", 4), ("0.005", 4), ("0.01", 4), ("0.025", 5), ("+Inf", 5)] {
+        let line = format!("upstreamtop_response_header_seconds_bucket{{{l},le=\"{le}\"}} {n}");
+        assert!(prom.lines().any(|x| x == line), "{line}");
+    }
+    assert!(prom.contains(&format!("upstreamtop_response_header_seconds_count{{{l}}} 5\n")));
+    assert!(prom.contains(&format!("upstreamtop_response_header_seconds_sum{{{l}}} 0.028\n")));
 
     // Recent: newest first, listener left out, groups resolved.
     let recent: Vec<_> = r.recent.iter().map(|x| (x.server.as_str(), x.upstream.as_str(), x.status)).collect();
@@ -254,22 +297,22 @@ fn exact_figures() {
 #[test]
 fn query_limits_and_filters() {
     let q = Query { routes: 0, recent: 1, history: false, ..Query::default() };
-    let r = build_report(&snapshot(), &config(), &q, NOW);
+    let r = report(&snapshot(), &config(), &q, NOW);
     let p = &r.upstreams["api"].peers[0];
     assert_eq!(p.routes.len(), 1, "only the other bucket");
     assert!(p.history.is_none());
-    assert!(!render_json(&r).contains("\"history\""));
+    assert!(!answer(&snapshot(), &config(), &q, NOW).contains("\"history\""));
     assert_eq!(r.recent.len(), 1);
 
     let q = Query { upstream: Some("api".into()), ..Query::default() };
-    let r = build_report(&snapshot(), &config(), &q, NOW);
+    let r = report(&snapshot(), &config(), &q, NOW);
     assert_eq!(r.upstreams.keys().collect::<Vec<_>>(), vec!["api"]);
     assert!(r.unlisted.peers.is_empty());
     assert_eq!(r.totals.requests, 35, "totals stay global");
     assert_eq!(r.recent.iter().map(|x| x.upstream.as_str()).collect::<Vec<_>>(), vec!["api"]);
 
     let q = Query { upstream: Some(UNLISTED.into()), ..Query::default() };
-    let r = build_report(&snapshot(), &config(), &q, NOW);
+    let r = report(&snapshot(), &config(), &q, NOW);
     assert!(r.upstreams.is_empty());
     assert_eq!(r.unlisted.peers.len(), 1);
     assert_eq!(r.recent.len(), 1);
@@ -278,7 +321,7 @@ fn query_limits_and_filters() {
 
 #[test]
 fn empty_config_lists_everything_but_nothing_is_dropped() {
-    let r = build_report(&snapshot(), &NginxConfig::default(), &Query::default(), NOW);
+    let r = report(&snapshot(), &NginxConfig::default(), &Query::default(), NOW);
     assert!(r.upstreams.is_empty());
     assert_eq!(r.unlisted.peers.len(), 4, "without listen sockets the front door is just a peer");
     assert_eq!(r.unlisted.peers[0].server, "127.0.0.1:8080");
@@ -286,43 +329,28 @@ fn empty_config_lists_everything_but_nothing_is_dropped() {
 }
 
 #[test]
-fn staleness() {
+fn a_stale_table_says_so() {
     let mut s = snapshot();
-    assert!(!stale(&s, NOW));
-    s.meta.published_unix_ns = NOW - 5 * SEC;
-    assert!(!stale(&s, NOW), "5 s floor");
+    let r = report(&s, &config(), &Query::default(), NOW);
+    assert!(r.probe.up && !r.probe.stale);
     s.meta.published_unix_ns = NOW - 5 * SEC - 1;
-    assert!(stale(&s, NOW));
-    assert_eq!(stale_age_s(&s, NOW), Some(5));
-    s.meta.interval_ns = 10 * SEC;
-    assert!(!stale(&s, NOW), "three intervals");
-    s.meta.published_unix_ns = 0;
-    assert!(stale(&s, NOW));
-    let r = build_report(&s, &config(), &Query::default(), NOW);
+    let r = report(&s, &config(), &Query::default(), NOW);
     assert!(!r.probe.up && r.probe.stale);
+    assert_eq!(r.probe.age_ms, 5000);
 }
 
 #[test]
 fn json_round_trip() {
-    let r = build_report(&snapshot(), &config(), &Query::default(), NOW);
-    let json = render_json(&r);
-    let mut back: Report = serde_json::from_str(&json).unwrap();
-    // Only the Prometheus-only histogram is left out of the JSON.
-    let mut want = r.clone();
-    for p in want.upstreams.values_mut().flat_map(|u| u.peers.iter_mut()).chain(want.unlisted.peers.iter_mut()) {
-        p.header_time_histogram = Default::default();
-    }
-    for p in back.upstreams.values_mut().flat_map(|u| u.peers.iter_mut()).chain(back.unlisted.peers.iter_mut()) {
-        assert_eq!(p.header_time_histogram, Default::default());
-    }
-    assert_eq!(back, want);
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let json = answer(&snapshot(), &config(), &Query::default(), NOW);
+    parse_round_trip(json.as_bytes());
+    let v: Value = serde_json::from_str(&json).unwrap();
     let peer = &v["upstreams"]["api"]["peers"][0];
     for field in ["server", "requests", "responses", "sent", "received", "header_time", "active", "state"] {
         assert!(peer.get(field).is_some(), "{field} missing");
     }
     assert_eq!(peer["responses"]["5xx"], 1);
     assert_eq!(peer["responses"]["codes"]["200"], 9);
+    assert_eq!(peer["history"]["5xx"], serde_json::json!([0.0]), "the history key is 5xx");
 }
 
 #[test]
@@ -330,7 +358,7 @@ fn hostile_strings_stay_inside_json() {
     let mut s = snapshot();
     s.routes[0].path = "/\"}],\n<script>\u{0}é".into();
     s.recent[0].method = "G\"E\\T".into();
-    let json = render_json(&build_report(&s, &config(), &Query::default(), NOW));
+    let json = answer(&s, &config(), &Query::default(), NOW);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["recent"][1]["method"], "G\"E\\T");
     assert!(!json.contains('\n'));
@@ -360,18 +388,7 @@ pub fn big_snapshot() -> Snapshot {
 
 #[test]
 fn renders_a_thousand_peers() {
-    let s = big_snapshot();
-    let q = Query { routes: 16, ..Query::default() };
-    let start = std::time::Instant::now();
-    let report = build_report(&s, &config(), &q, NOW);
-    let built = start.elapsed();
-    let json = render_json(&report);
-    eprintln!(
-        "1000 peers x 16 routes: built in {built:?}, {} bytes rendered in {:?}",
-        json.len(),
-        start.elapsed() - built
-    );
-    let v: Report = serde_json::from_str(&json).unwrap();
+    let v = report(&big_snapshot(), &config(), &Query { routes: 16, ..Query::default() }, NOW);
     assert_eq!(v.unlisted.peers.len(), 1000);
     assert!(v.unlisted.peers.iter().all(|p| p.routes.len() == 16));
     assert_eq!(v.totals.requests, (1000..2000).sum::<u64>());
@@ -384,47 +401,6 @@ fn cpu_us() -> u128 {
     // SAFETY: clock_gettime only writes the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u128 * 1_000_000 + ts.tv_nsec as u128 / 1000
-}
-
-/// `cargo test --release -p upstreamtop-report timing -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn timing() {
-    let s = big_snapshot();
-    let mut t = Table::new("timing");
-    t.writer.publish(&s).unwrap();
-    for routes in [10, 16] {
-        let q = Query { routes, ..Query::default() };
-        let (mut b, mut j, mut p, mut len) = (u128::MAX, u128::MAX, u128::MAX, 0);
-        let (mut view_us, mut direct_us) = (u128::MAX, u128::MAX);
-        for _ in 0..30 {
-            // The module's path: read the publish in place, render directly.
-            let t0 = cpu_us();
-            let view = t.reader.view_unless(None).unwrap().unwrap();
-            let t1 = cpu_us();
-            std::hint::black_box(render_view_json(&view, &config(), &q, NOW));
-            view_us = view_us.min(t1 - t0);
-            direct_us = direct_us.min(cpu_us() - t1);
-
-            let t = cpu_us();
-            let r = build_report(&s, &config(), &q, NOW);
-            let t1 = cpu_us();
-            let json = render_json(&r);
-            let t2 = cpu_us();
-            let prom = render_prometheus(&r, &q);
-            let t3 = cpu_us();
-            drop(r);
-            b = b.min(t1 - t);
-            j = j.min(t2 - t1);
-            p = p.min(t3 - t2);
-            len = json.len();
-            std::hint::black_box((json, prom));
-        }
-        eprintln!(
-            "1000 peers, routes={routes}: CPU min of 30: build {b} µs, json {j} µs ({len} bytes), prometheus {p} µs; \
-             module path: view {view_us} µs + render_view_json {direct_us} µs"
-        );
-    }
 }
 
 /// A table file under the temp dir holding one publish; removed on drop.
@@ -453,37 +429,30 @@ impl Drop for Table {
     }
 }
 
-/// The direct renderer gives byte for byte what build_report + render_json
-/// give for the same publish (after the table's own bounds).
-fn same_as_report(t: &mut Table, s: &Snapshot, conf: &NginxConfig, q: &Query, now: u64) -> ViewJson {
+/// Publishes `s` and renders `q`, checking the JSON against the schema.
+fn rendered(t: &mut Table, s: &Snapshot, conf: &NginxConfig, q: &Query, now: u64) -> RenderedBody {
     t.writer.publish(s).unwrap();
-    let view = t.reader.view_unless(None).unwrap().unwrap();
-    let direct = render_view_json(&view, conf, q, now);
-    let via_report = render_json(&build_report(&view.to_snapshot(), conf, q, now));
-    let text = std::str::from_utf8(&direct.body).expect("the direct body is UTF-8");
-    if text != via_report {
-        let at = text.bytes().zip(via_report.bytes()).position(|(a, b)| a != b).unwrap_or(0);
-        panic!(
-            "direct and report JSON differ at byte {at} for {q:?}:\n direct …{}\n report …{}",
-            String::from_utf8_lossy(&direct.body[at.saturating_sub(80)..(at + 80).min(direct.body.len())]),
-            &via_report[at.saturating_sub(80)..(at + 80).min(via_report.len())]
-        );
+    let view = t.reader.view_if_new(None).unwrap().unwrap();
+    let body = render(&view, conf, q, now, Vec::new());
+    if q.format == Format::Json {
+        parse_round_trip(&body.body);
     }
-    direct
+    body
 }
 
-fn restamp(j: &ViewJson, now: u64) -> Vec<u8> {
-    j.restamped(now)
+fn restamp(j: &RenderedBody, now: u64) -> Vec<u8> {
+    j.at(now)
         .iter()
         .flat_map(|p| match p {
-            Piece::Bytes(b) => b.to_vec(),
-            Piece::Num(n) => n.to_string().into_bytes(),
+            BodyPart::Bytes(b) => b.to_vec(),
+            BodyPart::Number(n) => n.to_string().into_bytes(),
         })
         .collect()
 }
 
-/// Snapshots, configurations and queries that the fast paths are held to
-/// the report path on.
+/// Snapshots, configurations and queries the schema and golden tests
+/// cover: hostile strings, codes out of order, several overflow buckets,
+/// peers without history, duplicate addresses and groups.
 fn report_path_cases() -> (Vec<Snapshot>, Vec<NginxConfig>, Vec<Query>) {
     let mut odd = snapshot();
     // Hostile strings, codes out of order / not three digits / repeated,
@@ -540,35 +509,13 @@ fn report_path_cases() -> (Vec<Snapshot>, Vec<NginxConfig>, Vec<Query>) {
 }
 
 #[test]
-fn view_json_matches_the_report_path() {
-    let mut t = Table::new("viewjson");
+fn every_answer_parses_into_the_schema() {
+    let mut t = Table::new("schema");
     let (snaps, confs, queries) = report_path_cases();
     for s in &snaps {
         for conf in &confs {
             for q in &queries {
-                same_as_report(&mut t, s, conf, q, NOW);
-            }
-        }
-    }
-}
-
-#[test]
-fn prometheus_lean_paths_match_the_full_report() {
-    // From a report built without history arrays, and from the view's lean
-    // snapshot: the same text as the full report of the whole snapshot, for
-    // queries with and without history, routes and route labels.
-    let mut t = Table::new("prometheus");
-    let (snaps, confs, mut queries) = report_path_cases();
-    queries.push(Query { route_labels: false, ..Query::default() });
-    for s in &snaps {
-        t.writer.publish(s).unwrap();
-        let view = t.reader.view_unless(None).unwrap().unwrap();
-        let whole = view.to_snapshot();
-        for conf in &confs {
-            for q in &queries {
-                let full = render_prometheus(&build_report(&whole, conf, q, NOW), q);
-                assert_eq!(crate::prometheus::render_prometheus_snapshot(&whole, conf, q, NOW), full, "{q:?}");
-                assert_eq!(render_prometheus_view(&view, conf, q, NOW), full, "{q:?}");
+                rendered(&mut t, s, conf, q, NOW);
             }
         }
     }
@@ -578,30 +525,34 @@ fn prometheus_lean_paths_match_the_full_report() {
 fn view_json_restamps_to_a_later_render() {
     let mut t = Table::new("restamp");
     let later = NOW + 1_234_567_891;
-    let j = same_as_report(&mut t, &snapshot(), &config(), &Query::default(), NOW);
+    let j = rendered(&mut t, &snapshot(), &config(), &Query::default(), NOW);
     assert!(!j.clock_dependent);
     t.writer.publish(&snapshot()).unwrap();
-    let view = t.reader.view_unless(None).unwrap().unwrap();
-    assert_eq!(restamp(&j, later), render_view_json(&view, &config(), &Query::default(), later).body);
+    let view = t.reader.view_if_new(None).unwrap().unwrap();
+    assert_eq!(restamp(&j, later), render(&view, &config(), &Query::default(), later, Vec::new()).body);
     assert_eq!(restamp(&j, NOW), j.body);
     // Into a recycled buffer (the module hands back old bodies): the same
     // body, whatever the buffer held.
     let dirty = vec![b'x'; j.body.len() * 2 + 17];
-    assert_eq!(render_view_json_into(&view, &config(), &Query::default(), NOW, dirty).body, j.body);
+    assert_eq!(render(&view, &config(), &Query::default(), NOW, dirty).body, j.body);
+    // Prometheus has no clock figures: its parts are the body.
+    let prom = Query { format: Format::Prometheus, ..Query::default() };
+    let p = render(&view, &config(), &prom, NOW, Vec::new());
+    assert_eq!(restamp(&p, later), p.body);
     // A peer without history is judged against the clock: not reusable.
     let mut s = snapshot();
     s.peers[0].history.clear();
-    assert!(same_as_report(&mut t, &s, &config(), &Query::default(), NOW).clock_dependent);
+    assert!(rendered(&mut t, &s, &config(), &Query::default(), NOW).clock_dependent);
 }
 
 #[test]
-fn synthetic_snapshot_renders_the_same_both_ways() {
+fn synthetic_snapshot_renders() {
     let mut t = Table::new("synthetic");
     let s = bench::synthetic_snapshot(50, 16);
     assert_eq!((s.peers.len(), s.routes.len(), s.recent.len()), (50, 800, 100));
     let now = s.meta.published_unix_ns + 1000;
-    let j = same_as_report(&mut t, &s, &NginxConfig::default(), &Query { routes: 16, ..Query::default() }, now);
-    let v: Report = serde_json::from_slice(&j.body).unwrap();
+    let j = rendered(&mut t, &s, &NginxConfig::default(), &Query { routes: 16, ..Query::default() }, now);
+    let v = parse_round_trip(&j.body);
     assert_eq!(v.unlisted.peers.len(), 50);
     assert_eq!(v.totals.requests, s.peers.iter().map(|p| p.requests).sum::<u64>());
 }
@@ -620,43 +571,6 @@ fn endpoint_timing() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// CPU time of the module's path per fresh publish, phase by phase, on
-/// the benchmark's synthetic table (60 history samples per peer):
-/// `cargo test --release -p upstreamtop-report view_timing -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn view_timing() {
-    let mut t = Table::new("phases");
-    let s = bench::synthetic_snapshot(1000, 16);
-    t.writer.publish(&s).unwrap();
-    let conf = NginxConfig::default();
-    for routes in [10, 16] {
-        let q = Query { routes, ..Query::default() };
-        let (mut v, mut r, mut old, mut len) = (u128::MAX, u128::MAX, u128::MAX, 0);
-        for i in 0..40 {
-            let a = cpu_us();
-            let view = t.reader.view_unless(None).unwrap().unwrap();
-            let b = cpu_us();
-            let j = render_view_json(&view, &conf, &q, s.meta.published_unix_ns);
-            let c = cpu_us();
-            v = v.min(b - a);
-            r = r.min(c - b);
-            len = j.body.len();
-            if i % 4 == 0 {
-                // The old path, for comparison: decode, build, render.
-                let d = cpu_us();
-                let o = render_json(&build_report(&t.reader.snapshot().unwrap(), &conf, &q, s.meta.published_unix_ns));
-                old = old.min(cpu_us() - d);
-                std::hint::black_box(o);
-            }
-            std::hint::black_box(j);
-        }
-        eprintln!(
-            "1000 peers × 16 routes, ?routes={routes}, {len} bytes: view {v} µs + render {r} µs (snapshot+build+render {old} µs), CPU min"
-        );
-    }
 }
 
 /// The module's path alone (read + render of fresh publishes), in a loop
@@ -684,9 +598,9 @@ fn view_profile() {
         }
         let wall = std::time::Instant::now();
         let a = cpu_us();
-        let view = t.reader.view_unless(None).unwrap().unwrap();
+        let view = t.reader.view_if_new(None).unwrap().unwrap();
         let b = cpu_us();
-        let j = render_view_json_into(&view, &conf, &q, s.meta.published_unix_ns, std::mem::take(&mut spare));
+        let j = render(&view, &conf, &q, s.meta.published_unix_ns, std::mem::take(&mut spare));
         let c = cpu_us();
         walls.push(wall.elapsed().as_micros());
         v = v.min(b - a);
@@ -718,14 +632,15 @@ fn golden_bodies() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for (si, s) in snaps.iter().enumerate() {
         t.writer.publish(s).unwrap();
-        let view = t.reader.view_unless(None).unwrap().unwrap();
+        let view = t.reader.view_if_new(None).unwrap().unwrap();
         for (ci, conf) in confs.iter().enumerate() {
             for (qi, q) in queries.iter().enumerate() {
                 let name = format!("snap{si}-conf{ci}-query{qi}");
-                out.push((format!("{name}.json"), render_view_json(&view, conf, q, NOW).body));
-                let mut pq = q.clone();
-                pq.routes = if qi == 0 { usize::MAX } else { pq.routes };
-                out.push((format!("{name}.prom"), render_prometheus_view(&view, conf, &pq, NOW).into_bytes()));
+                out.push((format!("{name}.json"), render(&view, conf, q, NOW, Vec::new()).body));
+                // A scrape without `?routes=` gets every route.
+                let routes = if qi == 0 { usize::MAX } else { q.routes };
+                let pq = Query { format: Format::Prometheus, routes, ..q.clone() };
+                out.push((format!("{name}.prom"), render(&view, conf, &pq, NOW, Vec::new()).body));
             }
         }
     }
