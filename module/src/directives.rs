@@ -11,6 +11,8 @@ use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_str_t, NGX_LOG_EMERG};
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_conf_log_error;
 
+use upstreamtop_report::Format;
+
 use crate::{LocConf, MainConf, StatusConf};
 
 /// The directive's arguments (without its name), as UTF-8.
@@ -54,11 +56,11 @@ fn parse_status_args(args: &[&str]) -> Result<StatusConf, String> {
         match arg {
             "json" | "prometheus" if !format_seen => {
                 format_seen = true;
-                conf.prometheus = arg == "prometheus";
+                conf.format = if arg == "prometheus" { Format::Prometheus } else { Format::Json };
             }
             "noroutes" if !noroutes_seen => {
                 noroutes_seen = true;
-                conf.noroutes = true;
+                conf.route_labels = false;
             }
             "json" | "prometheus" | "noroutes" => {
                 return Err(format!("duplicate argument \"{arg}\" in \"upstreamtop_status\" directive"))

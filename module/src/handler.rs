@@ -10,14 +10,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ngx::core::{Buffer, Status};
 use ngx::ffi::{
-    ngx_buf_t, ngx_chain_t, ngx_http_request_t, ngx_http_send_special, ngx_int_t, ngx_str_t, NGX_HTTP_LAST, NGX_LOG_ERR,
+    add_to_ngx_table, ngx_buf_t, ngx_chain_t, ngx_http_request_t, ngx_http_send_special, ngx_int_t, ngx_list_push,
+    ngx_str_t, ngx_table_elt_t, NGX_HTTP_LAST, NGX_LOG_ERR,
 };
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, HttpModuleMainConf, Method, Request};
 use ngx::ngx_log_error;
-use upstreamtop_report::Piece;
+use upstreamtop_report::{BodyPart, Format, Query};
 
-use crate::table_access::{Body, Outcome};
-use crate::{nginx_conf, table_access, Module, StatusConf};
+use crate::render_cache::{self, Body, Outcome};
+use crate::{nginx_conf, Module, StatusConf};
 
 const JSON: &str = "application/json";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -87,58 +88,35 @@ fn now_unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
-/// `?format=prometheus` / `?format=json` (the last one wins): `Some(true)`
-/// for Prometheus, `None` when not given. `parse_query` leaves `format` to
-/// the module because the directive supplies its default.
-fn format_arg(args: &str) -> Result<Option<bool>, String> {
-    match args.split('&').filter_map(|kv| kv.strip_prefix("format=")).next_back() {
-        None => Ok(None),
-        Some("prometheus") => Ok(Some(true)),
-        Some("json") => Ok(Some(false)),
-        Some(other) => Err(format!("parameter format: expected \"json\" or \"prometheus\", got {other:?}")),
-    }
-}
-
 /// The whole answer, from the request's configuration, query and the table.
 fn answer(request: &Request) -> Answer {
-    let status_conf: StatusConf = Module::location_conf(request).and_then(|lc| lc.status).unwrap_or_default();
+    let defaults: StatusConf = Module::location_conf(request).and_then(|lc| lc.status).unwrap_or_default();
     let table = Module::main_conf(request).map(|mc| mc.table_path()).unwrap_or(crate::DEFAULT_TABLE_PATH);
     let args_ngx: &ngx_str_t = &request.as_ref().args;
     let args = String::from_utf8_lossy(args_ngx.as_bytes());
-
-    let mut query = match upstreamtop_report::parse_query(&args) {
+    let query = match Query::parse(&args, defaults) {
         Ok(q) => q,
-        Err(e) => return Answer::error(400, &e),
+        Err(e) => return Answer::error(400, &e.to_string()),
     };
-    if status_conf.noroutes {
-        query.route_labels = false;
-    }
-    let prometheus = match format_arg(&args) {
-        Ok(format) => format.unwrap_or(status_conf.prometheus),
-        Err(e) => return Answer::error(400, &e),
-    };
-    if prometheus && !args.split('&').any(|kv| kv.starts_with("routes=")) {
-        // A scraper wants every route the probe keeps (bounded by its
-        // --max-routes), not the JSON's top 10: a route leaving a top-N
-        // would make its counter series vanish and reappear. topk() in
-        // PromQL does the ranking.
-        query.routes = usize::MAX;
-    }
-
+    let format = query.format;
     let conf = nginx_conf::nginx_config(request);
     let now = now_unix_ns();
-    match table_access::answer(Path::new(table), conf, query, prometheus, now) {
-        Outcome::Unreadable(e) => unavailable(prometheus, &e.to_string(), table, None),
+    match render_cache::answer(Path::new(table), conf, query, now) {
+        Outcome::Unreadable(e) => unavailable(format, &e.to_string(), table, None),
         Outcome::Stale { age_s, published_unix_ns } => {
             let reason = format!("probe stale: last publish {age_s} s ago");
-            unavailable(prometheus, &reason, table, Some(published_unix_ns))
+            unavailable(format, &reason, table, Some(published_unix_ns))
         }
-        Outcome::Ready(body @ Body::Json(_)) => {
-            Answer { status: 200, content_type: JSON, body: Content::Shared(body, now) }
+        Outcome::Ready(body) => {
+            Answer { status: 200, content_type: content_type(format), body: Content::Shared(body, now) }
         }
-        Outcome::Ready(body @ Body::Prometheus(_)) => {
-            Answer { status: 200, content_type: PROMETHEUS, body: Content::Shared(body, now) }
-        }
+    }
+}
+
+fn content_type(format: Format) -> &'static str {
+    match format {
+        Format::Json => JSON,
+        Format::Prometheus => PROMETHEUS,
     }
 }
 
@@ -146,8 +124,8 @@ fn answer(request: &Request) -> Answer {
 /// 200 with `upstreamtop_probe_up 0`, because a scraper drops the body of
 /// any non-2xx answer and the alert `upstreamtop_probe_up == 0` could never
 /// fire.
-fn unavailable(prometheus: bool, reason: &str, table: &str, last_publish_unix_ns: Option<u64>) -> Answer {
-    if prometheus {
+fn unavailable(format: Format, reason: &str, table: &str, last_publish_unix_ns: Option<u64>) -> Answer {
+    if format == Format::Prometheus {
         Answer {
             status: 200,
             content_type: PROMETHEUS,
@@ -161,55 +139,45 @@ fn unavailable(prometheus: bool, reason: &str, table: &str, last_publish_unix_ns
     }
 }
 
-/// One part of a body to send.
-enum Part<'a> {
-    /// Lives in memory the request pool keeps alive (a shared body): sent
-    /// from where it lies.
-    InPlace(&'a [u8]),
-    /// Copied into the request pool.
-    Copy(&'a str),
-    /// A number, formatted into the request pool.
-    Num(u64),
-}
-
-impl Part<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Part::InPlace(b) => b.len(),
-            Part::Copy(s) => s.len(),
-            Part::Num(n) => n.checked_ilog10().map_or(1, |d| d as usize + 1),
-        }
-    }
-}
-
 fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
-    let parts: Vec<Part> = match &answer.body {
-        Content::Own(text) => vec![Part::Copy(text)],
-        Content::Shared(Body::Json(json), now) => json
-            .restamped(*now)
-            .into_iter()
-            .map(|p| match p {
-                Piece::Bytes(b) => Part::InPlace(b),
-                Piece::Num(n) => Part::Num(n),
-            })
-            .collect(),
-        Content::Shared(Body::Prometheus(text), _) => vec![Part::InPlace(text.as_bytes())],
+    let Answer { status, content_type, body } = answer;
+    // The request's pool owns the body from here on and drops it when the
+    // request is freed, after the last byte went out: the buffers below
+    // point into it however slowly the client reads, even if the worker's
+    // cache has moved on to a newer publish.
+    let pool = request.pool();
+    let kept = pool.allocate(body);
+    if kept.is_null() {
+        return Status::NGX_ERROR;
+    }
+    // SAFETY: a live allocation of this request's pool, which outlives
+    // this function and every buffer sent from it.
+    let body: &Content = unsafe { &*kept };
+    let parts: Vec<BodyPart> = match body {
+        Content::Own(text) => vec![BodyPart::Bytes(text.as_bytes())],
+        Content::Shared(shared, now) => shared.body.at(*now).to_vec(),
     };
-    let len: usize = parts.iter().map(Part::len).sum();
+    let len: usize = parts.iter().map(part_len).sum();
 
-    request.set_status(HTTPStatus(answer.status.into()));
+    request.set_status(HTTPStatus(status.into()));
     request.set_content_length_n(len);
     {
         let r = request.as_mut();
         // The content types are 'static, so nginx may keep pointing at them.
-        r.headers_out.content_type =
-            ngx_str_t { len: answer.content_type.len(), data: answer.content_type.as_ptr() as *mut u8 };
-        r.headers_out.content_type_len = answer.content_type.len();
+        r.headers_out.content_type = ngx_str_t { len: content_type.len(), data: content_type.as_ptr() as *mut u8 };
+        r.headers_out.content_type_len = content_type.len();
     }
     if request.add_header_out("Cache-Control", "no-store").is_none()
         || (allow_header && request.add_header_out("Allow", "GET, HEAD").is_none())
     {
         return Status::NGX_ERROR;
+    }
+    if let Content::Shared(shared, _) = body {
+        // nginx's not-modified filter compares it with If-None-Match and
+        // turns the answer into a 304 without a body.
+        if set_etag(request, &shared.etag).is_none() {
+            return Status::NGX_ERROR;
+        }
     }
 
     let rc = request.send_header();
@@ -221,30 +189,20 @@ fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
         // without a zero-size data buffer (which nginx would flag).
         return Status(unsafe { ngx_http_send_special(request.into(), NGX_HTTP_LAST as _) });
     }
-    let pool = request.pool();
-    if let Content::Shared(body, _) = &answer.body {
-        // The pool drops this reference when the request is freed, after
-        // the last byte went out: the in-place buffers below stay valid
-        // however slowly the client reads, even if the worker's cache has
-        // moved on to a newer publish.
-        if pool.allocate(body.clone()).is_null() {
-            return Status::NGX_ERROR;
-        }
-    }
     let mut head: *mut ngx_chain_t = std::ptr::null_mut();
     let mut tail: *mut ngx_chain_t = std::ptr::null_mut();
-    let last = parts.iter().rposition(|p| p.len() > 0);
-    for (i, part) in parts.iter().enumerate().filter(|(_, p)| p.len() > 0) {
+    let last = parts.iter().rposition(|p| part_len(p) > 0);
+    for (i, part) in parts.iter().enumerate().filter(|(_, p)| part_len(p) > 0) {
         let buf: *mut ngx_buf_t = match part {
-            Part::InPlace(s) => {
+            BodyPart::Bytes(s) => {
                 let buf = pool.calloc_type::<ngx_buf_t>();
                 if buf.is_null() {
                     return Status::NGX_ERROR;
                 }
                 let start = s.as_ptr() as *mut u8;
                 // SAFETY: `buf` is a zeroed ngx_buf_t from the pool. It
-                // points at `s`, which the pool-owned reference above keeps
-                // alive; the memory flag tells nginx never to write to it.
+                // points at `s`, inside the pool-owned body above; the
+                // memory flag tells nginx never to write to it.
                 unsafe {
                     (*buf).start = start;
                     (*buf).pos = start;
@@ -254,11 +212,7 @@ fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
                 }
                 buf
             }
-            Part::Copy(s) => match pool.create_buffer_from_str(s) {
-                Some(mut b) => b.as_ngx_buf_mut(),
-                None => return Status::NGX_ERROR,
-            },
-            Part::Num(n) => match pool.create_buffer_from_str(&n.to_string()) {
+            BodyPart::Number(n) => match pool.create_buffer_from_str(&n.to_string()) {
                 Some(mut b) => b.as_ngx_buf_mut(),
                 None => return Status::NGX_ERROR,
             },
@@ -286,4 +240,26 @@ fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
     }
     // SAFETY: `head` is the first link of the non-empty chain built above.
     request.output_filter(unsafe { &mut *head })
+}
+
+fn part_len(p: &BodyPart) -> usize {
+    match p {
+        BodyPart::Bytes(b) => b.len(),
+        BodyPart::Number(n) => n.checked_ilog10().map_or(1, |d| d as usize + 1),
+    }
+}
+
+/// Adds the `ETag` header and points `headers_out.etag` at it, which is
+/// what nginx's not-modified filter compares `If-None-Match` with.
+fn set_etag(request: &mut Request, etag: &str) -> Option<()> {
+    let r = request.as_mut();
+    // SAFETY: headers_out.headers is the request's live header list; the
+    // pushed element is filled by add_to_ngx_table with copies in the
+    // request's pool before nginx reads it.
+    unsafe {
+        let elt = ngx_list_push(&mut r.headers_out.headers) as *mut ngx_table_elt_t;
+        add_to_ngx_table(elt, r.pool, "ETag", etag)?;
+        r.headers_out.etag = elt;
+    }
+    Some(())
 }

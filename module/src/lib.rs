@@ -11,9 +11,11 @@
 //! }
 //! ```
 //!
-//! This file holds the module definition nginx loads; directives, the
-//! content handler, the config extraction and the table access each live in
-//! their own file.
+//! This file holds the module definition nginx loads; the directives
+//! (`directives.rs`), the content handler (`handler.rs`), the extraction of
+//! nginx's configuration (`nginx_conf.rs`) and the per-worker cache of
+//! rendered answers (`render_cache.rs`) each live in their own file. What
+//! an answer says is decided in the `upstreamtop-report` crate.
 
 use std::ptr::addr_of;
 
@@ -27,7 +29,7 @@ use ngx::ngx_string;
 mod directives;
 mod handler;
 mod nginx_conf;
-mod table_access;
+mod render_cache;
 
 /// Where the probe publishes when `upstreamtop_table` is not given.
 pub const DEFAULT_TABLE_PATH: &str = "/run/upstreamtop/table";
@@ -48,12 +50,9 @@ impl MainConf {
     }
 }
 
-/// What `upstreamtop_status [json|prometheus] [noroutes];` asked for.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StatusConf {
-    pub prometheus: bool,
-    pub noroutes: bool,
-}
+/// What `upstreamtop_status [json|prometheus] [noroutes];` asked for: the
+/// defaults of the location's answers.
+pub(crate) type StatusConf = upstreamtop_report::Defaults;
 
 /// `location {}`-level settings.
 #[derive(Debug, Default)]

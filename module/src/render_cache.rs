@@ -10,9 +10,9 @@
 //! Whatever is at the path cannot hold a worker: the reader opens it
 //! `O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC`, reads only a regular
 //! file (checked on the descriptor), and refuses one larger than its
-//! header's capacities imply (at most `MAX_FILE_SIZE`, 512 MiB + 4 KiB)
-//! before copying anything; a FIFO, a symlink or an oversized file is an
-//! [`Outcome::Unreadable`], answered 503 like any other bad table.
+//! header's capacities imply before copying anything; a FIFO, a symlink or
+//! an oversized file is an [`Outcome::Unreadable`], answered 503 like any
+//! other bad table.
 //!
 //! Why a cache: a dashboard or scraper polls several times per publish
 //! interval, and a thousand peers make a body of megabytes. While the
@@ -20,14 +20,17 @@
 //! same query against the same nginx configuration gets the body rendered
 //! for the first request of the interval, with only its clock figures
 //! (`timestamp`, `probe.age_ms`) rewritten — exactly what a fresh render
-//! would give. A fresh publish is read in place ([`TableReader::view_unless`])
-//! and rendered straight to JSON, never decoded into a `Snapshot`.
+//! would give. A fresh publish is read in place
+//! ([`TableReader::view_if_new`]) and rendered by
+//! [`upstreamtop_report::render`], never decoded into a `Snapshot`.
 
 use std::cell::RefCell;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use upstreamtop_report::{NginxConfig, Query, ViewJson};
+use upstreamtop_report::{NginxConfig, Query, RenderedBody};
 use upstreamtop_table::{ProbeMeta, PublishId, ReadError, SnapshotView, TableReader};
 
 /// Bodies kept per worker for the current publish (one per distinct
@@ -44,27 +47,30 @@ struct Worker {
     /// The publish the cached bodies come from.
     publish: Option<(PublishId, ProbeMeta)>,
     cached: Vec<(Key, Body)>,
-    /// A JSON body no request sends any more, kept as the buffer of the
-    /// next render (megabytes at a thousand peers: writing into mapped
-    /// memory spares the page faults of a fresh allocation).
+    /// A body no request sends any more, kept as the buffer of the next
+    /// render (megabytes at a thousand peers: writing into mapped memory
+    /// spares the page faults of a fresh allocation).
     spare: Vec<u8>,
 }
 
 /// What a body depends on besides the publish and the clock.
-#[derive(PartialEq)]
+#[derive(PartialEq, Hash)]
 struct Key {
-    prometheus: bool,
     query: Query,
     conf: NginxConfig,
 }
 
 /// A rendered answer, shared between the cache and the requests still
 /// sending it.
-#[derive(Clone)]
-pub(crate) enum Body {
-    /// Restamp with [`ViewJson::restamped`] before sending.
-    Json(Rc<ViewJson>),
-    Prometheus(Rc<String>),
+pub(crate) type Body = Rc<Rendered>;
+
+pub(crate) struct Rendered {
+    /// Restamp with [`RenderedBody::at`] before sending.
+    pub body: RenderedBody,
+    /// A weak entity tag naming the publish, the query and the
+    /// configuration the body was rendered from (and the clock, for a body
+    /// that depends on it): equal tags, equal figures.
+    pub etag: String,
 }
 
 pub(crate) enum Outcome {
@@ -77,12 +83,12 @@ pub(crate) enum Outcome {
     Ready(Body),
 }
 
-/// The answer for `query` (JSON or Prometheus) from the table at `path`.
+/// The answer for `query` from the table at `path`.
 ///
 /// May panic if the reader or a renderer does (the caller catches it); the
 /// worker state is taken out of the slot while in use, so a panic drops it
 /// and the next request starts from a fresh reader and an empty cache.
-pub(crate) fn answer(path: &Path, conf: NginxConfig, query: Query, prometheus: bool, now_unix_ns: u64) -> Outcome {
+pub(crate) fn answer(path: &Path, conf: NginxConfig, query: Query, now_unix_ns: u64) -> Outcome {
     let slot = WORKER.with(|cell| cell.borrow_mut().take());
     let mut worker = match slot {
         Some(w) if w.path == path => w,
@@ -94,7 +100,7 @@ pub(crate) fn answer(path: &Path, conf: NginxConfig, query: Query, prometheus: b
             spare: Vec::new(),
         },
     };
-    let outcome = worker.answer(Key { prometheus, query, conf }, now_unix_ns);
+    let outcome = worker.answer(Key { query, conf }, now_unix_ns);
     WORKER.with(|cell| *cell.borrow_mut() = Some(worker));
     outcome
 }
@@ -103,7 +109,7 @@ impl Worker {
     fn answer(&mut self, key: Key, now: u64) -> Outcome {
         let known = self.publish.as_ref().map(|(id, _)| *id);
         let Worker { reader, publish, cached, spare, .. } = self;
-        let view = match reader.view_unless(known) {
+        let view = match reader.view_if_new(known) {
             Err(e) => {
                 *publish = None;
                 cached.clear();
@@ -122,7 +128,7 @@ impl Worker {
                 }
                 // Not rendered yet for this query: read the publish again
                 // (it may be newer by now, which is just as good).
-                match reader.view_unless(None) {
+                match reader.view_if_new(None) {
                     Ok(Some(view)) => view,
                     Ok(None) => return Outcome::Unreadable(ReadError::Busy(reader.path().to_owned())),
                     Err(e) => {
@@ -142,8 +148,8 @@ impl Worker {
         if let Some(stale) = stale(view.meta(), now) {
             return stale;
         }
-        let (body, reusable) = render(&view, &key, now, spare);
-        if reusable {
+        let body = Rc::new(render(&view, &key, now, spare));
+        if !body.body.clock_dependent {
             if cached.len() >= MAX_CACHED {
                 let (_, old) = cached.remove(0);
                 recycle(spare, old);
@@ -155,36 +161,33 @@ impl Worker {
 }
 
 fn stale(meta: &ProbeMeta, now: u64) -> Option<Outcome> {
-    upstreamtop_report::stale_age_s_meta(meta, now)
-        .map(|age_s| Outcome::Stale { age_s, published_unix_ns: meta.published_unix_ns })
+    meta.is_stale(now)
+        .then(|| Outcome::Stale { age_s: meta.age_ns(now) / 1_000_000_000, published_unix_ns: meta.published_unix_ns })
 }
 
 /// Keeps the larger of `spare` and `body`'s buffer when no request still
 /// sends `body` (a body in flight stays with its request's pool).
 fn recycle(spare: &mut Vec<u8>, body: Body) {
-    if let Body::Json(json) = body {
-        if let Ok(json) = Rc::try_unwrap(json) {
-            if json.body.capacity() > spare.capacity() {
-                *spare = json.body;
-            }
+    if let Ok(rendered) = Rc::try_unwrap(body) {
+        if rendered.body.body.capacity() > spare.capacity() {
+            *spare = rendered.body.body;
         }
     }
 }
 
-/// Renders `view` for `key` (JSON into the `spare` buffer); also says whether the body
-/// may be served again later in this publish (not when a peer's state was
-/// judged against the clock because it has no history samples).
-fn render(view: &SnapshotView, key: &Key, now: u64, spare: &mut Vec<u8>) -> (Body, bool) {
-    if key.prometheus {
-        // Prometheus scrapes are rare next to dashboard polls: the report
-        // path (from a snapshot of what the series read) is fast enough,
-        // and render_prometheus works on a Report.
-        let reusable = view.peers().all(|p| p.history_len() > 0);
-        let text = upstreamtop_report::render_prometheus_view(view, &key.conf, &key.query, now);
-        (Body::Prometheus(Rc::new(text)), reusable)
-    } else {
-        let json = upstreamtop_report::render_view_json_into(view, &key.conf, &key.query, now, std::mem::take(spare));
-        let reusable = !json.clock_dependent;
-        (Body::Json(Rc::new(json)), reusable)
+/// Renders `view` for `key` into the `spare` buffer, with its entity tag.
+fn render(view: &SnapshotView, key: &Key, now: u64, spare: &mut Vec<u8>) -> Rendered {
+    let body = upstreamtop_report::render(view, &key.conf, &key.query, now, std::mem::take(spare));
+    // DefaultHasher::new() has fixed keys: every worker derives the same
+    // tag for the same publish, so a poller balanced across workers still
+    // gets its 304s.
+    let mut h = DefaultHasher::new();
+    view.id().hash(&mut h);
+    key.hash(&mut h);
+    if body.clock_dependent {
+        // A peer's state was judged against the clock: the figures may
+        // change within the publish, at most once per interval.
+        (now / view.meta().interval_ns.max(1)).hash(&mut h);
     }
+    Rendered { body, etag: format!("W/\"{:016x}\"", h.finish()) }
 }
