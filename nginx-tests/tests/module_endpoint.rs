@@ -324,6 +324,56 @@ fn prometheus_format_from_query_or_directive() {
     assert_eq!(resp.header("Content-Type"), Some("application/json"));
 }
 
+/// Every answer names its publish in a weak `ETag`; a poller that sends
+/// it back gets `304 Not Modified` and no body until the probe publishes
+/// again, and the same tag from every worker.
+#[test]
+fn etag_and_if_none_match() {
+    let (nginx, _dir, table) = start(2);
+    let mut snap = snapshot(nginx.addr());
+    write_table(&table, &snap);
+    let get = |path: &str, tag: Option<&str>| {
+        let mut req = http::Request::get(path);
+        if let Some(t) = tag {
+            req = req.header("If-None-Match", t);
+        }
+        http::Client::new(nginx.addr()).send(&req).unwrap()
+    };
+    for path in ["/upstreamtop", "/metrics", "/upstreamtop?routes=2"] {
+        let first = get(path, None);
+        assert_eq!(first.status, 200, "{path}: {}", first.text());
+        let tag = first.header("ETag").unwrap_or_else(|| panic!("{path}: no ETag")).to_owned();
+        assert!(tag.starts_with("W/\"") && tag.ends_with('"'), "{path}: weak tag: {tag}");
+        // Fresh connections, so both workers answer in turn: one tag.
+        for _ in 0..4 {
+            let again = get(path, Some(&tag));
+            assert_eq!(again.status, 304, "{path}: {}", again.text());
+            assert!(again.body.is_empty(), "{path}: a 304 has no body");
+            assert_eq!(again.header("ETag"), Some(tag.as_str()));
+        }
+        let other = get(path, Some("W/\"0000000000000000\""));
+        assert_eq!(other.status, 200, "{path}: another tag gets the answer");
+        assert_eq!(other.header("ETag"), Some(tag.as_str()));
+    }
+    // A different query is a different answer: a different tag.
+    let a = get("/upstreamtop", None).header("ETag").unwrap().to_owned();
+    let b = get("/upstreamtop?routes=2", None).header("ETag").unwrap().to_owned();
+    assert_ne!(a, b);
+    assert_eq!(get("/upstreamtop?routes=2", Some(&a)).status, 200);
+    // A new publish: a new tag, and the old one gets the full answer.
+    snap.meta.publish_seq += 1;
+    snap.meta.published_unix_ns = now_ns();
+    write_table(&table, &snap);
+    let fresh = get("/upstreamtop", Some(&a));
+    assert_eq!(fresh.status, 200, "{}", fresh.text());
+    assert_ne!(fresh.header("ETag"), Some(a.as_str()));
+    // Errors carry no tag.
+    let bad = get("/upstreamtop?routes=x", None);
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("ETag"), None);
+    assert_healthy(&nginx);
+}
+
 #[test]
 fn methods_and_access_control() {
     let (nginx, _dir, table) = start(1);

@@ -15,7 +15,7 @@ use crate::cli::Cli;
 use crate::peer_slots::PeerSlots;
 use crate::pins::StateDir;
 use crate::restore::Resume;
-use crate::sweep::{collect, SweepConfig};
+use crate::sweep::{read_totals, sweep_and_read, SweepConfig};
 use crate::{ifaces, notify};
 
 /// The ring buffer is drained this often (events are submitted without
@@ -112,8 +112,9 @@ pub fn run(cli: Cli) -> Result<()> {
         max_tcp_peers: cli.max_tcp_peers,
         max_codes: cli.max_peers.saturating_mul(16),
         max_banked: cli.max_peers.saturating_mul(BANKED_PER_PEER),
-        // ~40k exchange events: a few hundred ms of a busy host even when the
-        // daemon is starved of CPU (drops are counted; peer totals stay exact).
+        // Room for a burst of exchange events while the daemon is starved
+        // of CPU. Drops are counted and cost only routes, latency and the
+        // recent feed: peer totals are counted in the maps and stay exact.
         ring_bytes: 1 << 23,
     };
     // Unknown interfaces, an unwritable table directory and capacities too
@@ -160,7 +161,7 @@ pub fn run(cli: Cli) -> Result<()> {
     })));
     if let Some(last) = &previous {
         let how = if progs.resumed() { Resume::Maps } else { Resume::TableOnly };
-        let now = crate::sweep::read(&progs, &mut slots.borrow_mut())?;
+        let now = read_totals(&progs, &mut slots.borrow_mut())?;
         agg.borrow_mut().restore(last, &now, how);
         log(&format!(
             "continuing from publish #{} of {} ({})",
@@ -174,16 +175,16 @@ pub fn run(cli: Cli) -> Result<()> {
     } else if progs.resumed() {
         log("pinned maps reused (no previous table: routes start empty)");
     }
-    let a = agg.clone();
-    let ring = progs.ring_buffer(move |ev: &types::exchange_event| a.borrow_mut().on_event(ev))?;
-    let sweep = SweepConfig { idle_timeout_ns: cli.conn_idle.as_nanos() as u64 };
+    let ring_agg = agg.clone();
+    let ring = progs.ring_buffer(move |ev: &types::exchange_event| ring_agg.borrow_mut().on_event(ev))?;
+    let sweep_cfg = SweepConfig { idle_timeout_ns: cli.conn_idle.as_nanos() as u64 };
 
     // Events stay in the ring until just before a publish, unless it fills
     // up: an event folded but not yet published is lost if the probe is
     // killed (-9), while one in the (pinned) ring is read by the next probe.
     let early_drain = (cfg.ring_bytes / 4) as usize;
     let publish = |progs: &Programs, writer: &mut TableWriter| -> Result<()> {
-        let totals = collect(progs, &mut agg.borrow_mut(), &mut slots.borrow_mut(), sweep)?;
+        let totals = sweep_and_read(progs, &mut agg.borrow_mut(), &mut slots.borrow_mut(), sweep_cfg)?;
         ring.consume().context("draining the events ring buffer")?;
         let names = progs.attached().into_iter().map(|(_, n)| n).collect();
         let mut agg = agg.borrow_mut();
@@ -293,17 +294,25 @@ pub fn status(state_dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// `upstreamtop-probe dump`: the current table as JSON on stdout.
+/// `upstreamtop-probe dump`: the current table as JSON on stdout, the
+/// answer the module gives with no nginx configuration (every peer
+/// unlisted).
 pub fn dump(table: &std::path::Path) -> Result<()> {
+    use std::io::Write;
     let mut reader = upstreamtop_table::TableReader::new(table);
-    let snap = reader.snapshot().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let now = crate::aggregate::unix_ns();
-    let report = upstreamtop_report::build_report(
-        &snap,
-        &upstreamtop_report::NginxConfig::default(),
+    let view = reader
+        .view_if_new(None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_context(|| format!("{}: no complete publish to read", table.display()))?;
+    let conf = upstreamtop_report::NginxConfig::default();
+    let body = upstreamtop_report::render(
+        &view,
+        &conf,
         &upstreamtop_report::Query::default(),
-        now,
+        crate::aggregate::unix_ns(),
+        Vec::new(),
     );
-    println!("{}", upstreamtop_report::render_json(&report));
+    let mut out = std::io::stdout().lock();
+    out.write_all(&body.body).and_then(|()| out.write_all(b"\n")).context("write to stdout")?;
     Ok(())
 }

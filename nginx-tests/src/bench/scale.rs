@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use upstreamtop_report::{build_report, render_json, NginxConfig, Query};
+use upstreamtop_report::{render, NginxConfig, Query};
+use upstreamtop_table::TableReader;
 
 use super::figures::{Figure, Target};
 use super::{now_unix_ns, percentile, procfs, Settings};
@@ -109,12 +110,13 @@ fn measure(s: &Settings) -> Result<Vec<Figure>> {
     let query = Query { routes: 16, ..Query::default() };
     let mut times = Vec::new();
     let mut bytes = 0;
+    let mut reader = TableReader::new(probe.table_path());
     for _ in 0..20 {
         let t = Instant::now();
-        let snap = probe.snapshot()?;
-        let json = render_json(&build_report(&snap, &conf, &query, now_unix_ns()));
+        let view = reader.view_if_new(None).map_err(|e| anyhow::anyhow!("{e}"))?.context("no publish")?;
+        let json = render(&view, &conf, &query, now_unix_ns(), Vec::new());
         times.push(t.elapsed().as_secs_f64() * 1000.0);
-        bytes = json.len();
+        bytes = json.body.len();
     }
     drop(probe);
     stop_all(backends);

@@ -4,7 +4,7 @@
 
 use std::cmp::Ordering;
 
-use upstreamtop_report::model::{Peer, Recent, Report};
+use upstreamtop_report::schema::{Peer, Recent, Report};
 
 use crate::cli::SortKey;
 

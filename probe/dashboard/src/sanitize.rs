@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use upstreamtop_report::model::{Peer, Recent, Report, Responses, Route, Upstream};
+use upstreamtop_report::schema::{Peer, Recent, Report, Responses, Route, Upstream};
 
 /// Longest text kept from the wire, in characters; the rest becomes `…`.
 pub const MAX_CHARS: usize = 512;

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use upstreamtop_report::model::{Report, Unavailable};
+use upstreamtop_report::schema::{Report, Unavailable};
 use upstreamtop_report::{NginxConfig, Query};
 use upstreamtop_table::TableReader;
 
@@ -309,9 +309,8 @@ impl Source {
                 query: Query {
                     upstream: upstream.clone(),
                     routes: ROUTES_ASKED,
-                    history: true,
                     recent: RECENT_ASKED,
-                    route_labels: true,
+                    ..Query::default()
                 },
             },
         }
@@ -337,24 +336,29 @@ impl Source {
                     .collect()
             }),
             Source::Table { path, reader, query } => {
-                let result = match reader.snapshot() {
-                    Ok(snap) => report_from_table(&snap, query).map(|mut report| {
-                        sanitize::report(&mut report);
-                        report
-                    }),
-                    Err(e) => Err(SourceError::Table(sanitize::clean(&format!("{e}")).into_owned())),
-                };
+                let result = report_from_table(reader, query).map(|mut report| {
+                    sanitize::report(&mut report);
+                    report
+                });
                 vec![HostResult { host: path.display().to_string(), result }]
             }
         }
     }
 }
 
-/// Builds the report the module would serve, with an empty nginx config
-/// (every peer shows as unlisted: group names live in nginx).
-fn report_from_table(snap: &upstreamtop_table::Snapshot, query: &Query) -> Result<Report, SourceError> {
+/// The answer the module would serve, with an empty nginx config (every
+/// peer shows as unlisted: group names live in nginx), read back through
+/// the schema as an HTTP answer is.
+fn report_from_table(reader: &mut TableReader, query: &Query) -> Result<Report, SourceError> {
+    let table_error = |e: &dyn std::fmt::Display| SourceError::Table(sanitize::clean(&e.to_string()).into_owned());
+    let view = match reader.view_if_new(None) {
+        Ok(Some(view)) => view,
+        Ok(None) => return Err(table_error(&"table busy: no complete publish to read")),
+        Err(e) => return Err(table_error(&e)),
+    };
     let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    Ok(upstreamtop_report::build_report(snap, &NginxConfig::default(), query, now_ns))
+    let body = upstreamtop_report::render(&view, &NginxConfig::default(), query, now_ns, Vec::new());
+    serde_json::from_slice(&body.body).map_err(|e| SourceError::BadAnswer(format!("table answer: {e}")))
 }
 
 #[cfg(test)]

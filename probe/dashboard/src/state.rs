@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use upstreamtop_report::model::Report;
+use upstreamtop_report::schema::Report;
 
 use crate::board::{Backend, Board, HostLine, ProbeState};
 use crate::cli::SortKey;

@@ -11,7 +11,7 @@ use upstreamtop::plain::{self, PlainOptions};
 use upstreamtop::source::{parse_report, HostResult, SourceError};
 use upstreamtop::state::{App, Screen};
 use upstreamtop::view;
-use upstreamtop_report::model::Report;
+use upstreamtop_report::schema::Report;
 
 const HOST: &str = "127.0.0.1:8080";
 

@@ -8,7 +8,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use unicode_width::UnicodeWidthStr;
 
-use upstreamtop_report::model::{Percentiles, Responses, Route};
+use upstreamtop_report::schema::{Percentiles, Responses, Route};
 
 use super::format::{self, bold, dim, fit, right, wire, wire_fit};
 use crate::board::{Backend, Board, ProbeState};
