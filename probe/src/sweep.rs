@@ -1,7 +1,9 @@
 //! The connection sweeper: reads the `conns` map every interval, counts the
 //! open connections per peer and ends what the programs cannot end
 //! themselves (connection attempts the kernel gave up on, connections idle
-//! for too long, e.g. whose FIN the probe missed).
+//! for too long, e.g. whose FIN the probe missed). A publish reads the maps
+//! through here ([`sweep_and_read`]): giving idle peers' slots back needs
+//! the sweep's list of the slots that connections still refer to.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -81,19 +83,27 @@ pub fn sweep(progs: &Programs, agg: &mut Aggregator, cfg: SweepConfig) -> Result
     Ok(out)
 }
 
-/// Read everything the programs counted, sweeping connections and taking
-/// back idle peers' slots on the way.
-pub fn collect(progs: &Programs, agg: &mut Aggregator, slots: &mut PeerSlots, cfg: SweepConfig) -> Result<BpfTotals> {
+/// One publish's reading of the maps: sweep the connections (which ends
+/// some and reports them to `agg`), give idle peers' slots back (see
+/// peer_slots.rs), then read every counter ([`read_totals`]) with the
+/// established connections per peer.
+pub fn sweep_and_read(
+    progs: &Programs,
+    agg: &mut Aggregator,
+    slots: &mut PeerSlots,
+    cfg: SweepConfig,
+) -> Result<BpfTotals> {
     let swept = sweep(progs, agg, cfg)?;
     let now = monotonic_ns();
     slots.reclaim(progs, &swept.slots, now)?;
-    let mut totals = read(progs, slots)?;
+    let mut totals = read_totals(progs, slots)?;
     totals.active = swept.active;
     Ok(totals)
 }
 
-/// Everything the programs and the bank hold, without sweeping.
-pub fn read(progs: &Programs, slots: &mut PeerSlots) -> Result<BpfTotals> {
+/// Everything the programs and the bank hold, without sweeping (nothing
+/// is ended or given back; `active` stays empty).
+pub fn read_totals(progs: &Programs, slots: &mut PeerSlots) -> Result<BpfTotals> {
     let (peers, codes) = slots.totals(progs, monotonic_ns())?;
     Ok(BpfTotals { peers, tcp: progs.tcp_counters()?, codes, stats: progs.stats()?, active: HashMap::new() })
 }

@@ -12,7 +12,7 @@ use common::require_root;
 use upstreamtop_probe::aggregate::{AggLimits, Aggregator};
 use upstreamtop_probe::bpf::{BpfConfig, Programs};
 use upstreamtop_probe::peer_slots::PeerSlots;
-use upstreamtop_probe::sweep::{collect, SweepConfig};
+use upstreamtop_probe::sweep::{sweep_and_read, SweepConfig};
 
 const TCX_NEXT: i32 = -1;
 const FIN: u8 = 0x01;
@@ -429,7 +429,7 @@ fn sweeper_evicts_idle_connections_and_counts_unanswered_exchanges() {
     });
     // Everything counts as idle.
     let mut slots = PeerSlots::new(&p, Duration::from_secs(600)).unwrap();
-    let totals: BpfTotals = collect(&p, &mut agg, &mut slots, SweepConfig { idle_timeout_ns: 0 }).unwrap();
+    let totals: BpfTotals = sweep_and_read(&p, &mut agg, &mut slots, SweepConfig { idle_timeout_ns: 0 }).unwrap();
     let s = agg.end_interval(&totals, 1_000_000_000, vec![]);
     let peer = s.peers.iter().find(|q| q.addr == peer_addr()).unwrap();
     assert_eq!((peer.requests, peer.no_response, peer.conns.failed, peer.conns.active), (1, 1, 1, 0));
@@ -880,7 +880,7 @@ fn idle_peers_give_their_slot_back_and_keep_their_totals() {
         }
     };
     let publish = |p: &Programs, agg: &mut Aggregator, slots: &mut PeerSlots| {
-        let totals = collect(p, agg, slots, sweep).unwrap();
+        let totals = sweep_and_read(p, agg, slots, sweep).unwrap();
         let s = agg.end_interval(&totals, 1_000_000_000, vec![]).clone();
         let mut peers: Vec<PeerRow> =
             s.peers.iter().map(|q| (q.addr, q.requests, q.responses.codes.clone(), q.conns.opened)).collect();

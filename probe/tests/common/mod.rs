@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use upstreamtop_probe::aggregate::{AggLimits, Aggregator};
 use upstreamtop_probe::bpf::{types, BpfConfig, Programs};
 use upstreamtop_probe::peer_slots::PeerSlots;
-use upstreamtop_probe::sweep::{collect, SweepConfig};
+use upstreamtop_probe::sweep::{sweep_and_read, SweepConfig};
 use upstreamtop_table::{PeerStats, Snapshot};
 
 pub fn is_root() -> bool {
@@ -274,7 +274,8 @@ impl Harness {
         self.ring.consume().expect("consume ring");
         let sweep = SweepConfig { idle_timeout_ns: 600_000_000_000 };
         let mut agg = self.agg.borrow_mut();
-        let totals = collect(&self.progs, &mut agg, &mut self.slots.borrow_mut(), sweep).expect("collect");
+        let totals =
+            sweep_and_read(&self.progs, &mut agg, &mut self.slots.borrow_mut(), sweep).expect("sweep and read");
         agg.end_interval(&totals, 1_000_000_000, vec![]).clone()
     }
 
