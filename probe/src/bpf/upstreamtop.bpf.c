@@ -99,9 +99,11 @@ __u32 tracked[FILTER_SLOTS] __attribute__((aligned(64))) = {};
 /* Keep the ring-buffer record in the object's BTF so the skeleton's
  * `types` module has it (nothing reads these variables). */
 struct exchange_event _event_type = {};
-/* Likewise for the enums the daemon reads connection phases and stats by. */
+/* Likewise for the enums the daemon reads connection phases, stats and
+ * peer indexes by. */
 enum conn_phase _phase_type = 0;
 enum stat_index _stat_type = 0;
+enum no_peer _no_peer_type = 0;
 
 /* Tracked connections. LRU: when full, the least recently active
  * connection (an idle keepalive one, as a rule) makes room; its next request

@@ -142,7 +142,12 @@ struct conn_state {
 	__u8 req[REQ_BYTES];
 };
 
-#define NO_PEER 0xffffffffu
+/* conn_state.peer_idx of a connection that has not carried HTTP. An enum
+ * rather than a #define so that it lands in BTF and the daemon takes it
+ * from the skeleton's types instead of a copy. */
+enum no_peer {
+	NO_PEER = 0xffffffffu,
+};
 
 /* Per-peer counters, one copy per CPU (summed by the daemon), in an array
  * indexed by the peer's slot (see `peer_ids`). */
