@@ -40,11 +40,16 @@ pub struct AggLimits {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PeerState {
     pub(crate) latency: Hist,
+    /// This interval's latencies only (the window's percentiles).
     pub(crate) interval_latency: Hist,
     /// Counted by the sweeper (not seen by the programs).
-    pub(crate) extra_failed: u64,
-    pub(crate) extra_no_response: u64,
+    pub(crate) swept_failed: u64,
+    pub(crate) swept_no_response: u64,
+    /// The counters at the last interval's end: the window is what moved
+    /// since.
     pub(crate) prev: types::peer_counters,
+    /// Failed connections at the last interval's end, the sweeper's
+    /// included (the history sample's delta).
     pub(crate) prev_failed: u64,
     pub(crate) history: VecDeque<HistorySample>,
     pub(crate) first_seen_unix_ns: u64,
@@ -54,9 +59,9 @@ pub(crate) struct PeerState {
     /// folding an event on a known route allocates nothing.
     routes: HashMap<Rc<str>, u32>,
     /// Index of this peer's "other" route, once it has one.
-    other: Option<u32>,
+    other_route: Option<u32>,
     /// Position in the snapshot being published (None: not in it).
-    index: Option<u32>,
+    snapshot_index: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -67,6 +72,7 @@ pub(crate) struct RouteState {
     pub(crate) codes: Vec<(u16, u64)>,
     pub(crate) no_response: u64,
     pub(crate) latency: Hist,
+    /// Requests and 5xx at the last interval's end (the rates' deltas).
     pub(crate) prev_requests: u64,
     pub(crate) prev_5xx: u64,
     /// p50/p90/p99 as of `percentiles_at` latencies: only routes that saw
@@ -101,25 +107,27 @@ pub struct Aggregator {
     /// `routes` indexes in publish order: named routes by (peer, method,
     /// path), then the "other" routes by peer. Sorted again only after a
     /// route was added.
-    order: Vec<u32>,
-    order_stale: bool,
+    route_order: Vec<u32>,
+    route_order_stale: bool,
     pub(crate) recent: VecDeque<RecentRequest>,
     pub(crate) recent_this_interval: usize,
     pub(crate) route_overflow: u64,
     pub(crate) recent_sampled_out: u64,
     pub(crate) conn_evicted: u64,
+    /// Requests whose first bytes did not parse as a route here (the
+    /// programs' own parse errors are in the BPF stats).
     pub(crate) parse_errors: u64,
     /// Totals of a previous run whose BPF maps are gone (see restore.rs),
     /// added to what the fresh maps count.
     pub(crate) base: Base,
     /// Peers of other TCP, and the other-TCP share of HTTP peers.
-    tcp: TcpPeers,
+    tcp_peers: TcpPeers,
     /// The route key of the event being folded (one buffer for all).
-    key: String,
+    route_key_buf: String,
     /// Per-peer status code counts of a publish, sorted (reused).
-    codes: Vec<(SocketAddr, u16, u64)>,
+    sorted_codes: Vec<(SocketAddr, u16, u64)>,
     /// The last publish, rewritten in place by the next one.
-    out: Snapshot,
+    published: Snapshot,
 }
 
 /// CLOCK_MONOTONIC (what bpf_ktime_get_ns reads) in ns.
@@ -190,8 +198,8 @@ impl Aggregator {
             peers: HashMap::new(),
             routes: Vec::new(),
             named_routes: 0,
-            order: Vec::new(),
-            order_stale: false,
+            route_order: Vec::new(),
+            route_order_stale: false,
             recent: VecDeque::new(),
             recent_this_interval: 0,
             route_overflow: 0,
@@ -199,10 +207,10 @@ impl Aggregator {
             conn_evicted: 0,
             parse_errors: 0,
             base: Default::default(),
-            tcp: TcpPeers::new(limits.max_tcp_peers),
-            key: String::new(),
-            codes: Vec::new(),
-            out: Snapshot::default(),
+            tcp_peers: TcpPeers::new(limits.max_tcp_peers),
+            route_key_buf: String::new(),
+            sorted_codes: Vec::new(),
+            published: Snapshot::default(),
         }
     }
 
@@ -210,14 +218,14 @@ impl Aggregator {
     pub fn on_event(&mut self, ev: &types::exchange_event) {
         let peer = socket_addr(ev.peer.addr, ev.peer.port);
         let len = usize::from(ev.req_len).min(ev.req.len());
-        let mut key = std::mem::take(&mut self.key);
+        let mut key = std::mem::take(&mut self.route_key_buf);
         let parsed = http::route_key(&ev.req[..len], &mut key);
         if !parsed {
             self.parse_errors += 1;
         }
         let latency = (ev.status != 0).then_some(ev.latency_ns);
         self.exchange(peer, parsed.then_some(key.as_str()), ev.status, latency, ev.req_ts);
-        self.key = key;
+        self.route_key_buf = key;
     }
 
     /// Fold one exchange; `key` is its route (`METHOD path`), None when
@@ -239,7 +247,7 @@ impl Aggregator {
                     self.routes.push(Route { peer, key: Some(k.clone()), state: RouteState::default() });
                     ps.routes.insert(k, i);
                     self.named_routes += 1;
-                    self.order_stale = true;
+                    self.route_order_stale = true;
                     Some(i)
                 }
                 None => {
@@ -249,13 +257,13 @@ impl Aggregator {
             },
             None => None,
         };
-        let i = match named.or(ps.other) {
+        let i = match named.or(ps.other_route) {
             Some(i) => i,
             None => {
                 let i = self.routes.len() as u32;
                 self.routes.push(Route { peer, key: None, state: RouteState::default() });
-                ps.other = Some(i);
-                self.order_stale = true;
+                ps.other_route = Some(i);
+                self.route_order_stale = true;
                 i
             }
         };
@@ -302,7 +310,7 @@ impl Aggregator {
         let ps = self.peers.entry(peer).or_default();
         let known = match key {
             Some(k) => ps.routes.get(k).copied(),
-            None => ps.other,
+            None => ps.other_route,
         };
         if let Some(i) = known {
             self.routes[i as usize].state = state;
@@ -315,10 +323,10 @@ impl Aggregator {
                 ps.routes.insert(k.clone(), i);
                 self.named_routes += 1;
             }
-            None => ps.other = Some(i),
+            None => ps.other_route = Some(i),
         }
         self.routes.push(Route { peer, key, state });
-        self.order_stale = true;
+        self.route_order_stale = true;
     }
 
     /// The sweeper evicted an idle connection (`http`: one that carried
@@ -330,11 +338,11 @@ impl Aggregator {
             return;
         }
         if let Some((raw, req_ts)) = awaiting {
-            self.peers.entry(peer).or_default().extra_no_response += 1;
-            let mut key = std::mem::take(&mut self.key);
+            self.peers.entry(peer).or_default().swept_no_response += 1;
+            let mut key = std::mem::take(&mut self.route_key_buf);
             let parsed = http::route_key(raw, &mut key);
             self.exchange(peer, parsed.then_some(key.as_str()), 0, None, req_ts);
-            self.key = key;
+            self.route_key_buf = key;
         }
     }
 
@@ -342,9 +350,9 @@ impl Aggregator {
     /// an HTTP backend (`http`) or to a peer that never carried HTTP.
     pub fn on_unanswered_syn(&mut self, peer: SocketAddr, http: bool) {
         if http {
-            self.peers.entry(peer).or_default().extra_failed += 1;
+            self.peers.entry(peer).or_default().swept_failed += 1;
         } else {
-            self.tcp.on_unanswered_syn(peer, monotonic_ns());
+            self.tcp_peers.on_unanswered_syn(peer, monotonic_ns());
         }
     }
 
@@ -373,30 +381,30 @@ impl Aggregator {
         self.publish_seq += 1;
 
         // Codes sorted like the peers, walked alongside them.
-        self.codes.clear();
-        self.codes.extend_from_slice(&totals.codes);
-        self.codes.sort_unstable_by_key(|&(a, c, _)| (a, c));
-        let mut codes = self.codes.iter().peekable();
+        self.sorted_codes.clear();
+        self.sorted_codes.extend_from_slice(&totals.codes);
+        self.sorted_codes.sort_unstable_by_key(|&(a, c, _)| (a, c));
+        let mut codes = self.sorted_codes.iter().peekable();
 
         // HTTP backends first, sorted; then the peers of other TCP (a full
         // table drops those first).
         let http: HashSet<SocketAddr> = totals.peers.iter().map(|(a, _)| *a).collect();
-        self.tcp.update(&totals.tcp, &http, now_mono);
+        self.tcp_peers.update(&totals.tcp, &http, now_mono);
         let mut peers_sorted: Vec<(SocketAddr, types::peer_counters)> = totals.peers.clone();
         peers_sorted.sort_by_key(|(a, _)| *a);
         for (a, c) in &mut peers_sorted {
-            self.tcp.add_to(a, c);
+            self.tcp_peers.add_to(a, c);
         }
-        peers_sorted.extend(self.tcp.others(&http));
+        peers_sorted.extend(self.tcp_peers.others(&http));
         for ps in self.peers.values_mut() {
-            ps.index = None;
+            ps.snapshot_index = None;
         }
-        let out = &mut self.out;
+        let out = &mut self.published;
         for (i, (addr, c)) in peers_sorted.iter().enumerate() {
             let ps = self.peers.entry(*addr).or_default();
-            ps.index = Some(i as u32);
-            let failed = c.conn_failed + ps.extra_failed;
-            let no_response = c.no_response + ps.extra_no_response;
+            ps.snapshot_index = Some(i as u32);
+            let failed = c.conn_failed + ps.swept_failed;
+            let no_response = c.no_response + ps.swept_no_response;
             let d_req = c.requests.saturating_sub(ps.prev.requests);
             let d_5xx = c.responses[4].saturating_sub(ps.prev.responses[4]);
             if d_req > 0 {
@@ -467,24 +475,24 @@ impl Aggregator {
         }
         out.peers.truncate(peers_sorted.len());
         // Peers of other TCP the report no longer holds leave no state.
-        self.peers.retain(|_, ps| ps.index.is_some() || !ps.routes.is_empty() || ps.other.is_some());
+        self.peers.retain(|_, ps| ps.snapshot_index.is_some() || !ps.routes.is_empty() || ps.other_route.is_some());
 
-        if self.order_stale {
+        if self.route_order_stale {
             let routes = &self.routes;
-            self.order.clear();
-            self.order.extend(0..routes.len() as u32);
-            self.order.sort_unstable_by(|&a, &b| {
+            self.route_order.clear();
+            self.route_order.extend(0..routes.len() as u32);
+            self.route_order.sort_unstable_by(|&a, &b| {
                 let (a, b) = (&routes[a as usize], &routes[b as usize]);
                 // "METHOD path" sorts like (method, path): the space is
                 // below every byte a method or path holds.
                 (a.key.is_none(), a.peer, a.key.as_deref()).cmp(&(b.key.is_none(), b.peer, b.key.as_deref()))
             });
-            self.order_stale = false;
+            self.route_order_stale = false;
         }
         let mut n = 0;
-        for &ri in &self.order {
+        for &ri in &self.route_order {
             let r = &mut self.routes[ri as usize];
-            let Some(pi) = self.peers.get(&r.peer).and_then(|ps| ps.index) else { continue };
+            let Some(pi) = self.peers.get(&r.peer).and_then(|ps| ps.snapshot_index) else { continue };
             let st = &mut r.state;
             let d_req = st.requests - st.prev_requests;
             let d_5xx = st.class[4] - st.prev_5xx;
@@ -550,7 +558,7 @@ impl Aggregator {
                 parse_errors: totals.stats.parse_errors + self.parse_errors,
             },
         };
-        &self.out
+        &self.published
     }
 }
 

@@ -99,9 +99,9 @@ impl Aggregator {
                     // failed meanwhile, so this may fold a few kernel-counted
                     // failures of the gap into the sweeper's share: the sum
                     // stays right from here on.
-                    let k = bpf_now.get(&p.addr);
-                    ps.extra_failed = p.conns.failed.saturating_sub(k.map_or(0, |c| c.conn_failed));
-                    ps.extra_no_response = p.no_response.saturating_sub(k.map_or(0, |c| c.no_response));
+                    let kernel = bpf_now.get(&p.addr);
+                    ps.swept_failed = p.conns.failed.saturating_sub(kernel.map_or(0, |c| c.conn_failed));
+                    ps.swept_no_response = p.no_response.saturating_sub(kernel.map_or(0, |c| c.no_response));
                 }
                 Resume::TableOnly => {
                     self.base.peers.insert(p.addr, published);
