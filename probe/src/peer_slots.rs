@@ -21,19 +21,30 @@ struct Banked {
     codes: BTreeMap<u16, u64>,
 }
 
+/// A listed slot as last read.
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    peer: SocketAddr,
+    counters: types::peer_counters,
+    /// When `counters` last moved (CLOCK_MONOTONIC ns).
+    moved_ns: u64,
+}
+
 pub struct PeerSlots {
     idle_ns: u64,
     /// Per listed slot: its peer, the counters last read and when they
     /// last moved.
-    seen: HashMap<u32, (SocketAddr, types::peer_counters, u64)>,
+    seen: HashMap<u32, Listed>,
     /// Unlisted slots that a connection still referred to when they were
     /// taken back: read (and summed into their peer) until it is gone. Not
     /// carried across a restart.
     retiring: Vec<(SocketAddr, u32)>,
     /// What the `banked` maps hold (this daemon is their only writer).
     bank: HashMap<SocketAddr, Banked>,
-    bank_codes: usize,
-    capacity: (usize, usize),
+    /// Entries in `banked_codes`.
+    banked_codes: usize,
+    /// Entries `banked` and `banked_codes` hold at most (peers, codes).
+    bank_capacity: (usize, usize),
 }
 
 /// How long the programs may take between finding a slot in `peer_ids` and
@@ -49,7 +60,7 @@ impl PeerSlots {
         for (addr, c) in peers {
             bank.entry(addr).or_default().counters = c;
         }
-        let bank_codes = codes.len();
+        let banked_codes = codes.len();
         for (addr, code, n) in codes {
             bank.entry(addr).or_default().codes.insert(code, n);
         }
@@ -58,8 +69,8 @@ impl PeerSlots {
             seen: HashMap::new(),
             retiring: Vec::new(),
             bank,
-            bank_codes,
-            capacity: progs.bank_capacity(),
+            banked_codes,
+            bank_capacity: progs.bank_capacity(),
         })
     }
 
@@ -71,10 +82,10 @@ impl PeerSlots {
         let mut live: HashSet<u32> = HashSet::with_capacity(listed.len());
         for ((addr, c), (_, idx)) in counters.iter().zip(&listed) {
             live.insert(*idx);
-            match self.seen.get_mut(idx) {
-                Some(s) if s.0 == *addr && bytes_of(&s.1) == bytes_of(c) => {}
+            match self.seen.get(idx) {
+                Some(s) if s.peer == *addr && bytes_of(&s.counters) == bytes_of(c) => {}
                 _ => {
-                    self.seen.insert(*idx, (*addr, *c, now_ns));
+                    self.seen.insert(*idx, Listed { peer: *addr, counters: *c, moved_ns: now_ns });
                 }
             }
         }
@@ -118,12 +129,12 @@ impl PeerSlots {
             }
         }
 
-        let mut room_peers = self.capacity.0.saturating_sub(self.bank.len());
+        let mut room_peers = self.bank_capacity.0.saturating_sub(self.bank.len());
         let idle: Vec<(SocketAddr, u32)> = self
             .seen
             .iter()
-            .filter(|(idx, s)| !referenced.contains(idx) && now_ns.saturating_sub(s.2) >= self.idle_ns)
-            .map(|(idx, s)| (s.0, *idx))
+            .filter(|(idx, s)| !referenced.contains(idx) && now_ns.saturating_sub(s.moved_ns) >= self.idle_ns)
+            .map(|(idx, s)| (s.peer, *idx))
             .filter(|(addr, _)| {
                 // A full bank keeps the rest in their slots.
                 let fits = self.bank.contains_key(addr) || room_peers > 0;
@@ -169,9 +180,9 @@ impl PeerSlots {
         for (_, code, n) in codes {
             match b.codes.get_mut(&code) {
                 Some(e) => *e += n,
-                None if self.bank_codes < self.capacity.1 => {
+                None if self.banked_codes < self.bank_capacity.1 => {
                     b.codes.insert(code, n);
-                    self.bank_codes += 1;
+                    self.banked_codes += 1;
                 }
                 // As the programs do when `codes` is full: the class counts
                 // keep it, the exact code goes to codes_other.

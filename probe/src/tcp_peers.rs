@@ -24,6 +24,8 @@ fn counts(c: &types::tcp_counters) -> Counts {
     [c.opened, c.closed, c.failed, c.reset]
 }
 
+/// One peer's connection counts that carried no HTTP: all it has for a
+/// peer of other TCP, the part added to its own for an HTTP backend.
 #[derive(Debug, Clone, Default)]
 struct Part {
     /// What the map held for this peer before it forgot it.
@@ -51,12 +53,12 @@ impl Part {
 pub struct TcpPeers {
     parts: HashMap<SocketAddr, Part>,
     /// Peers kept that are not HTTP backends.
-    max: usize,
+    max_others: usize,
 }
 
 impl TcpPeers {
-    pub fn new(max: usize) -> Self {
-        TcpPeers { parts: HashMap::new(), max }
+    pub fn new(max_others: usize) -> Self {
+        TcpPeers { parts: HashMap::new(), max_others }
     }
 
     /// An attempt to `peer` that was never answered (from the sweeper).
@@ -95,11 +97,11 @@ impl TcpPeers {
             http.contains(addr) || seen.contains(addr) || now_mono_ns.saturating_sub(p.touched_mono_ns) < FORGET_NS
         });
         let others = self.parts.keys().filter(|a| !http.contains(*a)).count();
-        if others > self.max {
+        if others > self.max_others {
             let mut by_age: Vec<(u64, SocketAddr)> =
                 self.parts.iter().filter(|(a, _)| !http.contains(*a)).map(|(a, p)| (p.touched_mono_ns, *a)).collect();
             by_age.sort_unstable();
-            for (_, a) in &by_age[..others - self.max] {
+            for (_, a) in &by_age[..others - self.max_others] {
                 self.parts.remove(a);
             }
         }
