@@ -2,13 +2,13 @@
 //! ([`histogram::BUCKETS`](upstreamtop_table::histogram::BUCKETS) buckets,
 //! at most 12.5% wide).
 //!
-//! A dense histogram is 218 × 8 = 1,744 bytes whatever it holds, and most
-//! routes see a handful of distinct latencies: with 4,096 routes that was
-//! 7 MB of mostly zeros. So a histogram starts sparse — one `u64` per used
-//! bucket, the bucket index in the top byte, its count below — and turns
-//! dense once it uses more than [`SPARSE_MAX`] buckets (a busy route, where
-//! the dense array is worth its size). Counts, sums and percentiles are the
-//! same in both forms.
+//! A dense histogram costs a `u64` per bucket whatever it counts, and most
+//! routes see a handful of distinct latencies: kept dense, thousands of
+//! routes would be megabytes of mostly zeros. So a histogram starts sparse
+//! — one `u64` per used bucket, the bucket index in the top byte, its count
+//! below — and turns dense once it uses more than [`SPARSE_MAX`] buckets (a
+//! busy route, where the dense array is worth its size). Counts, sums and
+//! percentiles are the same in both forms.
 
 use upstreamtop_table::histogram::{bucket_of, quantiles_ns, BUCKETS};
 
