@@ -682,3 +682,42 @@ fn golden_answers() {
         }
     }
 }
+
+/// Every field name a JSON answer can hold is in `docs/json.md`: the
+/// field reference users read cannot fall behind the schema.
+#[test]
+fn docs_name_every_field() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/json.md")).unwrap();
+    // Words inside backticks: `peer responses.{1xx,2xx}` gives responses, 1xx, 2xx.
+    let named: std::collections::HashSet<&str> = doc
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .flat_map(|code| code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|w| !w.is_empty())
+        .collect();
+    // An answer with every optional field present.
+    let (mut snaps, _, _) = report_path_cases();
+    let odd = snaps.swap_remove(1);
+    let v: Value = serde_json::from_str(&answer(&odd, &config(), &Query::default(), NOW)).unwrap();
+    fn walk<'a>(v: &'a Value, data_keys: bool, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if !data_keys {
+                        out.push(k);
+                    }
+                    // Group names and status codes are data, not fields.
+                    walk(x, k == "upstreams" || k == "codes", out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, false, out)),
+            _ => {}
+        }
+    }
+    let mut keys = Vec::new();
+    walk(&v, false, &mut keys);
+    assert!(keys.contains(&"codes_other") && keys.contains(&"history"), "the sample holds the optional fields");
+    let missing: std::collections::BTreeSet<_> = keys.into_iter().filter(|k| !named.contains(k)).collect();
+    assert!(missing.is_empty(), "docs/json.md does not name {missing:?}");
+}
