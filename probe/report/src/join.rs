@@ -27,6 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use upstreamtop_table::{HistorySample, PeerView, RecentView, RouteView, SnapshotView};
 
 use crate::config::{NginxConfig, ServerConf};
+use crate::out::round3;
 use crate::query::Query;
 use crate::schema::{Probe, Responses, Totals};
 
@@ -458,23 +459,6 @@ pub(crate) fn add_responses(a: &mut Responses, class: [u64; 5], codes: impl Iter
     }
     a.codes_other += other;
     a.total += class.iter().sum::<u64>();
-}
-
-/// Rounds to 3 decimals: µs for ms figures, thousandths for rates. Keeps
-/// the answer short and readable.
-pub fn round3(v: f64) -> f64 {
-    if !v.is_finite() {
-        return 0.0;
-    }
-    let x = v * 1000.0;
-    // Same as x.round(), minus a libm call per figure (hot: history arrays).
-    let r = if x.abs() < 1e15 { (crate::out::round_i64(x) as f64).copysign(x) } else { x.round() };
-    r / 1000.0
-}
-
-/// Nanoseconds as milliseconds, rounded to µs.
-pub fn ms(ns: u64) -> f64 {
-    round3(ns as f64 / 1e6)
 }
 
 /// Paths come from the wire: the probe strips query strings, but be sure.

@@ -11,10 +11,10 @@ use std::ops::Range;
 
 use upstreamtop_table::{ResponsesView, RouteView};
 
-use crate::join::{add_responses, clean_path, ms, round3, show, Joined, Member, RecentEntry, SelectedRoutes};
-use crate::out::{nothing_to_escape_or_cut, Out};
+use crate::body::{ClockFields, RenderedBody};
+use crate::join::{add_responses, clean_path, show, Joined, Member, RecentEntry, SelectedRoutes};
+use crate::out::{ms, nothing_to_escape_or_cut, round3, Out};
 use crate::schema::{Probe, Responses, Totals, Unavailable, UnavailableProbe, SCHEMA_VERSION};
-use crate::{ClockFields, RenderedBody};
 
 /// The JSON answer for `joined`, written into `buf` (cleared first): a
 /// caller that renders every publish hands back a body it no longer

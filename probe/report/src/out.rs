@@ -8,6 +8,23 @@
 //! what serde gives for the same values (`tests` and the schema tests in
 //! `crate::tests` hold them to it).
 
+/// Rounds to 3 decimals: µs for ms figures, thousandths for rates. Keeps
+/// the answer short and readable.
+pub fn round3(v: f64) -> f64 {
+    if !v.is_finite() {
+        return 0.0;
+    }
+    let x = v * 1000.0;
+    // Same as x.round(), minus a libm call per figure (hot: history arrays).
+    let r = if x.abs() < 1e15 { (round_i64(x) as f64).copysign(x) } else { x.round() };
+    r / 1000.0
+}
+
+/// Nanoseconds as milliseconds, rounded to µs.
+pub fn ms(ns: u64) -> f64 {
+    round3(ns as f64 / 1e6)
+}
+
 /// `x.round() as i64` (half away from zero) for `|x| < 1e15`, without the
 /// libm call `round` compiles to on baseline x86-64: truncation is exact
 /// there, and so is the fraction it leaves.
@@ -305,7 +322,7 @@ impl Out {
         let _ = write!(self.0, "{v:?}");
     }
 
-    /// What [`Self::f64`] prints for [`crate::join::round3`]`(x)`, from
+    /// What [`Self::f64`] prints for [`round3`]`(x)`, from
     /// the rounded integer thousandths directly: below 10^15 thousandths
     /// `round3(x)` is the double nearest `r / 1000` for the integer
     /// `r = round(x × 1000)`, and `f64` finds that same `r` again (the
@@ -322,7 +339,7 @@ impl Out {
             }
             self.milli(r.unsigned_abs());
         } else {
-            self.f64(crate::join::round3(x));
+            self.f64(round3(x));
         }
     }
 
@@ -355,7 +372,7 @@ impl Out {
         self.milli(n.into());
     }
 
-    /// What [`Self::f64`] prints for [`crate::join::ms`]`(ns)`, in
+    /// What [`Self::f64`] prints for [`ms`]`(ns)`, in
     /// integers when that is provably the same text: below 2^50 ns the two
     /// float roundings in `ms` move `ns / 1000` by less than 0.0003, so
     /// rounding to whole µs can only differ from integer rounding at an
@@ -365,7 +382,7 @@ impl Out {
         if ns < 1 << 50 && ns % 1000 != 500 {
             self.milli((ns + 500) / 1000);
         } else {
-            self.f64(crate::join::ms(ns));
+            self.f64(ms(ns));
         }
     }
 
@@ -564,7 +581,7 @@ mod tests {
             x ^= x << 17;
             let scale = [1.0, 1e-3, 1e3, 1e6, 1e-6, 1e9][(x % 6) as usize];
             let v = (x >> 11) as f64 / (1u64 << 53) as f64 * scale * if x & 1 == 0 { 1.0 } else { -1.0 };
-            vals.extend([v, crate::join::round3(v), (v * 1000.0).round() / 1000.0, v.trunc()]);
+            vals.extend([v, round3(v), (v * 1000.0).round() / 1000.0, v.trunc()]);
         }
         let u = |v: u64| {
             let mut w = Out(Vec::new());
@@ -592,7 +609,7 @@ mod tests {
             let v = [i, x, x >> (x % 64), 99_999_990 + i % 20, 9_999_999_999_999_990 + i % 20][(i % 5) as usize];
             assert_eq!(u(v), v.to_string());
         }
-        let ms = |ns: u64| {
+        let ms_text = |ns: u64| {
             let mut w = Out(Vec::new());
             w.ms(ns);
             w.into_string()
@@ -605,7 +622,7 @@ mod tests {
             let ns =
                 [i, x, x >> (x % 64), around((x >> 20) / 1000 * 1000 + 500), around(1 << 50), around((x >> 14) * 1000)]
                     [(i % 6) as usize];
-            assert_eq!(ms(ns), f(crate::join::ms(ns)), "{ns}");
+            assert_eq!(ms_text(ns), f(ms(ns)), "{ns}");
         }
         let r3 = |x: f64| {
             let mut w = Out(Vec::new());
@@ -627,7 +644,7 @@ mod tests {
             // Random magnitudes, exact halves of a thousandth, integers.
             let v = [unit * scale * sign, ((x >> 20) as f64 + 0.5) / 1000.0 * sign, (x >> (x % 64)) as f64 * sign]
                 [(i % 3) as usize];
-            assert_eq!(r3(v), f(crate::join::round3(v)), "{v:?}");
+            assert_eq!(r3(v), f(round3(v)), "{v:?}");
             assert_eq!(wh(x as u32), f(f64::from(x as u32)), "{}", x as u32);
         }
         for v in [
@@ -644,7 +661,7 @@ mod tests {
             -f64::INFINITY,
             1e300,
         ] {
-            assert_eq!(r3(v), f(crate::join::round3(v)), "{v:?}");
+            assert_eq!(r3(v), f(round3(v)), "{v:?}");
         }
         for n in [0, 9, 10, 99_999, 999_999, 1_000_000, u32::MAX] {
             assert_eq!(wh(n), f(f64::from(n)), "{n}");
@@ -654,12 +671,12 @@ mod tests {
             assert_eq!(u(n.into()), n.to_string());
         }
         for n in (0..200_000u32).chain([u32::MAX, u32::MAX - 1, 4_294_967_000, 1 << 31]) {
-            assert_eq!(th(n), f(crate::join::round3(f64::from(n) / 1000.0)), "{n}");
+            assert_eq!(th(n), f(round3(f64::from(n) / 1000.0)), "{n}");
         }
         for v in vals {
             assert_eq!(f(v), reference(v), "{v:?}");
             let r3 = if v.is_finite() { (v * 1000.0).round() / 1000.0 } else { 0.0 };
-            assert_eq!(crate::join::round3(v).to_bits(), r3.to_bits(), "round3({v:?})");
+            assert_eq!(round3(v).to_bits(), r3.to_bits(), "round3({v:?})");
         }
     }
 }

@@ -28,9 +28,9 @@ use std::sync::OnceLock;
 use upstreamtop_table::histogram::bucket_of;
 use upstreamtop_table::PeerView;
 
+use crate::body::RenderedBody;
 use crate::join::{clean_path, show, Joined, Member, SelectedRoutes};
 use crate::out::Out;
-use crate::RenderedBody;
 
 /// The `le` bounds of `upstreamtop_response_header_seconds`, in ns, with
 /// their labels. Each is an exact bound of the probe's fine histogram
