@@ -4,7 +4,8 @@
 #   ./build.sh deps      install missing Debian packages (root)
 #   ./build.sh build     release build: probe, dashboard, module (+ distro module)
 #   ./build.sh demo      build, run the simulator + probe, open the dashboard (root)
-#   ./build.sh test      deps + build + cargo test --workspace --release (root)
+#   ./build.sh lint      cargo fmt --check + cargo clippy --all-targets -D warnings
+#   ./build.sh test      deps + lint + build + cargo test --workspace --release (root)
 #   ./build.sh bench     benchmark suite (root; --quick, --pin): table + target/bench/latest.json
 #                        --only 2 --baseline-probe PATH: BPF time per request beside another
 #                        probe binary's, same run (ratio vs +15% budget); --impair-seed N
@@ -192,10 +193,27 @@ cmd_demo() {
     fi
 }
 
+# Formatting and lints, as the workspace defines them (rustfmt.toml,
+# [workspace.lints]): a difference or a warning fails the run.
+cmd_lint() {
+    check_cargo
+    if command -v rustup >/dev/null; then
+        local c
+        for c in rustfmt clippy; do
+            rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+        done
+    fi
+    say "lint: cargo fmt --check"
+    cargo fmt --all --check || die "formatting differs: run  cargo fmt"
+    say "lint: cargo clippy --workspace --all-targets -- -D warnings"
+    cargo clippy --release --workspace --all-targets -- -D warnings || die "clippy warnings (see above)"
+}
+
 cmd_test() {
     cmd_deps
     is_root || warn "not root: the netns, probe and module e2e tests need root (sudo $0 test)"
     check_kernel || warn "some end-to-end tests will fail on this machine (see above)"
+    cmd_lint
     cmd_build
     say "test: cargo test --workspace --release"
     local log rc=0
@@ -295,6 +313,7 @@ case "${1:-}" in
     build) cmd_build ;;
     demo) cmd_demo ;;
     test) cmd_test ;;
+    lint) cmd_lint ;;
     bench) shift; cmd_bench "$@" ;;
     install) cmd_install ;;
     -h | --help | help) usage 0 ;;
