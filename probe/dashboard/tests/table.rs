@@ -1,5 +1,5 @@
 //! `--table` mode: a real table file written with the probe's TableWriter,
-//! read back by the binary through TableReader + build_report.
+//! read back by the binary through TableReader + upstreamtop_report::render.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -522,7 +522,7 @@ fn every_answer_parses_into_the_schema() {
 }
 
 #[test]
-fn view_json_restamps_to_a_later_render() {
+fn a_body_restamps_to_a_later_render() {
     let mut t = Table::new("restamp");
     let later = NOW + 1_234_567_891;
     let j = rendered(&mut t, &snapshot(), &config(), &Query::default(), NOW);
