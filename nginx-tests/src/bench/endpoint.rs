@@ -200,6 +200,8 @@ struct PollRuns {
     without: Vec<f64>,
     ok: u64,
     bad: u64,
+    /// Polls answered with the full body (the others got a 304).
+    full: u64,
     /// Duration of every poll, ms.
     poll_ms: Vec<f64>,
     /// Why the first few failed polls failed.
@@ -217,10 +219,11 @@ impl PollRuns {
 
     fn note(&self, pairs: &str, body: &str) -> String {
         format!(
-            "median of {pairs}; {:.0} vs {:.0} req/s; {} polls answered 200, {} not{}; poll p50 {:.1} ms; {body}",
+            "median of {pairs}; {:.0} vs {:.0} req/s; {} polls answered ({} with the body, the rest 304), {} not{}; poll p50 {:.1} ms; {body}",
             median(&self.with),
             median(&self.without),
             self.ok,
+            self.full,
             self.bad,
             if self.failures.is_empty() { String::new() } else { format!(" ({})", self.failures.join("; ")) },
             median(&self.poll_ms)
@@ -230,10 +233,12 @@ impl PollRuns {
 
 /// What the poller thread does: GET `/upstreamtop` every [`POLL_EVERY`]
 /// (the default query: what the dashboard asks for) while `polling` is
-/// set, until `done`.
+/// set, until `done`, sending back the last `ETag` as a well-behaved
+/// poller does (a `304` within a publish, the full answer after one).
 fn poller(nginx: &Nginx, polling: &AtomicBool, done: &AtomicBool) -> PollRuns {
     let mut runs = PollRuns::default();
     let mut client = nginx.client();
+    let mut etag: Option<String> = None;
     let mut due = Instant::now();
     while !done.load(Ordering::Relaxed) {
         if !polling.load(Ordering::Relaxed) {
@@ -242,8 +247,18 @@ fn poller(nginx: &Nginx, polling: &AtomicBool, done: &AtomicBool) -> PollRuns {
             continue;
         }
         let t = Instant::now();
-        let failure = match client.get("/upstreamtop") {
-            Ok(r) if r.status == 200 => None,
+        let mut req = crate::http::Request::get("/upstreamtop");
+        if let Some(tag) = &etag {
+            req = req.header("If-None-Match", tag);
+        }
+        let failure = match client.send(&req) {
+            Ok(r) if r.status == 200 || r.status == 304 => {
+                if r.status == 200 {
+                    runs.full += 1;
+                }
+                etag = r.header("ETag").map(str::to_owned);
+                None
+            }
             Ok(r) => Some(format!("{} {}", r.status, String::from_utf8_lossy(&r.body[..r.body.len().min(160)]))),
             Err(e) => Some(format!("{e:#}")),
         };
@@ -402,7 +417,7 @@ fn polling_synthetic(s: &Settings, table: &Path) -> Result<Vec<Figure>> {
             "GET /upstreamtop under load, p99, 1,000-peer table",
             percentile(&runs.poll_ms, 0.99),
             "ms",
-            Target::None,
+            Target::AtMost(8.0),
         ),
     ])
 }
