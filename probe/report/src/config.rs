@@ -1,6 +1,7 @@
-//! What nginx's configuration contributes to an answer: its groups, their
-//! servers and nginx's own listening sockets. The module extracts it
-//! through FFI (`module/src/nginx_conf.rs`).
+//! What nginx contributes to an answer: its groups, their servers, what
+//! its balancer currently thinks of each server, and nginx's own listening
+//! sockets. The module extracts it through FFI (`module/src/nginx_conf.rs`)
+//! on every request.
 
 use std::net::SocketAddr;
 
@@ -23,7 +24,25 @@ pub struct UpstreamConf {
     pub name: String,
     /// Created by `proxy_pass http://IP:port` rather than an `upstream {}` block.
     pub implicit: bool,
+    /// Whose counts [`ServerConf::nginx`] holds.
+    pub scope: Scope,
     pub servers: Vec<ServerConf>,
+}
+
+/// Whose view nginx's per-peer figures are: a group with a `zone` keeps
+/// them in shared memory for all workers; without one, each worker keeps
+/// its own, and the answer shows those of the worker that answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scope {
+    /// The group has a `zone`: every worker's requests.
+    #[default]
+    AllWorkers,
+    /// No `zone`: only this worker's requests (its pid).
+    Worker(u32),
+    /// The group's balancer is not one nginx ships, so its peer list is
+    /// not read (a foreign balancer's data would be misread); the group's
+    /// servers are unknown and their traffic shows as unlisted.
+    Unknown,
 }
 
 /// One resolved peer of a group (a `server` line that resolves to several
@@ -36,4 +55,67 @@ pub struct ServerConf {
     pub backup: bool,
     pub down: bool,
     pub weight: u32,
+    /// What nginx's balancer knows about this peer right now.
+    pub nginx: PeerState,
+}
+
+/// nginx's round-robin state of one peer (`ngx_http_upstream_rr_peer_t`),
+/// as the balancer uses it to choose.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct PeerState {
+    /// Failures counted since the last success or the last `fail_timeout`
+    /// (`fails`).
+    pub fails: u32,
+    /// `max_fails=` (0: failures never take the peer out).
+    pub max_fails: u32,
+    /// `fail_timeout=`, seconds.
+    pub fail_timeout_s: u64,
+    /// When nginx last recorded a failure (Unix seconds; 0 = never).
+    pub last_failure_s: u64,
+    /// Requests nginx has a connection to this peer for (`conns`).
+    pub in_flight: u32,
+    /// `max_conns=` (0 = no limit).
+    pub max_conns: u32,
+    /// nginx's passive health has taken the peer out of rotation:
+    /// `fails >= max_fails` within `fail_timeout` of the last check, as
+    /// nginx decides it (judged by the module on nginx's clock).
+    pub unavailable: bool,
+}
+
+/// The modules nginx ships that have directives inside `upstream {}`: all
+/// of them keep the round-robin peer list in `peer.data` (the balancers
+/// build on it; keepalive and zone wrap it).
+pub const STOCK_UPSTREAM_MODULES: [&str; 7] = [
+    "ngx_http_upstream_module",
+    "ngx_http_upstream_hash_module",
+    "ngx_http_upstream_ip_hash_module",
+    "ngx_http_upstream_least_conn_module",
+    "ngx_http_upstream_random_module",
+    "ngx_http_upstream_keepalive_module",
+    "ngx_http_upstream_zone_module",
+];
+
+/// A module nginx does not ship that has a directive for `upstream {}`: a
+/// third-party balancer may keep its own data where nginx's keep the
+/// round-robin peer list, so with one loaded the module reads only groups
+/// that provably use round robin.
+pub fn is_foreign_balancer(module: &str, has_upstream_directive: bool) -> bool {
+    has_upstream_directive && !STOCK_UPSTREAM_MODULES.contains(&module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_modules_nginx_does_not_ship_count_as_foreign_balancers() {
+        for stock in STOCK_UPSTREAM_MODULES {
+            assert!(!is_foreign_balancer(stock, true), "{stock}");
+        }
+        assert!(is_foreign_balancer("ngx_http_upstream_fair_module", true));
+        assert!(is_foreign_balancer("ngx_http_lua_upstream_module", true));
+        // Modules without directives in `upstream {}` cannot change a balancer.
+        assert!(!is_foreign_balancer("ngx_http_upstreamtop_module", false));
+        assert!(!is_foreign_balancer("ngx_http_headers_more_filter_module", false));
+    }
 }

@@ -26,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use upstreamtop_table::{HistorySample, PeerView, RecentView, RouteView, SnapshotView};
 
-use crate::config::{NginxConfig, ServerConf};
+use crate::config::{NginxConfig, Scope, ServerConf};
 use crate::out::round3;
 use crate::query::Query;
 use crate::schema::{Probe, Responses, Totals};
@@ -150,11 +150,66 @@ pub struct Group<'c> {
     /// The group's name; `""` for the unlisted peers.
     pub name: &'c str,
     pub implicit: bool,
-    /// Requests to the group's distinct peers.
+    /// Whose view nginx's per-peer figures are (`None` for unlisted peers).
+    pub scope: Option<Scope>,
+    /// Requests to the distinct peers this group counts.
     pub requests: u64,
     /// Requests per second over the last interval (rounded as shown).
     pub rps: f64,
+    /// Requests and connections opened over the peers this group counts.
+    pub reuse: Reuse,
     pub members: Vec<Member<'c>>,
+}
+
+/// Requests and the connections opened for them, for keepalive figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reuse {
+    pub requests: u64,
+    pub opened: u64,
+}
+
+impl Reuse {
+    /// Requests per connection opened (0 when none was).
+    pub fn requests_per_connection(&self) -> f64 {
+        if self.opened == 0 {
+            0.0
+        } else {
+            self.requests as f64 / self.opened as f64
+        }
+    }
+
+    /// Percent of requests that paid for a new connection (at most 100).
+    pub fn new_connection_pct(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.opened.min(self.requests) as f64 / self.requests as f64 * 100.0
+        }
+    }
+}
+
+impl Default for Group<'_> {
+    fn default() -> Self {
+        Group {
+            name: "",
+            implicit: false,
+            scope: None,
+            requests: 0,
+            rps: 0.0,
+            reuse: Reuse::default(),
+            members: Vec::new(),
+        }
+    }
+}
+
+impl Group<'_> {
+    /// Counts `p` in the group's figures.
+    fn add(&mut self, p: &PeerView) {
+        self.requests += p.requests();
+        self.rps += p.window().requests_per_sec;
+        self.reuse.requests += p.requests();
+        self.reuse.opened += p.conns().opened;
+    }
 }
 
 /// A peer as its group shows it.
@@ -164,6 +219,10 @@ pub struct Member<'c> {
     pub conf: Option<&'c ServerConf>,
     /// Its index among the table's peers, when the wire saw it.
     pub peer: Option<usize>,
+    /// The group whose figures count this peer: of those listing it, the
+    /// first `upstream {}` block by name, else the first implicit group
+    /// ([`UNLISTED`] for unlisted peers).
+    pub counted_in: &'c str,
 }
 
 /// A request of the recent feed.
@@ -262,33 +321,48 @@ impl<'v, 'c> Joined<'v, 'c> {
         totals.rps = round3(totals.rps);
         totals.errors_rps = round3(totals.errors_rps);
 
-        let wanted = |name: &str| query.upstream.as_deref().is_none_or(|u| u == name);
+        // Groups by name (same-named blocks merge, in configuration
+        // order), and each listed peer's counting group: the first by name,
+        // whatever `?upstream=` selects.
         let mut by_name: BTreeMap<&'c str, Vec<usize>> = BTreeMap::new();
-        for (g, up) in conf.upstreams.iter().enumerate().filter(|(_, u)| wanted(&u.name)) {
+        for (g, up) in conf.upstreams.iter().enumerate() {
             by_name.entry(up.name.as_str()).or_default().push(g);
         }
+        // `upstream {}` blocks before the implicit groups of `proxy_pass
+        // http://IP:port`, then by name: a backend is counted in the group
+        // its operator named.
+        let mut counting_order: Vec<(&&'c str, &Vec<usize>)> = by_name.iter().collect();
+        counting_order.sort_by_key(|(name, blocks)| (blocks.iter().all(|&g| conf.upstreams[g].implicit), **name));
+        let mut counted_in: HashMap<AddrKey, &'c str> = HashMap::new();
+        for (name, blocks) in counting_order {
+            for s in blocks.iter().flat_map(|&g| &conf.upstreams[g].servers) {
+                counted_in.entry(key(&s.addr)).or_insert(name);
+            }
+        }
+        let wanted = |name: &str| query.upstream.as_deref().is_none_or(|u| u == name);
         let mut groups = Vec::with_capacity(by_name.len());
-        for (name, blocks) in by_name {
-            let mut group = Group { name, implicit: false, requests: 0, rps: 0.0, members: Vec::new() };
+        for (name, blocks) in by_name.into_iter().filter(|(name, _)| wanted(name)) {
+            let scope = blocks.first().map(|&g| conf.upstreams[g].scope);
+            let mut group = Group { name, scope, ..Group::default() };
+            let mut seen: HashSet<AddrKey> = HashSet::new();
             for g in blocks {
                 let up = &conf.upstreams[g];
                 group.implicit = up.implicit;
-                let mut seen: HashSet<AddrKey> = HashSet::new();
                 for s in &up.servers {
                     let k = key(&s.addr);
                     let peer = by_key.get(&k).copied();
-                    if let (Some(i), true) = (peer, seen.insert(k)) {
-                        group.requests += peers[i].requests();
-                        group.rps += peers[i].window().requests_per_sec;
+                    let counted_in = counted_in.get(&k).copied().unwrap_or(name);
+                    if let (Some(i), true, true) = (peer, counted_in == name, seen.insert(k)) {
+                        group.add(&peers[i]);
                     }
-                    group.members.push(Member { server: k, conf: Some(s), peer });
+                    group.members.push(Member { server: k, conf: Some(s), peer, counted_in });
                 }
-                group.rps = round3(group.rps);
             }
+            group.rps = round3(group.rps);
             groups.push(group);
         }
 
-        let mut unlisted = Group { name: "", implicit: false, requests: 0, rps: 0.0, members: Vec::new() };
+        let mut unlisted = Group::default();
         if wanted(UNLISTED) {
             let mut idx: Vec<usize> = by_key.iter().filter(|(k, _)| !index.is_listed(k)).map(|(_, &i)| i).collect();
             idx.extend(&extra);
@@ -296,14 +370,15 @@ impl<'v, 'c> Joined<'v, 'c> {
             // equal servers below must not depend on the hasher's seed.
             idx.sort_unstable();
             for &i in &idx {
-                unlisted.requests += peers[i].requests();
-                unlisted.rps += peers[i].window().requests_per_sec;
+                unlisted.add(&peers[i]);
             }
             unlisted.rps = round3(unlisted.rps);
             let mut shown: Vec<(String, usize)> = idx.iter().map(|&i| (show(&keys[i]), i)).collect();
             shown.sort_by(|a, b| peers[b.1].requests().cmp(&peers[a.1].requests()).then_with(|| a.0.cmp(&b.0)));
-            unlisted.members =
-                shown.into_iter().map(|(_, i)| Member { server: keys[i], conf: None, peer: Some(i) }).collect();
+            unlisted.members = shown
+                .into_iter()
+                .map(|(_, i)| Member { server: keys[i], conf: None, peer: Some(i), counted_in: UNLISTED })
+                .collect();
         }
 
         let recent = view
@@ -365,9 +440,22 @@ impl<'v, 'c> Joined<'v, 'c> {
         }
     }
 
-    /// The member's state: see [`state`].
-    pub fn state(&self, m: &Member) -> &'static str {
-        let down = m.conf.is_some_and(|c| c.down);
+    /// The member's state and the side it comes from (`nginx` or `wire`):
+    /// nginx's `down` and `unavail` first, then the wire's verdict
+    /// ([`state`]).
+    pub fn state(&self, g: &Group, m: &Member) -> (&'static str, &'static str) {
+        match m.conf {
+            Some(c) if c.down => return ("down", "nginx"),
+            Some(c) if g.scope.is_some_and(|s| s != Scope::Unknown) && c.nginx.unavailable => {
+                return ("unavail", "nginx")
+            }
+            _ => {}
+        }
+        (self.wire_state(m), "wire")
+    }
+
+    /// The wire's verdict alone: see [`state`].
+    pub fn wire_state(&self, m: &Member) -> &'static str {
         let p = self.peer(m).map(|p| {
             let w = p.window();
             StateInput {
@@ -378,7 +466,74 @@ impl<'v, 'c> Joined<'v, 'c> {
                 history: p.history(),
             }
         });
-        state(p, down, self.view.meta().interval_ns, self.now_unix_ns)
+        state(p, false, self.view.meta().interval_ns, self.now_unix_ns)
+    }
+
+    /// nginx's view of the member, when its group's balancer is read.
+    pub fn nginx<'m>(&self, g: &Group, m: &'m Member<'c>) -> Option<&'c crate::config::PeerState> {
+        m.conf.filter(|_| g.scope.is_some_and(|s| s != Scope::Unknown)).map(|c| &c.nginx)
+    }
+
+    /// Failed connects the wire saw within the last `window_s` seconds
+    /// (whole publish intervals of the peer's history).
+    pub fn failed_connects_within(&self, m: &Member, window_s: u64) -> u64 {
+        let Some(p) = self.peer(m) else { return 0 };
+        let interval = self.view.meta().interval_ns.max(1);
+        let n = window_s.saturating_mul(1_000_000_000).div_ceil(interval).max(1) as usize;
+        p.history().rev().take(n).map(|h| u64::from(h.conn_failed)).sum()
+    }
+
+    /// Why the member gets no (or failing) traffic, from both sides; empty
+    /// when there is nothing to explain.
+    pub fn diagnosis(&self, g: &Group, m: &Member) -> String {
+        let (state, _) = self.state(g, m);
+        let p = self.peer(m);
+        let conns = p.map(|p| p.conns()).unwrap_or_default();
+        let since_start = || {
+            format!(
+                "{} resets and {} exchanges without a response since the probe started",
+                conns.reset,
+                p.map_or(0, |p| p.no_response())
+            )
+        };
+        match (state, m.conf) {
+            ("down", _) => "configured down: nginx sends it nothing".to_owned(),
+            ("unavail", Some(c)) => {
+                let n = &c.nginx;
+                format!(
+                    "nginx took it out of rotation: {} failures (max_fails {}) within fail_timeout {} s; \
+                     the wire saw {} failed connects in that time, and {}",
+                    n.fails,
+                    n.max_fails,
+                    n.fail_timeout_s,
+                    self.failed_connects_within(m, n.fail_timeout_s),
+                    since_start()
+                )
+            }
+            _ => {
+                if let Some(n) = self.nginx(g, m).filter(|n| n.max_conns > 0 && n.in_flight >= n.max_conns) {
+                    return format!(
+                        "at max_conns: {} of {} requests in flight, nginx picks other peers",
+                        n.in_flight, n.max_conns
+                    );
+                }
+                match state {
+                    "unhealthy" => {
+                        format!(
+                            "failing on the wire in the last interval; {} failed connects, {}",
+                            conns.failed,
+                            since_start()
+                        )
+                    }
+                    "idle" if m.conf.is_some_and(|c| c.backup) => {
+                        "backup: nginx uses it only when the primary servers are unavailable".to_owned()
+                    }
+                    "idle" if p.is_none_or(|p| p.requests() == 0) => "no request seen on the wire yet".to_owned(),
+                    "idle" => format!("no request in the last {IDLE_INTERVALS} intervals"),
+                    _ => String::new(),
+                }
+            }
+        }
     }
 
     /// The routes peer `m` shows under this query (`?routes=` named ones,
@@ -513,4 +668,112 @@ where
         return "idle";
     }
     "up"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_is_display() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ip = if i % 3 == 0 {
+                IpAddr::from([0, 0, 0, (i % 256) as u8])
+            } else {
+                IpAddr::from((x as u32).to_be_bytes())
+            };
+            let a = SocketAddr::new(ip, (x >> 32) as u16);
+            assert_eq!(show(&key(&a)), a.to_string());
+        }
+        for a in ["[::1]:80", "[fe80::1%3]:8443", "[::ffff:10.0.0.1]:80", "255.255.255.255:65535", "0.0.0.0:0"] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(show(&key(&a)), SocketAddr::new(normalise_ip(a.ip()), a.port()).to_string());
+        }
+    }
+
+    fn k(s: &str) -> AddrKey {
+        key(&s.parse().unwrap())
+    }
+
+    #[test]
+    fn mapped_ipv6_is_ipv4() {
+        assert_eq!(k("[::ffff:127.0.0.1]:80"), k("127.0.0.1:80"));
+        assert_eq!(k("[fe80::1%2]:80"), k("[fe80::1]:80"));
+        assert_eq!(show(&k("[::1]:9")), "[::1]:9");
+    }
+
+    #[test]
+    fn listeners() {
+        let l = Listeners::new(&["0.0.0.0:8080".parse().unwrap(), "10.0.0.5:443".parse().unwrap()]);
+        assert!(l.is_listener(&k("127.0.0.1:8080")));
+        assert!(l.is_listener(&k("[::1]:8080")));
+        assert!(l.is_listener(&k("10.0.0.5:8080")));
+        assert!(l.is_listener(&k("10.0.0.5:443")));
+        assert!(l.is_listener(&k("[::ffff:10.0.0.5]:443")));
+        assert!(!l.is_listener(&k("10.0.0.6:8080")));
+        assert!(!l.is_listener(&k("127.0.0.1:443")));
+        assert!(!l.is_listener(&k("127.0.0.1:9001")));
+    }
+
+    fn input(requests: u64, history: &[(u32, u32, u32)]) -> StateInput<std::vec::IntoIter<HistorySample>> {
+        let history: Vec<HistorySample> = history
+            .iter()
+            .map(|&(requests, errors_5xx, conn_failed)| HistorySample {
+                requests,
+                errors_5xx,
+                conn_failed,
+                latency_p99_us: 0,
+            })
+            .collect();
+        StateInput {
+            requests,
+            window_rps: 0.0,
+            window_5xx_rps: 0.0,
+            last_seen_unix_ns: 0,
+            history: history.into_iter(),
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn states() {
+        let none: Option<StateInput<std::vec::IntoIter<HistorySample>>> = None;
+        assert_eq!(state(none, false, S, 0), "idle");
+        assert_eq!(state(None::<StateInput<std::vec::IntoIter<HistorySample>>>, true, S, 0), "down");
+        assert_eq!(state(Some(input(10, &[(10, 0, 0)])), true, S, 0), "down");
+        assert_eq!(state(Some(input(10, &[(10, 0, 0)])), false, S, 0), "up");
+        assert_eq!(state(Some(input(0, &[])), false, S, 0), "idle");
+        // Connect failures with no good response; with some good ones it is up.
+        assert_eq!(state(Some(input(10, &[(10, 0, 0), (0, 0, 3)])), false, S, 0), "unhealthy");
+        assert_eq!(state(Some(input(10, &[(2, 0, 3)])), false, S, 0), "up");
+        // 5xx: half of at least five.
+        assert_eq!(state(Some(input(10, &[(6, 3, 0)])), false, S, 0), "unhealthy");
+        assert_eq!(state(Some(input(10, &[(7, 3, 0)])), false, S, 0), "up");
+        assert_eq!(state(Some(input(10, &[(4, 4, 0)])), false, S, 0), "up");
+        // Idle after ten quiet intervals, up while one of the last ten had traffic.
+        let mut h = vec![(5, 0, 0)];
+        h.extend([(0, 0, 0); 9]);
+        assert_eq!(state(Some(input(5, &h)), false, S, 0), "up");
+        h.push((0, 0, 0));
+        assert_eq!(state(Some(input(5, &h)), false, S, 0), "idle");
+        // Without history: the window and last_seen decide.
+        let mut p = input(5, &[]);
+        p.last_seen_unix_ns = 100 * S;
+        p.window_rps = 6.0;
+        p.window_5xx_rps = 3.0;
+        assert_eq!(state(Some(p), false, S, 101 * S), "unhealthy");
+        let mut p = input(5, &[]);
+        p.last_seen_unix_ns = 100 * S;
+        p.window_rps = 6.0;
+        assert_eq!(state(Some(p), false, S, 101 * S), "up");
+        let mut p = input(5, &[]);
+        p.last_seen_unix_ns = 100 * S;
+        p.window_rps = 6.0;
+        assert_eq!(state(Some(p), false, S, 111 * S), "idle");
+    }
 }

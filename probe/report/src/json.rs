@@ -12,7 +12,8 @@ use std::ops::Range;
 use upstreamtop_table::{ResponsesView, RouteView};
 
 use crate::body::{ClockFields, RenderedBody};
-use crate::join::{add_responses, clean_path, show, Joined, Member, RecentEntry, SelectedRoutes};
+use crate::config::Scope;
+use crate::join::{add_responses, clean_path, show, Group, Joined, Member, RecentEntry, Reuse, SelectedRoutes};
 use crate::out::{ms, nothing_to_escape_or_cut, round3, Out};
 use crate::schema::{Probe, Responses, Totals, Unavailable, UnavailableProbe, SCHEMA_VERSION};
 
@@ -163,26 +164,72 @@ fn responses(w: &mut Out, r: &Responses) {
     w.raw("}");
 }
 
-fn group<'v>(w: &mut Out, joined: &Joined<'v, '_>, g: &crate::join::Group, routes: &mut SelectedRoutes<'v>) {
+fn group<'v>(w: &mut Out, joined: &Joined<'v, '_>, g: &Group, routes: &mut SelectedRoutes<'v>) {
     w.raw("{\"implicit\":");
     w.bool(g.implicit);
+    w.raw(",\"scope\":");
+    match g.scope {
+        None => w.raw("\"none\""),
+        Some(Scope::AllWorkers) => w.raw("\"all_workers\""),
+        Some(Scope::Unknown) => w.raw("\"unknown\""),
+        Some(Scope::Worker(pid)) => {
+            w.raw("\"worker\"");
+            if pid != 0 {
+                w.raw(",\"worker_pid\":");
+                w.u64(pid.into());
+            }
+        }
+    }
     w.raw(",\"requests\":");
     w.u64(g.requests);
     w.raw(",\"rps\":");
     w.f64(g.rps);
+    w.raw(",\"keepalive\":");
+    keepalive(w, &g.reuse);
     w.raw(",\"peers\":[");
     for (n, m) in g.members.iter().enumerate() {
         if n > 0 {
             w.raw(",");
         }
-        peer(w, joined, m, routes);
+        peer(w, joined, g, m, routes);
     }
     w.raw("]}");
 }
 
+fn keepalive(w: &mut Out, r: &Reuse) {
+    w.raw("{\"requests_per_connection\":");
+    w.round3(r.requests_per_connection());
+    w.raw(",\"new_connection_pct\":");
+    w.round3(r.new_connection_pct());
+    w.raw("}");
+}
+
+/// nginx's view of a peer, or `null`.
+fn nginx(w: &mut Out, joined: &Joined, g: &Group, m: &Member) {
+    let Some(n) = joined.nginx(g, m) else {
+        w.raw("null");
+        return;
+    };
+    w.raw("{\"fails\":");
+    w.u64(n.fails.into());
+    w.raw(",\"max_fails\":");
+    w.u64(n.max_fails.into());
+    w.raw(",\"fail_timeout_ms\":");
+    w.u64(n.fail_timeout_s.saturating_mul(1000));
+    w.raw(",\"last_failure\":");
+    w.u64(n.last_failure_s.saturating_mul(1000));
+    w.raw(",\"in_flight\":");
+    w.u64(n.in_flight.into());
+    w.raw(",\"max_conns\":");
+    w.u64(n.max_conns.into());
+    w.raw(",\"wire_failed_connects\":");
+    w.u64(joined.failed_connects_within(m, n.fail_timeout_s));
+    w.raw("}");
+}
+
 /// One peer: its configuration entry, its state and its wire figures
 /// (zeros when the wire has not seen it).
-fn peer<'v>(w: &mut Out, joined: &Joined<'v, '_>, m: &Member, routes: &mut SelectedRoutes<'v>) {
+fn peer<'v>(w: &mut Out, joined: &Joined<'v, '_>, g: &Group, m: &Member, routes: &mut SelectedRoutes<'v>) {
     let server = show(&m.server);
     let conf = m.conf;
     let query = joined.query;
@@ -198,8 +245,14 @@ fn peer<'v>(w: &mut Out, joined: &Joined<'v, '_>, m: &Member, routes: &mut Selec
     w.bool(conf.is_some_and(|c| c.down));
     w.raw(",\"weight\":");
     w.u64(conf.map_or(0, |c| c.weight).into());
+    let (state, state_from) = joined.state(g, m);
     w.raw(",\"state\":");
-    w.str(joined.state(m));
+    w.str(state);
+    w.raw(",\"state_from\":");
+    w.str(state_from);
+    w.raw(",\"counted_in\":");
+    w.str(m.counted_in);
+    let diagnosis = joined.diagnosis(g, m);
     let Some(p) = joined.peer(m) else {
         // Listed, never seen on the wire.
         w.raw(
@@ -207,12 +260,16 @@ fn peer<'v>(w: &mut Out, joined: &Joined<'v, '_>, m: &Member, routes: &mut Selec
              \"5xx\":0,\"codes\":{},\"total\":0},\"no_response\":0,\"header_time\":0.0,\
              \"header_time_window\":{\"avg\":0.0,\"p50\":0.0,\"p90\":0.0,\"p99\":0.0},\
              \"header_time_total\":{\"avg\":0.0,\"p50\":0.0,\"p90\":0.0,\"p99\":0.0},\"sent\":0,\"received\":0,\
-             \"active\":0,\"connections\":{\"opened\":0,\"closed\":0,\"failed\":0,\"reset\":0},\"errors_rps\":0.0",
+             \"active\":0,\"connections\":{\"opened\":0,\"closed\":0,\"failed\":0,\"reset\":0},\
+             \"keepalive\":{\"requests_per_connection\":0.0,\"new_connection_pct\":0.0},\"nginx\":",
         );
+        nginx(w, joined, g, m);
+        w.raw(",\"errors_rps\":0.0");
         if query.history {
             w.raw(",\"history\":{\"rps\":[],\"5xx\":[],\"p99\":[]}");
         }
-        w.raw(",\"routes\":[],\"last_seen\":0}");
+        w.raw(",\"routes\":[],\"last_seen\":0");
+        end_peer(w, &diagnosis);
         return;
     };
     let win = p.window();
@@ -250,7 +307,11 @@ fn peer<'v>(w: &mut Out, joined: &Joined<'v, '_>, m: &Member, routes: &mut Selec
     w.u64(c.failed);
     w.raw(",\"reset\":");
     w.u64(c.reset);
-    w.raw("},\"errors_rps\":");
+    w.raw("},\"keepalive\":");
+    keepalive(w, &Reuse { requests: p.requests(), opened: c.opened });
+    w.raw(",\"nginx\":");
+    nginx(w, joined, g, m);
+    w.raw(",\"errors_rps\":");
     w.round3(win.errors_5xx_per_sec);
     if query.history {
         // 60 samples × 3 figures per peer: the bulk of the numbers. With
@@ -308,6 +369,15 @@ fn peer<'v>(w: &mut Out, joined: &Joined<'v, '_>, m: &Member, routes: &mut Selec
     }
     w.raw("],\"last_seen\":");
     w.u64(p.last_seen_unix_ns() / 1_000_000);
+    end_peer(w, &diagnosis);
+}
+
+/// The diagnosis, when there is one, and the end of the peer object.
+fn end_peer(w: &mut Out, diagnosis: &str) {
+    if !diagnosis.is_empty() {
+        w.raw(",\"diagnosis\":");
+        w.str(diagnosis);
+    }
     w.raw("}");
 }
 

@@ -27,7 +27,7 @@ pub mod schema;
 use upstreamtop_table::SnapshotView;
 
 pub use body::{BodyPart, RenderedBody};
-pub use config::{NginxConfig, ServerConf, UpstreamConf};
+pub use config::{NginxConfig, PeerState, Scope, ServerConf, UpstreamConf};
 pub use join::{Joined, UNLISTED};
 pub use json::{render_json, unavailable_json};
 pub use prometheus::{render_prometheus, unavailable_prometheus};

@@ -29,7 +29,8 @@ use upstreamtop_table::histogram::bucket_of;
 use upstreamtop_table::PeerView;
 
 use crate::body::RenderedBody;
-use crate::join::{clean_path, show, Joined, Member, SelectedRoutes};
+use crate::config::PeerState;
+use crate::join::{clean_path, show, Group, Joined, Member, SelectedRoutes};
 use crate::out::Out;
 
 /// The `le` bounds of `upstreamtop_response_header_seconds`, in ns, with
@@ -82,6 +83,7 @@ fn family(out: &mut Out, name: &str, kind: &str, help: &str) {
 struct Series<'j, 'v> {
     /// `upstream="…",server="…"`, escaped.
     labels: String,
+    group: &'j Group<'j>,
     member: &'j Member<'j>,
     peer: Option<&'j PeerView<'v>>,
 }
@@ -95,20 +97,26 @@ fn le_buckets() -> &'static [usize; HEADER_TIME_LE.len()] {
 /// The Prometheus text for `joined`.
 pub fn render_prometheus(joined: &Joined, buf: Vec<u8>) -> RenderedBody {
     // One series per (group, server): a server listed twice in one group
-    // must not produce duplicate series.
+    // must not produce duplicate series. Wire counters go only under the
+    // group that counts the peer (`counted_in`), so every sum over them
+    // counts each backend once; nginx's view and the state are per group
+    // (each group keeps its own peer state), for every group listing it.
     let mut seen = HashSet::new();
-    let series: Vec<Series> = joined
+    let memberships: Vec<Series> = joined
         .groups
         .iter()
         .chain([&joined.unlisted])
-        .flat_map(|g| g.members.iter().map(move |m| (g.name, m)))
-        .filter(|(g, m)| seen.insert((*g, m.server)))
+        .flat_map(|g| g.members.iter().map(move |m| (g, m)))
+        .filter(|(g, m)| seen.insert((g.name, m.server)))
         .map(|(g, m)| Series {
-            labels: format!("upstream=\"{}\",server=\"{}\"", escape_label(g), escape_label(&show(&m.server))),
+            labels: format!("upstream=\"{}\",server=\"{}\"", escape_label(g.name), escape_label(&show(&m.server))),
+            group: g,
             member: m,
             peer: joined.peer(m),
         })
         .collect();
+    let series: Vec<&Series> =
+        memberships.iter().filter(|s| s.member.counted_in == s.group.name || s.member.conf.is_none()).collect();
     let mut o = Out(buf);
     o.0.clear();
     o.0.reserve(4096 + series.len() * 2048);
@@ -126,6 +134,17 @@ pub fn render_prometheus(joined: &Joined, buf: Vec<u8>) -> RenderedBody {
             line(o, name, &s.labels, "", s.peer.map_or(0, get));
         }
     };
+
+    let name = "upstreamtop_upstream_peer";
+    family(
+        o,
+        name,
+        "gauge",
+        "1 for every group that lists the backend; wire counters carry only the group that counts it.",
+    );
+    for s in &memberships {
+        line(o, name, &s.labels, "", 1);
+    }
 
     counter(o, "upstreamtop_requests_total", "Requests nginx sent to the backend, counted on the wire.", &|p| {
         p.requests()
@@ -212,10 +231,55 @@ pub fn render_prometheus(joined: &Joined, buf: Vec<u8>) -> RenderedBody {
         }
     }
     let name = "upstreamtop_peer_up";
-    family(o, name, "gauge", "1 when the backend is up or idle, 0 when unhealthy or configured down.");
-    for s in &series {
-        let up = matches!(joined.state(s.member), "up" | "idle");
+    family(o, name, "gauge", "1 when the backend is up or idle, 0 when unhealthy, unavailable or configured down.");
+    for s in &memberships {
+        let up = matches!(joined.state(s.group, s.member).0, "up" | "idle");
         line(o, name, &s.labels, "", u64::from(up));
+    }
+    let name = "upstreamtop_peer_state";
+    family(
+        o,
+        name,
+        "gauge",
+        "State as NGINX Plus numbers it: 1 up (or idle), 3 down, 4 unavail (nginx), 6 unhealthy (wire).",
+    );
+    for s in &memberships {
+        let n = match joined.state(s.group, s.member).0 {
+            "down" => 3,
+            "unavail" => 4,
+            "unhealthy" => 6,
+            _ => 1,
+        };
+        line(o, name, &s.labels, "", n);
+    }
+    let nginx: Vec<_> = memberships.iter().filter_map(|s| joined.nginx(s.group, s.member).map(|n| (s, n))).collect();
+    for (name, help, get) in [
+        (
+            "upstreamtop_nginx_fails",
+            "Failures nginx counts against the backend (passive health).",
+            &(|n: &PeerState| u64::from(n.fails)) as &dyn Fn(&PeerState) -> u64,
+        ),
+        (
+            "upstreamtop_nginx_max_fails",
+            "max_fails of the backend (0: failures never take it out).",
+            &|n: &PeerState| u64::from(n.max_fails),
+        ),
+        ("upstreamtop_nginx_in_flight", "Requests nginx has a connection to the backend for.", &|n: &PeerState| {
+            u64::from(n.in_flight)
+        }),
+        ("upstreamtop_nginx_max_conns", "max_conns of the backend (0: no limit).", &|n: &PeerState| {
+            u64::from(n.max_conns)
+        }),
+        (
+            "upstreamtop_nginx_last_failure_timestamp_seconds",
+            "When nginx last recorded a failure of the backend (Unix time; 0: never).",
+            &|n: &PeerState| n.last_failure_s,
+        ),
+    ] {
+        family(o, name, "gauge", help);
+        for (s, n) in &nginx {
+            line(o, name, &s.labels, "", get(n));
+        }
     }
 
     let probe = &joined.probe;

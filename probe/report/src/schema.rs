@@ -10,6 +10,9 @@
 //! (`UPDATE_GOLDEN=1 cargo test -p upstreamtop-report golden`) and add its
 //! row to `docs/json.md`.
 //!
+//! Fields added after version 1 came out read as their default when
+//! missing (`#[serde(default)]`), so a newer client reads an older module.
+//!
 //! Field names follow the NGINX Plus API for upstream peers (`peers`,
 //! `server`, `requests`, `responses`, `sent`, `received`, `header_time`,
 //! `active`, `state`) where one exists. Times are milliseconds (f64)
@@ -97,12 +100,65 @@ pub struct Totals {
 pub struct Upstream {
     /// From `proxy_pass http://IP:port` rather than an `upstream {}` block.
     pub implicit: bool,
-    /// Requests to the group's distinct peers (a server listed twice counts once).
+    /// Whose view the peers' `nginx` figures are: `all_workers` (the group
+    /// has a `zone`), `worker` (no `zone`: the worker that answered, see
+    /// `worker_pid`), `unknown` (a balancer nginx does not ship: its peer
+    /// list is not read), `none` (unlisted peers).
+    #[serde(default)]
+    pub scope: String,
+    /// The worker whose figures a group without `zone` shows.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub worker_pid: u32,
+    /// Requests to the peers this group counts (each distinct peer whose
+    /// `counted_in` is this group): the groups' figures and `unlisted`
+    /// add up to `totals`, each backend counted once.
     pub requests: u64,
-    /// Requests per second over the last interval.
+    /// Requests per second over the last interval, same peers.
     pub rps: f64,
+    /// Connection reuse over the same peers.
+    #[serde(default)]
+    pub keepalive: Keepalive,
     /// In configuration order; unlisted peers by requests, most first.
     pub peers: Vec<Peer>,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// How well connections to a backend are reused, from the wire since the
+/// probe started: nginx without `keepalive` (or without
+/// `proxy_http_version 1.1` and `proxy_set_header Connection ""`) opens a
+/// connection per request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Keepalive {
+    /// Requests per connection nginx opened (`requests / connections.opened`;
+    /// 0 when none was opened).
+    pub requests_per_connection: f64,
+    /// Percent of requests that paid for a new connection
+    /// (`connections.opened / requests`, at most 100).
+    pub new_connection_pct: f64,
+}
+
+/// What nginx's balancer knows about a peer right now (NGINX Plus
+/// meanings), beside the wire's figures for the same window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NginxPeer {
+    /// Failures nginx counted since the last success or `fail_timeout`.
+    pub fails: u64,
+    /// `max_fails=` (0: failures never take the peer out).
+    pub max_fails: u64,
+    /// `fail_timeout=`, ms.
+    pub fail_timeout_ms: u64,
+    /// When nginx last recorded a failure (Unix ms; 0 = never).
+    pub last_failure: u64,
+    /// Requests nginx has a connection to this peer for.
+    pub in_flight: u64,
+    /// `max_conns=` (0 = no limit).
+    pub max_conns: u64,
+    /// Failed connects (refused or unanswered) the wire saw within the
+    /// last `fail_timeout`: what nginx's `fails` should be explained by.
+    pub wire_failed_connects: u64,
 }
 
 /// Responses by class and exact status code.
@@ -190,9 +246,21 @@ pub struct Peer {
     pub down: bool,
     /// `weight=` in the configuration (0 when not configured).
     pub weight: u32,
-    /// `up`, `unhealthy` (connect failures or mostly 5xx in the last
-    /// interval), `idle` (no traffic lately), `down` (configured down).
+    /// `down` (configured down) and `unavail` (nginx's passive health has
+    /// taken it out: `fails >= max_fails` within `fail_timeout`) as nginx
+    /// decides; otherwise the wire's verdict: `unhealthy` (connect
+    /// failures or mostly 5xx in the last interval), `idle` (no traffic
+    /// lately) or `up`.
     pub state: String,
+    /// Which side `state` comes from: `nginx` or `wire`.
+    #[serde(default)]
+    pub state_from: String,
+    /// The group whose figures count this peer: of the groups that list
+    /// it, the first `upstream {}` block by name, else the first implicit
+    /// group; `unlisted` for unlisted peers. Summing groups never counts a
+    /// backend twice.
+    #[serde(default)]
+    pub counted_in: String,
     /// Requests nginx sent to this backend, counted on the wire since the probe started.
     pub requests: u64,
     /// Requests per second over the last interval.
@@ -217,6 +285,13 @@ pub struct Peer {
     pub active: u64,
     /// Connection events since the probe started.
     pub connections: Connections,
+    /// Connection reuse.
+    #[serde(default)]
+    pub keepalive: Keepalive,
+    /// nginx's own view of the peer; `null` for unlisted peers and groups
+    /// whose balancer is not read (`scope` says whose view it is).
+    #[serde(default)]
+    pub nginx: Option<NginxPeer>,
     /// 5xx responses per second over the last interval.
     pub errors_rps: f64,
     /// Per-interval figures, oldest first (left out with `?history=0`).
@@ -226,6 +301,12 @@ pub struct Peer {
     pub routes: Vec<Route>,
     /// Unix ms of the latest request; 0 = never.
     pub last_seen: u64,
+    /// Why the peer gets no (or failing) traffic, from both sides, e.g.
+    /// `nginx took it out of rotation: 2 failures (max_fails 2) within
+    /// fail_timeout 30 s; the wire saw 2 failed connects`; absent when
+    /// there is nothing to explain.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub diagnosis: String,
 }
 
 /// One route of a peer: method and folded path.

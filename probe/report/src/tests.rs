@@ -138,12 +138,14 @@ fn config() -> NginxConfig {
         backup,
         down,
         weight,
+        nginx: PeerState { max_fails: 1, fail_timeout_s: 10, ..PeerState::default() },
     };
     NginxConfig {
         upstreams: vec![
             UpstreamConf {
                 name: "api".into(),
                 implicit: false,
+                scope: Scope::Worker(4242),
                 servers: vec![
                     server("localhost:9001", "127.0.0.1:9001", false, false, 3),
                     server("127.0.0.1:9002", "127.0.0.1:9002", true, false, 1),
@@ -154,6 +156,7 @@ fn config() -> NginxConfig {
             UpstreamConf {
                 name: "127.0.0.1:9001".into(),
                 implicit: true,
+                scope: Scope::AllWorkers,
                 servers: vec![server("127.0.0.1:9001", "127.0.0.1:9001", false, false, 1)],
             },
         ],
@@ -480,12 +483,22 @@ fn report_path_cases() -> (Vec<Snapshot>, Vec<NginxConfig>, Vec<Query>) {
     dup_group.upstreams.push(UpstreamConf {
         name: "api".into(),
         implicit: true,
+        scope: Scope::AllWorkers,
         servers: vec![ServerConf {
             name: "again".into(),
             addr: addr("127.0.0.1:9002"),
             backup: false,
             down: false,
             weight: 2,
+            nginx: PeerState {
+                fails: 3,
+                max_fails: 2,
+                fail_timeout_s: 30,
+                last_failure_s: NOW / SEC - 4,
+                in_flight: 2,
+                max_conns: 2,
+                unavailable: true,
+            },
         }],
     });
     let queries = [
@@ -720,4 +733,87 @@ fn docs_name_every_field() {
     assert!(keys.contains(&"codes_other") && keys.contains(&"history"), "the sample holds the optional fields");
     let missing: std::collections::BTreeSet<_> = keys.into_iter().filter(|k| !named.contains(k)).collect();
     assert!(missing.is_empty(), "docs/json.md does not name {missing:?}");
+}
+
+/// A backend listed by two groups is counted once: in the `upstream {}`
+/// block, not the implicit group of `proxy_pass http://IP:port`; groups and
+/// unlisted add up to the totals, and so do the Prometheus counters.
+#[test]
+fn sums_count_each_backend_once() {
+    let r = report(&snapshot(), &config(), &Query::default(), NOW);
+    let groups: u64 = r.upstreams.values().map(|u| u.requests).sum();
+    assert_eq!(groups + r.unlisted.requests, r.totals.requests);
+    assert_eq!(r.upstreams["api"].requests, 30);
+    assert_eq!(r.upstreams["127.0.0.1:9001"].requests, 0, "counted in api");
+    let shared = &r.upstreams["127.0.0.1:9001"].peers[0];
+    assert_eq!((shared.counted_in.as_str(), shared.requests), ("api", 10), "shown with its figures");
+    assert_eq!(r.upstreams["api"].peers[0].counted_in, "api");
+    assert_eq!(r.unlisted.peers[0].counted_in, UNLISTED);
+
+    let prom = prometheus(&snapshot(), &config(), &Query::default());
+    let sum: u64 = prom
+        .lines()
+        .filter(|l| l.starts_with("upstreamtop_requests_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(sum, r.totals.requests, "sum(upstreamtop_requests_total)\n{prom}");
+    for line in [
+        "upstreamtop_upstream_peer{upstream=\"api\",server=\"127.0.0.1:9001\"} 1",
+        "upstreamtop_upstream_peer{upstream=\"127.0.0.1:9001\",server=\"127.0.0.1:9001\"} 1",
+    ] {
+        assert!(prom.lines().any(|l| l == line), "{line}");
+    }
+    assert!(!prom.contains("upstreamtop_requests_total{upstream=\"127.0.0.1:9001\""), "{prom}");
+}
+
+/// nginx's view beside the wire's: state and its side, the balancer's
+/// figures, the failures the wire saw in `fail_timeout`, keepalive reuse
+/// and the diagnosis.
+#[test]
+fn nginx_view_beside_the_wire() {
+    let (_, confs, _) = report_path_cases();
+    let mut s = snapshot();
+    s.peers[1].history = vec![HistorySample { requests: 0, errors_5xx: 0, conn_failed: 2, latency_p99_us: 0 }; 3];
+    let r = report(&s, &confs[2], &Query::default(), NOW);
+    let api = &r.upstreams["api"];
+    assert_eq!((api.scope.as_str(), api.worker_pid), ("worker", 4242));
+    assert_eq!(r.upstreams["127.0.0.1:9001"].scope, "all_workers");
+    assert_eq!(r.unlisted.scope, "none");
+
+    let up = &api.peers[0];
+    assert_eq!((up.state.as_str(), up.state_from.as_str()), ("up", "wire"));
+    let n = up.nginx.as_ref().unwrap();
+    assert_eq!((n.fails, n.max_fails, n.fail_timeout_ms, n.in_flight, n.max_conns), (0, 1, 10_000, 0, 0));
+    assert_eq!(up.diagnosis, "");
+    // 10 requests over 3 opened connections.
+    assert_eq!(up.keepalive, model::Keepalive { requests_per_connection: 3.333, new_connection_pct: 30.0 });
+
+    let down = api.peers.iter().find(|p| p.down).unwrap();
+    assert_eq!((down.state.as_str(), down.state_from.as_str()), ("down", "nginx"));
+    assert!(down.diagnosis.starts_with("configured down"), "{}", down.diagnosis);
+
+    let out = api.peers.iter().find(|p| p.name == "again").unwrap();
+    assert_eq!((out.state.as_str(), out.state_from.as_str()), ("unavail", "nginx"));
+    let n = out.nginx.as_ref().unwrap();
+    assert_eq!((n.fails, n.max_fails, n.in_flight, n.max_conns), (3, 2, 2, 2));
+    assert_eq!(n.last_failure, (NOW / SEC - 4) * 1000);
+    assert_eq!(n.wire_failed_connects, 6, "three 1 s intervals within fail_timeout 30 s");
+    assert_eq!(
+        out.diagnosis,
+        "nginx took it out of rotation: 3 failures (max_fails 2) within fail_timeout 30 s; the wire saw 6 failed \
+         connects in that time, and 1 resets and 0 exchanges without a response since the probe started"
+    );
+    assert!(r.unlisted.peers[0].nginx.is_none());
+    let idle = api.peers.iter().find(|p| p.server == "[::1]:9003").unwrap();
+    assert_eq!(idle.diagnosis, "no request seen on the wire yet");
+
+    let prom = prometheus(&s, &confs[2], &Query::default());
+    for line in [
+        "upstreamtop_peer_state{upstream=\"api\",server=\"127.0.0.1:9001\"} 1",
+        "upstreamtop_peer_state{upstream=\"api\",server=\"127.0.0.1:9004\"} 3",
+        "upstreamtop_nginx_fails{upstream=\"api\",server=\"127.0.0.1:9001\"} 0",
+        "upstreamtop_nginx_max_fails{upstream=\"api\",server=\"127.0.0.1:9001\"} 1",
+    ] {
+        assert!(prom.lines().any(|l| l == line), "{line}\n{prom}");
+    }
 }
