@@ -47,28 +47,32 @@ fn parse_table_path(arg: &str) -> Result<String, String> {
     Ok(arg.to_owned())
 }
 
-/// Validates the arguments of `upstreamtop_status [json|prometheus] [noroutes];`.
+/// Validates the arguments of `upstreamtop_status [json|prometheus|html] [noroutes];`.
 fn parse_status_args(args: &[&str]) -> Result<StatusConf, String> {
     let mut conf = StatusConf::default();
     let mut format_seen = false;
     let mut noroutes_seen = false;
     for &arg in args {
         match arg {
-            "json" | "prometheus" if !format_seen => {
+            "json" | "prometheus" | "html" if !format_seen => {
                 format_seen = true;
-                conf.format = if arg == "prometheus" { Format::Prometheus } else { Format::Json };
+                conf.format = match arg {
+                    "prometheus" => Format::Prometheus,
+                    "html" => Format::Html,
+                    _ => Format::Json,
+                };
             }
             "noroutes" if !noroutes_seen => {
                 noroutes_seen = true;
                 conf.route_labels = false;
             }
-            "json" | "prometheus" | "noroutes" => {
+            "json" | "prometheus" | "html" | "noroutes" => {
                 return Err(format!("duplicate argument \"{arg}\" in \"upstreamtop_status\" directive"))
             }
             _ => {
                 return Err(format!(
                     "invalid argument \"{arg}\" in \"upstreamtop_status\" directive, \
-                     expected \"json\", \"prometheus\" or \"noroutes\""
+                     expected \"json\", \"prometheus\", \"html\" or \"noroutes\""
                 ))
             }
         }
@@ -103,7 +107,7 @@ pub(crate) extern "C" fn set_table(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t
     }
 }
 
-/// `upstreamtop_status [json|prometheus] [noroutes];` (location context):
+/// `upstreamtop_status [json|prometheus|html] [noroutes];` (location context):
 /// makes the location's content handler ours.
 pub(crate) extern "C" fn set_status(cf: *mut ngx_conf_t, _cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
     // SAFETY: nginx calls this with its own cf, and conf pointing at this

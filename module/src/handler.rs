@@ -21,6 +21,7 @@ use crate::render_cache::{self, Body, Outcome};
 use crate::{nginx_conf, Module, StatusConf};
 
 const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What to send back.
@@ -33,6 +34,8 @@ struct Answer {
 enum Content {
     /// A small body of this request's own (errors).
     Own(String),
+    /// The page, compiled in.
+    Fixed(&'static str),
     /// A rendered body the worker's cache may share with other requests,
     /// and the clock to stamp it with: sent from where it lies.
     Shared(Body, u64),
@@ -90,7 +93,12 @@ fn now_unix_ns() -> u64 {
 
 /// The whole answer, from the request's configuration, query and the table.
 fn answer(request: &Request) -> Answer {
-    let defaults: StatusConf = Module::location_conf(request).and_then(|lc| lc.status).unwrap_or_default();
+    let mut defaults: StatusConf = Module::location_conf(request).and_then(|lc| lc.status).unwrap_or_default();
+    if accepts_html(request) {
+        // A browser that names no format gets the page; `curl` (`*/*`) and
+        // scrapers keep the directive's format.
+        defaults.format = Format::Html;
+    }
     let table = Module::main_conf(request).map(|mc| mc.table_path()).unwrap_or(crate::DEFAULT_TABLE_PATH);
     let args_ngx: &ngx_str_t = &request.as_ref().args;
     let args = String::from_utf8_lossy(args_ngx.as_bytes());
@@ -99,6 +107,10 @@ fn answer(request: &Request) -> Answer {
         Err(e) => return Answer::error(400, &e.to_string()),
     };
     let format = query.format;
+    if format == Format::Html {
+        // The page needs no table: it shows the JSON's own 503 itself.
+        return Answer { status: 200, content_type: HTML, body: Content::Fixed(upstreamtop_report::page::PAGE) };
+    }
     let conf = nginx_conf::nginx_config(request);
     let now = now_unix_ns();
     match render_cache::answer(Path::new(table), conf, query, now) {
@@ -117,7 +129,17 @@ fn content_type(format: Format) -> &'static str {
     match format {
         Format::Json => JSON,
         Format::Prometheus => PROMETHEUS,
+        Format::Html => HTML,
     }
+}
+
+/// Does the request's `Accept` name `text/html` (what browsers send for a
+/// page)? `*/*` alone does not.
+fn accepts_html(request: &Request) -> bool {
+    request.headers_in_iterator().any(|(name, value)| {
+        name.as_bytes().eq_ignore_ascii_case(b"accept")
+            && value.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html"))
+    })
 }
 
 /// No usable table. JSON gets a 503 naming the reason; Prometheus gets a
@@ -155,6 +177,7 @@ fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
     let body: &Content = unsafe { &*kept };
     let parts: Vec<BodyPart> = match body {
         Content::Own(text) => vec![BodyPart::Bytes(text.as_bytes())],
+        Content::Fixed(text) => vec![BodyPart::Bytes(text.as_bytes())],
         Content::Shared(shared, now) => shared.body.at(*now).to_vec(),
     };
     let len: usize = parts.iter().map(part_len).sum();
@@ -167,8 +190,18 @@ fn send(request: &mut Request, answer: Answer, allow_header: bool) -> Status {
         r.headers_out.content_type = ngx_str_t { len: content_type.len(), data: content_type.as_ptr() as *mut u8 };
         r.headers_out.content_type_len = content_type.len();
     }
+    // The answer depends on Accept (the page for browsers).
     if request.add_header_out("Cache-Control", "no-store").is_none()
+        || request.add_header_out("X-Content-Type-Options", "nosniff").is_none()
+        || request.add_header_out("Vary", "Accept").is_none()
         || (allow_header && request.add_header_out("Allow", "GET, HEAD").is_none())
+    {
+        return Status::NGX_ERROR;
+    }
+    if matches!(body, Content::Fixed(_))
+        && request
+            .add_header_out("Content-Security-Policy", upstreamtop_report::page::content_security_policy())
+            .is_none()
     {
         return Status::NGX_ERROR;
     }

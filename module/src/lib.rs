@@ -50,7 +50,7 @@ impl MainConf {
     }
 }
 
-/// What `upstreamtop_status [json|prometheus] [noroutes];` asked for: the
+/// What `upstreamtop_status [json|prometheus|html] [noroutes];` asked for: the
 /// defaults of the location's answers.
 pub(crate) type StatusConf = upstreamtop_report::Defaults;
 

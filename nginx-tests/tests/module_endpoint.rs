@@ -153,7 +153,8 @@ fn start(workers: u32) -> (Nginx, tempfile::TempDir, PathBuf) {
         .extra_server(&format!("location /direct/ {{ proxy_pass http://{IMPLICIT}; }}"))
         .extra_server("location = /metrics { upstreamtop_status prometheus; }")
         .extra_server("location = /private { upstreamtop_status; deny all; }")
-        .extra_server("location = /metrics-lean { upstreamtop_status prometheus noroutes; }");
+        .extra_server("location = /metrics-lean { upstreamtop_status prometheus noroutes; }")
+        .extra_server("location = /page { upstreamtop_status html; }");
     let nginx = Nginx::start(conf).unwrap();
     (nginx, dir, table)
 }
@@ -372,6 +373,50 @@ fn etag_and_if_none_match() {
     let bad = get("/upstreamtop?routes=x", None);
     assert_eq!(bad.status, 400);
     assert_eq!(bad.header("ETag"), None);
+    assert_healthy(&nginx);
+}
+
+/// The page for browsers: asked for by `?format=html`, by the directive,
+/// or by `Accept: text/html` without a format; everything else keeps its
+/// format. The page carries a strict policy and loads without a table.
+#[test]
+fn html_page_by_format_directive_or_accept() {
+    let (nginx, _dir, table) = start(1);
+    let get = |path: &str, accept: Option<&str>| {
+        let mut req = http::Request::get(path);
+        if let Some(a) = accept {
+            req = req.header("Accept", a);
+        }
+        http::Client::new(nginx.addr()).send(&req).unwrap()
+    };
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    // No table yet: the page still loads (it shows the JSON's 503 itself).
+    for (path, accept) in [("/upstreamtop?format=html", None), ("/page", None), ("/upstreamtop", Some(browser))] {
+        let resp = get(path, accept);
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.header("Content-Type"), Some("text/html; charset=utf-8"), "{path}");
+        assert_eq!(resp.header("X-Content-Type-Options"), Some("nosniff"));
+        assert_eq!(resp.header("Cache-Control"), Some("no-store"));
+        let csp = resp.header("Content-Security-Policy").unwrap_or_else(|| panic!("{path}: no CSP"));
+        assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(csp.contains("script-src 'sha256-") && !csp.contains("unsafe"), "{csp}");
+        assert!(resp.text().starts_with("<!doctype html>"), "{path}");
+    }
+    write_table(&table, &snapshot(nginx.addr()));
+    for (path, accept, want) in [
+        ("/upstreamtop", None, "application/json"),
+        ("/upstreamtop", Some("*/*"), "application/json"),
+        ("/upstreamtop", Some("application/json"), "application/json"),
+        ("/upstreamtop?format=json", Some(browser), "application/json"),
+        ("/metrics", Some("text/plain;version=0.0.4;q=0.5,*/*;q=0.1"), "text/plain; version=0.0.4; charset=utf-8"),
+        ("/page?format=prometheus", Some(browser), "text/plain; version=0.0.4; charset=utf-8"),
+    ] {
+        let resp = get(path, accept);
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.header("Content-Type"), Some(want), "{path} {accept:?}");
+        assert_eq!(resp.header("Content-Security-Policy"), None, "{path}");
+        assert_eq!(resp.header("Vary"), Some("Accept"));
+    }
     assert_healthy(&nginx);
 }
 

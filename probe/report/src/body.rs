@@ -35,6 +35,13 @@ pub enum BodyPart<'a> {
 }
 
 impl RenderedBody {
+    /// A body that does not depend on the publish (the page).
+    pub(crate) fn fixed(bytes: &[u8], mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        RenderedBody { body: buf, clock_fields: None, clock_dependent: false }
+    }
+
     /// The body as it would be rendered at `now_unix_ns` from the same
     /// publish, configuration and query, in order (empty parts included).
     /// Only valid when [`Self::clock_dependent`] is false and the table is

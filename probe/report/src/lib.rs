@@ -11,6 +11,7 @@
 //!   peers, the recent feed);
 //! - [`json`] and [`prometheus`]: one writer per format, from the join;
 //! - [`schema`]: the JSON document as serde types, its field reference;
+//! - [`page`]: the live page for browsers, which polls the JSON;
 //! - `out`: the output buffer and the number spellings both writers share;
 //! - `body`: a rendered answer, and how to send it again later.
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod join;
 pub mod json;
 mod out;
+pub mod page;
 pub mod prometheus;
 pub mod query;
 pub mod schema;
@@ -43,6 +45,7 @@ pub fn render(view: &SnapshotView, conf: &NginxConfig, query: &Query, now_unix_n
     match query.format {
         Format::Json => render_json(&joined, buf),
         Format::Prometheus => render_prometheus(&joined, buf),
+        Format::Html => RenderedBody::fixed(page::PAGE.as_bytes(), buf),
     }
 }
 

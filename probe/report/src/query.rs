@@ -21,13 +21,18 @@ pub enum Format {
     Json,
     /// Prometheus text exposition format 0.0.4.
     Prometheus,
+    /// The live page for a browser ([`crate::page`]), which polls the JSON
+    /// of the same location.
+    Html,
 }
 
 /// What the `upstreamtop_status` directive decides for requests that do
 /// not say otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Defaults {
-    /// `upstreamtop_status prometheus;` makes Prometheus the default.
+    /// `upstreamtop_status prometheus;` makes Prometheus the default,
+    /// `upstreamtop_status html;` the page; the module also picks the page
+    /// for a browser (`Accept: text/html`) that names no format.
     pub format: Format,
     /// `false` with `upstreamtop_status prometheus noroutes;`: no route
     /// series, whatever the query says (a scrape config cannot turn them
@@ -44,7 +49,7 @@ impl Default for Defaults {
 /// What the status request asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Query {
-    /// `?format=json|prometheus`.
+    /// `?format=json|prometheus|html`.
     pub format: Format,
     /// `?upstream=NAME`: only this group (`unlisted` for the peers no
     /// group lists).
@@ -108,7 +113,8 @@ impl Query {
                     q.format = match value.as_str() {
                         "json" => Format::Json,
                         "prometheus" => Format::Prometheus,
-                        _ => return Err(error(key, format!("expected json or prometheus, got {value:?}"))),
+                        "html" => Format::Html,
+                        _ => return Err(error(key, format!("expected json, prometheus or html, got {value:?}"))),
                     }
                 }
                 "upstream" if value.is_empty() => return Err(error(key, "empty group name".into())),
@@ -121,7 +127,7 @@ impl Query {
             }
         }
         q.routes = routes.unwrap_or(match q.format {
-            Format::Json => DEFAULT_ROUTES,
+            Format::Json | Format::Html => DEFAULT_ROUTES,
             Format::Prometheus => usize::MAX,
         });
         q.route_labels &= defaults.route_labels;
