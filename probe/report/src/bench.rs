@@ -127,10 +127,8 @@ pub fn synthetic_snapshot(peers: u32, routes: u32) -> Snapshot {
 /// Where the timing runs put their table: `/dev/shm` (tmpfs) when there
 /// is one, like the probe's `/run/upstreamtop` on a usual system, else the
 /// temp dir. On a disk filesystem the kernel writes the rewritten pages
-/// back every few seconds, and that shows in the reader's wall times
-/// (on this project's ext4 VM: fresh p50 7.6 ms instead of 4.5 ms for the
-/// same 1,000 × 16 table), which is not what a worker reading from tmpfs
-/// pays.
+/// back every few seconds, and that shows in the reader's wall times,
+/// which is not what a worker reading from tmpfs pays.
 pub fn table_dir() -> std::path::PathBuf {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
