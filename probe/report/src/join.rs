@@ -543,15 +543,17 @@ impl<'v, 'c> Joined<'v, 'c> {
         into.named.clear();
         into.other.clear();
         let Some(i) = m.peer else { return };
-        let view = self.view;
-        let all = || {
-            self.route_index[self.route_start[i]..self.route_start[i + 1]]
-                .iter()
-                .filter_map(|&j| view.route(j as usize))
-        };
+        let indices = &self.route_index[self.route_start[i]..self.route_start[i + 1]];
         let limit = self.query.routes;
         let named = &mut into.named;
-        named.extend(all().filter(|r| !r.is_other()));
+        named.reserve(indices.len());
+        for r in indices.iter().filter_map(|&j| self.view.route(j as usize)) {
+            if !r.is_other() {
+                named.push(r);
+            } else if r.requests() > 0 {
+                into.other.push(r);
+            }
+        }
         let cmp = |a: &RouteView, b: &RouteView| {
             // Byte order is str order.
             b.requests()
@@ -564,7 +566,6 @@ impl<'v, 'c> Joined<'v, 'c> {
             named.truncate(limit);
         }
         named.sort_unstable_by(cmp);
-        into.other.extend(all().filter(|r| r.is_other() && r.requests() > 0));
     }
 }
 

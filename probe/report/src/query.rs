@@ -244,7 +244,8 @@ mod tests {
         }
         assert_eq!(
             parse("format=xml").unwrap_err().to_string(),
-            "parameter format: expected json or prometheus, got \"xml\""
+            "parameter format: expected json, prometheus or html, got \"xml\""
         );
+        assert_eq!(parse("format=html").unwrap().format, Format::Html);
     }
 }
