@@ -172,6 +172,8 @@ impl BackendBuilder {
             interims: Mutex::new(BTreeMap::new()),
             connections: AtomicU64::new(0),
             live: AtomicU64::new(0),
+            answering: AtomicU64::new(0),
+            max_answering: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
         });
@@ -193,6 +195,10 @@ struct Shared {
     connections: AtomicU64,
     /// Connection threads still running.
     live: AtomicU64,
+    /// Requests read whose response is not written yet, and the most
+    /// there ever were at once.
+    answering: AtomicU64,
+    max_answering: AtomicU64,
     /// Bytes read from / written to every connection (a ground truth for
     /// what crossed the wire, independent of nginx's log).
     bytes_read: AtomicU64,
@@ -274,6 +280,12 @@ impl Backend {
 
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// The most requests this backend was answering at once (read, response
+    /// not yet written): what a client-side concurrency limit let through.
+    pub fn max_concurrent(&self) -> u64 {
+        self.shared.max_answering.load(Ordering::Relaxed)
     }
 
     /// Stop accepting, close every connection, wait (briefly) for them.
@@ -375,6 +387,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
             return Ok(()); // peer closed between requests, or stop
         };
         read_body(&mut reader, &head, shared)?;
+        let _answering = Answering::enter(shared);
         let path = head.target.split('?').next().unwrap_or_default().to_owned();
         let profile = shared
             .builder
@@ -434,6 +447,23 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
         if close {
             return Ok(());
         }
+    }
+}
+
+/// One request being answered, from its body read to its response written.
+struct Answering<'a>(&'a Shared);
+
+impl<'a> Answering<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.answering.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.max_answering.fetch_max(now, Ordering::Relaxed);
+        Answering(shared)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
