@@ -220,9 +220,9 @@ fn settle(probe: &mut Probe, want: &[Want]) -> Snapshot {
 /// The diagnosis of a peer nginx took out of rotation (docs/json.md).
 fn taken_out(fails: u64, wire: u64) -> String {
     format!(
-        "nginx took it out of rotation: {fails} failures (max_fails {MAX_FAILS}) within fail_timeout \
-         {FAIL_TIMEOUT_S} s; the wire saw {wire} failed connects in that time, and 0 resets and 0 exchanges \
-         without a response since the probe started"
+        "nginx took it out of rotation: {fails} failures counted (max_fails {MAX_FAILS}, fail_timeout \
+         {FAIL_TIMEOUT_S} s); the wire saw {wire} failed connects in the last {FAIL_TIMEOUT_S} s, and 0 resets and \
+         0 exchanges without a response since the probe started"
     )
 }
 

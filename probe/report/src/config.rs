@@ -63,8 +63,8 @@ pub struct ServerConf {
 /// as the balancer uses it to choose.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PeerState {
-    /// Failures counted since the last success or the last `fail_timeout`
-    /// (`fails`).
+    /// Failures nginx counts against the peer (`fails`); it forgets them
+    /// only when a request to the peer succeeds.
     pub fails: u32,
     /// `max_fails=` (0: failures never take the peer out).
     pub max_fails: u32,

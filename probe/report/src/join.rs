@@ -501,12 +501,13 @@ impl<'v, 'c> Joined<'v, 'c> {
             ("unavail", Some(c)) => {
                 let n = &c.nginx;
                 format!(
-                    "nginx took it out of rotation: {} failures (max_fails {}) within fail_timeout {} s; \
-                     the wire saw {} failed connects in that time, and {}",
+                    "nginx took it out of rotation: {} failures counted (max_fails {}, fail_timeout {} s); \
+                     the wire saw {} failed connects in the last {} s, and {}",
                     n.fails,
                     n.max_fails,
                     n.fail_timeout_s,
                     self.failed_connects_within(m, n.fail_timeout_s),
+                    n.fail_timeout_s,
                     since_start()
                 )
             }

@@ -144,7 +144,9 @@ pub struct Keepalive {
 /// meanings), beside the wire's figures for the same window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct NginxPeer {
-    /// Failures nginx counted since the last success or `fail_timeout`.
+    /// Failures nginx counts against the peer; it forgets them only when a
+    /// request to the peer succeeds (after `fail_timeout` it tries the peer
+    /// again).
     pub fails: u64,
     /// `max_fails=` (0: failures never take the peer out).
     pub max_fails: u64,
@@ -302,8 +304,9 @@ pub struct Peer {
     /// Unix ms of the latest request; 0 = never.
     pub last_seen: u64,
     /// Why the peer gets no (or failing) traffic, from both sides, e.g.
-    /// `nginx took it out of rotation: 2 failures (max_fails 2) within
-    /// fail_timeout 30 s; the wire saw 2 failed connects`; absent when
+    /// `nginx took it out of rotation: 2 failures counted (max_fails 2,
+    /// fail_timeout 30 s); the wire saw 2 failed connects in the last 30 s,
+    /// …`; absent when
     /// there is nothing to explain.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub diagnosis: String,

@@ -800,8 +800,8 @@ fn nginx_view_beside_the_wire() {
     assert_eq!(n.wire_failed_connects, 6, "three 1 s intervals within fail_timeout 30 s");
     assert_eq!(
         out.diagnosis,
-        "nginx took it out of rotation: 3 failures (max_fails 2) within fail_timeout 30 s; the wire saw 6 failed \
-         connects in that time, and 1 resets and 0 exchanges without a response since the probe started"
+        "nginx took it out of rotation: 3 failures counted (max_fails 2, fail_timeout 30 s); the wire saw 6 failed \
+         connects in the last 30 s, and 1 resets and 0 exchanges without a response since the probe started"
     );
     assert!(r.unlisted.peers[0].nginx.is_none());
     let idle = api.peers.iter().find(|p| p.server == "[::1]:9003").unwrap();
