@@ -20,6 +20,11 @@ pub struct Backend {
     /// The nginx host it was seen from; empty with a single host.
     pub host: String,
     pub upstream: String,
+    /// Whose view the peer's `nginx` figures are (the group's `scope`:
+    /// `all_workers`, `worker`, `unknown`, `none`; empty from older modules).
+    pub scope: String,
+    /// The worker whose figures a group without `zone` shows.
+    pub worker_pid: u32,
     pub peer: Peer,
     /// Requests per second per interval, oldest first: the probe's history
     /// when it sends one, else what this dashboard has seen.
@@ -162,6 +167,8 @@ impl Board {
                         key: format!("{host}\u{0}{group}\u{0}{}", p.server),
                         host: host.clone(),
                         upstream: group.to_string(),
+                        scope: up.scope.clone(),
+                        worker_pid: up.worker_pid,
                         peer: p.clone(),
                         history: p.history.as_ref().map(|h| h.rps.clone()).unwrap_or_default(),
                     });

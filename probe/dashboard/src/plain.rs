@@ -32,11 +32,11 @@ pub fn render(board: &Board, polls: u64, opt: &PlainOptions<'_>) -> String {
     if shown.is_empty() {
         out.push("no backends seen".to_string());
     } else {
-        let name_w = lines::name_width(&shown, None);
+        let cols = lines::columns(&shown, None);
         let max_share = shown.iter().map(|b| b.peer.share).fold(0.0_f64, f64::max);
-        out.push(lines::plain(&lines::backend_titles(name_w)));
+        out.push(lines::plain(&lines::backend_titles(cols)));
         for b in &shown {
-            out.extend(lines::backend_lines(b, max_share, name_w, opt.routes, false).iter().map(lines::plain));
+            out.extend(lines::backend_lines(b, max_share, cols, opt.routes, false).iter().map(lines::plain));
         }
         if ranked.len() > shown.len() {
             out.push(format!("  … {} more", ranked.len() - shown.len()));

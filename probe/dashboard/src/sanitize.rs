@@ -78,6 +78,7 @@ pub fn report(r: &mut Report) {
 }
 
 fn upstream(u: &mut Upstream) {
+    fix(&mut u.scope);
     u.peers.iter_mut().for_each(peer);
 }
 
@@ -85,6 +86,9 @@ fn peer(p: &mut Peer) {
     fix(&mut p.server);
     fix(&mut p.name);
     fix(&mut p.state);
+    fix(&mut p.state_from);
+    fix(&mut p.counted_in);
+    fix(&mut p.diagnosis);
     responses(&mut p.responses);
     p.routes.iter_mut().for_each(route);
 }

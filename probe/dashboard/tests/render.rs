@@ -335,7 +335,13 @@ fn hostile_paths_never_reach_the_terminal() {
         key(&mut app, KeyCode::Enter);
         let s = render(&app, 160, 50);
         assert!(s.contains(r"G\x1bET"), "{s}");
+        assert!(s.contains(r"state up (wire\x1b[31m)"), "{s}");
+        assert!(s.contains(r"weight 1  counted in other\u{202e}group"), "{s}");
+        assert!(s.contains(r"diagnosis   why\x1b[2J\x0d\u{2067}hidden\u{2069} not"), "{s}");
         assert_no_terminal_controls(&s);
+        for (w, h) in [(60, 12), (20, 5)] {
+            assert_no_terminal_controls(&render(&app, w, h));
+        }
     }
     // Typed filter text is sanitised too.
     let mut app = app_with(fixture("hostile"));
@@ -395,7 +401,12 @@ fn several_hosts_are_merged_and_labelled() {
 
 #[test]
 fn tiny_and_odd_sizes_never_panic() {
-    let mut apps = vec![app_with(fixture("normal")), app_with(fixture("hostile")), app_with(fixture("empty"))];
+    let mut apps = vec![
+        app_with(fixture("normal")),
+        app_with(fixture("hostile")),
+        app_with(fixture("empty")),
+        app_with(fixture("nginx_view")),
+    ];
     let mut down = App::new(vec![HOST.into()], SortKey::Rps, Duration::from_secs(1), 8, 4);
     down.update(vec![HostResult { host: HOST.into(), result: Err(SourceError::Down("x".repeat(500))) }]);
     apps.push(down);
@@ -449,4 +460,169 @@ fn narrow_terminal_keeps_peer_addresses() {
             assert!(s.contains(peer), "{peer} at width {w}:\n{s}");
         }
     }
+}
+
+/// The line of `screen` whose backend label (after the 2-column marker) is
+/// `label`, trailing spaces removed.
+fn backend_row<'a>(screen: &'a str, label: &str) -> &'a str {
+    screen
+        .lines()
+        .find(|l| l.chars().skip(2).collect::<String>().starts_with(&format!("{label} ")))
+        .unwrap_or_else(|| panic!("no row `{label}`:\n{screen}"))
+        .trim_end()
+}
+
+/// tests/fixtures/nginx_view.json: group `api` (with a zone) holds a peer
+/// nginx took out (`.11` unavail, 2 fails of max_fails 2), one at its
+/// max_conns (`.12`, 4 of 4 in flight; `legacy` lists it too, `api` counts
+/// it) and one the wire finds unhealthy (`.13`); group `legacy` (no zone,
+/// worker 4321) has a backend without keepalive reuse (`.20`: 500 requests
+/// on 500 new connections) and one with too few requests to judge (`.30`:
+/// 5 of 5); the unlisted peer has no nginx view.
+#[test]
+fn nginx_state_in_flight_and_keepalive_at_80_columns() {
+    let app = app_with(fixture("nginx_view"));
+    let s = render(&app, 80, 24);
+    assert_eq!(
+        backend_row(&s, "BACKEND"),
+        "  BACKEND            STATE       REQ/S SHARE     P99    INFL KA  STATUS",
+        "\n{s}"
+    );
+    for (label, row) in [
+        ("api 10.0.2.11:8080", "  api 10.0.2.11:8080 UNAVAIL         0    0%   6.5ms       0     2xx 100%"),
+        ("api 10.0.2.12:8080", "  api 10.0.2.12:8080              60.0   30%   6.5ms     4/4     2xx 100%"),
+        ("le… 10.0.2.20:8080", "  le… 10.0.2.20:8080              20.0   10%   6.5ms       1 no  2xx 100%"),
+        ("le… 10.0.2.30:8080", "  le… 10.0.2.30:8080              1.00    0%   6.5ms       0     2xx 100%"),
+        ("api 10.0.2.13:8080", "  api 10.0.2.13:8080 UNHEALTHY    10.0    5%   6.5ms       1     2xx 33% 5xx 67%"),
+        ("un… 127.0.0.1:9100", "  un… 127.0.0.1:9100              9.00    4%   6.5ms       -     2xx 100%"),
+    ] {
+        assert_eq!(backend_row(&s, label), row, "\n{s}");
+    }
+    assert_eq!(
+        backend_row(&s, "api 10.0.2.10:8080"),
+        "▶ api 10.0.2.10:8080             100.0   50%   6.5ms       3     2xx 100%"
+    );
+    assert!(s.lines().all(|l| l.chars().count() == 80), "{s}");
+}
+
+#[test]
+fn nginx_state_in_flight_and_keepalive_full_width_and_plain() {
+    let app = app_with(fixture("nginx_view"));
+    let text = plain::render(app.board(), app.polls, &plain_opts(&app));
+    let s = render(&app, 140, 40);
+    for screen in [text.as_str(), s.as_str()] {
+        assert!(
+            screen.contains("  BACKEND                 STATE     HISTORY      REQ/S SHARE              AVG     P99    INFL KA  STATUS"),
+            "{screen}"
+        );
+        for (label, tail) in [
+            ("api 10.0.2.11:8080", "UNAVAIL   ████             0             0%   2.0ms   6.5ms       0     2xx 100%"),
+            ("api 10.0.2.12:8080", "█    60.0 ████▊      30%   2.0ms   6.5ms     4/4     2xx 100%"),
+            ("legacy 10.0.2.20:8080", "█    20.0 █▋         10%   2.0ms   6.5ms       1 no  2xx 100%"),
+            ("legacy 10.0.2.30:8080", "█    1.00 ▏           0%   2.0ms   6.5ms       0     2xx 100%"),
+            ("unlisted 127.0.0.1:9100", "█    9.00 ▊           4%   2.0ms   6.5ms       -     2xx 100%"),
+        ] {
+            let row = backend_row(screen, label);
+            assert!(row.ends_with(tail), "`{row}` does not end in `{tail}`");
+        }
+    }
+    // Older answers (no nginx view, no keepalive figures): `-`, no flag.
+    let app = app_with(fixture("normal"));
+    let s = plain::render(app.board(), app.polls, &plain_opts(&app));
+    let top = backend_row(&s, "api 10.0.1.10:8080");
+    assert!(top.ends_with("   2.1ms   9.0ms       -     2xx 98% 3xx <1% 4xx <1% 5xx <1%"), "{top}");
+    assert!(!s.contains(" no  "), "{s}");
+}
+
+#[test]
+fn detail_shows_nginx_view_keepalive_and_diagnosis() {
+    let mut app = app_with(fixture("nginx_view"));
+    // The `down`-th backend (0: the first) the filter leaves, opened.
+    let open = |app: &mut App, filter: &str, down: usize| {
+        key(app, KeyCode::Esc);
+        key(app, KeyCode::Esc);
+        key(app, KeyCode::Char('/'));
+        type_text(app, filter);
+        key(app, KeyCode::Enter);
+        for _ in 0..down {
+            key(app, KeyCode::Down);
+        }
+        key(app, KeyCode::Enter);
+        assert!(matches!(app.screen, Screen::Detail(_)));
+    };
+    open(&mut app, "10.0.2.11", 0);
+    let s = render(&app, 80, 30);
+    let lines: Vec<&str> = s.lines().map(str::trim_end).collect();
+    assert!(lines[1].starts_with("api 10.0.2.11:8080  UNAVAIL  state unavail (nginx's verdict)  weight 1"), "{s}");
+    for line in [
+        "nginx       all workers (zone) · in flight 0",
+        "            fails 2 of max_fails 2 in fail_timeout 30s",
+        "            last failure 23:50:50 UTC",
+        "            2 failed connects on the wire within fail_timeout",
+        "keepalive   1666.7 requests per connection",
+        "            0% of requests opened a new connection",
+        "diagnosis   nginx took it out of rotation: 2 failures (max_fails 2) within",
+        "            fail_timeout 30 s; the wire saw 2 failed connects in that time, and",
+        "            0 resets and 0 exchanges without a response since the probe started",
+    ] {
+        assert!(lines.contains(&line), "`{line}` missing:\n{s}");
+    }
+
+    open(&mut app, "10.0.2.12", 0);
+    let s = render(&app, 120, 30);
+    let lines: Vec<&str> = s.lines().map(str::trim_end).collect();
+    for line in [
+        "nginx       all workers (zone) · in flight 4/4 of max_conns · fails 0 of max_fails 1 in fail_timeout 10s",
+        "diagnosis   at max_conns: 4 of 4 requests in flight, nginx picks other peers",
+    ] {
+        assert!(lines.contains(&line), "`{line}` missing:\n{s}");
+    }
+
+    open(&mut app, "10.0.2.12", 1);
+    let s = render(&app, 120, 30);
+    assert!(s.lines().nth(1).unwrap().trim_end().ends_with("weight 1  counted in api"), "{s}");
+    assert!(s.contains("nginx       worker 4321 only (no zone) · in flight 0 ·"), "{s}");
+
+    open(&mut app, "10.0.2.20", 0);
+    let s = render(&app, 80, 30);
+    let lines: Vec<&str> = s.lines().map(str::trim_end).collect();
+    for line in [
+        "keepalive   1.0 requests per connection",
+        "            100% of requests opened a new connection",
+        "            NO REUSE: keepalive N in the upstream · proxy_http_version 1.1",
+        "            proxy_set_header Connection \"\"",
+    ] {
+        assert!(lines.contains(&line), "`{line}` missing:\n{s}");
+    }
+    assert!(!s.contains("diagnosis"), "nothing to explain:\n{s}");
+
+    open(&mut app, "unlisted", 0);
+    let s = render(&app, 120, 30);
+    assert!(s.lines().any(|l| l.trim_end() == "nginx       none: no group lists this peer"), "{s}");
+}
+
+#[test]
+fn help_explains_state_in_flight_and_keepalive() {
+    let mut app = app_with(fixture("nginx_view"));
+    key(&mut app, KeyCode::Char('?'));
+    let s = render(&app, 110, 40);
+    for text in [
+        "STATE       nginx's verdicts, magenta: UNAVAIL (max_fails failures within fail_timeout), down (configured)",
+        "            the wire's verdicts: UNHEALTHY (connect failures or mostly 5xx), idle (no traffic lately)",
+        "INFL        requests nginx has in flight to it, in_flight/max_conns when limited (red: at the limit)",
+        "KA no       no keepalive reuse: ≥ 90% of its requests (at least 10) opened a new connection",
+    ] {
+        assert!(s.contains(text), "`{text}` missing:\n{s}");
+    }
+}
+
+#[test]
+fn filter_finds_unavail_backends() {
+    let mut app = app_with(fixture("nginx_view"));
+    key(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "unavail");
+    key(&mut app, KeyCode::Enter);
+    let s = render(&app, 100, 20);
+    assert!(s.contains("api 10.0.2.11:8080"), "{s}");
+    assert!(!s.contains("10.0.2.10:8080"), "{s}");
 }

@@ -102,13 +102,13 @@ fn draw_main(frame: &mut Frame, app: &App, area: Rect) {
         frame.render_widget(Paragraph::new(Line::from(Span::styled(msg, Style::default().fg(Color::Yellow)))), list);
         return;
     }
-    let name_w = lines::name_width(&visible, Some(width));
+    let cols = lines::columns(&visible, Some(width));
     let max_share = visible.iter().map(|b| b.peer.share).fold(0.0_f64, f64::max);
-    let mut text = vec![lines::backend_titles(name_w)];
+    let mut text = vec![lines::backend_titles(cols)];
     let mut selected_at = (0, 0);
     for b in &visible {
         let sel = app.selected.as_deref() == Some(b.key.as_str());
-        let bl = lines::backend_lines(b, max_share, name_w, app.max_routes, sel);
+        let bl = lines::backend_lines(b, max_share, cols, app.max_routes, sel);
         if sel {
             selected_at = (text.len(), bl.len());
         }
