@@ -12,9 +12,18 @@
 //!   `rate()` gives one plausible series per backend;
 //! - an nginx with no probe table still gives Prometheus
 //!   `upstreamtop_probe_up 0`;
+//! - nginx's view: a group `shop` (with a `zone`) lists `app`'s second
+//!   backend with `max_conns`, a dead port nginx takes out of rotation
+//!   (`max_fails=1`) and a `down` server. Its wire counters carry only the
+//!   group that counts it (`app`), `upstreamtop_upstream_peer` every group
+//!   listing it; `upstreamtop_peer_state` says 1/3/4; the
+//!   `upstreamtop_nginx_*` gauges carry max_conns, fails, max_fails and
+//!   the last failure;
+//!   a group `mirror` lists only app1, so no wire counter carries it;
 //! - every metric the Grafana dashboard (`config/grafana-dashboard.json`)
-//!   queries exists in the live scrape, and every panel query is valid
-//!   PromQL that Prometheus evaluates.
+//!   queries exists in the live scrape, every panel query is valid PromQL
+//!   that Prometheus evaluates and returns series, and the per-backend and
+//!   per-group panels show a group's shared backend.
 //!
 //! Needs root (tcx). Without root, or without prometheus/promtool, the test
 //! says so and passes.
@@ -39,6 +48,11 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// Requests sent, paced so Prometheus (1 s scrapes) sees the counters move.
 const REQUESTS: u64 = 2000;
 const RATE: f64 = 500.0;
+/// Requests to the group `shop` before the load: enough that round robin
+/// tries its dead port (nginx then takes it out) and `app2` serves them all.
+const SHOP_REQUESTS: u64 = 10;
+/// `max_conns` of `app2` in `shop`.
+const SHOP_MAX_CONNS: u64 = 8;
 
 fn prerequisites(test: &str) -> bool {
     prereq::root_or_skip(test, "tcx programs")
@@ -309,6 +323,11 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let (port, port_no_probe, port_prom) =
         (free_port(local).unwrap(), free_port(local).unwrap(), free_port(local).unwrap());
+    // Nothing listens there: connects are refused.
+    let (dead, down) = (
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(local).unwrap())),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(local).unwrap())),
+    );
     let mut probe = Probe::start(&[
         "--iface",
         "lo",
@@ -328,6 +347,20 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
         .table(probe.table_path())
         .upstream_servers("app", &[app1.addr(), app2.addr()])
         .upstream_servers("checkout", &[checkout.addr()])
+        // `app` counts app2 (the first group by name listing it); `shop`
+        // lists it too, with its own balancer state and a limit.
+        .upstream(
+            "shop",
+            &[
+                "zone shop 64k".to_owned(),
+                format!("server {} max_conns={SHOP_MAX_CONNS}", app2.addr()),
+                format!("server {dead} max_fails=1 fail_timeout=600s"),
+                format!("server {down} down"),
+                "keepalive 8".to_owned(),
+            ],
+        )
+        // Counts nothing (app counts app1): only the membership family names it.
+        .upstream_servers("mirror", &[app1.addr()])
         .extra_server(
             "location /raw/ {\n    proxy_pass http://app$uri;\n    proxy_http_version 1.1;\n    \
              proxy_set_header Connection \"\";\n}",
@@ -346,6 +379,14 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     // then load while it scrapes.
     let up = prom.query_until("up == 1", |s| s.len() == 2).unwrap();
     assert_eq!(up.len(), 2, "both nginx targets scraped: {up:?}\n{}", prom.log());
+    let shop_start = unix_now();
+    // `shop`: round robin tries the dead port, nginx retries on app2 and
+    // takes the dead port out for fail_timeout (10 min: the whole test).
+    // (Backends answer a random 5xx now and then: statuses prove nothing;
+    // `served` below counts what app2 served.)
+    for _ in 0..SHOP_REQUESTS {
+        http::get(&nginx.url("/p/shop/api/orders")).unwrap();
+    }
     let spec = LoadSpec::new(nginx.addr(), routes()).requests(REQUESTS).concurrency(4).rate(Some(RATE));
     let load_start = unix_now();
     let got = load::run(&spec).unwrap();
@@ -353,7 +394,7 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     assert_eq!(got.errors, 0, "{:?}", got.error_samples);
     assert_eq!(got.responses(), REQUESTS);
     let served: u64 = backends.iter().map(|b| b.total()).sum();
-    assert_eq!(served, REQUESTS, "nginx proxied every request once");
+    assert_eq!(served, REQUESTS + SHOP_REQUESTS, "nginx proxied every request once");
     let hostile = app1
         .by_route()
         .into_keys()
@@ -368,7 +409,8 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
         })
         .unwrap();
     // Other loopback traffic on this host would show as unlisted peers
-    // (upstream=""): the queries below select the configured groups.
+    // (upstream=""): the queries below select the configured groups (`shop`
+    // has its own checks in 5).
 
     // 1. promtool on the live answer, with and without route series.
     let scrape = http::get(&nginx.url("/upstreamtop?format=prometheus")).unwrap();
@@ -412,7 +454,7 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     assert!(lean.text().contains("upstreamtop_requests_total{"), "{}", lean.text());
 
     // 2. Prometheus scraped it: exact totals per server and per code.
-    let q = "upstreamtop_requests_total{job=\"upstreamtop\",upstream!=\"\"}";
+    let q = "upstreamtop_requests_total{job=\"upstreamtop\",upstream=~\"app|checkout\"}";
     let want: BTreeMap<String, f64> = backends.iter().map(|b| (b.addr().to_string(), b.total() as f64)).collect();
     let by_server = |s: &[Series]| -> BTreeMap<String, f64> {
         s.iter().map(|x| (x.labels.get("server").cloned().unwrap_or_default(), x.value)).collect()
@@ -425,7 +467,10 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
         assert_eq!(s.labels["upstream"], group, "{s:?}");
     }
     let codes = prom
-        .query("sum by (server, code) (upstreamtop_responses_total{job=\"upstreamtop\",upstream!=\"\"})", None)
+        .query(
+            "sum by (server, code) (upstreamtop_responses_total{job=\"upstreamtop\",upstream=~\"app|checkout\"})",
+            None,
+        )
         .unwrap();
     for b in backends {
         let server = b.addr().to_string();
@@ -441,7 +486,10 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     // 3. rate() during the load: one series per backend, plausible values.
     let at = load_end - 0.5;
     let rates = prom
-        .query("sum by (server) (rate(upstreamtop_requests_total{job=\"upstreamtop\",upstream!=\"\"}[3s]))", Some(at))
+        .query(
+            "sum by (server) (rate(upstreamtop_requests_total{job=\"upstreamtop\",upstream=~\"app|checkout\"}[3s]))",
+            Some(at),
+        )
         .unwrap();
     assert_eq!(by_server(&rates).keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{rates:?}");
     let sum: f64 = rates.iter().map(|s| s.value).sum();
@@ -471,25 +519,152 @@ fn live_scrape_passes_promtool_prometheus_promql_and_dashboard() {
     assert!(direct.text().contains("table unavailable"), "{}", direct.text());
     assert_eq!(http::get(&no_probe.url("/upstreamtop")).unwrap().status, 503, "JSON keeps its 503");
 
-    // 5. The Grafana dashboard uses only metrics that exist, in valid PromQL.
+    // 5. nginx's view and the counted-once rule, in the scrape of 1.
+    let get = |name: &str, group: &str, server: SocketAddr| -> Option<f64> {
+        let labels = format!("{{upstream=\"{group}\",server=\"{server}\"}}");
+        lines.iter().find(|(n, l, _)| n == name && *l == labels).map(|s| s.2)
+    };
+    let app2_addr = app2.addr();
+    assert_eq!(get("upstreamtop_requests_total", "app", app2_addr), Some(app2.total() as f64), "app counts app2");
+    assert_eq!(get("upstreamtop_requests_total", "shop", app2_addr), None, "counted once, not under shop:\n{text}");
+    assert_eq!(get("upstreamtop_requests_total", "shop", dead), Some(0.0), "shop counts its own: {text}");
+    for group in ["app", "shop"] {
+        assert_eq!(get("upstreamtop_upstream_peer", group, app2_addr), Some(1.0), "{group} lists app2:\n{text}");
+    }
+    for (group, server, state) in
+        [("app", app2_addr, 1.0), ("shop", app2_addr, 1.0), ("shop", down, 3.0), ("shop", dead, 4.0)]
+    {
+        assert_eq!(get("upstreamtop_peer_state", group, server), Some(state), "{group} {server}:\n{text}");
+    }
+    assert_eq!(get("upstreamtop_peer_up", "shop", dead), Some(0.0), "unavail is not up");
+    assert_eq!(get("upstreamtop_nginx_max_conns", "shop", app2_addr), Some(SHOP_MAX_CONNS as f64), "{text}");
+    assert_eq!(get("upstreamtop_nginx_max_conns", "app", app2_addr), Some(0.0), "each group its own limit");
+    let in_flight = get("upstreamtop_nginx_in_flight", "shop", app2_addr).expect("in flight of app2 in shop");
+    assert!(in_flight <= SHOP_MAX_CONNS as f64, "in flight {in_flight}");
+    assert_eq!(get("upstreamtop_nginx_max_fails", "shop", dead), Some(1.0));
+    assert_eq!(get("upstreamtop_nginx_max_fails", "app", app2_addr), Some(0.0), "app: max_fails=0");
+    let fails = get("upstreamtop_nginx_fails", "shop", dead).expect("fails of the dead port");
+    assert!(fails >= 1.0, "nginx counted the refused connect: {fails}");
+    let last = get("upstreamtop_nginx_last_failure_timestamp_seconds", "shop", dead).expect("last failure");
+    assert!(
+        (shop_start.floor()..=load_start + 1.0).contains(&last),
+        "last failure {last}, shop traffic at {shop_start}"
+    );
+    assert_eq!(get("upstreamtop_nginx_last_failure_timestamp_seconds", "shop", down), Some(0.0), "never failed");
+
+    // 6. The Grafana dashboard uses only metrics that exist, in valid PromQL
+    // that returns series; the per-backend and per-group panels show
+    // `shop`'s shared backend app2.
     let dash: Value = serde_json::from_str(&config_file("grafana-dashboard.json")).expect("dashboard is JSON");
     let queries = dashboard_queries(&dash);
     assert!(queries.len() >= 10, "{queries:?}");
     let scraped: BTreeSet<&str> = lines.iter().map(|(n, _, _)| n.as_str()).collect();
+    // The whole test in the rate window: a new connection rarely comes
+    // within a few seconds of keepalive traffic.
+    let eval = |title: &str, expr: &str, groups: &str| -> Vec<Series> {
+        let promql = expr.replace("$__rate_interval", "1m").replace("$upstream", groups);
+        prom.query(&promql, Some(load_end)).unwrap_or_else(|e| panic!("{title}: {e:#}"))
+    };
+    // (upstream, server) -> value.
+    let by_peer = |s: &[Series]| -> BTreeMap<(String, String), f64> {
+        s.iter()
+            .map(|x| {
+                let label = |k: &str| x.labels.get(k).cloned().unwrap_or_default();
+                ((label("upstream"), label("server")), x.value)
+            })
+            .collect()
+    };
+    let peer = |group: &str, server: SocketAddr| (group.to_owned(), server.to_string());
+    let all = "app|checkout|shop";
+    let mut checked = BTreeSet::new();
     for (title, expr) in &queries {
         let names = metric_names(expr);
         assert!(!names.is_empty(), "{title}: no upstreamtop metric in {expr}");
         for name in &names {
             assert!(scraped.contains(name.as_str()), "{title}: {name} is not in the live scrape ({expr})");
         }
-        if expr.starts_with("label_values(") {
-            continue; // Grafana's template syntax, not PromQL
+        if let Some(args) = expr.strip_prefix("label_values(").and_then(|e| e.strip_suffix(')')) {
+            // Grafana's template syntax: the values of a label of a metric.
+            let (metric, label) = args.split_once(',').unwrap_or_else(|| panic!("{title}: {expr}"));
+            let label = label.trim();
+            let values: BTreeSet<String> = prom
+                .query(&format!("group by ({label}) ({metric})"), Some(load_end))
+                .unwrap_or_else(|e| panic!("{title}: {e:#}"))
+                .into_iter()
+                .filter_map(|s| s.labels.get(label).cloned())
+                .collect();
+            if label == "upstream" {
+                for group in ["app", "checkout", "shop", "mirror"] {
+                    assert!(values.contains(group), "{expr}: no {group} (a group that counts no backend): {values:?}");
+                }
+            }
+            continue;
         }
-        let promql = expr.replace("$__rate_interval", "5s").replace("$upstream", "app|checkout");
-        let result = prom.query(&promql, Some(load_end)).unwrap_or_else(|e| panic!("{title}: {e:#}"));
-        if title == "Requests /s per backend" {
-            assert_eq!(result.len(), 3, "{title}: one series per backend: {result:?}");
+        let result = eval(title, expr, all);
+        assert!(!result.is_empty(), "{title}: no series for {expr}");
+        let got = by_peer(&result);
+        match title.as_str() {
+            "Requests /s per backend" => {
+                let only = |groups: &str| by_peer(&eval(title, expr, groups)).into_keys().collect::<Vec<_>>();
+                let mut want =
+                    vec![peer("app", app1.addr()), peer("app", app2_addr), peer("checkout", checkout.addr())];
+                want.sort();
+                assert_eq!(only("app|checkout"), want, "{title}: one series per backend");
+                // app2 under the group that counts it, though only shop is chosen.
+                let mut want = vec![peer("app", app2_addr), peer("shop", dead), peer("shop", down)];
+                want.sort();
+                assert_eq!(only("shop"), want, "{title}: every backend shop lists");
+                assert_eq!(only("mirror"), [peer("app", app1.addr())], "{title}: mirror's app1, counted in app");
+            }
+            "Backend state (nginx / wire)" => {
+                for (key, state) in
+                    [(peer("shop", dead), 4.0), (peer("shop", down), 3.0), (peer("app", app2_addr), 1.0)]
+                {
+                    assert_eq!(got.get(&key), Some(&state), "{title}: {key:?} in {got:?}");
+                }
+            }
+            "Why no traffic: backends not up now" => {
+                for (key, state) in [(peer("shop", dead), 4.0), (peer("shop", down), 3.0)] {
+                    assert_eq!(got.get(&key), Some(&state), "{title}: {key:?} in {got:?}");
+                }
+            }
+            "In flight vs max_conns (nginx)" if expr.contains("max_conns") => {
+                let want = BTreeMap::from([(peer("shop", app2_addr), SHOP_MAX_CONNS as f64)]);
+                assert_eq!(got, want, "{title}: only servers with a limit");
+            }
+            "nginx failures vs max_fails" if expr.contains("max_fails") => {
+                assert_eq!(got.get(&peer("shop", dead)), Some(&1.0), "{title}: {got:?}");
+            }
+            "Keepalive: requests per new connection" => {
+                for b in backends {
+                    let group = if b.addr() == checkout.addr() { "checkout" } else { "app" };
+                    let reuse = got.get(&peer(group, b.addr())).copied().unwrap_or(f64::NAN);
+                    assert!(reuse >= 1.0, "{title}: {} requests per new connection to {}: {got:?}", reuse, b.addr());
+                }
+            }
+            "Requests /s per group" => {
+                let shop = result.iter().find(|s| s.labels.get("upstream").is_some_and(|u| u == "shop"));
+                let shop = shop.unwrap_or_else(|| panic!("{title}: no shop in {result:?}")).value;
+                if expr.contains("group_right") {
+                    assert!(shop > 0.0, "{title}: shop with app2's requests: {result:?}");
+                } else {
+                    assert_eq!(shop, 0.0, "{title}: counted once, app2 under app: {result:?}");
+                }
+            }
+            _ => {}
         }
+        checked.insert(title.as_str());
+    }
+    for title in [
+        "Requests /s per backend",
+        "Backend state (nginx / wire)",
+        "Why no traffic: backends not up now",
+        "In flight vs max_conns (nginx)",
+        "nginx failures vs max_fails",
+        "Keepalive: requests per new connection",
+        "Requests /s per group",
+    ] {
+        assert!(checked.contains(title), "the dashboard has no panel {title:?}");
     }
 
     assert!(nginx.error_log_problems().is_empty(), "{:?}", nginx.error_log_problems());
