@@ -5,12 +5,16 @@
 #   ./build.sh build     release build: probe, dashboard, module (+ distro module)
 #   ./build.sh demo      build, run the simulator + probe, open the dashboard (root)
 #   ./build.sh lint      cargo fmt --check + cargo clippy --all-targets -D warnings
-#   ./build.sh test      deps + lint + build + cargo test --workspace --release (root)
+#   ./build.sh test      deps + lint + build + package + cargo test --workspace --release (root)
+#                        --slow: also the full boot-level test (systemd in a container:
+#                        restarts, kill -9, nginx reload/upgrade, package upgrade)
 #   ./build.sh bench     benchmark suite (root; --quick, --pin): table + target/bench/latest.json
 #                        --only 2 --baseline-probe PATH: BPF time per request beside another
 #                        probe binary's, same run (ratio vs +15% budget); --impair-seed N
 #                        replays part 7 (exactness over an impaired link, random seed)
 #   ./build.sh install   install binaries, module, systemd unit, config examples
+#   ./build.sh package   Debian packages in target/deb/: upstreamtop_<ver>_<arch>.deb and
+#                        libnginx-mod-http-upstreamtop_<ver>_<arch>.deb (+ lintian)
 #
 # Environment: PREFIX (default /usr/local), DESTDIR (staging root) for
 # install; DEMO_PORT (default 8080) and DEMO_NETNS=1 for demo.
@@ -28,6 +32,7 @@ PACKAGES=(
     bpftool iproute2 procps
     wrk tmux nginx-light nginx-dev prometheus
     strace systemd
+    dpkg-dev debhelper lintian mmdebstrap systemd-container
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -210,12 +215,22 @@ cmd_lint() {
 }
 
 cmd_test() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            # Read by nginx-tests/tests/systemd_boot.rs: the full boot-level test.
+            --slow) export UPSTREAMTOP_SLOW_TESTS=1 ;;
+            *) die "test: unknown argument $arg (--slow)" ;;
+        esac
+    done
     cmd_deps
     is_root || warn "not root: the netns, probe and module e2e tests need root (sudo $0 test)"
     check_kernel || warn "some end-to-end tests will fail on this machine (see above)"
     cmd_lint
     cmd_build
-    say "test: cargo test --workspace --release"
+    # The packages the boot-level test installs (systemd_boot.rs).
+    cmd_package
+    say "test: cargo test --workspace --release${UPSTREAMTOP_SLOW_TESTS:+ (--slow: the full boot-level test too)}"
     local log rc=0
     log=$(mktemp /tmp/upstreamtop-test.XXXXXX.log)
     # pipefail: rc is cargo's status even through tee.
@@ -250,6 +265,14 @@ cmd_bench() {
     cargo build --release -p nginx-tests --bin bench
     say "bench: $REL/bench $* (full suite: about 9 minutes; --quick: under a minute)"
     "$REL/bench" "$@"
+}
+
+# packaging/build-debs.sh: cargo + module/build-distro.sh (against Debian's
+# nginx-dev), dpkg-buildpackage -b with packaging/debian/, lintian.
+cmd_package() {
+    check_cargo
+    say "package: Debian packages (packaging/build-debs.sh) -> $TARGET/deb/"
+    packaging/build-debs.sh
 }
 
 cmd_install() {
@@ -304,7 +327,7 @@ EOF
 }
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^# Environment:/p' "$0" | sed '$d; s/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -312,7 +335,8 @@ case "${1:-}" in
     deps) cmd_deps ;;
     build) cmd_build ;;
     demo) cmd_demo ;;
-    test) cmd_test ;;
+    test) shift; cmd_test "$@" ;;
+    package) cmd_package ;;
     lint) cmd_lint ;;
     bench) shift; cmd_bench "$@" ;;
     install) cmd_install ;;
