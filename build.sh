@@ -306,6 +306,13 @@ cmd_install() {
     install -d "$dest/etc/systemd/system"
     sed "s|/usr/local/bin/|$prefix/bin/|g" "$unit" >"$dest/etc/systemd/system/upstreamtop-probe.service"
     chmod 0644 "$dest/etc/systemd/system/upstreamtop-probe.service"
+    # The unit's User=upstreamtop, made by systemd-sysusers.
+    say "install: system user -> $dest/etc/sysusers.d/upstreamtop.conf"
+    install -D -m 0644 config/upstreamtop.sysusers "$dest/etc/sysusers.d/upstreamtop.conf"
+    if [ -z "$dest" ]; then
+        systemd-sysusers /etc/sysusers.d/upstreamtop.conf ||
+            die "systemd-sysusers failed: create a system user upstreamtop (useradd --system upstreamtop)"
+    fi
     local share=$dest$prefix/share/upstreamtop
     say "install: examples (nginx.conf, prometheus.yml, grafana-dashboard.json, the unit) -> $share"
     install -d "$share"

@@ -52,6 +52,9 @@ stage="$build/upstreamtop-$version"
 rm -rf "$build"
 mkdir -p "$stage/artifacts"
 cp -a "$here/debian" "$stage/debian"
+# The unit's system user: dh_installsysusers installs it to
+# /usr/lib/sysusers.d/upstreamtop.conf and runs systemd-sysusers in postinst.
+cp "$root/config/upstreamtop.sysusers" "$stage/debian/upstreamtop.sysusers"
 a="$stage/artifacts"
 
 say "staging artifacts in $a"
