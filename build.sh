@@ -33,6 +33,7 @@ PACKAGES=(
     wrk tmux nginx-light nginx-dev prometheus
     strace systemd
     dpkg-dev debhelper lintian mmdebstrap systemd-container
+    chromium chromium-driver
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -178,6 +179,7 @@ cmd_demo() {
     sleep 2
     kill -0 "${DEMO_PIDS[1]}" 2>/dev/null || { cat "$DEMO_DIR/probe.log" >&2; die "probe exited"; }
 
+    say "demo: live page in a browser: $url"
     if [ -x "$REL/upstreamtop" ] && [ -t 0 ] && [ -t 1 ]; then
         say "demo: dashboard (q to quit)"
         "$REL/upstreamtop" --url "$url" || true

@@ -21,3 +21,4 @@ pub mod probe;
 pub mod promtool;
 mod rng;
 pub mod upstream_log;
+pub mod webdriver;
