@@ -20,6 +20,8 @@ pub const PAGE: &str = include_str!("page/upstreamtop.html");
 
 /// The `Content-Security-Policy` of the page: nothing from elsewhere, no
 /// framing, and only the page's own inline script and style (by hash).
+/// `img-src data:` lets the page name an empty icon, so a browser does not
+/// ask the site for `/favicon.ico` (which nginx would proxy to a backend).
 pub fn content_security_policy() -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
     CSP.get_or_init(|| {
@@ -30,7 +32,7 @@ pub fn content_security_policy() -> &'static str {
             format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest))
         };
         format!(
-            "default-src 'self'; script-src {}; style-src {}; connect-src 'self'; img-src 'self'; \
+            "default-src 'self'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; \
              frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
             hash("<script>", "</script>"),
             hash("<style>", "</style>")
