@@ -429,7 +429,9 @@ return {
   recent: tags("#recent *"),
   scripts: document.scripts.length,
   images: document.images.length,
-  handlers: document.querySelectorAll("[onerror], [onload], [onclick], [src], [href]").length,
+  // The body: the head's only link is the page's own empty icon.
+  handlers: document.body.querySelectorAll("[onerror], [onload], [onclick], [src], [href]").length,
+  icons: Array.from(document.head.querySelectorAll("[href]"), (e) => e.getAttribute("href")),
   title: document.title,
 };
 "##;
@@ -526,6 +528,7 @@ fn hostile_paths_show_as_inert_text() {
     assert_eq!(elements["scripts"], 1, "{elements}");
     assert_eq!(elements["images"], 0, "{elements}");
     assert_eq!(elements["handlers"], 0, "{elements}");
+    assert_eq!(elements["icons"], serde_json::json!(["data:,"]), "{elements}");
     assert_eq!(elements["title"], "upstreamtop");
     assert_eq!(state["pwned"], "undefined", "an injected script ran");
     // A few more renders, and the marker is still unset.
