@@ -67,7 +67,7 @@ fn fnv(text: &str) -> u64 {
 }
 
 /// The cached bookworm root tarball with `packages` installed (made with
-/// mmdebstrap on first use: about 100 s, from Debian's mirror).
+/// mmdebstrap on first use: about a minute, from Debian's mirror).
 pub fn root_tarball(packages: &[String]) -> Result<PathBuf> {
     let mut packages = packages.to_vec();
     packages.sort();
@@ -81,7 +81,7 @@ pub fn root_tarball(packages: &[String]) -> Result<PathBuf> {
     }
     let partial =
         dir.join(format!(".{}.{}.partial.tar", tar.file_name().unwrap().to_string_lossy(), std::process::id()));
-    eprintln!("boot: mmdebstrap bookworm ({list}) -> {} (once; about 100 s)", tar.display());
+    eprintln!("boot: mmdebstrap bookworm ({list}) -> {} (once; about a minute)", tar.display());
     let started = Instant::now();
     let out = Command::new("mmdebstrap")
         .args(["--variant=minbase", "--mode=root", "--quiet"])
@@ -96,6 +96,13 @@ pub fn root_tarball(packages: &[String]) -> Result<PathBuf> {
         bail!("mmdebstrap failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     std::fs::rename(&partial, &tar).context("rename the root tarball")?;
+    // Roots for an older package list are not used again.
+    for old in std::fs::read_dir(&dir)?.flatten().map(|e| e.path()) {
+        let name = old.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if old != tar && name.starts_with("bookworm-") && name.ends_with(".tar") {
+            let _ = std::fs::remove_file(&old);
+        }
+    }
     eprintln!("boot: root made in {:.0?}", started.elapsed());
     Ok(tar)
 }
