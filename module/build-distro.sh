@@ -29,12 +29,14 @@
 #   5. check the built module's signature equals the binary's, and copy it
 #      to the output path.
 #
-# Usage: module/build-distro.sh [--nginx PATH] [--out PATH]
+# Usage: module/build-distro.sh [--nginx PATH] [--out PATH] [--dry-run]
 #   --nginx  the nginx binary to build for (default /usr/sbin/nginx; with no
 #            binary there, Debian's nginx-dev tree as it is)
 #   --out    where to put the module (default, for Debian's nginx:
 #            <target>/distro/ngx_http_upstreamtop_module.so; for another
 #            nginx: <target>/nginx-<version>/ngx_http_upstreamtop_module.so)
+#   --dry-run  print the version, the source tree, the configure arguments
+#            and the output path it would use, one per line, and stop
 # Env:   NGINX_DEV_SRC     nginx-dev source tree (default /usr/share/nginx/src)
 #        NGINX_SRC         another nginx source tree to consider
 #        CARGO_TARGET_DIR  workspace target dir (default <repo>/target)
@@ -52,13 +54,14 @@ die() { echo "build-distro: $*" >&2; exit 1; }
 say() { echo "build-distro: $*" >&2; }
 
 nginx_bin="" out=""
-nginx_given=0
+nginx_given=0 dry_run=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --nginx) nginx_bin="${2:?--nginx needs a path}"; nginx_given=1; shift 2 ;;
         --nginx=*) nginx_bin="${1#--nginx=}"; nginx_given=1; shift ;;
         --out) out="${2:?--out needs a path}"; shift 2 ;;
         --out=*) out="${1#--out=}"; shift ;;
+        --dry-run) dry_run=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -166,6 +169,12 @@ else
     copy="$target/nginx-$bin_version/src"
     cargo_target="$target/nginx-$bin_version/cargo"
     : "${out:=$target/nginx-$bin_version/ngx_http_upstreamtop_module.so}"
+fi
+if [ "$dry_run" -eq 1 ]; then
+    printf 'version %s\nsource %s (%s)\nconfigure' "$bin_version" "$src" "$kind"
+    printf ' %q' "${flags[@]}"
+    printf '\nout %s\n' "$out"
+    exit 0
 fi
 say "nginx ${bin_version}: source $src ($kind), configured in $copy"
 
