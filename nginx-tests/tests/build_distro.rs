@@ -7,8 +7,9 @@
 //!     binary's own arguments less third-party modules and --builddir;
 //!   - nginx 1.26.2: refused, naming what to fetch; accepted with NGINX_SRC
 //!     pointing at a 1.26.2 tree.
-//! (Building and loading for real: distro_nginx.rs for Debian's nginx,
-//! systemd_boot.rs for the packaged module.)
+//!
+//! Building and loading for real: distro_nginx.rs for Debian's nginx,
+//! systemd_boot.rs for the packaged module.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
