@@ -167,6 +167,8 @@ impl Site {
         eprintln!("apt-get install of both packages: {:.1?}", started.elapsed());
         let site = Site { backends: Vec::new(), c, debs };
         site.check_installed()?;
+        // Started by the installation, as installed.
+        site.check_unit()?;
 
         // The backends, in the container's network namespace.
         let mut site = site;
