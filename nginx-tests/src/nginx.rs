@@ -253,14 +253,17 @@ impl Nginx {
                     bail!("nginx exited with {status}");
                 }
             }
-            if let Ok(resp) = http::get(&url) {
-                if resp.status == 200 {
-                    return Ok(());
-                }
-                bail!("/health answered {} instead of 200", resp.status);
+            // Ready: answering, and every worker started (the master forks
+            // them one by one; a test that notes the worker pids must see
+            // them all, or a late one looks like a restart).
+            let all_workers = children_of(self.pid()).len() >= self.conf.workers.max(1) as usize;
+            match http::get(&url) {
+                Ok(resp) if resp.status != 200 => bail!("/health answered {} instead of 200", resp.status),
+                Ok(_) if all_workers => return Ok(()),
+                _ => {}
             }
             if Instant::now() > deadline {
-                bail!("nginx did not answer {url} within {READY_TIMEOUT:?}");
+                bail!("nginx did not answer {url} with all its workers within {READY_TIMEOUT:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
