@@ -53,7 +53,10 @@ struct Worker {
     spare: Vec<u8>,
 }
 
-/// What a body depends on besides the publish and the clock.
+/// What a body depends on besides the publish and the clock: the query and
+/// nginx's configuration without the balancers' live state
+/// ([`NginxConfig::without_live_state`]; otherwise every request under load
+/// would see new in-flight counts and render afresh).
 #[derive(PartialEq, Hash)]
 struct Key {
     query: Query,
@@ -100,13 +103,14 @@ pub(crate) fn answer(path: &Path, conf: NginxConfig, query: Query, now_unix_ns: 
             spare: Vec::new(),
         },
     };
-    let outcome = worker.answer(Key { query, conf }, now_unix_ns);
+    let key = Key { query, conf: conf.without_live_state() };
+    let outcome = worker.answer(key, &conf, now_unix_ns);
     WORKER.with(|cell| *cell.borrow_mut() = Some(worker));
     outcome
 }
 
 impl Worker {
-    fn answer(&mut self, key: Key, now: u64) -> Outcome {
+    fn answer(&mut self, key: Key, live: &NginxConfig, now: u64) -> Outcome {
         let known = self.publish.as_ref().map(|(id, _)| *id);
         let Worker { reader, publish, cached, spare, .. } = self;
         let view = match reader.view_if_new(known) {
@@ -148,7 +152,7 @@ impl Worker {
         if let Some(stale) = stale(view.meta(), now) {
             return stale;
         }
-        let body = Rc::new(render(&view, &key, now, spare));
+        let body = Rc::new(render(&view, &key, live, now, spare));
         if !body.body.clock_dependent {
             if cached.len() >= MAX_CACHED {
                 let (_, old) = cached.remove(0);
@@ -175,9 +179,10 @@ fn recycle(spare: &mut Vec<u8>, body: Body) {
     }
 }
 
-/// Renders `view` for `key` into the `spare` buffer, with its entity tag.
-fn render(view: &SnapshotView, key: &Key, now: u64, spare: &mut Vec<u8>) -> Rendered {
-    let body = upstreamtop_report::render(view, &key.conf, &key.query, now, std::mem::take(spare));
+/// Renders `view` for `key` with nginx's `live` state into the `spare`
+/// buffer, with its entity tag.
+fn render(view: &SnapshotView, key: &Key, live: &NginxConfig, now: u64, spare: &mut Vec<u8>) -> Rendered {
+    let body = upstreamtop_report::render(view, live, &key.query, now, std::mem::take(spare));
     // DefaultHasher::new() has fixed keys: every worker derives the same
     // tag for the same publish, so a poller balanced across workers still
     // gets its 304s.

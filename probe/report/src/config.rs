@@ -19,6 +19,22 @@ pub struct NginxConfig {
     pub nginx_version: String,
 }
 
+impl NginxConfig {
+    /// The configuration without the balancers' live state: what stays the
+    /// same from one request to the next until nginx reloads. An answer
+    /// cached for a publish is keyed by this, so its nginx figures are those
+    /// of the first request after the publish (at most one publish interval
+    /// old, like the wire's figures), and polls within the interval still
+    /// get the cached body and their `304`s.
+    pub fn without_live_state(&self) -> NginxConfig {
+        let mut c = self.clone();
+        for s in c.upstreams.iter_mut().flat_map(|u| u.servers.iter_mut()) {
+            s.nginx = PeerState::default();
+        }
+        c
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct UpstreamConf {
     pub name: String,
