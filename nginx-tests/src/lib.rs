@@ -20,5 +20,6 @@ pub mod prereq;
 pub mod probe;
 pub mod promtool;
 mod rng;
+pub mod systemd;
 pub mod upstream_log;
 pub mod webdriver;

@@ -512,11 +512,7 @@ fn full_life_cycle_under_systemd() {
 
     // systemd-analyze security, as documented.
     let text = c.ok("systemd-analyze security --no-pager upstreamtop-probe.service 2>&1").unwrap();
-    let level: f64 = text
-        .lines()
-        .find_map(|l| l.split("Overall exposure level for upstreamtop-probe.service: ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    let level = nginx_tests::systemd::exposure_level(&text, "upstreamtop-probe.service")
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     let docs = std::fs::read_to_string(artifacts::workspace_root().join("docs/operations.md")).unwrap();
     let documented: f64 = docs

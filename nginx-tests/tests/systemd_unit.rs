@@ -283,11 +283,7 @@ fn systemd_analyze_verify_and_security() {
     let out =
         Command::new("systemd-analyze").args(["security", "--offline=yes", "--no-pager"]).arg(&unit).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let level: f64 = text
-        .lines()
-        .find_map(|l| l.split("Overall exposure level for upstreamtop-probe.service: ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    let level = nginx_tests::systemd::exposure_level(&text, "upstreamtop-probe.service")
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     eprintln!("systemd-analyze security: exposure {level} (0 = locked down, 10 = unprotected)");
     // What remains is what the probe needs: CAP_BPF, CAP_NET_ADMIN, the
