@@ -483,10 +483,9 @@ impl<'v, 'c> Joined<'v, 'c> {
         p.history().rev().take(n).map(|h| u64::from(h.conn_failed)).sum()
     }
 
-    /// Why the member gets no (or failing) traffic, from both sides; empty
-    /// when there is nothing to explain.
-    pub fn diagnosis(&self, g: &Group, m: &Member) -> String {
-        let (state, _) = self.state(g, m);
+    /// Why the member gets no (or failing) traffic, from both sides, given
+    /// its [`Self::state`]; empty when there is nothing to explain.
+    pub fn diagnosis(&self, g: &Group, m: &Member, state: &str) -> String {
         let p = self.peer(m);
         let conns = p.map(|p| p.conns()).unwrap_or_default();
         let since_start = || {

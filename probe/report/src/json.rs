@@ -252,7 +252,7 @@ fn peer<'v>(w: &mut Out, joined: &Joined<'v, '_>, g: &Group, m: &Member, routes:
     w.str(state_from);
     w.raw(",\"counted_in\":");
     w.str(m.counted_in);
-    let diagnosis = joined.diagnosis(g, m);
+    let diagnosis = joined.diagnosis(g, m, state);
     let Some(p) = joined.peer(m) else {
         // Listed, never seen on the wire.
         w.raw(

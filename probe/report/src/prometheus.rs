@@ -86,6 +86,8 @@ struct Series<'j, 'v> {
     group: &'j Group<'j>,
     member: &'j Member<'j>,
     peer: Option<&'j PeerView<'v>>,
+    /// The member's state ([`Joined::state`]), judged once.
+    state: &'static str,
 }
 
 /// Index of the fine bucket whose upper bound is each `le`.
@@ -113,6 +115,7 @@ pub fn render_prometheus(joined: &Joined, buf: Vec<u8>) -> RenderedBody {
             group: g,
             member: m,
             peer: joined.peer(m),
+            state: joined.state(g, m).0,
         })
         .collect();
     let series: Vec<&Series> =
@@ -233,7 +236,7 @@ pub fn render_prometheus(joined: &Joined, buf: Vec<u8>) -> RenderedBody {
     let name = "upstreamtop_peer_up";
     family(o, name, "gauge", "1 when the backend is up or idle, 0 when unhealthy, unavailable or configured down.");
     for s in &memberships {
-        let up = matches!(joined.state(s.group, s.member).0, "up" | "idle");
+        let up = matches!(s.state, "up" | "idle");
         line(o, name, &s.labels, "", u64::from(up));
     }
     let name = "upstreamtop_peer_state";
@@ -244,7 +247,7 @@ pub fn render_prometheus(joined: &Joined, buf: Vec<u8>) -> RenderedBody {
         "State as NGINX Plus numbers it: 1 up (or idle), 3 down, 4 unavail (nginx), 6 unhealthy (wire).",
     );
     for s in &memberships {
-        let n = match joined.state(s.group, s.member).0 {
+        let n = match s.state {
             "down" => 3,
             "unavail" => 4,
             "unhealthy" => 6,
